@@ -1,0 +1,61 @@
+//! Messages on core NATS that are not history: a request's text going to a worker, and the token
+//! frames coming back. They are postcard-encoded like events but never stored.
+
+use serde::{Deserialize, Serialize};
+
+use crate::event::FinishReason;
+
+/// One chat message, as the OpenAI API has it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// Sampling settings for one request. `temperature == 0` (or `None`) means greedy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Sampling {
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
+    pub top_k: Option<u32>,
+    pub seed: Option<u64>,
+}
+
+/// A request dispatched to a worker on `rbee.work.<worker>`; the worker answers with a [`WorkAccepted`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkItem {
+    pub request: String,
+    pub slot: u32,
+    pub messages: Vec<ChatMessage>,
+    /// `None`: until end of sequence or the context window is full.
+    pub max_tokens: Option<u32>,
+    pub sampling: Sampling,
+    pub traceparent: Option<String>,
+}
+
+/// The worker's immediate answer to a [`WorkItem`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WorkAccepted {
+    Accepted,
+    /// Refused before any work, with a stable code (e.g. `CONTEXT_LENGTH_EXCEEDED`).
+    Refused { code: String, message: String },
+}
+
+/// What streams back on `rbee.tok.<request>`, in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum TokenFrame {
+    /// Text of one or more tokens; always whole UTF-8 characters.
+    Delta { text: String },
+    /// The generation ended.
+    Done { finish_reason: FinishReason, prompt_tokens: u32, completion_tokens: u32 },
+    /// The generation failed.
+    Error { code: String, message: String },
+}
+
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    postcard::to_stdvec(value).expect("postcard encoding into a Vec cannot fail")
+}
+
+pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(bytes)
+}

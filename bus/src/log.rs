@@ -1,0 +1,240 @@
+//! The event log on NATS JetStream: stream setup, appends with optimistic concurrency, reads.
+//!
+//! Concurrency is decided by the server: every append to an aggregate names the stream sequence of
+//! the aggregate's last event (`Nats-Expected-Last-Subject-Sequence`), and the second of two racing
+//! writers is rejected. That rejection becomes [`AppendError::Conflict`]; nothing here takes a lock.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
+use async_nats::HeaderMap;
+
+use crate::envelope::{DecodeError, Envelope, Meta, HEADER_EXPECTED_LAST_SUBJECT_SEQ};
+use crate::event::{AggregateKind, Event};
+use crate::subjects;
+
+/// Where an aggregate stands: the stream sequence of its last event and its version (event count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub seq: u64,
+    pub version: u64,
+}
+
+/// What the writer believes about the aggregate it appends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expected {
+    /// The aggregate has no events yet (first registration wins).
+    NoStream,
+    /// The aggregate's last event is at this position.
+    At(Position),
+    /// Whatever is there: append after the current last event (re-read and retried on a race).
+    Any,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendError {
+    /// Another writer appended to the aggregate first.
+    #[error("conflict on {subject}: expected {expected:?}")]
+    Conflict { subject: String, expected: Expected },
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("event log unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+/// Durability and retention of the two streams.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    pub replicas: usize,
+    /// How long `Nats-Msg-Id` dedups a retried publish.
+    pub duplicate_window: Duration,
+    /// Heartbeats older than this are dropped.
+    pub heartbeat_max_age: Duration,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            replicas: 1,
+            duplicate_window: Duration::from_secs(120),
+            heartbeat_max_age: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// An event read back from the log.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub stream_seq: u64,
+    pub subject: String,
+    pub envelope: Envelope,
+}
+
+/// A handle to the log. Cheap to clone.
+#[derive(Clone)]
+pub struct EventLog {
+    client: async_nats::Client,
+    js: jetstream::Context,
+}
+
+const ANY_RETRIES: usize = 16;
+
+impl EventLog {
+    /// Connects to NATS. Fails fast when nobody listens.
+    pub async fn connect(url: &str) -> Result<Self, AppendError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connect(url);
+        let client = tokio::time::timeout(Duration::from_secs(10), client)
+            .await
+            .map_err(|_| AppendError::Unavailable(format!("no NATS server answered at {url}")))?
+            .map_err(|e| AppendError::Unavailable(format!("cannot connect to NATS at {url}: {e}")))?;
+        Ok(Self::from_client(client))
+    }
+
+    pub fn from_client(client: async_nats::Client) -> Self {
+        let js = jetstream::new(client.clone());
+        EventLog { client, js }
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Creates the `RBEE` and `RBEE_HB` streams if missing (idempotent).
+    pub async fn ensure_streams(&self, settings: &StreamSettings) -> Result<(), AppendError> {
+        let events = stream::Config {
+            name: subjects::EVENTS_STREAM.into(),
+            subjects: vec![subjects::EVENTS_SUBJECTS.into()],
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            duplicate_window: settings.duplicate_window,
+            allow_direct: true,
+            ..Default::default()
+        };
+        let heartbeats = stream::Config {
+            name: subjects::HEARTBEATS_STREAM.into(),
+            subjects: vec![subjects::HEARTBEATS_SUBJECTS.into()],
+            storage: stream::StorageType::File,
+            num_replicas: settings.replicas,
+            max_messages_per_subject: 1,
+            max_age: settings.heartbeat_max_age,
+            allow_direct: true,
+            ..Default::default()
+        };
+        for config in [events, heartbeats] {
+            let name = config.name.clone();
+            self.js
+                .get_or_create_stream(config)
+                .await
+                .map_err(|e| AppendError::Unavailable(format!("cannot create stream {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Appends one event to its aggregate, checked against `expected` by the server.
+    pub async fn append(&self, event: Event, expected: Expected, meta: &Meta) -> Result<Position, AppendError> {
+        let subject = subjects::for_event(&event);
+        match expected {
+            Expected::NoStream => self.publish(&subject, event, Position::default(), meta).await,
+            Expected::At(at) => self.publish(&subject, event, at, meta).await,
+            Expected::Any => {
+                let mut last_error = None;
+                for _ in 0..ANY_RETRIES {
+                    let at = self.last_position(&subject).await?.unwrap_or_default();
+                    match self.publish(&subject, event.clone(), at, meta).await {
+                        Err(e @ AppendError::Conflict { .. }) => last_error = Some(e),
+                        other => return other,
+                    }
+                }
+                Err(last_error.expect("loop ran at least once"))
+            }
+        }
+    }
+
+    async fn publish(&self, subject: &str, event: Event, after: Position, meta: &Meta) -> Result<Position, AppendError> {
+        let envelope = Envelope::new(event, after.version + 1, meta);
+        let (mut headers, body) = envelope.encode();
+        headers.insert(HEADER_EXPECTED_LAST_SUBJECT_SEQ, after.seq.to_string().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_string(), headers, body.into())
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?
+            .await;
+        match ack {
+            Ok(ack) => Ok(Position { seq: ack.sequence, version: envelope.version }),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                let expected = if after.seq == 0 { Expected::NoStream } else { Expected::At(after) };
+                Err(AppendError::Conflict { subject: subject.to_string(), expected })
+            }
+            Err(e) => Err(AppendError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Publishes a heartbeat to `RBEE_HB` (kept: the last one per worker).
+    pub async fn heartbeat(&self, event: Event, meta: &Meta) -> Result<(), AppendError> {
+        let subject = subjects::for_event(&event);
+        let (headers, body) = Envelope::new(event, 0, meta).encode();
+        self.js
+            .publish_with_headers(subject, headers, body.into())
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        Ok(())
+    }
+
+    /// The position of an aggregate's last event, read from the stream leader (read-your-writes).
+    pub async fn last_position(&self, subject: &str) -> Result<Option<Position>, AppendError> {
+        let stream = self.events_stream().await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        match stream.get_last_raw_message_by_subject(subject).await {
+            Ok(msg) => {
+                let env = Envelope::decode(Some(&msg.headers), &msg.payload)
+                    .map_err(|e| AppendError::Unavailable(format!("last event on {subject} unreadable: {e}")))?;
+                Ok(Some(Position { seq: msg.sequence, version: env.version }))
+            }
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(AppendError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The position of an aggregate, by kind and id.
+    pub async fn aggregate_position(&self, kind: AggregateKind, id: &str) -> Result<Option<Position>, AppendError> {
+        self.last_position(&subjects::aggregate(kind, id)).await
+    }
+
+    pub async fn events_stream(&self) -> Result<stream::Stream, ReadError> {
+        self.stream(subjects::EVENTS_STREAM).await
+    }
+
+    pub async fn stream(&self, name: &str) -> Result<stream::Stream, ReadError> {
+        self.js.get_stream(name).await.map_err(|e| ReadError::Unavailable(format!("stream {name}: {e}")))
+    }
+}
+
+/// Decodes a JetStream message into a [`Recorded`] event.
+pub fn decode_message(msg: &jetstream::Message) -> Result<Recorded, ReadError> {
+    let info = msg.info().map_err(|e| ReadError::Unavailable(e.to_string()))?;
+    let envelope = Envelope::decode(msg.headers.as_ref(), &msg.payload)?;
+    Ok(Recorded { stream_seq: info.stream_sequence, subject: msg.subject.to_string(), envelope })
+}
+
+/// Headers as `(name, value)` pairs, for display and archiving.
+pub fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+    headers
+        .map(|h| h.iter().flat_map(|(k, vs)| vs.iter().map(move |v| (k.to_string(), v.to_string()))).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,92 @@
+//! Subjects and stream names: the only place that spells them.
+//!
+//! * `rbee.ev.<aggregate>.<id>`  domain events, stream `RBEE`
+//! * `rbee.hb.<node>.<worker>`   heartbeats, stream `RBEE_HB` (last per subject kept)
+//! * `rbee.work.<worker>`        core NATS: a request's text dispatched to a worker
+//! * `rbee.tok.<request>`        core NATS: token frames streamed back
+
+use crate::event::{AggregateKind, Event};
+
+pub const EVENTS_STREAM: &str = "RBEE";
+pub const HEARTBEATS_STREAM: &str = "RBEE_HB";
+pub const EVENTS_SUBJECTS: &str = "rbee.ev.>";
+pub const HEARTBEATS_SUBJECTS: &str = "rbee.hb.>";
+
+pub fn aggregate(kind: AggregateKind, id: &str) -> String {
+    format!("rbee.ev.{}.{id}", kind.as_str())
+}
+
+pub fn heartbeat(node: &str, worker: &str) -> String {
+    format!("rbee.hb.{node}.{worker}")
+}
+
+pub fn work(worker: &str) -> String {
+    format!("rbee.work.{worker}")
+}
+
+pub fn tokens(request: &str) -> String {
+    format!("rbee.tok.{request}")
+}
+
+/// Where an event is published.
+pub fn for_event(event: &Event) -> String {
+    match event {
+        Event::WorkerHeartbeat(hb) => heartbeat(&hb.node, &hb.worker),
+        other => {
+            let (kind, id) = other.aggregate();
+            aggregate(kind, id)
+        }
+    }
+}
+
+/// Why a name was refused: names the field, the rule and the (escaped) value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {field} {value}: {rule}")]
+pub struct InvalidName {
+    pub field: &'static str,
+    pub rule: &'static str,
+    /// The offending value, escaped so control characters are never echoed raw.
+    pub value: String,
+}
+
+/// The longest id accepted for a node, worker, model or request.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Ids become subject tokens and file names, so they are restricted to `[A-Za-z0-9_-]`, 1 to 64 long.
+/// This rules out path traversal, subject wildcards, shell metacharacters and control characters at once.
+pub fn validate_name(field: &'static str, value: &str) -> Result<(), InvalidName> {
+    let rule = "must be 1 to 64 characters of A-Z, a-z, 0-9, '-' or '_'";
+    let ok = !value.is_empty()
+        && value.len() <= MAX_NAME_LEN
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidName { field, rule, value: format!("{:?}", truncate_chars(value, 80)) })
+    }
+}
+
+fn truncate_chars(s: &str, max: usize) -> String {
+    s.chars().take(max).flat_map(char::escape_default).collect::<String>().chars().take(max * 2).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_names_are_accepted() {
+        for ok in ["node-1", "SmolLM2-135M-Instruct", "w_01"] {
+            assert!(validate_name("model", ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
+    fn traversal_wildcards_and_control_characters_are_refused() {
+        for bad in ["", "../etc", "a.b", "a*", "a>", "a b", "x;rm -rf", "tab\there", "é", &"x".repeat(65)] {
+            let err = validate_name("model", bad).unwrap_err();
+            assert_eq!(err.field, "model");
+            assert!(!err.to_string().contains('\t'), "control chars must not be echoed: {err}");
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! rbee's hive: one per machine. Registers the node with its resources, provisions models into a
+//! verified local store, and spawns and supervises worker processes, recording every step as events.
+
+pub mod config;
+pub mod provision;
+pub mod resources;
+pub mod service;
+pub mod supervisor;
+
+pub use config::Config;
+pub use service::{run, HiveError};

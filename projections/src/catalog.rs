@@ -1,0 +1,85 @@
+//! The model catalog: which models each node holds, where, and how big, folded from events.
+
+use std::collections::BTreeMap;
+
+use rbee_bus::{Event, Recorded};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CatalogEntry {
+    pub model: String,
+    pub node: String,
+    pub path: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+/// Models per node. Keyed by (model, node) so "who has model M" is a range scan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Catalog {
+    pub entries: BTreeMap<(String, String), CatalogEntry>,
+}
+
+impl Catalog {
+    pub fn apply(&mut self, rec: &Recorded) {
+        if let Event::ModelRegistered(e) = &rec.envelope.event {
+            self.entries.insert(
+                (e.model.clone(), e.node.clone()),
+                CatalogEntry {
+                    model: e.model.clone(),
+                    node: e.node.clone(),
+                    path: e.path.clone(),
+                    size_bytes: e.size_bytes,
+                    sha256: e.sha256.clone(),
+                },
+            );
+        }
+    }
+
+    /// The entry for a model on a node.
+    pub fn get(&self, model: &str, node: &str) -> Option<&CatalogEntry> {
+        self.entries.get(&(model.to_string(), node.to_string()))
+    }
+
+    /// Whether any node holds the model.
+    pub fn knows(&self, model: &str) -> bool {
+        self.entries.range((model.to_string(), String::new())..).next().is_some_and(|((m, _), _)| m == model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbee_bus::*;
+
+    fn registered(model: &str, node: &str) -> Recorded {
+        let event = Event::ModelRegistered(ModelRegistered {
+            model: model.into(),
+            node: node.into(),
+            path: format!("/models/{model}.gguf"),
+            size_bytes: 98_362_432,
+            sha256: "ab".repeat(32),
+        });
+        Recorded { stream_seq: 1, subject: subjects::for_event(&event), envelope: Envelope::new(event, 1, &Meta::default()) }
+    }
+
+    #[test]
+    fn a_registered_model_is_known_on_its_node_only() {
+        let mut catalog = Catalog::default();
+        catalog.apply(&registered("m1", "n1"));
+        assert!(catalog.knows("m1"));
+        assert!(!catalog.knows("m"), "a prefix is not a model");
+        assert!(!catalog.knows("m10"));
+        assert_eq!(catalog.get("m1", "n1").unwrap().size_bytes, 98_362_432);
+        assert!(catalog.get("m1", "n2").is_none());
+    }
+
+    #[test]
+    fn registering_again_on_the_same_node_keeps_one_entry() {
+        let mut catalog = Catalog::default();
+        catalog.apply(&registered("m1", "n1"));
+        catalog.apply(&registered("m1", "n1"));
+        catalog.apply(&registered("m1", "n2"));
+        assert_eq!(catalog.entries.len(), 2);
+    }
+}

@@ -1,0 +1,10 @@
+//! rbee's projections: state folded from the event log. The folds are pure and deterministic (the
+//! same events give the same state); [`live`] keeps one current by tailing JetStream.
+
+pub mod catalog;
+pub mod live;
+pub mod registry;
+
+pub use catalog::{Catalog, CatalogEntry};
+pub use live::{ClusterView, LiveView};
+pub use registry::{Node, Registry, Worker};

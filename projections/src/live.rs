@@ -1,0 +1,116 @@
+//! Keeps a [`ClusterView`] current by tailing the log: `RBEE` from the start and `RBEE_HB` from the
+//! last heartbeat of each worker. One task owns the folding; readers take short read locks (never
+//! across an `.await`) and can wait for the view to reach a stream sequence.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rbee_bus::read::{self, From};
+use rbee_bus::{subjects, EventLog, Recorded};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::{Catalog, Registry};
+
+/// Everything the queen and the CLI need to know about the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ClusterView {
+    pub registry: Registry,
+    pub catalog: Catalog,
+    /// The last `RBEE` sequence folded in.
+    pub last_seq: u64,
+}
+
+impl ClusterView {
+    pub fn apply(&mut self, rec: &Recorded) {
+        self.registry.apply(rec);
+        self.catalog.apply(rec);
+        if rec.subject.starts_with("rbee.ev.") {
+            self.last_seq = self.last_seq.max(rec.stream_seq);
+        }
+    }
+}
+
+/// A live, shared view. Clone freely.
+#[derive(Clone)]
+pub struct LiveView {
+    view: Arc<RwLock<ClusterView>>,
+    seq: watch::Receiver<u64>,
+    /// Bumped on every fold (events and heartbeats), for waiters on arbitrary conditions.
+    changes: watch::Receiver<u64>,
+}
+
+impl LiveView {
+    /// Starts following the log; the returned view fills in as events arrive.
+    pub async fn start(log: &EventLog, shutdown: CancellationToken) -> Result<Self, rbee_bus::log::ReadError> {
+        let view = Arc::new(RwLock::new(ClusterView::default()));
+        let (seq_tx, seq) = watch::channel(0u64);
+        let (changes_tx, changes) = watch::channel(0u64);
+        let events = read::follow(log, subjects::EVENTS_STREAM, From::Start).await?;
+        let heartbeats = read::follow(log, subjects::HEARTBEATS_STREAM, From::LastPerSubject).await?;
+        let mut merged = futures::stream::select(events, heartbeats);
+        let folded = view.clone();
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    item = merged.next() => item,
+                };
+                match item {
+                    Some(Ok(delivered)) => {
+                        let last = {
+                            let mut v = folded.write().unwrap_or_else(|p| p.into_inner());
+                            v.apply(&delivered.recorded);
+                            v.last_seq
+                        };
+                        seq_tx.send_replace(last);
+                        changes_tx.send_modify(|n| *n += 1);
+                    }
+                    Some(Err(e)) => tracing::error!(error = %e, "event skipped by the projection"),
+                    None => {
+                        tracing::error!("event log reader ended");
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(LiveView { view, seq, changes })
+    }
+
+    /// Reads the view under a short lock.
+    pub fn read<T>(&self, f: impl FnOnce(&ClusterView) -> T) -> T {
+        f(&self.view.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Waits until events up to `seq` are folded in. False on timeout.
+    pub async fn wait_for_seq(&self, seq: u64, timeout: Duration) -> bool {
+        let mut rx = self.seq.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|s| *s >= seq)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until `pred` holds on the view. Returns the last value of `pred`'s witness, or None on timeout.
+    pub async fn wait_until<T>(&self, timeout: Duration, mut pred: impl FnMut(&ClusterView) -> Option<T>) -> Option<T> {
+        let mut rx = self.changes.clone();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(t) = self.read(&mut pred) {
+                return Some(t);
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => continue,
+                _ => return None,
+            }
+        }
+    }
+
+    /// Waits until the view has folded everything the log held when this was called.
+    pub async fn catch_up(&self, log: &EventLog, timeout: Duration) -> Result<(), rbee_bus::log::ReadError> {
+        let end = read::last_sequence(log, subjects::EVENTS_STREAM).await?;
+        if self.wait_for_seq(end, timeout).await {
+            Ok(())
+        } else {
+            Err(rbee_bus::log::ReadError::Unavailable(format!("projection did not reach sequence {end} in {timeout:?}")))
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The worker registry: nodes, workers, their state, slots and liveness, folded from events.
+
+use std::collections::BTreeMap;
+
+use rbee_bus::{Event, Position, Recorded, WorkerState};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub ram_total_bytes: u64,
+    pub ram_available_bytes: u64,
+    pub cores: u32,
+    pub disk_free_bytes: u64,
+    pub registered_at_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Worker {
+    pub id: String,
+    pub node: String,
+    pub model: String,
+    pub backend: String,
+    pub pid: u32,
+    pub state: WorkerState,
+    pub context_length: u32,
+    pub slots: u32,
+    /// Busy slots: slot number -> request id.
+    pub busy: BTreeMap<u32, String>,
+    /// Where the worker aggregate stands in the log: the base for the next optimistic append.
+    #[serde(skip)]
+    pub position: Position,
+    pub last_heartbeat_ms: Option<u64>,
+}
+
+impl Worker {
+    /// The lowest free slot, if any.
+    pub fn free_slot(&self) -> Option<u32> {
+        (0..self.slots).find(|s| !self.busy.contains_key(s))
+    }
+
+    /// Ready and with a free slot.
+    pub fn can_take_request(&self) -> bool {
+        self.state == WorkerState::Ready && self.free_slot().is_some()
+    }
+}
+
+/// Nodes and workers, as the log says they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Registry {
+    pub nodes: BTreeMap<String, Node>,
+    pub workers: BTreeMap<String, Worker>,
+}
+
+impl Registry {
+    /// Folds one event in. Events for unknown workers are ignored (they were removed, or never
+    /// registered): folding never fails, so one odd event cannot stop a projection.
+    pub fn apply(&mut self, rec: &Recorded) {
+        let env = &rec.envelope;
+        let position = Position { seq: rec.stream_seq, version: env.version };
+        match &env.event {
+            Event::NodeRegistered(e) => {
+                self.nodes.insert(
+                    e.node.clone(),
+                    Node {
+                        name: e.node.clone(),
+                        ram_total_bytes: e.ram_total_bytes,
+                        ram_available_bytes: e.ram_available_bytes,
+                        cores: e.cores,
+                        disk_free_bytes: e.disk_free_bytes,
+                        registered_at_ms: env.at_ms,
+                    },
+                );
+            }
+            Event::WorkerRegistered(e) => {
+                self.workers.insert(
+                    e.worker.clone(),
+                    Worker {
+                        id: e.worker.clone(),
+                        node: e.node.clone(),
+                        model: e.model.clone(),
+                        backend: e.backend.clone(),
+                        pid: e.pid,
+                        state: WorkerState::Loading,
+                        context_length: 0,
+                        slots: e.slots,
+                        busy: BTreeMap::new(),
+                        position,
+                        last_heartbeat_ms: Some(env.at_ms),
+                    },
+                );
+            }
+            Event::WorkerStateChanged(e) => {
+                if e.state == WorkerState::Stopped {
+                    self.workers.remove(&e.worker);
+                } else if let Some(w) = self.workers.get_mut(&e.worker) {
+                    w.state = e.state;
+                    if e.context_length > 0 {
+                        w.context_length = e.context_length;
+                    }
+                    w.position = position;
+                }
+            }
+            Event::WorkerExited(e) => {
+                self.workers.remove(&e.worker);
+            }
+            Event::WorkerHeartbeat(e) => {
+                if let Some(w) = self.workers.get_mut(&e.worker) {
+                    w.last_heartbeat_ms = Some(env.at_ms);
+                }
+            }
+            Event::SlotClaimed(e) => {
+                if let Some(w) = self.workers.get_mut(&e.worker) {
+                    w.busy.insert(e.slot, e.request.clone());
+                    w.position = position;
+                }
+            }
+            Event::SlotReleased(e) => {
+                if let Some(w) = self.workers.get_mut(&e.worker) {
+                    if w.busy.get(&e.slot) == Some(&e.request) {
+                        w.busy.remove(&e.slot);
+                    }
+                    w.position = position;
+                }
+            }
+            Event::WorkerStartRequested(_)
+            | Event::RequestAccepted(_)
+            | Event::RequestFinished(_)
+            | Event::RequestCancelled(_)
+            | Event::ModelRegistered(_)
+            | Event::WorkerStartFailed(_) => {}
+        }
+    }
+
+    /// Workers serving `model` in the given state, in id order.
+    pub fn workers_for<'a>(&'a self, model: &'a str) -> impl Iterator<Item = &'a Worker> + 'a {
+        self.workers.values().filter(move |w| w.model == model)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbee_bus::*;
+
+    /// A tiny given/when/then harness over the pure fold.
+    struct Given {
+        registry: Registry,
+        seq: u64,
+    }
+
+    fn given(events: impl IntoIterator<Item = Event>) -> Given {
+        let mut g = Given { registry: Registry::default(), seq: 0 };
+        for e in events {
+            g.when(e);
+        }
+        g
+    }
+
+    impl Given {
+        fn when(&mut self, event: Event) -> &mut Self {
+            self.seq += 1;
+            let rec = Recorded {
+                stream_seq: self.seq,
+                subject: subjects::for_event(&event),
+                envelope: Envelope::new(event, self.seq, &Meta::default()),
+            };
+            self.registry.apply(&rec);
+            self
+        }
+        fn worker(&self, id: &str) -> &Worker {
+            self.registry.workers.get(id).expect("worker registered")
+        }
+    }
+
+    fn registered(worker: &str, slots: u32) -> Event {
+        Event::WorkerRegistered(WorkerRegistered {
+            worker: worker.into(),
+            node: "n1".into(),
+            model: "m".into(),
+            slots,
+            pid: 1,
+            backend: "cpu".into(),
+        })
+    }
+
+    fn state(worker: &str, state: WorkerState) -> Event {
+        Event::WorkerStateChanged(WorkerStateChanged { worker: worker.into(), state, context_length: 8192 })
+    }
+
+    fn claim(worker: &str, slot: u32, request: &str) -> Event {
+        Event::SlotClaimed(SlotClaimed { worker: worker.into(), slot, request: request.into() })
+    }
+
+    fn release(worker: &str, slot: u32, request: &str) -> Event {
+        Event::SlotReleased(SlotReleased { worker: worker.into(), slot, request: request.into() })
+    }
+
+    #[test]
+    fn a_registered_worker_is_loading_until_it_says_ready() {
+        let mut g = given([registered("w1", 1)]);
+        assert_eq!(g.worker("w1").state, WorkerState::Loading);
+        assert!(!g.worker("w1").can_take_request());
+        g.when(state("w1", WorkerState::Ready));
+        assert!(g.worker("w1").can_take_request());
+        assert_eq!(g.worker("w1").context_length, 8192);
+    }
+
+    #[test]
+    fn a_claimed_slot_is_busy_until_released() {
+        let mut g = given([registered("w1", 2), state("w1", WorkerState::Ready), claim("w1", 0, "r1")]);
+        assert_eq!(g.worker("w1").free_slot(), Some(1));
+        g.when(claim("w1", 1, "r2"));
+        assert!(!g.worker("w1").can_take_request());
+        g.when(release("w1", 0, "r1"));
+        assert_eq!(g.worker("w1").free_slot(), Some(0));
+        assert_eq!(g.worker("w1").position, Position { seq: 5, version: 5 });
+    }
+
+    #[test]
+    fn a_release_for_another_request_does_not_free_the_slot() {
+        let g = given([registered("w1", 1), state("w1", WorkerState::Ready), claim("w1", 0, "r2"), release("w1", 0, "r1")]);
+        assert_eq!(g.worker("w1").busy.get(&0).map(String::as_str), Some("r2"));
+    }
+
+    #[test]
+    fn an_exited_worker_leaves_the_registry() {
+        let g = given([
+            registered("w1", 1),
+            Event::WorkerExited(WorkerExited { worker: "w1".into(), node: "n1".into(), exit_code: Some(1), signal: None }),
+        ]);
+        assert!(g.registry.workers.is_empty());
+    }
+
+    #[test]
+    fn events_for_unknown_workers_change_nothing() {
+        let g = given([claim("ghost", 0, "r1"), state("ghost", WorkerState::Ready)]);
+        assert_eq!(g.registry, Registry::default());
+    }
+}

@@ -1,0 +1,231 @@
+//! `POST /v1/chat/completions`: claim a slot, dispatch the request's text to the worker over core
+//! NATS, and relay its token frames to the client as OpenAI JSON or SSE chunks. If the client goes
+//! away before the end, dropping the response appends `request.cancelled`, and the worker stops.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
+use rbee_bus::{subjects, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, RequestCancelled};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::chat_request::{self, ValidatedChat};
+use crate::error::ApiError;
+use crate::scheduler::{claim_slot, release_slot, Claim};
+use crate::AppState;
+
+const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let request = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
+    let parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
+    let meta = Meta { correlation: Some(request.clone()), traceparent: Some(rbee_bus::trace::child_of(parent)) };
+    let span = tracing::info_span!("queen.chat_completions", request = %request, traceparent = meta.traceparent.as_deref().unwrap_or(""));
+    let mut response = handle(state, body, request.clone(), meta).instrument(span).await;
+    if let Ok(v) = HeaderValue::from_str(&request) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+}
+
+async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, request: String, meta: Meta) -> Response {
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            let limit = state.config.max_body_bytes;
+            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_TOO_LARGE", format!("request body is over the {limit}-byte limit")).into_response();
+        }
+        Err(rejection) => return ApiError::invalid("body", rejection.body_text()).into_response(),
+    };
+    let chat = match chat_request::parse(&body) {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    match start(&state, &chat, &request, &meta).await {
+        Err(e) => {
+            tracing::info!(code = e.code, "request refused");
+            e.into_response()
+        }
+        Ok(running) if chat.stream => stream_response(running).into_response(),
+        Ok(running) => json_response(running).await,
+    }
+}
+
+/// A request running on a worker.
+struct Running {
+    tokens: async_nats::Subscriber,
+    cancel_on_drop: CancelOnDrop,
+    model: String,
+    request: String,
+    created: u64,
+    token_timeout: Duration,
+}
+
+impl Running {
+    async fn next_frame(&mut self) -> Result<TokenFrame, ApiError> {
+        match tokio::time::timeout(self.token_timeout, self.tokens.next()).await {
+            Ok(Some(msg)) => frames::decode(&msg.payload)
+                .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "INFERENCE_FAILED", format!("unreadable token frame: {e}"))),
+            Ok(None) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "INFERENCE_FAILED", "token stream closed")),
+            Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "GENERATION_STALLED", "the worker sent no token in time")),
+        }
+    }
+
+    fn chunk(&self, delta: serde_json::Value, finish_reason: Option<FinishReason>) -> serde_json::Value {
+        json!({
+            "id": self.request, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason.map(FinishReason::as_str)}],
+        })
+    }
+}
+
+/// Appends `request.cancelled` when dropped while armed: the client left before the end.
+struct CancelOnDrop {
+    log: EventLog,
+    request: String,
+    meta: Meta,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (log, meta) = (self.log.clone(), self.meta.clone());
+        let event = Event::RequestCancelled(RequestCancelled { request: self.request.clone(), reason: "client_disconnected".into() });
+        tracing::info!(request = %self.request, "client went away; cancelling");
+        tokio::spawn(async move {
+            if let Err(e) = log.append(event, Expected::Any, &meta).await {
+                tracing::error!(error = %e, "cancellation not recorded");
+            }
+        });
+    }
+}
+
+async fn start(state: &AppState, chat: &ValidatedChat, request: &str, meta: &Meta) -> Result<Running, ApiError> {
+    let claim = claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, state.config.slot_wait(), meta).await?;
+    match dispatch(state, chat, request, &claim, meta).await {
+        Ok(tokens) => {
+            let accepted = Event::RequestAccepted(RequestAccepted {
+                request: request.into(),
+                model: chat.model.clone(),
+                worker: claim.worker.clone(),
+                slot: claim.slot,
+                max_tokens: chat.max_tokens,
+                stream: chat.stream,
+            });
+            if let Err(e) = state.log.append(accepted, Expected::Any, meta).await {
+                tracing::error!(error = %e, "request.accepted not recorded");
+            }
+            Ok(Running {
+                tokens,
+                cancel_on_drop: CancelOnDrop { log: state.log.clone(), request: request.into(), meta: meta.clone(), armed: true },
+                model: chat.model.clone(),
+                request: request.into(),
+                created: rbee_bus::envelope::now_ms() / 1000,
+                token_timeout: state.config.token_timeout(),
+            })
+        }
+        Err(e) => {
+            release_slot(&state.log, &claim, request, meta).await;
+            Err(e)
+        }
+    }
+}
+
+/// Hands the request to the worker; returns the subscription its tokens will arrive on.
+async fn dispatch(state: &AppState, chat: &ValidatedChat, request: &str, claim: &Claim, meta: &Meta) -> Result<async_nats::Subscriber, ApiError> {
+    let client = state.log.client();
+    // Subscribe before dispatching so the first token cannot be missed.
+    let tokens = client.subscribe(subjects::tokens(request)).await.map_err(ApiError::log_unavailable)?;
+    let item = WorkItem {
+        request: request.into(),
+        slot: claim.slot,
+        messages: chat.messages.clone(),
+        max_tokens: chat.max_tokens,
+        sampling: chat.sampling.clone(),
+        traceparent: meta.traceparent.clone(),
+    };
+    let unreachable = |why: String| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "WORKER_UNREACHABLE", format!("worker {} did not take the request: {why}", claim.worker)).retry_after(1)
+    };
+    let reply = tokio::time::timeout(DISPATCH_TIMEOUT, client.request(subjects::work(&claim.worker), frames::encode(&item).into()))
+        .await
+        .map_err(|_| unreachable("no answer in time".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    match frames::decode::<WorkAccepted>(&reply.payload) {
+        Ok(WorkAccepted::Accepted) => Ok(tokens),
+        Ok(WorkAccepted::Refused { code, message }) => Err(ApiError::from_worker(&code, message)),
+        Err(e) => Err(unreachable(format!("unreadable answer: {e}"))),
+    }
+}
+
+fn sse(value: serde_json::Value) -> Result<SseEvent, Infallible> {
+    Ok(SseEvent::default().data(value.to_string()))
+}
+
+fn stream_response(mut running: Running) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    let events = async_stream::stream! {
+        yield sse(running.chunk(json!({"role": "assistant", "content": ""}), None));
+        loop {
+            match running.next_frame().await {
+                Ok(TokenFrame::Delta { text }) => yield sse(running.chunk(json!({"content": text}), None)),
+                Ok(TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens }) => {
+                    running.cancel_on_drop.armed = false;
+                    let mut last = running.chunk(json!({}), Some(finish_reason));
+                    last["usage"] = usage(prompt_tokens, completion_tokens);
+                    yield sse(last);
+                    break;
+                }
+                Ok(TokenFrame::Error { code, message }) => {
+                    running.cancel_on_drop.armed = false;
+                    yield sse(ApiError::from_worker(&code, message).body());
+                    break;
+                }
+                Err(e) => {
+                    yield sse(e.body());
+                    break;
+                }
+            }
+        }
+        yield Ok(SseEvent::default().data("[DONE]"));
+    };
+    Sse::new(events).keep_alive(KeepAlive::default())
+}
+
+async fn json_response(mut running: Running) -> Response {
+    let mut content = String::new();
+    loop {
+        match running.next_frame().await {
+            Ok(TokenFrame::Delta { text }) => content.push_str(&text),
+            Ok(TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens }) => {
+                running.cancel_on_drop.armed = false;
+                return axum::Json(json!({
+                    "id": running.request, "object": "chat.completion", "created": running.created, "model": running.model,
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason.as_str()}],
+                    "usage": usage(prompt_tokens, completion_tokens),
+                }))
+                .into_response();
+            }
+            Ok(TokenFrame::Error { code, message }) => {
+                running.cancel_on_drop.armed = false;
+                return ApiError::from_worker(&code, message).into_response();
+            }
+            Err(e) => return e.into_response(),
+        }
+    }
+}
+
+fn usage(prompt_tokens: u32, completion_tokens: u32) -> serde_json::Value {
+    json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens})
+}

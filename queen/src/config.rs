@@ -1,0 +1,37 @@
+//! Queen configuration: flags, each also readable from the environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "rbee-queen", version, about = "rbee queen: OpenAI-compatible gateway and scheduler")]
+pub struct Config {
+    /// NATS server (JetStream enabled).
+    #[arg(long, env = "RBEE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "RBEE_BIND", default_value = "127.0.0.1:8080")]
+    pub bind: SocketAddr,
+    /// Postgres event store; when set, this queen archives the log into it.
+    #[arg(long, env = "RBEE_DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// How long a request waits for a free slot before `ALL_SLOTS_BUSY`.
+    #[arg(long, env = "RBEE_SLOT_WAIT_SECS", default_value_t = 10)]
+    pub slot_wait_secs: u64,
+    /// How long the stream may go without a token before the request fails.
+    #[arg(long, env = "RBEE_TOKEN_TIMEOUT_SECS", default_value_t = 60)]
+    pub token_timeout_secs: u64,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "RBEE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+}
+
+impl Config {
+    pub fn slot_wait(&self) -> Duration {
+        Duration::from_secs(self.slot_wait_secs)
+    }
+
+    pub fn token_timeout(&self) -> Duration {
+        Duration::from_secs(self.token_timeout_secs.max(1))
+    }
+}

@@ -1,0 +1,82 @@
+//! rbee's queen: the OpenAI-compatible gateway and scheduler. It keeps no state of its own beyond
+//! a live projection of the log, so any number of queens can serve one cluster.
+
+pub mod chat;
+pub mod chat_request;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod scheduler;
+
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use rbee_bus::EventLog;
+use rbee_projections::LiveView;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+/// What every handler shares.
+pub struct AppState {
+    pub log: EventLog,
+    pub view: LiveView,
+    pub config: Config,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueenError {
+    #[error("{0}")]
+    Bus(String),
+    #[error("{0}")]
+    Store(#[from] rbee_bus::archive::ArchiveError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+}
+
+impl QueenError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            QueenError::Bus(_) => "EVENT_LOG_UNAVAILABLE",
+            QueenError::Store(_) => "EVENT_STORE_UNAVAILABLE",
+            QueenError::Bind { .. } => "BIND_FAILED",
+        }
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/models", get(routes::models))
+        .route("/v1/requests/{id}", delete(routes::cancel_request))
+        .route("/health", get(routes::health))
+        .fallback(routes::not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+/// Runs the queen until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), QueenError> {
+    let log = EventLog::connect(&config.nats_url).await.map_err(|e| QueenError::Bus(e.to_string()))?;
+    log.ensure_streams(&Default::default()).await.map_err(|e| QueenError::Bus(e.to_string()))?;
+    let view = LiveView::start(&log, shutdown.clone()).await.map_err(|e| QueenError::Bus(e.to_string()))?;
+    if let Some(url) = &config.database_url {
+        let pool = rbee_bus::archive::connect_store(url).await?;
+        let (log, shutdown) = (log.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = rbee_bus::archive::run_archiver(log, pool, shutdown).await {
+                tracing::error!(error = %e, "archiver stopped");
+            }
+        });
+    }
+    let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| QueenError::Bind { addr: config.bind, source })?;
+    tracing::info!(addr = %config.bind, "serving the OpenAI API on http://{}/v1", config.bind);
+    let app = router(Arc::new(AppState { log, view, config }));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|e| QueenError::Bus(e.to_string()))
+}

@@ -1,0 +1,59 @@
+//! The small endpoints: health, the model list, and request cancellation.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use rbee_bus::read::read_subject;
+use rbee_bus::{subjects, AggregateKind, Event, Expected, Meta, RequestCancelled, WorkerState};
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::AppState;
+
+pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let (last_seq, ready) = state.view.read(|v| {
+        (v.last_seq, v.registry.workers.values().filter(|w| w.state == WorkerState::Ready).count())
+    });
+    Json(json!({"status": "ok", "last_seq": last_seq, "ready_workers": ready}))
+}
+
+/// Every model a worker serves or a node holds, in OpenAI's list shape.
+pub async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    let mut names: Vec<String> = state.view.read(|v| {
+        v.registry.workers.values().map(|w| w.model.clone()).chain(v.catalog.entries.keys().map(|(m, _)| m.clone())).collect()
+    });
+    names.sort();
+    names.dedup();
+    let data: Vec<_> = names.iter().map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "rbee"})).collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// `DELETE /v1/requests/{id}`: cancels a request. 204 also when it already ended or was cancelled.
+pub async fn cancel_request(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    if let Err(e) = subjects::validate_name("request id", &id) {
+        return ApiError::invalid("id", e.to_string()).into_response();
+    }
+    let history = match read_subject(&state.log, &subjects::aggregate(AggregateKind::Request, &id)).await {
+        Ok(h) => h,
+        Err(e) => return ApiError::log_unavailable(e).into_response(),
+    };
+    if history.is_empty() {
+        return ApiError::new(StatusCode::NOT_FOUND, "REQUEST_NOT_FOUND", format!("no request {id}")).into_response();
+    }
+    let ended = history.iter().any(|r| matches!(r.envelope.event, Event::RequestFinished(_) | Event::RequestCancelled(_)));
+    if !ended {
+        let meta = Meta { correlation: Some(id.clone()), traceparent: None };
+        let event = Event::RequestCancelled(RequestCancelled { request: id, reason: "deleted".into() });
+        if let Err(e) = state.log.append(event, Expected::Any, &meta).await {
+            return ApiError::log_unavailable(e).into_response();
+        }
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint; see /v1/chat/completions and /v1/models")
+}

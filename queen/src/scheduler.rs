@@ -1,0 +1,102 @@
+//! Choosing a worker and claiming one of its slots. The claim is an optimistic append on the
+//! worker's aggregate: if another queen (or the worker itself) appended first, the server refuses
+//! ours, we wait for our view to catch up, and choose again. No lock, no double grant.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use rbee_bus::{AggregateKind, AppendError, Event, EventLog, Expected, Meta, SlotClaimed, SlotReleased, WorkerState};
+use rbee_projections::{ClusterView, LiveView};
+
+use crate::error::ApiError;
+
+/// A slot this queen holds for a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    pub worker: String,
+    pub slot: u32,
+    pub context_length: u32,
+}
+
+const MAX_CONFLICT_RETRIES: usize = 8;
+
+/// The least-loaded ready worker for `model` with a free slot.
+pub fn choose(view: &ClusterView, model: &str) -> Option<(Claim, rbee_bus::Position)> {
+    view.registry
+        .workers_for(model)
+        .filter(|w| w.can_take_request())
+        .min_by(|a, b| {
+            let load = |w: &rbee_projections::Worker| w.busy.len() as f64 / w.slots.max(1) as f64;
+            load(a).total_cmp(&load(b)).then_with(|| a.id.cmp(&b.id))
+        })
+        .and_then(|w| {
+            w.free_slot().map(|slot| (Claim { worker: w.id.clone(), slot, context_length: w.context_length }, w.position))
+        })
+}
+
+/// Why no worker can be chosen right now, as the error the client sees.
+fn unavailable(view: &ClusterView, model: &str) -> ApiError {
+    let mut workers = view.registry.workers_for(model).peekable();
+    if workers.peek().is_none() {
+        if view.catalog.knows(model) {
+            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NO_READY_WORKER", format!("no worker serves {model} yet; start one (rbee up)"))
+                .retry_after(5);
+        }
+        return ApiError::model_not_found(model);
+    }
+    if workers.all(|w| w.state == WorkerState::Loading) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NO_READY_WORKER", format!("the workers for {model} are still loading"))
+            .retry_after(2);
+    }
+    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ALL_SLOTS_BUSY", format!("every slot serving {model} is busy; retry shortly"))
+        .retry_after(1)
+}
+
+/// Claims a slot for `request`, waiting up to `wait` for one to free up.
+pub async fn claim_slot(
+    view: &LiveView,
+    log: &EventLog,
+    model: &str,
+    request: &str,
+    max_tokens: Option<u32>,
+    wait: Duration,
+    meta: &Meta,
+) -> Result<Claim, ApiError> {
+    if !view.read(|v| v.registry.workers_for(model).next().is_some() || v.catalog.knows(model)) {
+        return Err(ApiError::model_not_found(model));
+    }
+    for _ in 0..MAX_CONFLICT_RETRIES {
+        let Some((claim, position)) = view.wait_until(wait, |v| choose(v, model)).await else {
+            return Err(view.read(|v| unavailable(v, model)));
+        };
+        if let Some(m) = max_tokens.filter(|m| claim.context_length > 0 && *m > claim.context_length) {
+            return Err(ApiError {
+                param: Some("max_tokens"),
+                ..ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "CONTEXT_LENGTH_EXCEEDED",
+                    format!("max_tokens {m} exceeds the context window of {model}: {} tokens", claim.context_length),
+                )
+            });
+        }
+        let event = Event::SlotClaimed(SlotClaimed { worker: claim.worker.clone(), slot: claim.slot, request: request.into() });
+        match log.append(event, Expected::At(position), meta).await {
+            Ok(_) => return Ok(claim),
+            Err(AppendError::Conflict { .. }) => {
+                // Someone wrote to this worker first: catch up with the log and choose again.
+                let latest = log.aggregate_position(AggregateKind::Worker, &claim.worker).await.map_err(ApiError::log_unavailable)?;
+                view.wait_for_seq(latest.map_or(0, |p| p.seq), Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(ApiError::log_unavailable(e)),
+        }
+    }
+    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ALL_SLOTS_BUSY", "too much contention for a slot; retry shortly").retry_after(1))
+}
+
+/// Gives a claimed slot back (the worker never started on it).
+pub async fn release_slot(log: &EventLog, claim: &Claim, request: &str, meta: &Meta) {
+    let event = Event::SlotReleased(SlotReleased { worker: claim.worker.clone(), slot: claim.slot, request: request.into() });
+    if let Err(e) = log.append(event, Expected::Any, meta).await {
+        tracing::error!(error = %e, worker = %claim.worker, "slot release not recorded");
+    }
+}

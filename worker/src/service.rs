@@ -1,0 +1,263 @@
+//! The worker process: registration, heartbeats, taking work, generation on its own thread,
+//! and the events that record each request's outcome.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::StreamExt;
+use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
+use rbee_bus::{
+    subjects, Event, EventLog, Expected, FinishReason, Meta, RequestFinished, SlotReleased, WorkerHeartbeat,
+    WorkerRegistered, WorkerState, WorkerStateChanged,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::engine::{Engine, EngineError, Generation, Prepared, Prompter};
+use crate::{Config, WorkerError};
+
+/// One request handed to the generation thread.
+struct Job {
+    prepared: Prepared,
+    sampling: frames::Sampling,
+    cancel: Arc<AtomicBool>,
+    frames: mpsc::UnboundedSender<TokenFrame>,
+    done: oneshot::Sender<Result<Generation, EngineError>>,
+}
+
+/// What the request handlers share.
+struct Shared {
+    config: Config,
+    log: EventLog,
+    prompter: Arc<Prompter>,
+    jobs: std::sync::mpsc::Sender<Job>,
+    busy: AtomicU32,
+}
+
+/// Runs the worker until `shutdown`. Registration comes first, so a duplicate id fails fast.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    for (field, value) in [("node", &config.node), ("worker id", &config.worker_id), ("model", &config.model)] {
+        rbee_bus::subjects::validate_name(field, value)?;
+    }
+    let log = EventLog::connect(&config.nats_url).await?;
+    log.ensure_streams(&Default::default()).await?;
+    let meta = Meta { correlation: Some(config.worker_id.clone()), traceparent: None };
+    let registered = Event::WorkerRegistered(WorkerRegistered {
+        worker: config.worker_id.clone(),
+        node: config.node.clone(),
+        model: config.model.clone(),
+        slots: config.slots,
+        pid: std::process::id(),
+        backend: "cpu".into(),
+    });
+    match log.append(registered, Expected::NoStream, &meta).await {
+        Ok(_) => tracing::info!(worker = %config.worker_id, "registered; loading model"),
+        Err(rbee_bus::AppendError::Conflict { .. }) => return Err(WorkerError::AlreadyRegistered(config.worker_id)),
+        Err(e) => return Err(e.into()),
+    }
+
+    let path = config.model_path.clone();
+    let loaded = tokio::task::spawn_blocking(move || Engine::load(&path))
+        .await
+        .map_err(|e| WorkerError::Bus(format!("model loader panicked: {e}")))?;
+    let engine = match loaded {
+        Ok(engine) => engine,
+        Err(e) => {
+            set_state(&log, &config.worker_id, WorkerState::Stopped, 0, &meta).await;
+            return Err(e.into());
+        }
+    };
+    let prompter = engine.prompter();
+    let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
+    std::thread::Builder::new()
+        .name("generation".into())
+        .spawn(move || generation_thread(engine, job_rx))
+        .map_err(|e| WorkerError::Bus(format!("cannot start generation thread: {e}")))?;
+
+    let mut work = log
+        .client()
+        .subscribe(subjects::work(&config.worker_id))
+        .await
+        .map_err(|e| WorkerError::Bus(e.to_string()))?;
+    let context_length = prompter.context_length() as u32;
+    set_state(&log, &config.worker_id, WorkerState::Ready, context_length, &meta).await;
+    tracing::info!(worker = %config.worker_id, context_length, "ready");
+
+    let shared = Arc::new(Shared { config, log, prompter, jobs, busy: AtomicU32::new(0) });
+    let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), shutdown.clone()));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            msg = work.next() => match msg {
+                Some(msg) => accept(shared.clone(), msg).await,
+                None => break,
+            },
+        }
+    }
+    heartbeats.abort();
+    set_state(&shared.log, &shared.config.worker_id, WorkerState::Stopped, 0, &meta).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn set_state(log: &EventLog, worker: &str, state: WorkerState, context_length: u32, meta: &Meta) {
+    let event = Event::WorkerStateChanged(WorkerStateChanged { worker: worker.into(), state, context_length });
+    if let Err(e) = log.append(event, Expected::Any, meta).await {
+        tracing::error!(error = %e, state = state.as_str(), "could not record state change");
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(shared.config.heartbeat_interval());
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let beat = Event::WorkerHeartbeat(WorkerHeartbeat {
+            worker: shared.config.worker_id.clone(),
+            node: shared.config.node.clone(),
+            busy_slots: shared.busy.load(Ordering::Relaxed),
+        });
+        if let Err(e) = shared.log.heartbeat(beat, &Meta::default()).await {
+            tracing::warn!(error = %e, "heartbeat not published");
+        }
+    }
+}
+
+/// Validates a work item and, if it can run, answers `Accepted` and queues it.
+async fn accept(shared: Arc<Shared>, msg: async_nats::Message) {
+    let Some(reply) = msg.reply.clone() else { return };
+    let client = shared.log.client().clone();
+    let refuse = |code: &str, message: String| frames::encode(&WorkAccepted::Refused { code: code.into(), message });
+    let item: WorkItem = match frames::decode(&msg.payload) {
+        Ok(item) => item,
+        Err(e) => {
+            let _ = client.publish(reply, refuse("INVALID_WORK_ITEM", e.to_string()).into()).await;
+            return;
+        }
+    };
+    let span = tracing::info_span!("worker.request", request = %item.request, traceparent = item.traceparent.as_deref().unwrap_or(""));
+    let _enter = span.enter();
+    if shared.busy.load(Ordering::SeqCst) >= shared.config.slots {
+        let msg = format!("worker {} has no free slot", shared.config.worker_id);
+        let _ = client.publish(reply, refuse("WORKER_ALREADY_BUSY", msg).into()).await;
+        return;
+    }
+    let prepared = match shared.prompter.prepare(&item.messages, item.max_tokens) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = client.publish(reply, refuse(e.code(), e.to_string()).into()).await;
+            return;
+        }
+    };
+    // Listen for the request's cancellation before saying yes, so none can be missed.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let cancellations = match client.subscribe(subjects::aggregate(rbee_bus::AggregateKind::Request, &item.request)).await {
+        Ok(sub) => sub,
+        Err(e) => {
+            let _ = client.publish(reply, refuse("EVENT_LOG_UNAVAILABLE", e.to_string()).into()).await;
+            return;
+        }
+    };
+    let _ = client.flush().await;
+    shared.busy.fetch_add(1, Ordering::SeqCst);
+    let (frames_tx, frames_rx) = mpsc::unbounded_channel();
+    let (done_tx, done_rx) = oneshot::channel();
+    let job = Job { prepared, sampling: item.sampling.clone(), cancel: cancel.clone(), frames: frames_tx.clone(), done: done_tx };
+    if shared.jobs.send(job).is_err() {
+        shared.busy.fetch_sub(1, Ordering::SeqCst);
+        let _ = client.publish(reply, refuse("INFERENCE_FAILED", "generation thread is gone".into()).into()).await;
+        return;
+    }
+    let _ = client.publish(reply, frames::encode(&WorkAccepted::Accepted).into()).await;
+    tokio::spawn(watch_cancellation(cancellations, cancel));
+    tokio::spawn(forward_frames(client, subjects::tokens(&item.request), frames_rx));
+    tokio::spawn(finish(shared, item, frames_tx, done_rx));
+}
+
+/// Sets `cancel` when a `request.cancelled` event for the request is published.
+async fn watch_cancellation(mut sub: async_nats::Subscriber, cancel: Arc<AtomicBool>) {
+    while let Some(msg) = sub.next().await {
+        if let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) {
+            if matches!(env.event, Event::RequestCancelled(_) | Event::RequestFinished(_)) {
+                cancel.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// Publishes token frames in order until the job's senders are gone.
+async fn forward_frames(client: async_nats::Client, subject: String, mut rx: mpsc::UnboundedReceiver<TokenFrame>) {
+    while let Some(frame) = rx.recv().await {
+        if client.publish(subject.clone(), frames::encode(&frame).into()).await.is_err() {
+            tracing::warn!(%subject, "token frame not published");
+        }
+    }
+}
+
+/// Waits for the generation to end, records the outcome and frees the slot, then ends the stream.
+async fn finish(
+    shared: Arc<Shared>,
+    item: WorkItem,
+    frames: mpsc::UnboundedSender<TokenFrame>,
+    done: oneshot::Receiver<Result<Generation, EngineError>>,
+) {
+    let started = Instant::now();
+    let outcome = done.await.unwrap_or_else(|_| Err(EngineError::Inference("generation thread stopped".into())));
+    let worker = shared.config.worker_id.clone();
+    let meta = Meta { correlation: Some(item.request.clone()), traceparent: item.traceparent.clone() };
+    let (finished, last_frame) = match &outcome {
+        Ok(g) => (
+            RequestFinished {
+                request: item.request.clone(),
+                worker: worker.clone(),
+                finish_reason: g.finish_reason,
+                prompt_tokens: g.prompt_tokens,
+                completion_tokens: g.completion_tokens,
+                time_to_first_token_ms: g.time_to_first_token.as_millis() as u64,
+                duration_ms: started.elapsed().as_millis() as u64,
+                error_code: None,
+            },
+            TokenFrame::Done {
+                finish_reason: g.finish_reason,
+                prompt_tokens: g.prompt_tokens,
+                completion_tokens: g.completion_tokens,
+            },
+        ),
+        Err(e) => (
+            RequestFinished {
+                request: item.request.clone(),
+                worker: worker.clone(),
+                finish_reason: FinishReason::Error,
+                prompt_tokens: 0,
+                completion_tokens: 0,
+                time_to_first_token_ms: 0,
+                duration_ms: started.elapsed().as_millis() as u64,
+                error_code: Some(e.code().into()),
+            },
+            TokenFrame::Error { code: e.code().into(), message: e.to_string() },
+        ),
+    };
+    let released = Event::SlotReleased(SlotReleased { worker, slot: item.slot, request: item.request.clone() });
+    for event in [Event::RequestFinished(finished), released] {
+        if let Err(e) = shared.log.append(event, Expected::Any, &meta).await {
+            tracing::error!(error = %e, request = %item.request, "outcome not recorded");
+        }
+    }
+    shared.busy.fetch_sub(1, Ordering::SeqCst);
+    let _ = frames.send(last_frame);
+}
+
+/// Runs jobs one at a time on a dedicated thread: the forward pass never blocks the runtime.
+fn generation_thread(mut engine: Engine, jobs: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        let frames = job.frames;
+        let result = engine.generate(&job.prepared, &job.sampling, &job.cancel, |text| {
+            let _ = frames.send(TokenFrame::Delta { text: text.to_string() });
+        });
+        let _ = job.done.send(result);
+    }
+}
