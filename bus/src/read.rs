@@ -37,8 +37,13 @@ pub async fn follow(
         From::Seq(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.max(1) },
         From::LastPerSubject => DeliverPolicy::LastPerSubject,
     };
+    // The server wants an explicit filter with "last per subject".
+    let filter_subject = match from {
+        From::LastPerSubject => format!("{}", stream.cached_info().config.subjects.first().map(String::as_str).unwrap_or(">")),
+        _ => String::new(),
+    };
     let consumer = stream
-        .create_consumer(pull::OrderedConfig { deliver_policy, ..Default::default() })
+        .create_consumer(pull::OrderedConfig { deliver_policy, filter_subject, ..Default::default() })
         .await
         .map_err(|e| ReadError::Unavailable(format!("cannot create reader: {e}")))?;
     let messages = consumer.messages().await.map_err(|e| ReadError::Unavailable(e.to_string()))?;

@@ -1,1 +1,82 @@
-//! placeholder
+//! `rbee`, the command line people type: start and stop a local cluster, ask it things, and look
+//! inside it (workers, the event log).
+
+pub mod cluster_file;
+pub mod down;
+pub mod error;
+pub mod events;
+pub mod infer;
+pub mod local;
+pub mod up;
+pub mod workers;
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::cluster_file::ClusterFile;
+use crate::error::CliResult;
+
+#[derive(Debug, Parser)]
+#[command(name = "rbee", version, about = "rbee: an event-sourced cluster serving LLM inference")]
+pub struct Cli {
+    /// Where the local cluster keeps its data, logs and cluster.json.
+    #[arg(long, global = true, env = "RBEE_DATA_DIR", default_value = ".rbee")]
+    pub data_dir: PathBuf,
+    /// NATS server (default: the one `rbee up` started).
+    #[arg(long, global = true, env = "RBEE_NATS_URL")]
+    pub nats_url: Option<String>,
+    /// Queen base URL (default: the one `rbee up` started).
+    #[arg(long, global = true, env = "RBEE_URL")]
+    pub url: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start (or reuse) a local cluster serving the default model.
+    Up(up::UpArgs),
+    /// Stop what `rbee up` started.
+    Down,
+    /// Ask the cluster; the answer streams to the terminal.
+    Infer(infer::InferArgs),
+    /// List workers.
+    Workers {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The event log.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print events as JSON lines, following new ones.
+    Tail(events::TailArgs),
+}
+
+impl Cli {
+    fn nats_url(&self) -> String {
+        self.nats_url.clone().or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.nats_url)).unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+    }
+
+    fn queen_url(&self) -> String {
+        let url = self.url.clone().or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.queen_url));
+        url.unwrap_or_else(|| "http://127.0.0.1:8080".into()).trim_end_matches('/').to_string()
+    }
+}
+
+pub async fn run(cli: Cli) -> CliResult<()> {
+    let data_dir: &Path = &cli.data_dir;
+    match &cli.command {
+        Command::Up(args) => up::up(args.clone(), data_dir).await,
+        Command::Down => down::down(data_dir),
+        Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
+        Command::Workers { json } => workers::workers(&cli.nats_url(), *json).await,
+        Command::Events { command: EventsCommand::Tail(args) } => events::tail(&cli.nats_url(), args.clone()).await,
+    }
+}

@@ -96,6 +96,13 @@ struct CancelOnDrop {
     armed: bool,
 }
 
+impl CancelOnDrop {
+    /// The request ended on its own: nothing to cancel.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if !self.armed {
@@ -181,14 +188,14 @@ fn stream_response(mut running: Running) -> Sse<impl futures::Stream<Item = Resu
             match running.next_frame().await {
                 Ok(TokenFrame::Delta { text }) => yield sse(running.chunk(json!({"content": text}), None)),
                 Ok(TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens }) => {
-                    running.cancel_on_drop.armed = false;
+                    running.cancel_on_drop.disarm();
                     let mut last = running.chunk(json!({}), Some(finish_reason));
                     last["usage"] = usage(prompt_tokens, completion_tokens);
                     yield sse(last);
                     break;
                 }
                 Ok(TokenFrame::Error { code, message }) => {
-                    running.cancel_on_drop.armed = false;
+                    running.cancel_on_drop.disarm();
                     yield sse(ApiError::from_worker(&code, message).body());
                     break;
                 }
@@ -209,7 +216,7 @@ async fn json_response(mut running: Running) -> Response {
         match running.next_frame().await {
             Ok(TokenFrame::Delta { text }) => content.push_str(&text),
             Ok(TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens }) => {
-                running.cancel_on_drop.armed = false;
+                running.cancel_on_drop.disarm();
                 return axum::Json(json!({
                     "id": running.request, "object": "chat.completion", "created": running.created, "model": running.model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason.as_str()}],
@@ -218,7 +225,7 @@ async fn json_response(mut running: Running) -> Response {
                 .into_response();
             }
             Ok(TokenFrame::Error { code, message }) => {
-                running.cancel_on_drop.armed = false;
+                running.cancel_on_drop.disarm();
                 return ApiError::from_worker(&code, message).into_response();
             }
             Err(e) => return e.into_response(),

@@ -1,0 +1,45 @@
+//! `<data-dir>/cluster.json`: what `rbee up` started and where it listens, so later commands
+//! (`down`, `infer`, `workers`, `events`) find the cluster, and `down` stops exactly those PIDs.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{CliError, CliResult};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClusterFile {
+    pub nats_url: String,
+    pub nats_monitor_url: String,
+    pub queen_url: String,
+    pub database_url: Option<String>,
+    pub node: String,
+    pub model: String,
+    pub nats_pid: u32,
+    pub hive_pid: u32,
+    pub queen_pid: u32,
+    pub postgres_pid: Option<u32>,
+    pub postgres_root: Option<PathBuf>,
+    pub postgres_bin: Option<PathBuf>,
+}
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join("cluster.json")
+}
+
+impl ClusterFile {
+    pub fn load(data_dir: &Path) -> Option<ClusterFile> {
+        let text = std::fs::read_to_string(path(data_dir)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    pub fn save(&self, data_dir: &Path) -> CliResult<()> {
+        let p = path(data_dir);
+        let text = serde_json::to_string_pretty(self).expect("plain struct serializes");
+        std::fs::write(&p, text).map_err(|e| CliError::new("IO_ERROR", format!("cannot write {}: {e}", p.display())))
+    }
+
+    pub fn remove(data_dir: &Path) {
+        let _ = std::fs::remove_file(path(data_dir));
+    }
+}

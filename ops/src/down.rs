@@ -1,0 +1,36 @@
+//! `rbee down`: stops what `rbee up` started, by the PIDs it recorded: the queen, then the hive
+//! (which stops its workers and records their exits), then nats-server and Postgres.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::cluster_file::ClusterFile;
+use crate::error::CliResult;
+use crate::local::{postgres, process};
+
+pub fn down(data_dir: &Path) -> CliResult<()> {
+    match ClusterFile::load(data_dir) {
+        Some(cf) => {
+            stop_cluster(&cf);
+            ClusterFile::remove(data_dir);
+            println!("rbee is down");
+        }
+        None => println!("nothing to stop: no cluster recorded in {}", data_dir.display()),
+    }
+    Ok(())
+}
+
+/// Stops every process the file names that is still ours. Safe on a half-started cluster.
+pub fn stop_cluster(cf: &ClusterFile) {
+    process::stop(cf.queen_pid, "rbee-queen", Duration::from_secs(10));
+    // The hive gives its workers their own grace period before it exits.
+    process::stop(cf.hive_pid, "rbee-hive", Duration::from_secs(30));
+    process::stop(cf.nats_pid, "nats-server", Duration::from_secs(10));
+    if let (Some(bin), Some(root)) = (&cf.postgres_bin, &cf.postgres_root) {
+        if postgres::postmaster_pid(root).is_some_and(|pid| process::is_ours(pid, "postgres")) {
+            if let Err(e) = postgres::stop(bin, root) {
+                eprintln!("warning: {e}");
+            }
+        }
+    }
+}

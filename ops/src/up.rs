@@ -1,0 +1,219 @@
+//! `rbee up`: finds or starts nats-server and Postgres, starts a hive and a queen, makes sure a
+//! worker serves the model, and prints the endpoint. A second `up` reuses what is running.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rbee_bus::{subjects, AggregateKind, Event, EventLog, Expected, Meta, WorkerStartRequested, WorkerState};
+use rbee_projections::LiveView;
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster_file::ClusterFile;
+use crate::error::{CliError, CliResult};
+use crate::local::{self, model, nats, postgres, process};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct UpArgs {
+    /// Port of the OpenAI-compatible API (0: any free port).
+    #[arg(long, env = "RBEE_PORT", default_value_t = 8080)]
+    pub port: u16,
+    /// Serve this GGUF file (a path or file: ref) instead of the default model.
+    #[arg(long, env = "RBEE_MODEL_FILE")]
+    pub model_file: Option<String>,
+    /// The name clients use for the model (default: SmolLM2-135M-Instruct, or the file's name).
+    #[arg(long, env = "RBEE_MODEL_NAME")]
+    pub model_name: Option<String>,
+    /// This machine's node name (default: the host name).
+    #[arg(long, env = "RBEE_NODE")]
+    pub node: Option<String>,
+    /// Where nats-server is installed when none is found (default: <data-dir>/tools).
+    #[arg(long, env = "RBEE_TOOLS_DIR")]
+    pub tools_dir: Option<PathBuf>,
+    /// Where the default model is downloaded to (default: <data-dir>/cache).
+    #[arg(long, env = "RBEE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+    /// Start the cluster without a worker.
+    #[arg(long)]
+    pub no_worker: bool,
+    /// Seconds to wait for the worker to be ready.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_secs: u64,
+}
+
+pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
+    std::fs::create_dir_all(data_dir).map_err(|e| process::io_error("create", data_dir, e))?;
+    let data_dir = std::fs::canonicalize(data_dir).map_err(|e| process::io_error("resolve", data_dir, e))?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache"));
+    let source = model::resolve(args.model_file.as_deref(), args.model_name.as_deref(), &cache_dir)?;
+
+    let cluster = match ClusterFile::load(&data_dir) {
+        Some(cf) if is_running(&cf).await => {
+            println!("reusing the running cluster in {}", data_dir.display());
+            cf
+        }
+        stale => {
+            if let Some(cf) = stale {
+                crate::down::stop_cluster(&cf);
+            }
+            start_cluster(&args, &data_dir, &source.name).await?
+        }
+    };
+    if !args.no_worker {
+        ensure_worker(&cluster, &source, Duration::from_secs(args.timeout_secs)).await?;
+    }
+    println!("rbee is up: {}/v1  (model {})", cluster.queen_url, source.name);
+    println!("try: curl {}/v1/chat/completions -H 'Content-Type: application/json' \\", cluster.queen_url);
+    println!("       -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'", source.name);
+    Ok(())
+}
+
+/// Every process the file names is alive and the queen answers.
+async fn is_running(cf: &ClusterFile) -> bool {
+    process::is_ours(cf.nats_pid, "nats-server")
+        && process::is_ours(cf.hive_pid, "rbee-hive")
+        && process::is_ours(cf.queen_pid, "rbee-queen")
+        && local::wait_http_ok(&format!("{}/health", cf.queen_url), Duration::from_secs(2)).await.is_ok()
+}
+
+fn binary(name: &str) -> CliResult<PathBuf> {
+    process::find_binary(name)
+        .ok_or_else(|| CliError::new("BINARY_MISSING", format!("{name} not found beside rbee or on PATH; build it with `cargo build`")))
+}
+
+async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult<ClusterFile> {
+    let (queen_bin, hive_bin, _) = (binary("rbee-queen")?, binary("rbee-hive")?, binary("rbee-worker")?);
+    let tools_dir = args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools"));
+    let nats_bin = nats::find_or_install(&tools_dir)?;
+    let logs = data_dir.join("logs");
+    let node = args.node.clone().unwrap_or_else(rbee_hive_hostname);
+    rbee_bus::subjects::validate_name("node", &node).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+
+    let (nats_port, monitor_port) = (process::free_port()?, process::free_port()?);
+    let queen_port = if args.port == 0 { process::free_port()? } else { args.port };
+    let mut cf = ClusterFile {
+        nats_url: format!("nats://127.0.0.1:{nats_port}"),
+        nats_monitor_url: format!("http://127.0.0.1:{monitor_port}"),
+        queen_url: format!("http://127.0.0.1:{queen_port}"),
+        node: node.clone(),
+        model: model.into(),
+        ..Default::default()
+    };
+    // Record each process as soon as it exists, so `down` can stop a half-started cluster.
+    cf.nats_pid = nats::start(&nats::NatsPlan {
+        binary: &nats_bin,
+        port: nats_port,
+        monitor_port,
+        store_dir: &data_dir.join("nats"),
+        log: &logs.join("nats.log"),
+    })
+    .await?;
+    cf.save(data_dir)?;
+
+    let pg_bin = postgres::find_bin_dir()?;
+    let pg_root = postgres::prepare_root(&data_dir.join("postgres"))?;
+    cf.postgres_bin = Some(pg_bin.clone());
+    cf.postgres_root = Some(pg_root.clone());
+    let (pg_pid, database_url) = postgres::start(&pg_bin, &pg_root, process::free_port()?).await?;
+    cf.postgres_pid = Some(pg_pid);
+    cf.database_url = Some(database_url.clone());
+    cf.save(data_dir)?;
+
+    let env = [("RBEE_NATS_URL", cf.nats_url.clone())];
+    let hive_args = vec!["--node".into(), node, "--data-dir".into(), data_dir.display().to_string()];
+    cf.hive_pid = process::spawn_detached(&hive_bin, &hive_args, &logs.join("hive.log"), &env)?;
+    cf.save(data_dir)?;
+    let queen_args = vec!["--bind".into(), format!("127.0.0.1:{queen_port}"), "--database-url".into(), database_url];
+    cf.queen_pid = process::spawn_detached(&queen_bin, &queen_args, &logs.join("queen.log"), &env)?;
+    cf.save(data_dir)?;
+    local::wait_http_ok(&format!("{}/health", cf.queen_url), Duration::from_secs(30)).await.map_err(|_| {
+        CliError::new("QUEEN_START_FAILED", format!("the queen did not answer on {}; see {}", cf.queen_url, logs.join("queen.log").display()))
+    })?;
+    Ok(cf)
+}
+
+fn rbee_hive_hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    let name: String = raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(64).collect();
+    if name.is_empty() { "localhost".into() } else { name }
+}
+
+/// How recent a heartbeat must be for `up` to trust that a worker is alive.
+const FRESH_HEARTBEAT_MS: u64 = 10_000;
+
+/// Makes sure a live worker serves the model on this node: reuses one, or asks the hive for one and
+/// waits until it is ready.
+async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, timeout: Duration) -> CliResult<()> {
+    let log = EventLog::connect(&cf.nats_url).await.map_err(|e| CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+    let stop = CancellationToken::new();
+    let _stop_view = stop.clone().drop_guard();
+    let view = LiveView::start(&log, stop.clone()).await.map_err(|e| CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+    view.catch_up(&log, Duration::from_secs(30)).await.map_err(|e| CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+    let now = rbee_bus::envelope::now_ms();
+    let existing = view.read(|v| {
+        v.registry
+            .workers_for(&source.name)
+            .filter(|w| w.node == cf.node && matches!(w.state, WorkerState::Ready | WorkerState::Loading))
+            .filter(|w| w.last_heartbeat_ms.is_some_and(|hb| now.saturating_sub(hb) < FRESH_HEARTBEAT_MS))
+            .map(|w| (w.id.clone(), w.state))
+            .next()
+    });
+    let reusing = existing.is_some();
+    let worker = match existing {
+        Some((id, WorkerState::Ready)) => {
+            println!("reusing ready worker {id}");
+            return Ok(());
+        }
+        Some((id, _)) => id,
+        None => format!("{}-{}", cf.node.chars().take(40).collect::<String>(), &uuid::Uuid::now_v7().simple().to_string()[20..]),
+    };
+    // Watch the worker's events before asking for it, so its readiness cannot be missed.
+    let mut events = log
+        .client()
+        .subscribe(subjects::aggregate(AggregateKind::Worker, &worker))
+        .await
+        .map_err(|e| CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+    let ready_now = view.read(|v| v.registry.workers.get(&worker).is_some_and(|w| w.state == WorkerState::Ready));
+    if ready_now {
+        println!("worker {worker} ready");
+        return Ok(());
+    }
+    if !reusing {
+        let command = Event::WorkerStartRequested(WorkerStartRequested {
+            node: cf.node.clone(),
+            worker: worker.clone(),
+            model: source.name.clone(),
+            source: format!("file://{}", source.path.display()),
+            sha256: source.sha256.clone(),
+            slots: 1,
+        });
+        log.append(command, Expected::Any, &Meta { correlation: Some(worker.clone()), traceparent: None })
+            .await
+            .map_err(|e| CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+    }
+    println!("starting worker {worker} for {} ...", source.name);
+    let wait = async {
+        while let Some(msg) = events.next().await {
+            let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) else { continue };
+            match env.event {
+                Event::WorkerRegistered(_) => println!("worker {worker} registered; loading the model"),
+                Event::WorkerStateChanged(s) if s.state == WorkerState::Ready => {
+                    println!("worker {worker} ready (context {} tokens)", s.context_length);
+                    return Ok(());
+                }
+                Event::WorkerStartFailed(f) => return Err(CliError::new(f.code, f.message)),
+                Event::WorkerExited(x) => {
+                    return Err(CliError::new(
+                        "WORKER_EXITED",
+                        format!("worker {worker} exited during start (code {:?}, signal {:?}); see its log in logs/", x.exit_code, x.signal),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Err(CliError::new("EVENT_LOG_UNAVAILABLE", "event subscription ended"))
+    };
+    tokio::time::timeout(timeout, wait).await.map_err(|_| {
+        CliError::new("LOADING_TIMEOUT", format!("worker {worker} was not ready within {}s", timeout.as_secs()))
+    })?
+}

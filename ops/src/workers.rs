@@ -1,0 +1,36 @@
+//! `rbee workers`: the worker registry, folded from the log right now.
+
+use std::time::Duration;
+
+use rbee_bus::EventLog;
+use rbee_projections::LiveView;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{CliError, CliResult};
+
+pub async fn workers(nats_url: &str, json: bool) -> CliResult<()> {
+    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
+    let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let view = LiveView::start(&log, stop).await.map_err(|e| unavailable(e.to_string()))?;
+    view.catch_up(&log, Duration::from_secs(30)).await.map_err(|e| unavailable(e.to_string()))?;
+    let workers: Vec<_> = view.read(|v| v.registry.workers.values().cloned().collect());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&workers).expect("plain data serializes"));
+        return Ok(());
+    }
+    let now = rbee_bus::envelope::now_ms();
+    println!("{:<32} {:<16} {:<24} {:<9} {:>5} {:>7} {:>9}", "WORKER", "NODE", "MODEL", "STATE", "BUSY", "CONTEXT", "HEARTBEAT");
+    for w in &workers {
+        let heartbeat = w.last_heartbeat_ms.map(|hb| format!("{:.1}s ago", now.saturating_sub(hb) as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+        println!(
+            "{:<32} {:<16} {:<24} {:<9} {:>5} {:>7} {:>9}",
+            w.id, w.node, w.model, w.state.as_str(), format!("{}/{}", w.busy.len(), w.slots), w.context_length, heartbeat
+        );
+    }
+    if workers.is_empty() {
+        println!("(no workers)");
+    }
+    Ok(())
+}
