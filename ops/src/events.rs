@@ -31,7 +31,7 @@ pub fn to_json(stream: &str, rec: &Recorded) -> Value {
     // Events serialize as {"VariantName": {...}}; the type is already in "type".
     let data = body.as_object().and_then(|o| o.values().next().cloned()).unwrap_or(body);
     json!({
-        "stream": stream, "seq": rec.stream_seq, "subject": rec.subject, "type": env.event.kind(),
+        "type": env.event.kind(), "stream": stream, "seq": rec.stream_seq, "subject": rec.subject,
         "id": env.id.to_string(), "version": env.version, "at_ms": env.at_ms,
         "correlation": env.correlation, "traceparent": env.traceparent, "data": data,
     })

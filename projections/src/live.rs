@@ -20,13 +20,17 @@ pub struct ClusterView {
     pub catalog: Catalog,
     /// The last `RBEE` sequence folded in.
     pub last_seq: u64,
+    /// The last `RBEE_HB` sequence folded in.
+    pub last_heartbeat_seq: u64,
 }
 
 impl ClusterView {
     pub fn apply(&mut self, rec: &Recorded) {
         self.registry.apply(rec);
         self.catalog.apply(rec);
-        if rec.subject.starts_with("rbee.ev.") {
+        if matches!(rec.envelope.event, rbee_bus::Event::WorkerHeartbeat(_)) {
+            self.last_heartbeat_seq = self.last_heartbeat_seq.max(rec.stream_seq);
+        } else {
             self.last_seq = self.last_seq.max(rec.stream_seq);
         }
     }
@@ -104,13 +108,15 @@ impl LiveView {
         }
     }
 
-    /// Waits until the view has folded everything the log held when this was called.
+    /// Waits until the view has folded everything both streams held when this was called.
     pub async fn catch_up(&self, log: &EventLog, timeout: Duration) -> Result<(), rbee_bus::log::ReadError> {
         let end = read::last_sequence(log, subjects::EVENTS_STREAM).await?;
-        if self.wait_for_seq(end, timeout).await {
-            Ok(())
-        } else {
-            Err(rbee_bus::log::ReadError::Unavailable(format!("projection did not reach sequence {end} in {timeout:?}")))
-        }
+        let heartbeats_end = read::last_sequence(log, subjects::HEARTBEATS_STREAM).await?;
+        let caught_up = self
+            .wait_until(timeout, |v| (v.last_seq >= end && v.last_heartbeat_seq >= heartbeats_end).then_some(()))
+            .await;
+        caught_up.ok_or_else(|| {
+            rbee_bus::log::ReadError::Unavailable(format!("projection did not reach sequence {end} in {timeout:?}"))
+        })
     }
 }

@@ -50,6 +50,9 @@ impl Worker {
 pub struct Registry {
     pub nodes: BTreeMap<String, Node>,
     pub workers: BTreeMap<String, Worker>,
+    /// Last heartbeat per worker id. Kept apart from `workers` because heartbeats come from another
+    /// stream and may be folded before the registration they follow.
+    pub heartbeats: BTreeMap<String, u64>,
 }
 
 impl Registry {
@@ -86,7 +89,7 @@ impl Registry {
                         slots: e.slots,
                         busy: BTreeMap::new(),
                         position,
-                        last_heartbeat_ms: Some(env.at_ms),
+                        last_heartbeat_ms: Some(self.heartbeats.get(&e.worker).copied().unwrap_or(0).max(env.at_ms)),
                     },
                 );
             }
@@ -103,10 +106,13 @@ impl Registry {
             }
             Event::WorkerExited(e) => {
                 self.workers.remove(&e.worker);
+                self.heartbeats.remove(&e.worker);
             }
             Event::WorkerHeartbeat(e) => {
+                let last = self.heartbeats.entry(e.worker.clone()).or_insert(0);
+                *last = (*last).max(env.at_ms);
                 if let Some(w) = self.workers.get_mut(&e.worker) {
-                    w.last_heartbeat_ms = Some(env.at_ms);
+                    w.last_heartbeat_ms = Some(*last);
                 }
             }
             Event::SlotClaimed(e) => {
@@ -236,5 +242,16 @@ mod tests {
     fn events_for_unknown_workers_change_nothing() {
         let g = given([claim("ghost", 0, "r1"), state("ghost", WorkerState::Ready)]);
         assert_eq!(g.registry, Registry::default());
+    }
+
+    #[test]
+    fn a_heartbeat_folded_before_the_registration_still_counts() {
+        let mut g = given([]);
+        let beat = Event::WorkerHeartbeat(WorkerHeartbeat { worker: "w1".into(), node: "n1".into(), busy_slots: 0 });
+        let mut env = Envelope::new(beat.clone(), 0, &Meta::default());
+        env.at_ms = u64::MAX / 2;
+        g.registry.apply(&Recorded { stream_seq: 1, subject: subjects::for_event(&beat), envelope: env });
+        g.when(registered("w1", 1));
+        assert_eq!(g.worker("w1").last_heartbeat_ms, Some(u64::MAX / 2));
     }
 }
