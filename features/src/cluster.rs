@@ -1,0 +1,99 @@
+//! A whole local cluster, started the way a user starts it: `rbee up` in a private data directory.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// A running cluster; `rbee down` when dropped.
+pub struct Cluster {
+    pub data_dir: PathBuf,
+    pub queen_url: String,
+    pub nats_url: String,
+    pub node: String,
+    /// What `rbee up` printed.
+    pub up_output: String,
+}
+
+impl Cluster {
+    /// `rbee up` with the default model (from the shared cache) on free ports.
+    pub fn up(extra: &[&str]) -> anyhow::Result<Cluster> {
+        let data_dir = crate::scratch_dir("cluster");
+        let node = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let mut args = vec!["up", "--port", "0", "--node", &node];
+        args.extend_from_slice(extra);
+        let out = rbee(&data_dir, &args);
+        let up_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let file = data_dir.join("cluster.json");
+        let cluster_file: Value = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
+        let cluster = Cluster {
+            queen_url: cluster_file["queen_url"].as_str().unwrap_or_default().to_string(),
+            nats_url: cluster_file["nats_url"].as_str().unwrap_or_default().to_string(),
+            data_dir,
+            node,
+            up_output,
+        };
+        anyhow::ensure!(out.status.success(), "rbee up failed ({}):\n{}", out.status, cluster.up_output);
+        Ok(cluster)
+    }
+
+    /// Runs `rbee <args>` against this cluster.
+    pub fn rbee(&self, args: &[&str]) -> Output {
+        rbee(&self.data_dir, args)
+    }
+
+    /// Every event in the log now (heartbeats included when asked), decoded by `rbee events tail`.
+    pub fn events(&self, heartbeats: bool) -> Vec<Value> {
+        let mut args = vec!["events", "tail", "--no-follow"];
+        if !heartbeats {
+            args.push("--no-heartbeats");
+        }
+        let out = self.rbee(&args);
+        assert!(out.status.success(), "rbee events tail failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
+    }
+
+    /// Events of one type.
+    pub fn events_of(&self, kind: &str) -> Vec<Value> {
+        self.events(kind == "worker.heartbeat").into_iter().filter(|e| e["type"] == kind).collect()
+    }
+
+    /// The registry as `rbee workers --json` shows it.
+    pub fn workers(&self) -> Vec<Value> {
+        let out = self.rbee(&["workers", "--json"]);
+        assert!(out.status.success(), "rbee workers failed: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<Value>(&out.stdout).expect("workers JSON").as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn log_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.data_dir.join("logs").join(name)).unwrap_or_default()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let out = self.rbee(&["down"]);
+        if !out.status.success() {
+            eprintln!("rbee down failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// `rbee` with the shared caches and a data directory.
+pub fn rbee(data_dir: &std::path::Path, args: &[&str]) -> Output {
+    rbee_command(data_dir, args).output().expect("run rbee")
+}
+
+pub fn rbee_command(data_dir: &std::path::Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(crate::bin("rbee"));
+    cmd.arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env("RBEE_TOOLS_DIR", crate::tools_dir())
+        .env("RBEE_CACHE_DIR", crate::cache_dir())
+        .env_remove("RBEE_URL")
+        .env_remove("RBEE_NATS_URL")
+        .env_remove("RBEE_PORT");
+    cmd
+}

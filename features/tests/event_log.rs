@@ -1,0 +1,99 @@
+//! The event log against a real nats-server (and Postgres for the archive): optimistic
+//! concurrency, ordered reads, and archiving exactly once.
+
+use std::time::Duration;
+
+use rbee_bus::read::read_subject;
+use rbee_bus::{subjects, AggregateKind, AppendError, Event, EventLog, Expected, Meta, SlotClaimed, WorkerRegistered};
+use rbee_features::infra::{Nats, Postgres};
+use rbee_features::poll::eventually;
+use tokio_util::sync::CancellationToken;
+
+async fn log(nats: &Nats) -> EventLog {
+    let log = EventLog::connect(&nats.url).await.expect("connect");
+    log.ensure_streams(&Default::default()).await.expect("streams");
+    log
+}
+
+fn registered(worker: &str) -> Event {
+    Event::WorkerRegistered(WorkerRegistered {
+        worker: worker.into(),
+        node: "n1".into(),
+        model: "m".into(),
+        slots: 1,
+        pid: 1,
+        backend: "cpu".into(),
+    })
+}
+
+fn claim(request: &str) -> Event {
+    Event::SlotClaimed(SlotClaimed { worker: "w1".into(), slot: 0, request: request.into() })
+}
+
+#[tokio::test]
+async fn the_second_first_registration_is_refused_by_the_server() {
+    let nats = Nats::start().await;
+    let log = log(&nats).await;
+    let first = log.append(registered("w1"), Expected::NoStream, &Meta::default()).await.expect("first registration");
+    assert_eq!(first.version, 1);
+    let second = log.append(registered("w1"), Expected::NoStream, &Meta::default()).await;
+    assert!(matches!(second, Err(AppendError::Conflict { .. })), "got {second:?}");
+    assert_eq!(read_subject(&log, &subjects::aggregate(AggregateKind::Worker, "w1")).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_stale_expectation_conflicts_and_any_appends_after_the_last() {
+    let nats = Nats::start().await;
+    let log = log(&nats).await;
+    let p1 = log.append(registered("w1"), Expected::NoStream, &Meta::default()).await.unwrap();
+    let p2 = log.append(claim("r1"), Expected::At(p1), &Meta::default()).await.unwrap();
+    assert_eq!(p2.version, 2);
+    let stale = log.append(claim("r2"), Expected::At(p1), &Meta::default()).await;
+    assert!(matches!(stale, Err(AppendError::Conflict { .. })), "got {stale:?}");
+    let p3 = log.append(claim("r3"), Expected::Any, &Meta::default()).await.unwrap();
+    assert_eq!(p3.version, 3);
+    let history = read_subject(&log, &subjects::aggregate(AggregateKind::Worker, "w1")).await.unwrap();
+    let versions: Vec<u64> = history.iter().map(|r| r.envelope.version).collect();
+    assert_eq!(versions, vec![1, 2, 3], "r2 was never written");
+}
+
+#[tokio::test]
+async fn of_many_racing_claims_on_one_position_exactly_one_wins() {
+    let nats = Nats::start().await;
+    let log = log(&nats).await;
+    let at = log.append(registered("w1"), Expected::NoStream, &Meta::default()).await.unwrap();
+    let racers = (0..16).map(|i| {
+        let log = log.clone();
+        tokio::spawn(async move { log.append(claim(&format!("r{i}")), Expected::At(at), &Meta::default()).await })
+    });
+    let results = futures::future::join_all(racers).await;
+    let wins = results.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
+    let conflicts = results.iter().filter(|r| matches!(r, Ok(Err(AppendError::Conflict { .. })))).count();
+    assert_eq!((wins, conflicts), (1, 15));
+}
+
+#[tokio::test]
+async fn the_archiver_copies_every_event_once_even_when_restarted() {
+    let (nats, pg) = (Nats::start().await, Postgres::start().await);
+    let log = log(&nats).await;
+    let mut at = log.append(registered("w1"), Expected::NoStream, &Meta::default()).await.unwrap();
+    for i in 0..49 {
+        at = log.append(claim(&format!("r{i}")), Expected::At(at), &Meta::default()).await.unwrap();
+    }
+    let pool = rbee_bus::archive::connect_store(&pg.url).await.expect("store");
+    for round in 0..2 {
+        let stop = CancellationToken::new();
+        let archiver = tokio::spawn(rbee_bus::archive::run_archiver(log.clone(), pool.clone(), stop.clone()));
+        eventually(&format!("archive holds 50 events (round {round})"), Duration::from_secs(20), || async {
+            let n = rbee_bus::archive::archived_count(&pool).await.unwrap();
+            if n == 50 { Ok(()) } else { Err(n) }
+        })
+        .await;
+        stop.cancel();
+        archiver.await.unwrap().unwrap();
+    }
+    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM events ORDER BY stream_seq").fetch_all(&pool).await.unwrap();
+    assert_eq!(versions, (1..=50).collect::<Vec<i64>>());
+    let refused = sqlx::query("UPDATE events SET version = 0").execute(&pool).await;
+    assert!(refused.unwrap_err().to_string().contains("append-only"));
+}
