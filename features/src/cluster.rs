@@ -70,13 +70,23 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
-    fn drop(&mut self) {
+impl Cluster {
+    /// `rbee down` and remove the data directory. Also done on drop.
+    pub fn down(&self) {
+        if !self.data_dir.exists() {
+            return;
+        }
         let out = self.rbee(&["down"]);
         if !out.status.success() {
             eprintln!("rbee down failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.down();
     }
 }
 

@@ -1,1 +1,42 @@
-fn main() {}
+//! Runs the Gherkin features in `features/` against real processes: `rbee up` clusters with
+//! nats-server, Postgres, a hive, a queen and candle workers on the real model.
+//!
+//! Scenarios run one at a time (the machine has two cores and each worker uses both). Clusters
+//! that scenarios only read from are shared and stopped at the end; the others are private.
+
+mod steps;
+
+use std::sync::OnceLock;
+
+use cucumber::writer::Stats as _;
+use cucumber::World as _;
+use rbee_features::cluster::Cluster;
+
+/// A cluster serving the default model, shared by the scenarios that only use it.
+static SERVING: OnceLock<Cluster> = OnceLock::new();
+/// A cluster without workers, for the scenarios that start their own.
+static BARE: OnceLock<Cluster> = OnceLock::new();
+
+pub fn serving() -> &'static Cluster {
+    SERVING.get_or_init(|| Cluster::up(&[]).expect("a serving cluster starts"))
+}
+
+pub fn bare() -> &'static Cluster {
+    BARE.get_or_init(|| Cluster::up(&["--no-worker"]).expect("a cluster without workers starts"))
+}
+
+#[tokio::main]
+async fn main() {
+    let features = concat!(env!("CARGO_MANIFEST_DIR"), "/features");
+    let result = steps::RbeeWorld::cucumber().max_concurrent_scenarios(1).fail_on_skipped().with_default_cli().run(features).await;
+    for cluster in [SERVING.get(), BARE.get()].into_iter().flatten() {
+        cluster.down();
+    }
+    let stats = result.scenarios_stats();
+    // A closing line CI can read: cucumber's own summary is not in a format it knows.
+    let failed = stats.failed + result.parsing_errors() + result.hook_errors();
+    println!("{} passed, {} failed, {} skipped", stats.passed, failed, stats.skipped);
+    if result.execution_has_failed() || stats.skipped > 0 || failed > 0 {
+        std::process::exit(1);
+    }
+}

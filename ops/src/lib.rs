@@ -43,6 +43,9 @@ pub enum Command {
     Infer(infer::InferArgs),
     /// List workers.
     Workers {
+        #[command(flatten)]
+        filter: workers::WorkerFilter,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -76,7 +79,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Up(args) => up::up(args.clone(), data_dir).await,
         Command::Down => down::down(data_dir),
         Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
-        Command::Workers { json } => workers::workers(&cli.nats_url(), *json).await,
+        Command::Workers { filter, json } => workers::workers(&cli.nats_url(), filter, *json).await,
         Command::Events { command: EventsCommand::Tail(args) } => events::tail(&cli.nats_url(), args.clone()).await,
     }
 }

@@ -14,10 +14,11 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
-use rbee_bus::{subjects, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, RequestCancelled};
+use rbee_bus::{subjects, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted};
 use serde_json::json;
 use tracing::Instrument;
 
+use crate::cancel::cancel;
 use crate::chat_request::{self, ValidatedChat};
 use crate::error::ApiError;
 use crate::scheduler::{claim_slot, release_slot, Claim};
@@ -108,11 +109,10 @@ impl Drop for CancelOnDrop {
         if !self.armed {
             return;
         }
-        let (log, meta) = (self.log.clone(), self.meta.clone());
-        let event = Event::RequestCancelled(RequestCancelled { request: self.request.clone(), reason: "client_disconnected".into() });
-        tracing::info!(request = %self.request, "client went away; cancelling");
+        let (log, meta, request) = (self.log.clone(), self.meta.clone(), self.request.clone());
+        tracing::info!(%request, "client went away; cancelling");
         tokio::spawn(async move {
-            if let Err(e) = log.append(event, Expected::Any, &meta).await {
+            if let Err(e) = cancel(&log, &request, "client_disconnected", &meta).await {
                 tracing::error!(error = %e, "cancellation not recorded");
             }
         });

@@ -1,6 +1,7 @@
 //! rbee's queen: the OpenAI-compatible gateway and scheduler. It keeps no state of its own beyond
 //! a live projection of the log, so any number of queens can serve one cluster.
 
+pub mod cancel;
 pub mod chat;
 pub mod chat_request;
 pub mod config;

@@ -6,10 +6,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use rbee_bus::read::read_subject;
-use rbee_bus::{subjects, AggregateKind, Event, Expected, Meta, RequestCancelled, WorkerState};
+use rbee_bus::{subjects, Meta, WorkerState};
 use serde_json::json;
 
+use crate::cancel::{cancel, Cancelled};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -36,22 +36,12 @@ pub async fn cancel_request(State(state): State<Arc<AppState>>, Path(id): Path<S
     if let Err(e) = subjects::validate_name("request id", &id) {
         return ApiError::invalid("id", e.to_string()).into_response();
     }
-    let history = match read_subject(&state.log, &subjects::aggregate(AggregateKind::Request, &id)).await {
-        Ok(h) => h,
-        Err(e) => return ApiError::log_unavailable(e).into_response(),
-    };
-    if history.is_empty() {
-        return ApiError::new(StatusCode::NOT_FOUND, "REQUEST_NOT_FOUND", format!("no request {id}")).into_response();
+    let meta = Meta { correlation: Some(id.clone()), traceparent: None };
+    match cancel(&state.log, &id, "deleted", &meta).await {
+        Ok(Cancelled::Unknown) => ApiError::new(StatusCode::NOT_FOUND, "REQUEST_NOT_FOUND", format!("no request {id}")).into_response(),
+        Ok(Cancelled::Now | Cancelled::AlreadyEnded) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => ApiError::log_unavailable(e).into_response(),
     }
-    let ended = history.iter().any(|r| matches!(r.envelope.event, Event::RequestFinished(_) | Event::RequestCancelled(_)));
-    if !ended {
-        let meta = Meta { correlation: Some(id.clone()), traceparent: None };
-        let event = Event::RequestCancelled(RequestCancelled { request: id, reason: "deleted".into() });
-        if let Err(e) = state.log.append(event, Expected::Any, &meta).await {
-            return ApiError::log_unavailable(e).into_response();
-        }
-    }
-    StatusCode::NO_CONTENT.into_response()
 }
 
 pub async fn not_found() -> ApiError {

@@ -1,0 +1,103 @@
+//! Step definitions. The world holds what one scenario saw; every `then` asserts on the running
+//! system (HTTP answers, the event log, the registry), never on what an earlier step wrote here.
+
+mod cancellation;
+mod registry;
+mod serving;
+
+use std::process::Child;
+use std::time::Duration;
+
+use rbee_features::cluster::Cluster;
+use serde_json::{json, Value};
+
+pub const MODEL: &str = "SmolLM2-135M-Instruct";
+pub const DEADLINE: Duration = Duration::from_secs(15);
+
+#[derive(cucumber::World)]
+#[world(init = Self::new)]
+pub struct RbeeWorld {
+    /// A cluster this scenario started itself (stopped with the world).
+    own: Option<Cluster>,
+    /// A shared cluster the scenario uses.
+    shared: Option<&'static Cluster>,
+    /// The last HTTP answer: status, request id, body.
+    status: u16,
+    request_id: String,
+    body: Value,
+    /// Raw `data:` payloads of the last stream, in order.
+    stream: Vec<String>,
+    /// Output of the last `rbee` command.
+    output: Option<std::process::Output>,
+    /// Event counts by type taken before the step under test.
+    counts_before: Vec<(String, usize)>,
+    /// Worker ids seen ready before the step under test.
+    ready_before: Vec<String>,
+    /// Processes started by the scenario (killed by PID if still running at the end).
+    children: Vec<Child>,
+    worker_id: String,
+}
+
+impl std::fmt::Debug for RbeeWorld {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RbeeWorld").field("status", &self.status).field("request_id", &self.request_id).field("body", &self.body).finish()
+    }
+}
+
+impl RbeeWorld {
+    fn new() -> Self {
+        RbeeWorld {
+            own: None,
+            shared: None,
+            status: 0,
+            request_id: String::new(),
+            body: Value::Null,
+            stream: Vec::new(),
+            output: None,
+            counts_before: Vec::new(),
+            ready_before: Vec::new(),
+            children: Vec::new(),
+            worker_id: String::new(),
+        }
+    }
+
+    pub fn cluster(&self) -> &Cluster {
+        self.own.as_ref().or(self.shared).expect("the scenario has a cluster")
+    }
+
+    /// POSTs a non-streaming chat completion; keeps status, request id and body.
+    pub async fn ask(&mut self, prompt: &str, max_tokens: u32) {
+        let body = json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens});
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", self.cluster().queen_url))
+            .json(&body)
+            .send()
+            .await
+            .expect("the queen answers");
+        self.status = response.status().as_u16();
+        self.request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        self.body = response.json().await.expect("a JSON body");
+    }
+
+    /// Events of `kind` for the current request id.
+    pub fn request_events(&self, kind: &str) -> Vec<Value> {
+        self.cluster().events_of(kind).into_iter().filter(|e| e["data"]["request"] == self.request_id.as_str()).collect()
+    }
+
+    pub fn count_events(&self, kinds: &[&str]) -> Vec<(String, usize)> {
+        let events = self.cluster().events(false);
+        kinds.iter().map(|k| (k.to_string(), events.iter().filter(|e| e["type"] == *k).count())).collect()
+    }
+}
+
+impl Drop for RbeeWorld {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            if child.try_wait().ok().flatten().is_none() {
+                // SAFETY: a process this scenario started and that has not been reaped.
+                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                let _ = child.wait();
+            }
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Steps of registry.feature: duplicate registration, and a worker's life in the registry.
+
+use std::process::{Command, Stdio};
+
+use cucumber::{given, then, when};
+use rbee_features::poll::eventually;
+use serde_json::Value;
+
+use super::{RbeeWorld, DEADLINE, MODEL};
+
+#[given("a running cluster without workers")]
+fn bare_cluster(w: &mut RbeeWorld) {
+    w.shared = Some(crate::bare());
+    assert!(w.cluster().workers().is_empty(), "no worker runs: {:?}", w.cluster().workers());
+}
+
+#[when("three worker processes start at once with the same worker id")]
+fn three_workers(w: &mut RbeeWorld) {
+    w.worker_id = format!("dup-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let c = w.cluster();
+    let model = rbee_features::cache_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let mut children = Vec::new();
+    for _ in 0..3 {
+        let child = Command::new(rbee_features::bin("rbee-worker"))
+            .args(["--nats-url", &c.nats_url, "--node", &c.node, "--worker-id", &w.worker_id, "--model", MODEL])
+            .arg("--model-path")
+            .arg(&model)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rbee-worker starts");
+        children.push(child);
+    }
+    w.children.extend(children);
+}
+
+#[then("exactly one of them is still running")]
+async fn one_running(w: &mut RbeeWorld) {
+    let exited = eventually("two of the three workers exit", DEADLINE, || {
+        let done: Vec<bool> = w.children.iter_mut().map(|c| c.try_wait().ok().flatten().is_some()).collect();
+        async move { if done.iter().filter(|d| **d).count() == 2 { Ok(done) } else { Err(done) } }
+    })
+    .await;
+    assert_eq!(exited.iter().filter(|d| !**d).count(), 1);
+    let c = w.cluster();
+    let id = w.worker_id.clone();
+    eventually("the winner is in the registry", DEADLINE, || async {
+        let workers = c.workers();
+        if workers.iter().any(|x| x["id"] == id.as_str()) { Ok(()) } else { Err(workers) }
+    })
+    .await;
+}
+
+#[then(expr = "the other two exit with code 1 saying {string}")]
+fn losers_exit(w: &mut RbeeWorld, code: String) {
+    let mut losers = 0;
+    for child in &mut w.children {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut stderr = String::new();
+            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+            assert_eq!(status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains(&format!("error[{code}]")), "{stderr}");
+            losers += 1;
+        }
+    }
+    assert_eq!(losers, 2);
+}
+
+#[then("the log holds exactly one worker.registered for that id")]
+fn one_registration(w: &mut RbeeWorld) {
+    let registered: Vec<Value> = w.cluster().events_of("worker.registered").into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    assert_eq!(registered.len(), 1, "{registered:?}");
+}
+
+#[when("a worker is started for the default model through rbee up")]
+fn worker_through_up(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let out = c.rbee(&["up", "--port", "0", "--node", &c.node]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let started = stdout.lines().find_map(|l| l.strip_prefix("starting worker ")).expect("rbee up started a worker");
+    w.worker_id = started.split_whitespace().next().unwrap().to_string();
+}
+
+fn listed(w: &RbeeWorld, filters: &[&str]) -> Vec<Value> {
+    let mut args = vec!["workers", "--json"];
+    args.extend_from_slice(filters);
+    let out = w.cluster().rbee(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().iter().filter(|x| x["id"] == w.worker_id.as_str()).cloned().collect()
+}
+
+#[then("rbee workers lists it as ready with its model and node")]
+fn listed_ready(w: &mut RbeeWorld) {
+    let found = listed(w, &[]);
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0]["state"], "Ready");
+    assert_eq!(found[0]["model"], MODEL);
+    assert_eq!(found[0]["node"], w.cluster().node.as_str());
+}
+
+#[then("rbee workers filtered by its model and by state ready lists it")]
+fn filtered_in(w: &mut RbeeWorld) {
+    let node = w.cluster().node.clone();
+    assert_eq!(listed(w, &["--model", MODEL, "--state", "ready", "--node", &node]).len(), 1);
+}
+
+#[then("rbee workers filtered by another model or by state loading does not list it")]
+fn filtered_out(w: &mut RbeeWorld) {
+    assert!(listed(w, &["--model", "other-model"]).is_empty());
+    assert!(listed(w, &["--state", "loading"]).is_empty());
+    let bad = w.cluster().rbee(&["workers", "--state", "sleeping\u{7}"]);
+    assert_eq!(bad.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("INVALID_FILTER") && !stderr.contains('\u{7}'), "{stderr}");
+}
+
+#[when("that worker process is stopped")]
+fn stop_worker(w: &mut RbeeWorld) {
+    let found = listed(w, &[]);
+    let pid = found[0]["pid"].as_u64().expect("pid") as i32;
+    // SAFETY: the pid of a worker this scenario had its cluster's hive start.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+}
+
+#[then("rbee workers no longer lists it")]
+async fn not_listed(w: &mut RbeeWorld) {
+    eventually("the worker is gone from the registry", DEADLINE, || async {
+        let found = listed(w, &[]);
+        if found.is_empty() { Ok(()) } else { Err(found) }
+    })
+    .await;
+}
+
+#[then("the log records its state change to stopped and its exit with code 0")]
+async fn exit_recorded(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let id = w.worker_id.clone();
+    let exited = eventually("worker.exited is in the log", DEADLINE, || async {
+        let exits: Vec<Value> = c.events_of("worker.exited").into_iter().filter(|e| e["data"]["worker"] == id.as_str()).collect();
+        if exits.len() == 1 { Ok(exits) } else { Err(exits) }
+    })
+    .await;
+    assert_eq!(exited[0]["data"]["exit_code"], 0);
+    let stopped = c.events_of("worker.state_changed").into_iter().any(|e| e["data"]["worker"] == id.as_str() && e["data"]["state"] == "Stopped");
+    assert!(stopped);
+}
