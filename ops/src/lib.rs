@@ -39,6 +39,8 @@ pub enum Command {
     Up(up::UpArgs),
     /// Stop what `rbee up` started.
     Down,
+    /// Install what a local cluster needs (nats-server, the default model) without starting it.
+    Setup(SetupArgs),
     /// Ask the cluster; the answer streams to the terminal.
     Infer(infer::InferArgs),
     /// List workers.
@@ -54,6 +56,26 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct SetupArgs {
+    /// Where nats-server is installed when none is found (default: <data-dir>/tools).
+    #[arg(long, env = "RBEE_TOOLS_DIR")]
+    pub tools_dir: Option<PathBuf>,
+    /// Where the default model is downloaded to (default: <data-dir>/cache).
+    #[arg(long, env = "RBEE_CACHE_DIR")]
+    pub cache_dir: Option<PathBuf>,
+}
+
+fn setup(args: &SetupArgs, data_dir: &Path) -> CliResult<()> {
+    let nats = local::nats::find_or_install(&args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools")))?;
+    println!("nats-server: {}", nats.display());
+    let model = local::model::resolve(None, None, &args.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache")))?;
+    println!("model {}: {}", model.name, model.path.display());
+    let postgres = local::postgres::find_bin_dir()?;
+    println!("postgres: {}", postgres.display());
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,6 +100,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
     match &cli.command {
         Command::Up(args) => up::up(args.clone(), data_dir).await,
         Command::Down => down::down(data_dir),
+        Command::Setup(args) => setup(args, data_dir),
         Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
         Command::Workers { filter, json } => workers::workers(&cli.nats_url(), filter, *json).await,
         Command::Events { command: EventsCommand::Tail(args) } => events::tail(&cli.nats_url(), args.clone()).await,

@@ -144,6 +144,10 @@ impl Prompter {
         self.context_length
     }
 
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     /// Token ids of a text, without special-token handling beyond what the text contains.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, EngineError> {
         Ok(self.tokenizer.encode(text, false).map_err(inference)?.get_ids().to_vec())
