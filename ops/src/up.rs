@@ -126,7 +126,8 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let queen_args = vec!["--bind".into(), format!("127.0.0.1:{queen_port}"), "--database-url".into(), database_url];
     cf.queen_pid = process::spawn_detached(&queen_bin, &queen_args, &logs.join("queen.log"), &env)?;
     cf.save(data_dir)?;
-    local::wait_http_ok(&format!("{}/health", cf.queen_url), Duration::from_secs(30)).await.map_err(|_| {
+    let queen = Some((cf.queen_pid, "rbee-queen"));
+    local::wait_serving(&format!("{}/health", cf.queen_url), queen, Duration::from_secs(30)).await.map_err(|_| {
         CliError::new("QUEEN_START_FAILED", format!("the queen did not answer on {}; see {}", cf.queen_url, logs.join("queen.log").display()))
     })?;
     Ok(cf)

@@ -64,7 +64,7 @@ async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, reque
 /// A request running on a worker.
 struct Running {
     tokens: async_nats::Subscriber,
-    cancel_on_drop: CancelOnDrop,
+    guard: RequestGuard,
     model: String,
     request: String,
     created: u64,
@@ -89,38 +89,52 @@ impl Running {
     }
 }
 
-/// Appends `request.cancelled` when dropped while armed: the client left before the end.
-struct CancelOnDrop {
+/// What must happen if the response is dropped now (the client went away): before the worker
+/// took the request, give the slot back; while it runs, cancel it; after it ended, nothing.
+enum Stage {
+    Claimed(Claim),
+    Running,
+    Ended,
+}
+
+struct RequestGuard {
     log: EventLog,
     request: String,
     meta: Meta,
-    armed: bool,
+    stage: Stage,
 }
 
-impl CancelOnDrop {
-    /// The request ended on its own: nothing to cancel.
-    fn disarm(&mut self) {
-        self.armed = false;
+impl RequestGuard {
+    /// The request ended on its own: nothing to undo.
+    fn ended(&mut self) {
+        self.stage = Stage::Ended;
     }
 }
 
-impl Drop for CancelOnDrop {
+impl Drop for RequestGuard {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
         let (log, meta, request) = (self.log.clone(), self.meta.clone(), self.request.clone());
-        tracing::info!(%request, "client went away; cancelling");
-        tokio::spawn(async move {
-            if let Err(e) = cancel(&log, &request, "client_disconnected", &meta).await {
-                tracing::error!(error = %e, "cancellation not recorded");
+        match std::mem::replace(&mut self.stage, Stage::Ended) {
+            Stage::Ended => {}
+            Stage::Claimed(claim) => {
+                tracing::info!(%request, "client went away before dispatch; releasing the slot");
+                tokio::spawn(async move { release_slot(&log, &claim, &request, &meta).await });
             }
-        });
+            Stage::Running => {
+                tracing::info!(%request, "client went away; cancelling");
+                tokio::spawn(async move {
+                    if let Err(e) = cancel(&log, &request, "client_disconnected", &meta).await {
+                        tracing::error!(error = %e, "cancellation not recorded");
+                    }
+                });
+            }
+        }
     }
 }
 
 async fn start(state: &AppState, chat: &ValidatedChat, request: &str, meta: &Meta) -> Result<Running, ApiError> {
     let claim = claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, state.config.slot_wait(), meta).await?;
+    let mut guard = RequestGuard { log: state.log.clone(), request: request.into(), meta: meta.clone(), stage: Stage::Claimed(claim.clone()) };
     match dispatch(state, chat, request, &claim, meta).await {
         Ok(tokens) => {
             let accepted = Event::RequestAccepted(RequestAccepted {
@@ -134,9 +148,10 @@ async fn start(state: &AppState, chat: &ValidatedChat, request: &str, meta: &Met
             if let Err(e) = state.log.append(accepted, Expected::Any, meta).await {
                 tracing::error!(error = %e, "request.accepted not recorded");
             }
+            guard.stage = Stage::Running;
             Ok(Running {
                 tokens,
-                cancel_on_drop: CancelOnDrop { log: state.log.clone(), request: request.into(), meta: meta.clone(), armed: true },
+                guard,
                 model: chat.model.clone(),
                 request: request.into(),
                 created: rbee_bus::envelope::now_ms() / 1000,
@@ -144,6 +159,7 @@ async fn start(state: &AppState, chat: &ValidatedChat, request: &str, meta: &Met
             })
         }
         Err(e) => {
+            guard.ended();
             release_slot(&state.log, &claim, request, meta).await;
             Err(e)
         }
@@ -188,14 +204,14 @@ fn stream_response(mut running: Running) -> Sse<impl futures::Stream<Item = Resu
             match running.next_frame().await {
                 Ok(TokenFrame::Delta { text }) => yield sse(running.chunk(json!({"content": text}), None)),
                 Ok(TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens }) => {
-                    running.cancel_on_drop.disarm();
+                    running.guard.ended();
                     let mut last = running.chunk(json!({}), Some(finish_reason));
                     last["usage"] = usage(prompt_tokens, completion_tokens);
                     yield sse(last);
                     break;
                 }
                 Ok(TokenFrame::Error { code, message }) => {
-                    running.cancel_on_drop.disarm();
+                    running.guard.ended();
                     yield sse(ApiError::from_worker(&code, message).body());
                     break;
                 }
@@ -216,7 +232,7 @@ async fn json_response(mut running: Running) -> Response {
         match running.next_frame().await {
             Ok(TokenFrame::Delta { text }) => content.push_str(&text),
             Ok(TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens }) => {
-                running.cancel_on_drop.disarm();
+                running.guard.ended();
                 return axum::Json(json!({
                     "id": running.request, "object": "chat.completion", "created": running.created, "model": running.model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason.as_str()}],
@@ -225,7 +241,7 @@ async fn json_response(mut running: Running) -> Response {
                 .into_response();
             }
             Ok(TokenFrame::Error { code, message }) => {
-                running.cancel_on_drop.disarm();
+                running.guard.ended();
                 return ApiError::from_worker(&code, message).into_response();
             }
             Err(e) => return e.into_response(),

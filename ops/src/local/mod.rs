@@ -10,11 +10,19 @@ use std::time::Duration;
 
 /// Polls `url` until it answers 2xx, or gives up after `timeout`.
 pub async fn wait_http_ok(url: &str, timeout: Duration) -> Result<(), ()> {
+    wait_serving(url, None, timeout).await
+}
+
+/// Like [`wait_http_ok`], but gives up at once when the process (pid, name) that should answer is gone.
+pub async fn wait_serving(url: &str, process: Option<(u32, &str)>, timeout: Duration) -> Result<(), ()> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|_| ())?;
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
         if client.get(url).send().await.is_ok_and(|r| r.status().is_success()) {
             return Ok(());
+        }
+        if process.is_some_and(|(pid, name)| !process::is_ours(pid, name)) {
+            return Err(());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

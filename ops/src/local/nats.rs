@@ -64,7 +64,7 @@ pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
     .collect();
     let pid = process::spawn_detached(plan.binary, &args, plan.log, &[])?;
     let url = format!("http://127.0.0.1:{}/healthz?js-enabled-only=true", plan.monitor_port);
-    crate::local::wait_http_ok(&url, Duration::from_secs(20))
+    crate::local::wait_serving(&url, Some((pid, "nats-server")), Duration::from_secs(20))
         .await
         .map_err(|_| CliError::new("NATS_START_FAILED", format!("nats-server did not become healthy; see {}", plan.log.display())))?;
     Ok(pid)

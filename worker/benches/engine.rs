@@ -1,0 +1,82 @@
+//! Engine baseline on this machine: prompt processing and decode speed of the worker's engine on
+//! the default model, medians of several runs. `cargo bench -p rbee-worker --bench engine`
+//! (RBEE_TEST_MODEL or the shared cache names the GGUF file; RAYON_NUM_THREADS the threads).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use rbee_bus::frames::{ChatMessage, Sampling};
+use rbee_worker::engine::Engine;
+
+const RUNS: usize = 5;
+
+fn model_path() -> PathBuf {
+    std::env::var_os("RBEE_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| {
+        let cache = std::env::var_os("RBEE_CACHE_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rbee/models"));
+        cache.join("SmolLM2-135M-Instruct.Q4_1.gguf")
+    })
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0.0);
+    kib / 1024.0
+}
+
+fn user(text: &str) -> Vec<ChatMessage> {
+    vec![ChatMessage { role: "user".into(), content: text.into() }]
+}
+
+fn main() {
+    let started = Instant::now();
+    let mut engine = Engine::load(&model_path()).expect("model loads");
+    let load_s = started.elapsed().as_secs_f64();
+    let prompter = engine.prompter();
+    let greedy = Sampling::default();
+    let cancel = AtomicBool::new(false);
+
+    // Prompt processing: time to the first token over a long (~240 token) and a short prompt.
+    let long_text = "Bees are flying insects closely related to wasps and ants, known for their roles in pollination and, in the case of the best-known bee species, the western honey bee, for producing honey. ".repeat(6);
+    let mut rows = Vec::new();
+    for (label, text) in [("long", long_text.as_str()), ("short", "What is the capital of France? Answer in one sentence.")] {
+        let prepared = prompter.prepare(&user(text), Some(1)).unwrap();
+        let mut ttft = Vec::new();
+        for _ in 0..RUNS {
+            let g = engine.generate(&prepared, &greedy, &cancel, |_| {}).unwrap();
+            ttft.push(g.time_to_first_token.as_secs_f64());
+        }
+        let t = median(ttft);
+        rows.push(format!("| prompt processing, {label} prompt ({} tokens) | {:.1} tok/s | TTFT {:.0} ms |", prepared.prompt.len(), prepared.prompt.len() as f64 / t, t * 1000.0));
+    }
+
+    // Decode: 128 new tokens after a short prompt; the model is asked for a long story so it does
+    // not stop early; runs that stop early are measured on the tokens they made.
+    let prepared = prompter.prepare(&user("Write a very long story about a bee who travels the world."), Some(128)).unwrap();
+    let mut decode = Vec::new();
+    let mut tokens = 0;
+    for _ in 0..RUNS {
+        let t0 = Instant::now();
+        let g = engine.generate(&prepared, &greedy, &cancel, |_| {}).unwrap();
+        let total = t0.elapsed().as_secs_f64();
+        tokens = g.completion_tokens;
+        decode.push((g.completion_tokens.saturating_sub(1)) as f64 / (total - g.time_to_first_token.as_secs_f64()));
+    }
+    rows.push(format!("| decode ({tokens} tokens, greedy) | {:.1} tok/s | |", median(decode)));
+
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default (all cores)".into());
+    println!("engine: candle {} quantized llama, model {}, threads {threads}, {RUNS} runs, medians", "0.11.1", model_path().display());
+    println!("| measure | value | |\n|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    println!("| model load | {:.2} s | |", load_s);
+    println!("| peak RSS | {:.0} MiB | |", peak_rss_mib());
+}
