@@ -31,3 +31,10 @@ pub fn shutdown_on_signals() -> CancellationToken {
     });
     token
 }
+
+/// This machine's name as rbee accepts names: the host name with other characters replaced by `_`.
+pub fn hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
+    let name: String = raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(64).collect();
+    if name.is_empty() { "localhost".into() } else { name }
+}

@@ -25,7 +25,7 @@ pub struct Config {
 
 impl Config {
     pub fn node_name(&self) -> String {
-        self.node.clone().unwrap_or_else(hostname)
+        self.node.clone().unwrap_or_else(rbee_bus::process::hostname)
     }
 
     pub fn models_dir(&self) -> PathBuf {
@@ -48,11 +48,4 @@ impl Config {
         let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("rbee-worker")));
         beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("rbee-worker"))
     }
-}
-
-/// The host name, reduced to the characters rbee accepts in names.
-pub fn hostname() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
-    let name: String = raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(64).collect();
-    if name.is_empty() { "localhost".into() } else { name }
 }

@@ -86,7 +86,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let tools_dir = args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools"));
     let nats_bin = nats::find_or_install(&tools_dir)?;
     let logs = data_dir.join("logs");
-    let node = args.node.clone().unwrap_or_else(rbee_hive_hostname);
+    let node = args.node.clone().unwrap_or_else(rbee_bus::process::hostname);
     rbee_bus::subjects::validate_name("node", &node).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
 
     let (nats_port, monitor_port) = (process::free_port()?, process::free_port()?);
@@ -131,12 +131,6 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
         CliError::new("QUEEN_START_FAILED", format!("the queen did not answer on {}; see {}", cf.queen_url, logs.join("queen.log").display()))
     })?;
     Ok(cf)
-}
-
-fn rbee_hive_hostname() -> String {
-    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
-    let name: String = raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(64).collect();
-    if name.is_empty() { "localhost".into() } else { name }
 }
 
 /// How recent a heartbeat must be for `up` to trust that a worker is alive.

@@ -6,19 +6,12 @@ use std::process::Stdio;
 use cucumber::{then, when};
 use futures::StreamExt;
 use rbee_features::poll::eventually;
-use serde_json::json;
 
-use super::{RbeeWorld, DEADLINE, MODEL};
+use super::{RbeeWorld, DEADLINE};
 
 #[when(expr = "I stream {string} with max_tokens {int} and disconnect after {int} chunks")]
 async fn stream_and_disconnect(w: &mut RbeeWorld, prompt: String, max_tokens: u32, after: usize) {
-    let body = json!({"model": MODEL, "stream": true, "max_tokens": max_tokens, "messages": [{"role": "user", "content": prompt}]});
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
-        .json(&body)
-        .send()
-        .await
-        .expect("the queen answers");
+    let response = w.post_chat(&prompt, max_tokens, true).await;
     assert_eq!(response.status().as_u16(), 200);
     w.request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
     let mut bytes = response.bytes_stream();

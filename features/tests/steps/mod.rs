@@ -65,15 +65,20 @@ impl RbeeWorld {
         self.own.as_ref().or(self.shared).expect("the scenario has a cluster")
     }
 
-    /// POSTs a non-streaming chat completion; keeps status, request id and body.
-    pub async fn ask(&mut self, prompt: &str, max_tokens: u32) {
-        let body = json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens});
-        let response = reqwest::Client::new()
+    /// POSTs a chat completion request for `prompt` to the queen.
+    pub async fn post_chat(&self, prompt: &str, max_tokens: u32, stream: bool) -> reqwest::Response {
+        let body = json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "stream": stream});
+        reqwest::Client::new()
             .post(format!("{}/v1/chat/completions", self.cluster().queen_url))
             .json(&body)
             .send()
             .await
-            .expect("the queen answers");
+            .expect("the queen answers")
+    }
+
+    /// POSTs a non-streaming chat completion; keeps status, request id and body.
+    pub async fn ask(&mut self, prompt: &str, max_tokens: u32) {
+        let response = self.post_chat(prompt, max_tokens, false).await;
         self.status = response.status().as_u16();
         self.request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         self.body = response.json().await.expect("a JSON body");

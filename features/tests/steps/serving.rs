@@ -3,7 +3,7 @@
 use cucumber::{given, then, when};
 use futures::StreamExt;
 use rbee_features::cluster::Cluster;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{RbeeWorld, MODEL};
 
@@ -97,13 +97,7 @@ fn served_by_ready_worker(w: &mut RbeeWorld) {
 
 #[when(expr = "I stream a chat completion of {string} with max_tokens {int}")]
 async fn stream_completion(w: &mut RbeeWorld, prompt: String, max_tokens: u32) {
-    let body = json!({"model": MODEL, "stream": true, "max_tokens": max_tokens, "messages": [{"role": "user", "content": prompt}]});
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
-        .json(&body)
-        .send()
-        .await
-        .expect("the queen answers");
+    let response = w.post_chat(&prompt, max_tokens, true).await;
     assert_eq!(response.status().as_u16(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     w.request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
