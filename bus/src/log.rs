@@ -84,6 +84,8 @@ pub struct EventLog {
 }
 
 const ANY_RETRIES: usize = 16;
+/// Sends of one event before giving up when acks do not come back.
+const PUBLISH_ATTEMPTS: u32 = 4;
 
 impl EventLog {
     /// Connects to NATS. Fails fast when nobody listens.
@@ -166,22 +168,51 @@ impl EventLog {
 
     async fn publish(&self, subject: &str, event: Event, after: Position, meta: &Meta) -> Result<Position, AppendError> {
         let envelope = Envelope::new(event, after.version + 1, meta);
+        self.publish_envelope(subject, &envelope, after.seq).await
+    }
+
+    /// Publishes a prepared envelope as the message after `after_seq` on `subject` (0: the first).
+    ///
+    /// Idempotent: a publish whose ack was lost is sent again with the same event id. The server
+    /// dedups it by `Nats-Msg-Id`, or (nats-server 2.15 checks the expected sequence first) refuses
+    /// it as a conflict; a conflict whose winner is this very event is our own earlier write, and
+    /// counts as success.
+    pub async fn publish_envelope(&self, subject: &str, envelope: &Envelope, after_seq: u64) -> Result<Position, AppendError> {
         let (mut headers, body) = envelope.encode();
-        headers.insert(HEADER_EXPECTED_LAST_SUBJECT_SEQ, after.seq.to_string().as_str());
-        let ack = self
-            .js
-            .publish_with_headers(subject.to_string(), headers, body.into())
-            .await
-            .map_err(|e| AppendError::Unavailable(e.to_string()))?
-            .await;
-        match ack {
-            Ok(ack) => Ok(Position { seq: ack.sequence, version: envelope.version }),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                let expected = if after.seq == 0 { Expected::NoStream } else { Expected::At(after) };
-                Err(AppendError::Conflict { subject: subject.to_string(), expected })
+        headers.insert(HEADER_EXPECTED_LAST_SUBJECT_SEQ, after_seq.to_string().as_str());
+        let body = bytes::Bytes::from(body);
+        let mut last_error = String::new();
+        for attempt in 0..PUBLISH_ATTEMPTS {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
             }
-            Err(e) => Err(AppendError::Unavailable(e.to_string())),
+            let ack = match self.js.publish_with_headers(subject.to_string(), headers.clone(), body.clone()).await {
+                Ok(pending) => pending.await,
+                Err(e) => {
+                    last_error = e.to_string();
+                    continue;
+                }
+            };
+            match ack {
+                Ok(ack) => return Ok(Position { seq: ack.sequence, version: envelope.version }),
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    if let Some((position, id)) = self.last_recorded(subject).await? {
+                        if id == envelope.id {
+                            return Ok(position);
+                        }
+                    }
+                    let expected = if after_seq == 0 {
+                        Expected::NoStream
+                    } else {
+                        Expected::At(Position { seq: after_seq, version: envelope.version - 1 })
+                    };
+                    return Err(AppendError::Conflict { subject: subject.to_string(), expected });
+                }
+                Err(e) if matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe) => last_error = e.to_string(),
+                Err(e) => return Err(AppendError::Unavailable(e.to_string())),
+            }
         }
+        Err(AppendError::Unavailable(format!("no ack after {PUBLISH_ATTEMPTS} attempts: {last_error}")))
     }
 
     /// Publishes a heartbeat to `RBEE_HB` (kept: the last one per worker).
@@ -199,12 +230,17 @@ impl EventLog {
 
     /// The position of an aggregate's last event, read from the stream leader (read-your-writes).
     pub async fn last_position(&self, subject: &str) -> Result<Option<Position>, AppendError> {
+        Ok(self.last_recorded(subject).await?.map(|(position, _)| position))
+    }
+
+    /// Position and event id of the last event on `subject`.
+    async fn last_recorded(&self, subject: &str) -> Result<Option<(Position, uuid::Uuid)>, AppendError> {
         let stream = self.events_stream().await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
         match stream.get_last_raw_message_by_subject(subject).await {
             Ok(msg) => {
                 let env = Envelope::decode(Some(&msg.headers), &msg.payload)
                     .map_err(|e| AppendError::Unavailable(format!("last event on {subject} unreadable: {e}")))?;
-                Ok(Some(Position { seq: msg.sequence, version: env.version }))
+                Ok(Some((Position { seq: msg.sequence, version: env.version }, env.id)))
             }
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(AppendError::Unavailable(e.to_string())),

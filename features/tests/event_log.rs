@@ -97,3 +97,19 @@ async fn the_archiver_copies_every_event_once_even_when_restarted() {
     let refused = sqlx::query("UPDATE events SET version = 0").execute(&pool).await;
     assert!(refused.unwrap_err().to_string().contains("append-only"));
 }
+
+#[tokio::test]
+async fn a_retried_publish_after_a_lost_ack_is_one_event() {
+    let nats = Nats::start().await;
+    let log = log(&nats).await;
+    let subject = subjects::aggregate(AggregateKind::Worker, "w1");
+    let envelope = rbee_bus::Envelope::new(registered("w1"), 1, &Meta::default());
+    let first = log.publish_envelope(&subject, &envelope, 0).await.expect("first send");
+    // The same event sent again, as after a lost ack: same id, same (now stale) expectation.
+    let again = log.publish_envelope(&subject, &envelope, 0).await.expect("the retry is recognised as our own write");
+    assert_eq!(first, again);
+    // A different event with the stale expectation is still a conflict.
+    let other = rbee_bus::Envelope::new(registered("w1"), 1, &Meta::default());
+    assert!(matches!(log.publish_envelope(&subject, &other, 0).await, Err(AppendError::Conflict { .. })));
+    assert_eq!(read_subject(&log, &subject).await.unwrap().len(), 1);
+}
