@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::event::Event;
 
 /// The body schema written today.
-pub const SCHEMA_VERSION: u16 = 1;
+pub const SCHEMA_VERSION: u16 = 2;
 
 pub const HEADER_EVENT: &str = "Rbee-Event";
 pub const HEADER_SCHEMA: &str = "Rbee-Schema";
@@ -90,7 +90,8 @@ impl Envelope {
     /// Reads a body written with the given schema version.
     pub fn decode_schema(schema: &str, body: &[u8]) -> Result<Self, DecodeError> {
         match schema {
-            "1" => Ok(postcard::from_bytes(body)?),
+            "1" => Ok(postcard::from_bytes::<crate::schema_v1::EnvelopeV1>(body)?.into()),
+            "2" => Ok(postcard::from_bytes(body)?),
             other => Err(DecodeError::UnknownSchema(other.chars().take(16).collect())),
         }
     }
@@ -134,6 +135,19 @@ mod tests {
         assert!(Envelope::decode(None, &body).is_err());
         headers.insert(HEADER_SCHEMA, "99");
         assert!(matches!(Envelope::decode(Some(&headers), &body), Err(DecodeError::UnknownSchema(_))));
+    }
+
+    /// Schema 1 bytes as written by rbee 0.1 (before `memory_required_bytes`): upcast on read.
+    #[test]
+    fn schema_1_model_registered_is_upcast_with_its_memory_estimate() {
+        let fixture = include_bytes!("../tests/fixtures/schema1_model_registered.bin");
+        let env = Envelope::decode_schema("1", fixture).expect("schema 1 fixture decodes");
+        let Event::ModelRegistered(m) = env.event else { panic!("not a model registration: {:?}", env.event) };
+        assert_eq!(m.size_bytes, 98_362_432);
+        assert_eq!(m.memory_required_bytes, estimated_memory_bytes(98_362_432));
+        assert_eq!(m.sha256, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
+        // The same bytes are not valid today's schema: the version header is what makes them readable.
+        assert!(Envelope::decode_schema("2", fixture).map(|e| e.event != Event::ModelRegistered(m.clone())).unwrap_or(true));
     }
 
     /// Schema 1 bytes as written by rbee 0.1: they must decode forever.

@@ -11,6 +11,7 @@ pub mod frames;
 pub mod log;
 pub mod process;
 pub mod read;
+pub mod schema_v1;
 pub mod subjects;
 pub mod trace;
 

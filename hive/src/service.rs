@@ -184,6 +184,7 @@ impl Hive {
             path: p.path.display().to_string(),
             size_bytes: p.size_bytes,
             sha256: p.sha256.clone(),
+            memory_required_bytes: rbee_bus::estimated_memory_bytes(p.size_bytes),
         });
         self.log.append(event, Expected::Any, meta).await.map(|_| ()).map_err(|e| e.to_string())
     }

@@ -12,6 +12,7 @@ pub struct CatalogEntry {
     pub path: String,
     pub size_bytes: u64,
     pub sha256: String,
+    pub memory_required_bytes: u64,
 }
 
 /// Models per node. Keyed by (model, node) so "who has model M" is a range scan.
@@ -31,6 +32,7 @@ impl Catalog {
                     path: e.path.clone(),
                     size_bytes: e.size_bytes,
                     sha256: e.sha256.clone(),
+                    memory_required_bytes: e.memory_required_bytes,
                 },
             );
         }
@@ -59,6 +61,7 @@ mod tests {
             path: format!("/models/{model}.gguf"),
             size_bytes: 98_362_432,
             sha256: "ab".repeat(32),
+            memory_required_bytes: estimated_memory_bytes(98_362_432),
         });
         Recorded { stream_seq: 1, subject: subjects::for_event(&event), envelope: Envelope::new(event, 1, &Meta::default()) }
     }
