@@ -115,3 +115,43 @@ pub async fn read_subject(log: &EventLog, subject: &str) -> Result<Vec<Recorded>
     }
     Ok(out)
 }
+
+/// A message as stored: exact bytes and headers, for backups.
+#[derive(Debug, Clone)]
+pub struct RawEvent {
+    pub seq: u64,
+    pub subject: String,
+    pub headers: Vec<(String, String)>,
+    pub payload: bytes::Bytes,
+}
+
+/// Every message of a stream as stored, up to the last one present when called.
+pub async fn raw_to_end(log: &EventLog, stream: &str) -> Result<Vec<RawEvent>, ReadError> {
+    let end = last_sequence(log, stream).await?;
+    let mut out = Vec::new();
+    if end == 0 {
+        return Ok(out);
+    }
+    let consumer = log
+        .stream(stream)
+        .await?
+        .create_consumer(pull::OrderedConfig { deliver_policy: DeliverPolicy::All, ..Default::default() })
+        .await
+        .map_err(|e| ReadError::Unavailable(format!("cannot create reader: {e}")))?;
+    let mut messages = consumer.messages().await.map_err(|e| ReadError::Unavailable(e.to_string()))?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        let info = msg.info().map_err(|e| ReadError::Unavailable(e.to_string()))?;
+        let seq = info.stream_sequence;
+        out.push(RawEvent {
+            seq,
+            subject: msg.subject.to_string(),
+            headers: crate::log::header_pairs(msg.headers.as_ref()),
+            payload: msg.payload.clone(),
+        });
+        if seq >= end {
+            break;
+        }
+    }
+    Ok(out)
+}

@@ -170,14 +170,10 @@ impl Hive {
     }
 
     /// Records the model in the catalog unless this node already registered this exact file.
+    /// Several hives may race here: each appends only after the model's last event it read, so the
+    /// losers re-read, find the registration, and skip it.
     async fn register_model(&self, model: &str, p: &Provisioned, meta: &Meta) -> Result<(), String> {
-        let history = read_subject(&self.log, &subjects::aggregate(AggregateKind::Model, model)).await.map_err(|e| e.to_string())?;
-        let known = history.iter().any(|r| {
-            matches!(&r.envelope.event, Event::ModelRegistered(m) if m.node == self.node && m.sha256 == p.sha256)
-        });
-        if known {
-            return Ok(());
-        }
+        let subject = subjects::aggregate(AggregateKind::Model, model);
         let event = Event::ModelRegistered(ModelRegistered {
             model: model.into(),
             node: self.node.clone(),
@@ -186,6 +182,23 @@ impl Hive {
             sha256: p.sha256.clone(),
             memory_required_bytes: rbee_bus::estimated_memory_bytes(p.size_bytes),
         });
-        self.log.append(event, Expected::Any, meta).await.map(|_| ()).map_err(|e| e.to_string())
+        for _ in 0..8 {
+            let history = read_subject(&self.log, &subject).await.map_err(|e| e.to_string())?;
+            let known = history.iter().any(|r| {
+                matches!(&r.envelope.event, Event::ModelRegistered(m) if m.node == self.node && m.sha256 == p.sha256)
+            });
+            if known {
+                return Ok(());
+            }
+            let expected = history.last().map_or(Expected::NoStream, |r| {
+                Expected::At(rbee_bus::Position { seq: r.stream_seq, version: r.envelope.version })
+            });
+            match self.log.append(event.clone(), expected, meta).await {
+                Ok(_) => return Ok(()),
+                Err(rbee_bus::AppendError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!("could not register {model}: the catalog kept changing"))
     }
 }

@@ -1,6 +1,7 @@
 //! `rbee`, the command line people type: start and stop a local cluster, ask it things, and look
 //! inside it (workers, the event log).
 
+pub mod backup;
 pub mod cluster_file;
 pub mod down;
 pub mod error;
@@ -50,6 +51,23 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Write every event of the log to a checksummed, self-describing file.
+    Backup {
+        file: PathBuf,
+    },
+    /// Load a backup into an empty cluster (a fresh JetStream); projections rebuild from it.
+    Restore {
+        file: PathBuf,
+    },
+    /// Fold the log up to a point and print the registry and catalog as they were then.
+    Replay {
+        /// A stream sequence (`1234`) or a UTC time (`2026-11-22T00:10:00Z`); default: now.
+        #[arg(long)]
+        at: Option<String>,
+        /// Print only the digest of the state.
+        #[arg(long)]
+        digest: bool,
     },
     /// The event log.
     Events {
@@ -101,6 +119,29 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Up(args) => up::up(args.clone(), data_dir).await,
         Command::Down => down::down(data_dir),
         Command::Setup(args) => setup(args, data_dir),
+        Command::Backup { file } => {
+            let n = backup::backup(&cli.nats_url(), file).await?;
+            println!("backed up {n} events to {}", file.display());
+            Ok(())
+        }
+        Command::Restore { file } => {
+            let n = backup::restore(&cli.nats_url(), file).await?;
+            println!("restored {n} events from {}", file.display());
+            Ok(())
+        }
+        Command::Replay { at, digest } => {
+            let point = backup::parse_point(at.as_deref())?;
+            let log = rbee_bus::EventLog::connect(&cli.nats_url())
+                .await
+                .map_err(|e| error::CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+            let view = backup::replay(&log, point).await?;
+            if *digest {
+                println!("{}", view.digest());
+            } else {
+                println!("{}", serde_json::to_string_pretty(&backup::view_json(&view)).expect("plain data serializes"));
+            }
+            Ok(())
+        }
         Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
         Command::Workers { filter, json } => workers::workers(&cli.nats_url(), filter, *json).await,
         Command::Events { command: EventsCommand::Tail(args) } => events::tail(&cli.nats_url(), args.clone()).await,

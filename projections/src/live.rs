@@ -120,3 +120,15 @@ impl LiveView {
         })
     }
 }
+
+impl ClusterView {
+    /// A fingerprint of the state folded from `RBEE`: equal views have equal digests. Liveness
+    /// (heartbeats) is left out: it is not history and is not backed up.
+    pub fn digest(&self) -> String {
+        let mut registry = self.registry.clone();
+        registry.heartbeats.clear();
+        let canonical = postcard::to_stdvec(&(&registry, &self.catalog, self.last_seq)).expect("plain data serializes");
+        let hash = <sha2::Sha256 as sha2::Digest>::digest(&canonical);
+        hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
