@@ -2,6 +2,7 @@
 //! system (HTTP answers, the event log, the registry), never on what an earlier step wrote here.
 
 mod cancellation;
+mod recovery;
 mod registry;
 mod serving;
 
@@ -36,6 +37,12 @@ pub struct RbeeWorld {
     /// Processes started by the scenario (killed by PID if still running at the end).
     children: Vec<Child>,
     worker_id: String,
+    /// A state digest noted before the step under test.
+    digest: String,
+    /// A backup file written by the scenario.
+    backup: Option<std::path::PathBuf>,
+    /// Extra private nats-servers (restore targets), stopped with the world.
+    spare_nats: Vec<rbee_features::infra::Nats>,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -58,6 +65,9 @@ impl RbeeWorld {
             ready_before: Vec::new(),
             children: Vec::new(),
             worker_id: String::new(),
+            digest: String::new(),
+            backup: None,
+            spare_nats: Vec::new(),
         }
     }
 

@@ -1,0 +1,118 @@
+//! Steps of recovery.feature: backup/restore/replay and schema upcasting.
+
+use cucumber::{given, then, when};
+use rbee_features::infra::Nats;
+use rbee_features::poll::eventually;
+use serde_json::Value;
+
+use super::{RbeeWorld, DEADLINE};
+
+fn digest(w: &RbeeWorld, nats_url: Option<&str>) -> String {
+    let mut args = vec!["replay", "--digest"];
+    if let Some(url) = nats_url {
+        args = vec!["--nats-url", url, "replay", "--digest"];
+    }
+    let out = w.cluster().rbee(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[given("I note the digest of the registry and catalog folded from its log")]
+fn note_digest(w: &mut RbeeWorld) {
+    w.digest = digest(w, None);
+    assert_eq!(w.digest.len(), 64, "a sha256: {}", w.digest);
+}
+
+#[when("I back up its log to a file")]
+fn back_up(w: &mut RbeeWorld) {
+    let file = rbee_features::scratch_dir("backup").join("rbee.backup");
+    let out = w.cluster().rbee(&["backup", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("backed up "));
+    w.backup = Some(file);
+}
+
+#[when("I restore the file into a fresh, empty JetStream")]
+async fn restore_fresh(w: &mut RbeeWorld) {
+    let nats = Nats::start().await;
+    let out = w.cluster().rbee(&["--nats-url", &nats.url, "restore", w.backup.as_ref().unwrap().to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    w.spare_nats.push(nats);
+}
+
+#[then("the registry and catalog folded from the restored log have the same digest")]
+fn same_digest(w: &mut RbeeWorld) {
+    let restored = digest(w, Some(&w.spare_nats[0].url));
+    assert_eq!(restored, w.digest);
+}
+
+#[then(expr = "restoring the file again into the now non-empty log is refused with {string}")]
+fn restore_again_refused(w: &mut RbeeWorld, code: String) {
+    let url = w.spare_nats[0].url.clone();
+    let out = w.cluster().rbee(&["--nats-url", &url, "restore", w.backup.as_ref().unwrap().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("error[{code}]")), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(digest(w, Some(&url)), w.digest, "nothing changed");
+}
+
+#[then(expr = "a backup file with one byte changed is refused with {string} and restores nothing")]
+async fn corrupt_backup_refused(w: &mut RbeeWorld, code: String) {
+    let original = std::fs::read(w.backup.as_ref().unwrap()).unwrap();
+    let mut corrupt = original.clone();
+    let middle = corrupt.len() / 2;
+    corrupt[middle] = if corrupt[middle] == b'A' { b'B' } else { b'A' };
+    let file = w.backup.as_ref().unwrap().with_file_name("corrupt.backup");
+    std::fs::write(&file, corrupt).unwrap();
+    let nats = Nats::start().await;
+    let out = w.cluster().rbee(&["--nats-url", &nats.url, "restore", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("error[{code}]")), "{}", String::from_utf8_lossy(&out.stderr));
+    let events = w.cluster().rbee(&["--nats-url", &nats.url, "events", "tail", "--no-follow"]);
+    assert!(events.stdout.is_empty(), "nothing was restored: {}", String::from_utf8_lossy(&events.stdout));
+    w.spare_nats.push(nats);
+}
+
+#[when("an older rbee records a schema 1 model registration in the log")]
+async fn old_schema_event(w: &mut RbeeWorld) {
+    // Bytes written by rbee 0.1 (schema 1, before model.registered carried memory_required_bytes).
+    let body = include_bytes!("../../../bus/tests/fixtures/schema1_model_registered.bin");
+    let client = async_nats::connect(&w.cluster().nats_url).await.expect("connect");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Rbee-Event", "model.registered");
+    headers.insert("Rbee-Schema", "1");
+    headers.insert("Nats-Msg-Id", "019a0000-0000-7000-8000-000000000002");
+    let js = async_nats::jetstream::new(client);
+    js.publish_with_headers("rbee.ev.model.SmolLM2-135M-Instruct", headers, body.to_vec().into()).await.unwrap().await.expect("stored");
+}
+
+#[then("rbee events tail shows it as model.registered with its memory requirement filled in")]
+fn tail_shows_upcast(w: &mut RbeeWorld) {
+    let old: Vec<Value> = w.cluster().events_of("model.registered").into_iter().filter(|e| e["id"] == "019a0000-0000-7000-8000-000000000002").collect();
+    assert_eq!(old.len(), 1, "{old:?}");
+    assert_eq!(old[0]["data"]["size_bytes"], 98_362_432u64);
+    assert_eq!(old[0]["data"]["memory_required_bytes"], rbee_bus::estimated_memory_bytes(98_362_432));
+    assert_eq!(old[0]["data"]["node"], "n1");
+}
+
+#[then("the queen's catalog serves the model it names")]
+async fn queen_lists_model(w: &mut RbeeWorld) {
+    let url = format!("{}/v1/models", w.cluster().queen_url);
+    eventually("the queen lists the model", DEADLINE, || async {
+        let body: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let ids: Vec<Value> = body["data"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+        if ids.contains(&Value::from("SmolLM2-135M-Instruct")) { Ok(()) } else { Err(ids) }
+    })
+    .await;
+}
+
+#[then("replaying the log shows the model in the catalog with nothing lost")]
+fn replay_shows_model(w: &mut RbeeWorld) {
+    let out = w.cluster().rbee(&["replay"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let entry = view["catalog"].as_array().unwrap().iter().find(|e| e["node"] == "n1").cloned().expect("catalog entry");
+    assert_eq!(entry["sha256"], "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
+    assert_eq!(entry["path"], "/data/models/SmolLM2-135M-Instruct.gguf");
+    let tail = w.cluster().events(false).len() as u64;
+    assert_eq!(view["at_seq"].as_u64(), Some(tail), "every event folded: the last sequence equals the event count");
+}
