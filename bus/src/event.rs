@@ -17,6 +17,8 @@ pub enum WorkerState {
     Draining,
     /// Gone: exited or stopped.
     Stopped,
+    /// Heartbeats stopped arriving: takes no new requests; removed when idle or after a grace period.
+    Stale,
 }
 
 impl WorkerState {
@@ -26,6 +28,7 @@ impl WorkerState {
             WorkerState::Ready => "ready",
             WorkerState::Draining => "draining",
             WorkerState::Stopped => "stopped",
+            WorkerState::Stale => "stale",
         }
     }
 }
@@ -115,6 +118,13 @@ pub struct WorkerStartFailed {
     pub message: String,
 }
 
+/// The cluster dropped a worker it no longer hears from (the process may be gone or cut off).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerRemoved {
+    pub worker: String,
+    pub reason: String,
+}
+
 /// Liveness: published on `RBEE_HB`, one kept per worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerHeartbeat {
@@ -201,6 +211,7 @@ pub enum Event {
     RequestCancelled(RequestCancelled),
     ModelRegistered(ModelRegistered),
     WorkerStartFailed(WorkerStartFailed),
+    WorkerRemoved(WorkerRemoved),
 }
 
 /// The kinds of aggregate an event belongs to; the second token of its subject.
@@ -240,6 +251,7 @@ impl Event {
             Event::RequestCancelled(_) => "request.cancelled",
             Event::ModelRegistered(_) => "model.registered",
             Event::WorkerStartFailed(_) => "worker.start_failed",
+            Event::WorkerRemoved(_) => "worker.removed",
         }
     }
 
@@ -261,6 +273,7 @@ impl Event {
             Event::RequestCancelled(e) => (Request, &e.request),
             Event::ModelRegistered(e) => (Model, &e.model),
             Event::WorkerStartFailed(e) => (Worker, &e.worker),
+            Event::WorkerRemoved(e) => (Worker, &e.worker),
         }
     }
 }

@@ -18,3 +18,13 @@ Feature: The worker registry is a projection of worker events
     When that worker process is stopped
     Then rbee workers no longer lists it
     And the log records its state change to stopped and its exit with code 0
+
+  @REG-2
+  Scenario: A worker that stops heartbeating is marked stale, no longer routed to, then removed
+    Given a running cluster without workers
+    And a worker is started for the default model through rbee up
+    When that worker process is paused so its heartbeats stop
+    Then rbee workers shows it as stale
+    And a chat completion for its model is refused with HTTP 503 and code "NO_READY_WORKER"
+    And rbee workers no longer lists it
+    And the log records worker.removed for it with the reason "no heartbeat"

@@ -22,7 +22,9 @@ pub fn serving() -> &'static Cluster {
 }
 
 pub fn bare() -> &'static Cluster {
-    BARE.get_or_init(|| Cluster::up(&["--no-worker"]).expect("a cluster without workers starts"))
+    // Short liveness timeouts, so the stale-worker scenarios run in seconds.
+    let args = ["--no-worker", "--heartbeat-timeout-secs", "4", "--stale-grace-secs", "3"];
+    BARE.get_or_init(|| Cluster::up(&args).expect("a cluster without workers starts"))
 }
 
 #[tokio::main]

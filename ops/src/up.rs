@@ -36,6 +36,12 @@ pub struct UpArgs {
     /// Start the cluster without a worker.
     #[arg(long)]
     pub no_worker: bool,
+    /// Seconds without a heartbeat before a worker is marked stale (passed to the queen).
+    #[arg(long, env = "RBEE_HEARTBEAT_TIMEOUT_SECS", default_value_t = 10)]
+    pub heartbeat_timeout_secs: u64,
+    /// Seconds a stale, busy worker keeps its requests before it is removed (passed to the queen).
+    #[arg(long, env = "RBEE_STALE_GRACE_SECS", default_value_t = 30)]
+    pub stale_grace_secs: u64,
     /// Seconds to wait for the worker to be ready.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
@@ -123,7 +129,16 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let hive_args = vec!["--node".into(), node, "--data-dir".into(), data_dir.display().to_string()];
     cf.hive_pid = process::spawn_detached(&hive_bin, &hive_args, &logs.join("hive.log"), &env)?;
     cf.save(data_dir)?;
-    let queen_args = vec!["--bind".into(), format!("127.0.0.1:{queen_port}"), "--database-url".into(), database_url];
+    let queen_args = vec![
+        "--bind".into(),
+        format!("127.0.0.1:{queen_port}"),
+        "--database-url".into(),
+        database_url,
+        "--heartbeat-timeout-secs".into(),
+        args.heartbeat_timeout_secs.to_string(),
+        "--stale-grace-secs".into(),
+        args.stale_grace_secs.to_string(),
+    ];
     cf.queen_pid = process::spawn_detached(&queen_bin, &queen_args, &logs.join("queen.log"), &env)?;
     cf.save(data_dir)?;
     let queen = Some((cf.queen_pid, "rbee-queen"));

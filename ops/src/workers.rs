@@ -14,7 +14,7 @@ pub struct WorkerFilter {
     /// Only workers serving this model.
     #[arg(long)]
     pub model: Option<String>,
-    /// Only workers in this state (loading, ready, draining).
+    /// Only workers in this state (loading, ready, draining, stale).
     #[arg(long)]
     pub state: Option<String>,
     /// Only workers on this node.
@@ -31,9 +31,9 @@ impl WorkerFilter {
 }
 
 pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliResult<()> {
-    if let Some(state) = filter.state.as_deref().filter(|s| !["loading", "ready", "draining"].contains(s)) {
+    if let Some(state) = filter.state.as_deref().filter(|s| !["loading", "ready", "draining", "stale"].contains(s)) {
         let shown: String = state.chars().take(40).flat_map(char::escape_default).collect();
-        return Err(CliError::new("INVALID_FILTER", format!("--state must be loading, ready or draining, got \"{shown}\"")));
+        return Err(CliError::new("INVALID_FILTER", format!("--state must be loading, ready, draining or stale, got \"{shown}\"")));
     }
     let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
     let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;

@@ -23,6 +23,8 @@ pub struct Worker {
     pub backend: String,
     pub pid: u32,
     pub state: WorkerState,
+    /// When the worker entered its current state (ms since the epoch, from the event).
+    pub state_since_ms: u64,
     pub context_length: u32,
     pub slots: u32,
     /// Busy slots: slot number -> request id.
@@ -85,6 +87,7 @@ impl Registry {
                         backend: e.backend.clone(),
                         pid: e.pid,
                         state: WorkerState::Loading,
+                        state_since_ms: env.at_ms,
                         context_length: 0,
                         slots: e.slots,
                         busy: BTreeMap::new(),
@@ -97,6 +100,9 @@ impl Registry {
                 if e.state == WorkerState::Stopped {
                     self.workers.remove(&e.worker);
                 } else if let Some(w) = self.workers.get_mut(&e.worker) {
+                    if w.state != e.state {
+                        w.state_since_ms = env.at_ms;
+                    }
                     w.state = e.state;
                     if e.context_length > 0 {
                         w.context_length = e.context_length;
@@ -105,6 +111,10 @@ impl Registry {
                 }
             }
             Event::WorkerExited(e) => {
+                self.workers.remove(&e.worker);
+                self.heartbeats.remove(&e.worker);
+            }
+            Event::WorkerRemoved(e) => {
                 self.workers.remove(&e.worker);
                 self.heartbeats.remove(&e.worker);
             }

@@ -21,6 +21,12 @@ pub struct Config {
     /// How long the stream may go without a token before the request fails.
     #[arg(long, env = "RBEE_TOKEN_TIMEOUT_SECS", default_value_t = 60)]
     pub token_timeout_secs: u64,
+    /// Seconds without a heartbeat after which a worker is marked stale.
+    #[arg(long, env = "RBEE_HEARTBEAT_TIMEOUT_SECS", default_value_t = 10)]
+    pub heartbeat_timeout_secs: u64,
+    /// Seconds a stale worker busy with requests keeps them before it is removed.
+    #[arg(long, env = "RBEE_STALE_GRACE_SECS", default_value_t = 30)]
+    pub stale_grace_secs: u64,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "RBEE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
@@ -29,6 +35,14 @@ pub struct Config {
 impl Config {
     pub fn slot_wait(&self) -> Duration {
         Duration::from_secs(self.slot_wait_secs)
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_secs.max(1))
+    }
+
+    pub fn stale_grace(&self) -> Duration {
+        Duration::from_secs(self.stale_grace_secs)
     }
 
     pub fn token_timeout(&self) -> Duration {

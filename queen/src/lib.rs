@@ -6,6 +6,7 @@ pub mod chat;
 pub mod chat_request;
 pub mod config;
 pub mod error;
+pub mod reaper;
 pub mod routes;
 pub mod scheduler;
 
@@ -73,6 +74,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
             }
         });
     }
+    let liveness = reaper::Liveness { heartbeat_timeout: config.heartbeat_timeout(), stale_grace: config.stale_grace() };
+    tokio::spawn(reaper::run(log.clone(), view.clone(), liveness, shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| QueenError::Bind { addr: config.bind, source })?;
     tracing::info!(addr = %config.bind, "serving the OpenAI API on http://{}/v1", config.bind);
     let app = router(Arc::new(AppState { log, view, config }));

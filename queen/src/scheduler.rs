@@ -34,6 +34,11 @@ pub fn choose(view: &ClusterView, model: &str) -> Option<(Claim, rbee_bus::Posit
         })
 }
 
+/// Whether waiting can help: some worker for `model` is ready (but busy) or still loading.
+fn may_free_up(view: &ClusterView, model: &str) -> bool {
+    view.registry.workers_for(model).any(|w| matches!(w.state, WorkerState::Ready | WorkerState::Loading))
+}
+
 /// Why no worker can be chosen right now, as the error the client sees.
 fn unavailable(view: &ClusterView, model: &str) -> ApiError {
     let mut workers = view.registry.workers_for(model).peekable();
@@ -44,7 +49,12 @@ fn unavailable(view: &ClusterView, model: &str) -> ApiError {
         }
         return ApiError::model_not_found(model);
     }
-    if workers.all(|w| w.state == WorkerState::Loading) {
+    let states: Vec<WorkerState> = workers.map(|w| w.state).collect();
+    if !states.iter().any(|s| matches!(s, WorkerState::Ready | WorkerState::Loading)) {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NO_READY_WORKER", format!("no live worker serves {model}: they are stale or draining"))
+            .retry_after(5);
+    }
+    if states.iter().all(|s| *s == WorkerState::Loading) {
         return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NO_READY_WORKER", format!("the workers for {model} are still loading"))
             .retry_after(2);
     }
@@ -66,8 +76,18 @@ pub async fn claim_slot(
         return Err(ApiError::model_not_found(model));
     }
     for _ in 0..MAX_CONFLICT_RETRIES {
-        let Some((claim, position)) = view.wait_until(wait, |v| choose(v, model)).await else {
-            return Err(view.read(|v| unavailable(v, model)));
+        // Wait for a free slot only while one may come: a ready worker is busy, or one is loading.
+        let found = view
+            .wait_until(wait, |v| match choose(v, model) {
+                Some(found) => Some(Ok(found)),
+                None if !may_free_up(v, model) => Some(Err(unavailable(v, model))),
+                None => None,
+            })
+            .await;
+        let (claim, position) = match found {
+            Some(Ok(found)) => found,
+            Some(Err(e)) => return Err(e),
+            None => return Err(view.read(|v| unavailable(v, model))),
         };
         if let Some(m) = max_tokens.filter(|m| claim.context_length > 0 && *m > claim.context_length) {
             return Err(ApiError {

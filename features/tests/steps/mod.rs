@@ -43,6 +43,8 @@ pub struct RbeeWorld {
     backup: Option<std::path::PathBuf>,
     /// Extra private nats-servers (restore targets), stopped with the world.
     spare_nats: Vec<rbee_features::infra::Nats>,
+    /// Worker PIDs the scenario paused (SIGSTOP); resumed and stopped at the end.
+    paused: Vec<i32>,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -68,6 +70,7 @@ impl RbeeWorld {
             digest: String::new(),
             backup: None,
             spare_nats: Vec::new(),
+            paused: Vec::new(),
         }
     }
 
@@ -107,6 +110,13 @@ impl RbeeWorld {
 
 impl Drop for RbeeWorld {
     fn drop(&mut self) {
+        for pid in &self.paused {
+            // SAFETY: workers this scenario's cluster started and this scenario paused.
+            unsafe {
+                libc::kill(*pid, libc::SIGCONT);
+                libc::kill(*pid, libc::SIGTERM);
+            }
+        }
         for child in &mut self.children {
             if child.try_wait().ok().flatten().is_none() {
                 // SAFETY: a process this scenario started and that has not been reaped.

@@ -72,6 +72,7 @@ fn one_registration(w: &mut RbeeWorld) {
     assert_eq!(registered.len(), 1, "{registered:?}");
 }
 
+#[given("a worker is started for the default model through rbee up")]
 #[when("a worker is started for the default model through rbee up")]
 fn worker_through_up(w: &mut RbeeWorld) {
     let c = w.cluster();
@@ -144,4 +145,38 @@ async fn exit_recorded(w: &mut RbeeWorld) {
     assert_eq!(exited[0]["data"]["exit_code"], 0);
     let stopped = c.events_of("worker.state_changed").into_iter().any(|e| e["data"]["worker"] == id.as_str() && e["data"]["state"] == "Stopped");
     assert!(stopped);
+}
+
+#[when("that worker process is paused so its heartbeats stop")]
+fn pause_worker(w: &mut RbeeWorld) {
+    let found = listed(w, &[]);
+    let pid = found[0]["pid"].as_u64().expect("pid") as i32;
+    // SAFETY: the pid of a worker this scenario had its cluster's hive start; resumed in the world's drop.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    w.paused.push(pid);
+}
+
+#[then("rbee workers shows it as stale")]
+async fn shown_stale(w: &mut RbeeWorld) {
+    eventually("the worker is marked stale", DEADLINE, || async {
+        let found = listed(w, &["--state", "stale"]);
+        if found.len() == 1 { Ok(()) } else { Err(listed(w, &[])) }
+    })
+    .await;
+}
+
+#[then(expr = "a chat completion for its model is refused with HTTP {int} and code {string}")]
+async fn refused_with(w: &mut RbeeWorld, status: u16, code: String) {
+    w.ask("Hello", 5).await;
+    assert_eq!(w.status, status, "{}", w.body);
+    assert_eq!(w.body["error"]["code"], code.as_str());
+}
+
+#[then(expr = "the log records worker.removed for it with the reason {string}")]
+fn removed_in_log(w: &mut RbeeWorld, reason: String) {
+    let removed: Vec<Value> = w.cluster().events_of("worker.removed").into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert_eq!(removed[0]["data"]["reason"], reason.as_str());
+    let stale = w.cluster().events_of("worker.state_changed").into_iter().any(|e| e["data"]["worker"] == w.worker_id.as_str() && e["data"]["state"] == "Stale");
+    assert!(stale, "it was marked stale first");
 }
