@@ -81,7 +81,7 @@ pub struct SetupArgs {
     /// Where nats-server is installed when none is found (default: <data-dir>/tools).
     #[arg(long, env = "RBEE_TOOLS_DIR")]
     pub tools_dir: Option<PathBuf>,
-    /// Where the default model is downloaded to (default: <data-dir>/cache).
+    /// Where the default model is downloaded to (default: ~/.cache/rbee/models).
     #[arg(long, env = "RBEE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 }
@@ -89,7 +89,7 @@ pub struct SetupArgs {
 fn setup(args: &SetupArgs, data_dir: &Path) -> CliResult<()> {
     let nats = local::nats::find_or_install(&args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools")))?;
     println!("nats-server: {}", nats.display());
-    let model = local::model::resolve(None, None, &args.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache")))?;
+    let model = local::model::resolve(None, None, &args.cache_dir.clone().unwrap_or_else(local::model::default_cache_dir))?;
     println!("model {}: {}", model.name, model.path.display());
     let postgres = local::postgres::find_bin_dir()?;
     println!("postgres: {}", postgres.display());

@@ -30,7 +30,7 @@ pub struct UpArgs {
     /// Where nats-server is installed when none is found (default: <data-dir>/tools).
     #[arg(long, env = "RBEE_TOOLS_DIR")]
     pub tools_dir: Option<PathBuf>,
-    /// Where the default model is downloaded to (default: <data-dir>/cache).
+    /// Where the default model is downloaded to (default: ~/.cache/rbee/models).
     #[arg(long, env = "RBEE_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Start the cluster without a worker.
@@ -50,7 +50,7 @@ pub struct UpArgs {
 pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
     std::fs::create_dir_all(data_dir).map_err(|e| process::io_error("create", data_dir, e))?;
     let data_dir = std::fs::canonicalize(data_dir).map_err(|e| process::io_error("resolve", data_dir, e))?;
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(|| data_dir.join("cache"));
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(local::model::default_cache_dir);
     let source = model::resolve(args.model_file.as_deref(), args.model_name.as_deref(), &cache_dir)?;
 
     let cluster = match ClusterFile::load(&data_dir) {

