@@ -241,13 +241,14 @@ async fn finish(
             TokenFrame::Error { code: e.code().into(), message: e.to_string() },
         ),
     };
+    // Free the slot here before the log says so: a queen may claim it the moment it reads `slot.released`.
+    shared.busy.fetch_sub(1, Ordering::SeqCst);
     let released = Event::SlotReleased(SlotReleased { worker, slot: item.slot, request: item.request.clone() });
     for event in [Event::RequestFinished(finished), released] {
         if let Err(e) = shared.log.append(event, Expected::Any, &meta).await {
             tracing::error!(error = %e, request = %item.request, "outcome not recorded");
         }
     }
-    shared.busy.fetch_sub(1, Ordering::SeqCst);
     let _ = frames.send(last_frame);
 }
 

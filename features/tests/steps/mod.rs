@@ -2,6 +2,7 @@
 //! system (HTTP answers, the event log, the registry), never on what an earlier step wrote here.
 
 mod cancellation;
+mod queens;
 mod recovery;
 mod registry;
 mod serving;
@@ -45,6 +46,10 @@ pub struct RbeeWorld {
     spare_nats: Vec<rbee_features::infra::Nats>,
     /// Worker PIDs the scenario paused (SIGSTOP); resumed and stopped at the end.
     paused: Vec<i32>,
+    /// URL of a second queen the scenario started.
+    second_queen: String,
+    /// Answers to a batch of concurrent requests: (status, request id, body).
+    batch: Vec<(u16, String, Value)>,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -71,6 +76,8 @@ impl RbeeWorld {
             backup: None,
             spare_nats: Vec::new(),
             paused: Vec::new(),
+            second_queen: String::new(),
+            batch: Vec::new(),
         }
     }
 

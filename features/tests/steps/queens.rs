@@ -1,0 +1,122 @@
+//! Steps of queens.feature: a second queen process on the same cluster.
+
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
+
+use cucumber::{given, then, when};
+use rbee_features::poll::eventually;
+use serde_json::{json, Value};
+
+use super::{RbeeWorld, DEADLINE, MODEL};
+
+/// Starts `rbee-queen` on a free port against the scenario's cluster; returns its URL.
+async fn start_queen(w: &mut RbeeWorld) -> String {
+    let port = rbee_ops::local::process::free_port().unwrap();
+    let child = Command::new(rbee_features::bin("rbee-queen"))
+        .args(["--nats-url", &w.cluster().nats_url, "--bind", &format!("127.0.0.1:{port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rbee-queen starts");
+    w.children.push(child);
+    let url = format!("http://127.0.0.1:{port}");
+    let health = format!("{url}/health");
+    eventually("the second queen answers", DEADLINE, || async { reqwest::get(&health).await.map(|_| ()) }).await;
+    url
+}
+
+#[given("a second queen serving the same cluster")]
+async fn second_queen(w: &mut RbeeWorld) {
+    w.second_queen = start_queen(w).await;
+}
+
+#[when(expr = "{int} chat completions arrive at once, split between the two queens")]
+async fn concurrent_requests(w: &mut RbeeWorld, n: usize) {
+    let urls = [w.cluster().queen_url.clone(), w.second_queen.clone()];
+    let requests = (0..n).map(|i| {
+        let url = format!("{}/v1/chat/completions", urls[i % 2]);
+        async move {
+            let body = json!({"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": format!("Say {i}.")}]});
+            let response = reqwest::Client::new().post(url).json(&body).send().await.expect("a queen answers");
+            let status = response.status().as_u16();
+            let id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            (status, id, response.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    });
+    w.batch = futures::future::join_all(requests).await;
+}
+
+#[then(expr = "every request completed, or was refused with HTTP {int} and code {string}")]
+fn all_completed_or_busy(w: &mut RbeeWorld, status: u16, code: String) {
+    let completed = w.batch.iter().filter(|(s, _, b)| *s == 200 && b["choices"][0]["finish_reason"].is_string()).count();
+    let refused = w.batch.iter().filter(|(s, _, b)| *s == status && b["error"]["code"] == code.as_str()).count();
+    assert_eq!(completed + refused, w.batch.len(), "{:?}", w.batch);
+    assert!(completed >= 1, "{:?}", w.batch);
+}
+
+/// Slot events of the cluster's workers in log order: (worker, slot) -> holder.
+fn slot_history(w: &RbeeWorld) -> Vec<Value> {
+    w.cluster().events(false).into_iter().filter(|e| e["type"] == "slot.claimed" || e["type"] == "slot.released").collect()
+}
+
+#[then("in the log no slot was ever claimed while it was still held")]
+fn never_double_granted(w: &mut RbeeWorld) {
+    let mut holders: BTreeMap<(String, u64), String> = BTreeMap::new();
+    for e in slot_history(w) {
+        let key = (e["data"]["worker"].as_str().unwrap().to_string(), e["data"]["slot"].as_u64().unwrap());
+        let request = e["data"]["request"].as_str().unwrap().to_string();
+        if e["type"] == "slot.claimed" {
+            if let Some(holder) = holders.get(&key) {
+                panic!("slot {key:?} claimed by {request} while held by {holder}");
+            }
+            holders.insert(key, request);
+        } else if holders.get(&key) == Some(&request) {
+            holders.remove(&key);
+        }
+    }
+}
+
+#[then("every claimed slot was released")]
+async fn all_released(w: &mut RbeeWorld) {
+    eventually("no slot is held", DEADLINE, || async {
+        let mut held: BTreeMap<(String, u64), String> = BTreeMap::new();
+        for e in slot_history(w) {
+            let key = (e["data"]["worker"].as_str().unwrap().to_string(), e["data"]["slot"].as_u64().unwrap());
+            if e["type"] == "slot.claimed" {
+                held.insert(key, e["data"]["request"].as_str().unwrap().to_string());
+            } else {
+                held.remove(&key);
+            }
+        }
+        if held.is_empty() { Ok(()) } else { Err(held) }
+    })
+    .await;
+}
+
+#[when("the second queen is killed with SIGKILL and started again")]
+async fn kill_and_restart(w: &mut RbeeWorld) {
+    let mut queen = w.children.pop().expect("the second queen");
+    queen.kill().expect("SIGKILL");
+    queen.wait().unwrap();
+    w.second_queen = start_queen(w).await;
+}
+
+#[then("the restarted queen lists the same ready worker as the log")]
+async fn restarted_lists_worker(w: &mut RbeeWorld) {
+    let ready: Vec<String> = w.cluster().workers().iter().filter(|x| x["state"] == "Ready").map(|x| x["id"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ready.len(), 1);
+    let health: Value = reqwest::get(format!("{}/health", w.second_queen)).await.unwrap().json().await.unwrap();
+    assert_eq!(health["ready_workers"], 1, "{health}");
+    let models: Value = reqwest::get(format!("{}/v1/models", w.second_queen)).await.unwrap().json().await.unwrap();
+    assert_eq!(models["data"][0]["id"], MODEL);
+}
+
+#[then(expr = "asking the restarted queen {string} gets an answer naming {string}")]
+async fn restarted_answers(w: &mut RbeeWorld, prompt: String, expected: String) {
+    let body = json!({"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": prompt}]});
+    let response = reqwest::Client::new().post(format!("{}/v1/chat/completions", w.second_queen)).json(&body).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    let content = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    assert!(content.contains(&expected), "{content}");
+}
