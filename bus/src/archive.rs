@@ -137,3 +137,21 @@ async fn insert_batch(
 pub async fn archived_count(pool: &PgPool) -> Result<i64, ArchiveError> {
     Ok(sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(pool).await?)
 }
+
+/// Archived events with `after < stream_seq < before`, in order, decoded (old schemas upcast).
+pub async fn read_archive(pool: &PgPool, after: u64, before: u64) -> Result<Vec<crate::log::Recorded>, ArchiveError> {
+    let rows: Vec<(i64, String, i16, Vec<u8>)> = sqlx::query_as(
+        "SELECT stream_seq, subject, schema, payload FROM events WHERE stream_seq > $1 AND stream_seq < $2 ORDER BY stream_seq",
+    )
+    .bind(after as i64)
+    .bind(before.min(i64::MAX as u64) as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.into_iter()
+        .map(|(seq, subject, schema, payload)| {
+            let envelope = crate::Envelope::decode_schema(&schema.to_string(), &payload)
+                .map_err(|e| ArchiveError::Log(format!("archived event {seq} unreadable: {e}")))?;
+            Ok(crate::log::Recorded { stream_seq: seq as u64, subject, envelope })
+        })
+        .collect()
+}

@@ -14,7 +14,7 @@ use crate::event::{AggregateKind, Event};
 use crate::subjects;
 
 /// Where an aggregate stands: the stream sequence of its last event and its version (event count).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Position {
     pub seq: u64,
     pub version: u64,
@@ -245,6 +245,26 @@ impl EventLog {
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => Err(AppendError::Unavailable(e.to_string())),
         }
+    }
+
+    /// The id of the event stored at `seq`, or None when the stream no longer (or never) held it.
+    pub async fn event_id_at(&self, seq: u64) -> Result<Option<uuid::Uuid>, AppendError> {
+        let stream = self.events_stream().await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        match stream.get_raw_message(seq).await {
+            Ok(msg) => Ok(Envelope::decode(Some(&msg.headers), &msg.payload).ok().map(|e| e.id)),
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(AppendError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// The first and last sequence the events stream holds now ((0, 0) when empty).
+    pub async fn events_bounds(&self) -> Result<(u64, u64), AppendError> {
+        let mut stream = self.events_stream().await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        let info = stream.info().await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        if info.state.messages == 0 {
+            return Ok((info.state.last_sequence + 1, info.state.last_sequence));
+        }
+        Ok((info.state.first_sequence, info.state.last_sequence))
     }
 
     /// The position of an aggregate, by kind and id.

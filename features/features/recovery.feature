@@ -17,3 +17,13 @@ Feature: The log is the system of record: backup, restore, replay and old schema
     Then rbee events tail shows it as model.registered with its memory requirement filled in
     And the queen's catalog serves the model it names
     And replaying the log shows the model in the catalog with nothing lost
+
+  @CAT-4
+  Scenario: A corrupt stored catalog is detected, set aside and rebuilt from the log
+    Given a running cluster
+    And a second queen with the event store, which has checkpointed the registry and catalog
+    When the stored checkpoint is corrupted and that queen is restarted
+    Then the queen reports that the corrupt checkpoint was set aside and the state rebuilt from the log
+    And the corrupt checkpoint is kept aside in Postgres with its reason
+    And the queen's registry and catalog equal a replay of the log
+    And a checkpoint is written again

@@ -10,6 +10,7 @@ pub struct Cluster {
     pub data_dir: PathBuf,
     pub queen_url: String,
     pub nats_url: String,
+    pub database_url: String,
     pub node: String,
     /// What `rbee up` printed.
     pub up_output: String,
@@ -29,6 +30,7 @@ impl Cluster {
         let cluster = Cluster {
             queen_url: cluster_file["queen_url"].as_str().unwrap_or_default().to_string(),
             nats_url: cluster_file["nats_url"].as_str().unwrap_or_default().to_string(),
+            database_url: cluster_file["database_url"].as_str().unwrap_or_default().to_string(),
             data_dir,
             node,
             up_output,

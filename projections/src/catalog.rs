@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use rbee_bus::{Event, Recorded};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CatalogEntry {
     pub model: String,
     pub node: String,
@@ -16,7 +16,7 @@ pub struct CatalogEntry {
 }
 
 /// Models per node. Keyed by (model, node) so "who has model M" is a range scan.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     pub entries: BTreeMap<(String, String), CatalogEntry>,
 }

@@ -2,6 +2,7 @@
 //! same events give the same state); [`live`] keeps one current by tailing JetStream.
 
 pub mod catalog;
+pub mod checkpoint;
 pub mod live;
 pub mod registry;
 

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{Catalog, Registry};
 
 /// Everything the queen and the CLI need to know about the cluster.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ClusterView {
     pub registry: Registry,
     pub catalog: Catalog,
@@ -22,6 +22,8 @@ pub struct ClusterView {
     pub last_seq: u64,
     /// The last `RBEE_HB` sequence folded in.
     pub last_heartbeat_seq: u64,
+    /// Id of the event at `last_seq`: ties a snapshot to the very log it was folded from.
+    pub last_event_id: Option<uuid::Uuid>,
 }
 
 impl ClusterView {
@@ -30,9 +32,32 @@ impl ClusterView {
         self.catalog.apply(rec);
         if matches!(rec.envelope.event, rbee_bus::Event::WorkerHeartbeat(_)) {
             self.last_heartbeat_seq = self.last_heartbeat_seq.max(rec.stream_seq);
-        } else {
-            self.last_seq = self.last_seq.max(rec.stream_seq);
+        } else if rec.stream_seq > self.last_seq {
+            self.last_seq = rec.stream_seq;
+            self.last_event_id = Some(rec.envelope.id);
         }
+    }
+}
+
+impl ClusterView {
+    /// The view with everything that came from heartbeats removed: what the `RBEE` log alone decides.
+    pub fn without_liveness(&self) -> ClusterView {
+        let mut v = self.clone();
+        v.registry.heartbeats.clear();
+        v.last_heartbeat_seq = 0;
+        for w in v.registry.workers.values_mut() {
+            w.last_heartbeat_ms = None;
+        }
+        v
+    }
+
+    /// Canonical bytes (postcard).
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).expect("plain data serializes")
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<ClusterView, postcard::Error> {
+        postcard::from_bytes(bytes)
     }
 }
 
@@ -46,12 +71,18 @@ pub struct LiveView {
 }
 
 impl LiveView {
-    /// Starts following the log; the returned view fills in as events arrive.
+    /// Starts following the log from the beginning; the returned view fills in as events arrive.
     pub async fn start(log: &EventLog, shutdown: CancellationToken) -> Result<Self, rbee_bus::log::ReadError> {
-        let view = Arc::new(RwLock::new(ClusterView::default()));
-        let (seq_tx, seq) = watch::channel(0u64);
+        Self::start_from(log, ClusterView::default(), shutdown).await
+    }
+
+    /// Starts from a view already folded up to `initial.last_seq` (a snapshot) and follows the rest.
+    pub async fn start_from(log: &EventLog, initial: ClusterView, shutdown: CancellationToken) -> Result<Self, rbee_bus::log::ReadError> {
+        let from = if initial.last_seq == 0 { From::Start } else { From::Seq(initial.last_seq + 1) };
+        let (seq_tx, seq) = watch::channel(initial.last_seq);
+        let view = Arc::new(RwLock::new(initial));
         let (changes_tx, changes) = watch::channel(0u64);
-        let events = read::follow(log, subjects::EVENTS_STREAM, From::Start).await?;
+        let events = read::follow(log, subjects::EVENTS_STREAM, from).await?;
         let heartbeats = read::follow(log, subjects::HEARTBEATS_STREAM, From::LastPerSubject).await?;
         let mut merged = futures::stream::select(events, heartbeats);
         let folded = view.clone();
@@ -125,9 +156,7 @@ impl ClusterView {
     /// A fingerprint of the state folded from `RBEE`: equal views have equal digests. Liveness
     /// (heartbeats) is left out: it is not history and is not backed up.
     pub fn digest(&self) -> String {
-        let mut registry = self.registry.clone();
-        registry.heartbeats.clear();
-        let canonical = postcard::to_stdvec(&(&registry, &self.catalog, self.last_seq)).expect("plain data serializes");
+        let canonical = self.without_liveness().encode();
         let hash = <sha2::Sha256 as sha2::Digest>::digest(&canonical);
         hash.iter().map(|b| format!("{b:02x}")).collect()
     }

@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 
 use rbee_bus::{Event, Position, Recorded, WorkerState};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub name: String,
     pub ram_total_bytes: u64,
@@ -15,7 +15,7 @@ pub struct Node {
     pub registered_at_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Worker {
     pub id: String,
     pub node: String,
@@ -30,7 +30,6 @@ pub struct Worker {
     /// Busy slots: slot number -> request id.
     pub busy: BTreeMap<u32, String>,
     /// Where the worker aggregate stands in the log: the base for the next optimistic append.
-    #[serde(skip)]
     pub position: Position,
     pub last_heartbeat_ms: Option<u64>,
 }
@@ -48,7 +47,7 @@ impl Worker {
 }
 
 /// Nodes and workers, as the log says they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registry {
     pub nodes: BTreeMap<String, Node>,
     pub workers: BTreeMap<String, Worker>,

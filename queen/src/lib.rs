@@ -7,10 +7,12 @@ pub mod chat_request;
 pub mod config;
 pub mod error;
 pub mod reaper;
+pub mod recovery;
 pub mod routes;
 pub mod scheduler;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
@@ -26,6 +28,8 @@ pub struct AppState {
     pub log: EventLog,
     pub view: LiveView,
     pub config: Config,
+    /// How the view was recovered at start, for the operator.
+    pub recovery: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -64,21 +68,26 @@ pub fn router(state: Arc<AppState>) -> Router {
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), QueenError> {
     let log = EventLog::connect(&config.nats_url).await.map_err(|e| QueenError::Bus(e.to_string()))?;
     log.ensure_streams(&Default::default()).await.map_err(|e| QueenError::Bus(e.to_string()))?;
-    let view = LiveView::start(&log, shutdown.clone()).await.map_err(|e| QueenError::Bus(e.to_string()))?;
-    if let Some(url) = &config.database_url {
-        let pool = rbee_bus::archive::connect_store(url).await?;
-        let (log, shutdown) = (log.clone(), shutdown.clone());
+    let pool = match &config.database_url {
+        Some(url) => Some(rbee_bus::archive::connect_store(url).await?),
+        None => None,
+    };
+    let recovered = recovery::recover(&log, pool.as_ref()).await?;
+    let view = LiveView::start_from(&log, recovered.view, shutdown.clone()).await.map_err(|e| QueenError::Bus(e.to_string()))?;
+    if let Some(pool) = pool {
+        let (archive_log, archive_pool, stop) = (log.clone(), pool.clone(), shutdown.clone());
         tokio::spawn(async move {
-            if let Err(e) = rbee_bus::archive::run_archiver(log, pool, shutdown).await {
+            if let Err(e) = rbee_bus::archive::run_archiver(archive_log, archive_pool, stop).await {
                 tracing::error!(error = %e, "archiver stopped");
             }
         });
+        tokio::spawn(recovery::checkpoint_loop(pool, view.clone(), Duration::from_secs(2), shutdown.clone()));
     }
     let liveness = reaper::Liveness { heartbeat_timeout: config.heartbeat_timeout(), stale_grace: config.stale_grace() };
     tokio::spawn(reaper::run(log.clone(), view.clone(), liveness, shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| QueenError::Bind { addr: config.bind, source })?;
     tracing::info!(addr = %config.bind, "serving the OpenAI API on http://{}/v1", config.bind);
-    let app = router(Arc::new(AppState { log, view, config }));
+    let app = router(Arc::new(AppState { log, view, config, recovery: recovered.report }));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

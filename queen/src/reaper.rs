@@ -53,6 +53,11 @@ pub fn decide(view: &ClusterView, now_ms: u64, l: &Liveness) -> Vec<(String, Pos
 
 /// Runs the reaper until `shutdown`.
 pub async fn run(log: EventLog, view: LiveView, liveness: Liveness, shutdown: CancellationToken) {
+    // A queen that just started has not listened for a whole timeout yet: it judges no one before.
+    tokio::select! {
+        _ = shutdown.cancelled() => return,
+        _ = tokio::time::sleep(liveness.heartbeat_timeout) => {}
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {

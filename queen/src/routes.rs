@@ -14,10 +14,10 @@ use crate::error::ApiError;
 use crate::AppState;
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let (last_seq, ready) = state.view.read(|v| {
-        (v.last_seq, v.registry.workers.values().filter(|w| w.state == WorkerState::Ready).count())
+    let (last_seq, ready, digest) = state.view.read(|v| {
+        (v.last_seq, v.registry.workers.values().filter(|w| w.state == WorkerState::Ready).count(), v.digest())
     });
-    Json(json!({"status": "ok", "last_seq": last_seq, "ready_workers": ready}))
+    Json(json!({"status": "ok", "last_seq": last_seq, "ready_workers": ready, "digest": digest, "recovery": state.recovery}))
 }
 
 /// Every model a worker serves or a node holds, in OpenAI's list shape.

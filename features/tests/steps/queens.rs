@@ -9,11 +9,16 @@ use serde_json::{json, Value};
 
 use super::{RbeeWorld, DEADLINE, MODEL};
 
-/// Starts `rbee-queen` on a free port against the scenario's cluster; returns its URL.
-async fn start_queen(w: &mut RbeeWorld) -> String {
+/// Starts `rbee-queen` on a free port against the scenario's cluster (and its event store when
+/// `with_store`); returns its URL.
+pub async fn start_queen(w: &mut RbeeWorld, with_store: bool) -> String {
     let port = rbee_ops::local::process::free_port().unwrap();
+    let mut args = vec!["--nats-url".to_string(), w.cluster().nats_url.clone(), "--bind".into(), format!("127.0.0.1:{port}")];
+    if with_store {
+        args.extend(["--database-url".to_string(), w.cluster().database_url.clone()]);
+    }
     let child = Command::new(rbee_features::bin("rbee-queen"))
-        .args(["--nats-url", &w.cluster().nats_url, "--bind", &format!("127.0.0.1:{port}")])
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -27,7 +32,7 @@ async fn start_queen(w: &mut RbeeWorld) -> String {
 
 #[given("a second queen serving the same cluster")]
 async fn second_queen(w: &mut RbeeWorld) {
-    w.second_queen = start_queen(w).await;
+    w.second_queen = start_queen(w, false).await;
 }
 
 #[when(expr = "{int} chat completions arrive at once, split between the two queens")]
@@ -98,7 +103,7 @@ async fn kill_and_restart(w: &mut RbeeWorld) {
     let mut queen = w.children.pop().expect("the second queen");
     queen.kill().expect("SIGKILL");
     queen.wait().unwrap();
-    w.second_queen = start_queen(w).await;
+    w.second_queen = start_queen(w, false).await;
 }
 
 #[then("the restarted queen lists the same ready worker as the log")]

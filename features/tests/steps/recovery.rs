@@ -116,3 +116,83 @@ fn replay_shows_model(w: &mut RbeeWorld) {
     let tail = w.cluster().events(false).len() as u64;
     assert_eq!(view["at_seq"].as_u64(), Some(tail), "every event folded: the last sequence equals the event count");
 }
+
+async fn store(w: &RbeeWorld) -> sqlx::PgPool {
+    sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&w.cluster().database_url).await.expect("the event store answers")
+}
+
+async fn checkpoint_seq(pool: &sqlx::PgPool) -> Option<i64> {
+    sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE name = 'cluster_view'").fetch_optional(pool).await.unwrap()
+}
+
+#[given("a second queen with the event store, which has checkpointed the registry and catalog")]
+async fn queen_with_checkpoint(w: &mut RbeeWorld) {
+    w.second_queen = super::queens::start_queen(w, true).await;
+    let pool = store(w).await;
+    let last = w.cluster().events(false).len() as i64;
+    eventually("a checkpoint covers the whole log", DEADLINE, || async {
+        match checkpoint_seq(&pool).await {
+            Some(seq) if seq >= last => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+}
+
+#[when("the stored checkpoint is corrupted and that queen is restarted")]
+async fn corrupt_and_restart(w: &mut RbeeWorld) {
+    let mut queen = w.children.pop().expect("the second queen");
+    queen.kill().expect("SIGKILL");
+    queen.wait().unwrap();
+    let pool = store(w).await;
+    // Flip one byte in the middle of the stored snapshot.
+    let changed = sqlx::query(
+        "UPDATE projection_checkpoints SET snapshot = set_byte(snapshot, length(snapshot) / 2, (get_byte(snapshot, length(snapshot) / 2) + 1) % 256) WHERE name = 'cluster_view'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(changed.rows_affected(), 1);
+    w.second_queen = super::queens::start_queen(w, true).await;
+}
+
+async fn health(w: &RbeeWorld) -> Value {
+    reqwest::get(format!("{}/health", w.second_queen)).await.unwrap().json().await.unwrap()
+}
+
+#[then("the queen reports that the corrupt checkpoint was set aside and the state rebuilt from the log")]
+async fn reports_set_aside(w: &mut RbeeWorld) {
+    let report = health(w).await["recovery"].as_str().unwrap_or_default().to_string();
+    assert!(report.contains("set aside") && report.contains("CHECKPOINT_CORRUPT") && report.contains("rebuilt from the log"), "{report}");
+}
+
+#[then("the corrupt checkpoint is kept aside in Postgres with its reason")]
+async fn kept_aside(w: &mut RbeeWorld) {
+    let pool = store(w).await;
+    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM projection_checkpoints_set_aside WHERE name = 'cluster_view'").fetch_all(&pool).await.unwrap();
+    assert!(reasons.iter().any(|r| r.contains("sha256")), "{reasons:?}");
+}
+
+#[then("the queen's registry and catalog equal a replay of the log")]
+async fn equal_to_replay(w: &mut RbeeWorld) {
+    let replayed = digest(w, None);
+    let queen = w.second_queen.clone();
+    eventually("the queen's digest equals the replay's", DEADLINE, || async {
+        let h: Value = reqwest::get(format!("{queen}/health")).await.unwrap().json().await.unwrap();
+        if h["digest"] == replayed.as_str() { Ok(()) } else { Err(h) }
+    })
+    .await;
+}
+
+#[then("a checkpoint is written again")]
+async fn checkpoint_again(w: &mut RbeeWorld) {
+    let pool = store(w).await;
+    let last = w.cluster().events(false).len() as i64;
+    eventually("a fresh checkpoint", DEADLINE, || async {
+        match checkpoint_seq(&pool).await {
+            Some(seq) if seq >= last => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+}
