@@ -27,3 +27,14 @@ Feature: The log is the system of record: backup, restore, replay and old schema
     And the corrupt checkpoint is kept aside in Postgres with its reason
     And the queen's registry and catalog equal a replay of the log
     And a checkpoint is written again
+
+  @DR-2
+  Scenario: A queen rebuilds from the Postgres archive when JetStream no longer holds the old events
+    Given a cluster of my own serving the default model
+    And I note the digest of the registry and catalog folded from its log
+    And every event of its log is archived in Postgres
+    When its queen is killed, its checkpoint removed and the older half of its events purged from JetStream
+    And a queen with the event store starts on it
+    Then the queen reports that the purged events were read from the Postgres archive
+    And the queen's registry and catalog have the noted digest
+    And asking the restarted queen "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"

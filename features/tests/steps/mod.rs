@@ -50,6 +50,8 @@ pub struct RbeeWorld {
     second_queen: String,
     /// Answers to a batch of concurrent requests: (status, request id, body).
     batch: Vec<(u16, String, Value)>,
+    /// The first sequence JetStream kept after a purge.
+    purged_below: u64,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -78,6 +80,7 @@ impl RbeeWorld {
             paused: Vec::new(),
             second_queen: String::new(),
             batch: Vec::new(),
+            purged_below: 0,
         }
     }
 

@@ -196,3 +196,58 @@ async fn checkpoint_again(w: &mut RbeeWorld) {
     })
     .await;
 }
+
+#[given("a cluster of my own serving the default model")]
+fn own_cluster(w: &mut RbeeWorld) {
+    w.own = Some(rbee_features::cluster::Cluster::up(&[]).expect("rbee up succeeds"));
+}
+
+#[given("every event of its log is archived in Postgres")]
+async fn all_archived(w: &mut RbeeWorld) {
+    let pool = store(w).await;
+    let last = w.cluster().events(false).len() as i64;
+    eventually("the archive holds every event", DEADLINE, || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+        if n == last { Ok(()) } else { Err(n) }
+    })
+    .await;
+}
+
+#[when("its queen is killed, its checkpoint removed and the older half of its events purged from JetStream")]
+async fn kill_purge(w: &mut RbeeWorld) {
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(w.cluster().data_dir.join("cluster.json")).unwrap()).unwrap();
+    let pid = file["queen_pid"].as_i64().unwrap() as i32;
+    // SAFETY: the queen this scenario's own `rbee up` started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    eventually("the queen is gone", DEADLINE, || async {
+        if rbee_ops::local::process::is_ours(pid as u32, "rbee-queen") { Err(pid) } else { Ok(()) }
+    })
+    .await;
+    let pool = store(w).await;
+    sqlx::query("DELETE FROM projection_checkpoints").execute(&pool).await.unwrap();
+    let last = w.cluster().events(false).len() as u64;
+    w.purged_below = last / 2 + 1;
+    let js = async_nats::jetstream::new(async_nats::connect(&w.cluster().nats_url).await.unwrap());
+    let stream = js.get_stream("RBEE").await.unwrap();
+    stream.purge().sequence(w.purged_below).await.expect("purged");
+    let left = w.cluster().events(false);
+    assert_eq!(left.first().and_then(|e| e["seq"].as_u64()), Some(w.purged_below), "JetStream starts after the purge");
+}
+
+#[when("a queen with the event store starts on it")]
+async fn queen_starts(w: &mut RbeeWorld) {
+    w.second_queen = super::queens::start_queen(w, true).await;
+}
+
+#[then("the queen reports that the purged events were read from the Postgres archive")]
+async fn reports_archive(w: &mut RbeeWorld) {
+    let report = health(w).await["recovery"].as_str().unwrap_or_default().to_string();
+    let expected = format!("{} event(s) before sequence {} read from the Postgres archive", w.purged_below - 1, w.purged_below);
+    assert!(report.contains(&expected), "{report}");
+}
+
+#[then("the queen's registry and catalog have the noted digest")]
+async fn noted_digest(w: &mut RbeeWorld) {
+    let h = health(w).await;
+    assert_eq!(h["digest"], w.digest.as_str(), "{h}");
+}
