@@ -1,8 +1,10 @@
 //! The archiver: copies the `RBEE` stream into the Postgres `events` table.
 //!
 //! A durable pull consumer (`archiver`) with explicit acks: a batch is inserted in one statement
-//! (`UNNEST`), idempotent on event id and stream sequence, and acked only after it committed. A crash
-//! between insert and ack redelivers the batch, and the duplicates are skipped by the database.
+//! (`UNNEST`), idempotent on event id and stream sequence, and each message is acked only after the
+//! batch committed. A crash between insert and ack redelivers the batch, and the duplicates are
+//! skipped by the database. (Not "ack all": a later batch's ack must never cover an earlier batch
+//! that a killed archiver fetched and never stored.)
 
 use std::time::Duration;
 
@@ -31,7 +33,7 @@ pub enum ArchiveError {
 /// Connects to Postgres and brings the schema up to date.
 pub async fn connect_store(database_url: &str) -> Result<PgPool, ArchiveError> {
     let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
+        .max_connections(5)
         .acquire_timeout(Duration::from_secs(10))
         .connect(database_url)
         .await?;
@@ -39,15 +41,40 @@ pub async fn connect_store(database_url: &str) -> Result<PgPool, ArchiveError> {
     Ok(pool)
 }
 
-/// Runs the archiver until `shutdown` is cancelled.
+/// Postgres advisory lock key held by the one active archiver of a cluster ("rbeearch").
+const ARCHIVER_LOCK: i64 = 0x7262_6565_6172_6368;
+
+/// Runs the archiver until `shutdown` is cancelled. Any number of queens may call this: one holds
+/// the archive lock (a Postgres advisory lock, released if its process dies) and archives; the
+/// others wait as standbys, so the archive is written in stream order by a single writer.
 pub async fn run_archiver(log: EventLog, pool: PgPool, shutdown: CancellationToken) -> Result<(), ArchiveError> {
+    let mut lock_holder = pool.acquire().await?;
+    loop {
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(ARCHIVER_LOCK).fetch_one(&mut *lock_holder).await?;
+        if locked {
+            break;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+    tracing::info!("this process is the archiver");
+    let result = archive(log, pool, shutdown).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(ARCHIVER_LOCK).execute(&mut *lock_holder).await;
+    result
+}
+
+async fn archive(log: EventLog, pool: PgPool, shutdown: CancellationToken) -> Result<(), ArchiveError> {
     let stream = log.events_stream().await.map_err(|e| ArchiveError::Log(e.to_string()))?;
     let consumer = stream
         .get_or_create_consumer(
             ARCHIVER_CONSUMER,
             pull::Config {
                 durable_name: Some(ARCHIVER_CONSUMER.into()),
-                ack_policy: AckPolicy::All,
+                ack_policy: AckPolicy::Explicit,
+                // A batch fetched by an archiver that died comes back after this.
+                ack_wait: Duration::from_secs(10),
                 max_ack_pending: (BATCH * 4) as i64,
                 ..Default::default()
             },
@@ -71,7 +98,9 @@ pub async fn run_archiver(log: EventLog, pool: PgPool, shutdown: CancellationTok
                 Err(e) => tracing::warn!(error = %e, "archiver fetch interrupted"),
             }
         }
-        let Some(last) = messages.last() else { continue };
+        if messages.is_empty() {
+            continue;
+        }
         let rows = messages.iter().filter_map(|m| match decode_message(m) {
             Ok(r) => Some((r, header_pairs(m.headers.as_ref()), m.payload.to_vec())),
             Err(e) => {
@@ -81,8 +110,9 @@ pub async fn run_archiver(log: EventLog, pool: PgPool, shutdown: CancellationTok
             }
         });
         insert_batch(&pool, rows).await?;
-        // AckPolicy::All: acking the last message of the batch acks all before it.
-        last.ack().await.map_err(|e| ArchiveError::Log(e.to_string()))?;
+        for m in &messages {
+            m.ack().await.map_err(|e| ArchiveError::Log(e.to_string()))?;
+        }
         tracing::debug!(count = messages.len(), "archived");
     }
 }
@@ -139,6 +169,7 @@ pub async fn archived_count(pool: &PgPool) -> Result<i64, ArchiveError> {
 }
 
 /// Archived events with `after < stream_seq < before`, in order, decoded (old schemas upcast).
+/// Refuses a range with a hole (an archiver crashed and its batch is not redelivered yet).
 pub async fn read_archive(pool: &PgPool, after: u64, before: u64) -> Result<Vec<crate::log::Recorded>, ArchiveError> {
     let rows: Vec<(i64, String, i16, Vec<u8>)> = sqlx::query_as(
         "SELECT stream_seq, subject, schema, payload FROM events WHERE stream_seq > $1 AND stream_seq < $2 ORDER BY stream_seq",
@@ -147,6 +178,13 @@ pub async fn read_archive(pool: &PgPool, after: u64, before: u64) -> Result<Vec<
     .bind(before.min(i64::MAX as u64) as i64)
     .fetch_all(pool)
     .await?;
+    let expected = before.saturating_sub(after).saturating_sub(1);
+    if rows.len() as u64 != expected {
+        return Err(ArchiveError::Log(format!(
+            "the archive holds {} of the {expected} events between {after} and {before}: it is still catching up; retry shortly",
+            rows.len()
+        )));
+    }
     rows.into_iter()
         .map(|(seq, subject, schema, payload)| {
             let envelope = crate::Envelope::decode_schema(&schema.to_string(), &payload)
