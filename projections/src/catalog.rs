@@ -43,6 +43,19 @@ impl Catalog {
         self.entries.get(&(model.to_string(), node.to_string()))
     }
 
+    /// One page of entries in (model, node) order, optionally only those on `node`, starting after
+    /// the key `after` (the last key of the previous page).
+    pub fn page(&self, node: Option<&str>, after: Option<&(String, String)>, limit: usize) -> Vec<&CatalogEntry> {
+        use std::ops::Bound;
+        let start = after.map_or(Bound::Unbounded, |k| Bound::Excluded(k.clone()));
+        self.entries
+            .range((start, Bound::Unbounded))
+            .map(|(_, e)| e)
+            .filter(|e| node.is_none_or(|n| e.node == n))
+            .take(limit)
+            .collect()
+    }
+
     /// Whether any node holds the model.
     pub fn knows(&self, model: &str) -> bool {
         self.entries.range((model.to_string(), String::new())..).next().is_some_and(|((m, _), _)| m == model)
@@ -75,6 +88,27 @@ mod tests {
         assert!(!catalog.knows("m10"));
         assert_eq!(catalog.get("m1", "n1").unwrap().size_bytes, 98_362_432);
         assert!(catalog.get("m1", "n2").is_none());
+    }
+
+    #[test]
+    fn pages_cover_every_entry_once_in_order() {
+        let mut catalog = Catalog::default();
+        for i in 0..25 {
+            catalog.apply(&registered(&format!("m{i:02}"), if i % 2 == 0 { "n1" } else { "n2" }));
+        }
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = catalog.page(Some("n1"), after.as_ref(), 4);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|e| (e.model.clone(), e.node.clone()));
+            seen.extend(page.iter().map(|e| e.model.clone()));
+        }
+        let expected: Vec<String> = (0..25).step_by(2).map(|i| format!("m{i:02}")).collect();
+        assert_eq!(seen, expected);
+        assert_eq!(catalog.page(None, None, 100).len(), 25);
     }
 
     #[test]
