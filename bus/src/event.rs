@@ -125,6 +125,14 @@ pub struct WorkerRemoved {
     pub reason: String,
 }
 
+/// A catalogued model left a node (its file is gone, or it was removed on purpose).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRemoved {
+    pub model: String,
+    pub node: String,
+    pub reason: String,
+}
+
 /// Liveness: published on `RBEE_HB`, one kept per worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerHeartbeat {
@@ -212,6 +220,7 @@ pub enum Event {
     ModelRegistered(ModelRegistered),
     WorkerStartFailed(WorkerStartFailed),
     WorkerRemoved(WorkerRemoved),
+    ModelRemoved(ModelRemoved),
 }
 
 /// The kinds of aggregate an event belongs to; the second token of its subject.
@@ -252,6 +261,7 @@ impl Event {
             Event::ModelRegistered(_) => "model.registered",
             Event::WorkerStartFailed(_) => "worker.start_failed",
             Event::WorkerRemoved(_) => "worker.removed",
+            Event::ModelRemoved(_) => "model.removed",
         }
     }
 
@@ -274,6 +284,7 @@ impl Event {
             Event::ModelRegistered(e) => (Model, &e.model),
             Event::WorkerStartFailed(e) => (Worker, &e.worker),
             Event::WorkerRemoved(e) => (Worker, &e.worker),
+            Event::ModelRemoved(e) => (Model, &e.model),
         }
     }
 }

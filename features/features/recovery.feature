@@ -38,3 +38,11 @@ Feature: The log is the system of record: backup, restore, replay and old schema
     Then the queen reports that the purged events were read from the Postgres archive
     And the queen's registry and catalog have the noted digest
     And asking the restarted queen "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+
+  @CAT-6
+  Scenario: A catalogued model whose file was deleted is removed from the catalog
+    Given a cluster of my own serving the default model, checking its catalog every second
+    And rbee models lists the default model on its node
+    When the model file is deleted from the node's disk
+    Then the log records model.removed for that node, naming the missing file
+    And rbee models no longer lists it

@@ -18,6 +18,9 @@ pub struct Config {
     /// The worker executable (default: `rbee-worker` beside this executable, else on PATH).
     #[arg(long, env = "RBEE_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
+    /// Seconds between checks that every catalogued model file of this node still exists.
+    #[arg(long, env = "RBEE_CATALOG_CHECK_SECS", default_value_t = 30)]
+    pub catalog_check_secs: u64,
     /// Seconds a worker gets to exit after SIGTERM before it is killed.
     #[arg(long, env = "RBEE_WORKER_GRACE_SECS", default_value_t = 10)]
     pub worker_grace_secs: u64,

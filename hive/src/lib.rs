@@ -6,6 +6,7 @@ pub mod provision;
 pub mod resources;
 pub mod service;
 pub mod supervisor;
+pub mod upkeep;
 
 pub use config::Config;
 pub use service::{run, HiveError};

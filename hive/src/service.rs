@@ -58,6 +58,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     log.append(registered, Expected::Any, &Meta::default()).await.map_err(bus)?;
     tracing::info!(%node, "node registered");
 
+    let view = rbee_projections::LiveView::start(&log, shutdown.clone()).await.map_err(bus)?;
+    let every = std::time::Duration::from_secs(config.catalog_check_secs.max(1));
+    tokio::spawn(crate::upkeep::run(log.clone(), view, node.clone(), every, shutdown.clone()));
     let supervisor =
         Supervisor::new(log.clone(), node.clone(), config.nats_url.clone(), config.worker_binary(), config.logs_dir());
     if let Err(e) = supervisor.check_binary() {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod events;
 pub mod infer;
 pub mod local;
+pub mod models;
 pub mod up;
 pub mod workers;
 
@@ -68,6 +69,15 @@ pub enum Command {
         /// Print only the digest of the state.
         #[arg(long)]
         digest: bool,
+    },
+    /// List the model catalog: which node holds which model, where.
+    Models {
+        /// Only models on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// The event log.
     Events {
@@ -143,6 +153,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             Ok(())
         }
         Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
+        Command::Models { node, json } => models::models(&cli.nats_url(), node.as_deref(), *json).await,
         Command::Workers { filter, json } => workers::workers(&cli.nats_url(), filter, *json).await,
         Command::Events { command: EventsCommand::Tail(args) } => events::tail(&cli.nats_url(), args.clone()).await,
     }

@@ -42,6 +42,9 @@ pub struct UpArgs {
     /// Seconds a stale, busy worker keeps its requests before it is removed (passed to the queen).
     #[arg(long, env = "RBEE_STALE_GRACE_SECS", default_value_t = 30)]
     pub stale_grace_secs: u64,
+    /// Seconds between the hive's checks that catalogued model files still exist.
+    #[arg(long, env = "RBEE_CATALOG_CHECK_SECS", default_value_t = 30)]
+    pub catalog_check_secs: u64,
     /// Seconds to wait for the worker to be ready.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
@@ -126,7 +129,14 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     cf.save(data_dir)?;
 
     let env = [("RBEE_NATS_URL", cf.nats_url.clone())];
-    let hive_args = vec!["--node".into(), node, "--data-dir".into(), data_dir.display().to_string()];
+    let hive_args = vec![
+        "--node".into(),
+        node,
+        "--data-dir".into(),
+        data_dir.display().to_string(),
+        "--catalog-check-secs".into(),
+        args.catalog_check_secs.to_string(),
+    ];
     cf.hive_pid = process::spawn_detached(&hive_bin, &hive_args, &logs.join("hive.log"), &env)?;
     cf.save(data_dir)?;
     let queen_args = vec![

@@ -23,6 +23,9 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn apply(&mut self, rec: &Recorded) {
+        if let Event::ModelRemoved(e) = &rec.envelope.event {
+            self.entries.remove(&(e.model.clone(), e.node.clone()));
+        }
         if let Event::ModelRegistered(e) = &rec.envelope.event {
             self.entries.insert(
                 (e.model.clone(), e.node.clone()),
@@ -109,6 +112,17 @@ mod tests {
         let expected: Vec<String> = (0..25).step_by(2).map(|i| format!("m{i:02}")).collect();
         assert_eq!(seen, expected);
         assert_eq!(catalog.page(None, None, 100).len(), 25);
+    }
+
+    #[test]
+    fn a_removed_model_leaves_only_its_node() {
+        let mut catalog = Catalog::default();
+        catalog.apply(&registered("m1", "n1"));
+        catalog.apply(&registered("m1", "n2"));
+        let event = Event::ModelRemoved(ModelRemoved { model: "m1".into(), node: "n1".into(), reason: "file gone".into() });
+        catalog.apply(&Recorded { stream_seq: 3, subject: subjects::for_event(&event), envelope: Envelope::new(event, 3, &Meta::default()) });
+        assert!(catalog.get("m1", "n1").is_none());
+        assert!(catalog.get("m1", "n2").is_some());
     }
 
     #[test]

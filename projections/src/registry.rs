@@ -143,7 +143,8 @@ impl Registry {
             | Event::RequestFinished(_)
             | Event::RequestCancelled(_)
             | Event::ModelRegistered(_)
-            | Event::WorkerStartFailed(_) => {}
+            | Event::WorkerStartFailed(_)
+            | Event::ModelRemoved(_) => {}
         }
     }
 

@@ -52,6 +52,8 @@ pub struct RbeeWorld {
     batch: Vec<(u16, String, Value)>,
     /// The first sequence JetStream kept after a purge.
     purged_below: u64,
+    /// Path of a catalogued model file.
+    model_path: String,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -81,6 +83,7 @@ impl RbeeWorld {
             second_queen: String::new(),
             batch: Vec::new(),
             purged_below: 0,
+            model_path: String::new(),
         }
     }
 

@@ -251,3 +251,44 @@ async fn noted_digest(w: &mut RbeeWorld) {
     let h = health(w).await;
     assert_eq!(h["digest"], w.digest.as_str(), "{h}");
 }
+
+#[given("a cluster of my own serving the default model, checking its catalog every second")]
+fn own_cluster_fast_upkeep(w: &mut RbeeWorld) {
+    w.own = Some(rbee_features::cluster::Cluster::up(&["--catalog-check-secs", "1"]).expect("rbee up succeeds"));
+}
+
+fn catalog(w: &RbeeWorld) -> Vec<Value> {
+    let out = w.cluster().rbee(&["models", "--json", "--node", &w.cluster().node]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().cloned().unwrap_or_default()
+}
+
+#[given("rbee models lists the default model on its node")]
+fn models_lists(w: &mut RbeeWorld) {
+    let entries = catalog(w);
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert_eq!(entries[0]["model"], super::MODEL);
+    w.model_path = entries[0]["path"].as_str().unwrap().to_string();
+}
+
+#[when("the model file is deleted from the node's disk")]
+fn delete_model(w: &mut RbeeWorld) {
+    std::fs::remove_file(&w.model_path).expect("the catalogued file existed");
+}
+
+#[then("the log records model.removed for that node, naming the missing file")]
+async fn model_removed(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let node = c.node.clone();
+    let removed = eventually("model.removed is in the log", DEADLINE, || async {
+        let removed: Vec<Value> = c.events_of("model.removed").into_iter().filter(|e| e["data"]["node"] == node.as_str()).collect();
+        if removed.len() == 1 { Ok(removed) } else { Err(removed) }
+    })
+    .await;
+    assert!(removed[0]["data"]["reason"].as_str().unwrap().contains(&w.model_path), "{removed:?}");
+}
+
+#[then("rbee models no longer lists it")]
+fn models_empty(w: &mut RbeeWorld) {
+    assert!(catalog(w).is_empty());
+}
