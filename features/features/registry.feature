@@ -28,3 +28,11 @@ Feature: The worker registry is a projection of worker events
     And a chat completion for its model is refused with HTTP 503 and code "NO_READY_WORKER"
     And rbee workers no longer lists it
     And the log records worker.removed for it with the reason "no heartbeat"
+
+  @REG-7
+  Scenario: A worker that registers again with other capabilities has them updated
+    Given a running cluster without workers
+    And a worker process registered under a new id with 1 slot
+    When that worker stops and a worker registers again under the same id with 2 slots
+    Then rbee workers lists that id once, with 2 slots
+    And the log holds two worker.registered events for that id, the second after the first one stopped

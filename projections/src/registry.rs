@@ -254,6 +254,19 @@ mod tests {
         assert_eq!(g.registry, Registry::default());
     }
 
+    /// Gap-C7: heartbeats travel on their own stream and never race state changes in the log.
+    #[test]
+    fn a_heartbeat_during_a_state_transition_keeps_the_new_state_and_refreshes_liveness() {
+        let mut g = given([registered("w1", 1), state("w1", WorkerState::Ready)]);
+        g.when(state("w1", WorkerState::Draining));
+        let beat = Event::WorkerHeartbeat(WorkerHeartbeat { worker: "w1".into(), node: "n1".into(), busy_slots: 0 });
+        let mut env = Envelope::new(beat.clone(), 0, &Meta::default());
+        env.at_ms = u64::MAX / 4;
+        g.registry.apply(&Recorded { stream_seq: 1, subject: subjects::for_event(&beat), envelope: env });
+        assert_eq!(g.worker("w1").state, WorkerState::Draining);
+        assert_eq!(g.worker("w1").last_heartbeat_ms, Some(u64::MAX / 4));
+    }
+
     #[test]
     fn a_heartbeat_folded_before_the_registration_still_counts() {
         let mut g = given([]);

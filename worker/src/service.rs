@@ -51,7 +51,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         pid: std::process::id(),
         backend: "cpu".into(),
     });
-    match log.append(registered, Expected::NoStream, &meta).await {
+    let history = rbee_bus::read::read_subject(&log, &subjects::aggregate(rbee_bus::AggregateKind::Worker, &config.worker_id))
+        .await
+        .map_err(|e| WorkerError::Bus(e.to_string()))?;
+    let Ok(expected) = crate::registration::expectation(&history) else {
+        return Err(WorkerError::AlreadyRegistered(config.worker_id));
+    };
+    match log.append(registered, expected, &meta).await {
         Ok(_) => tracing::info!(worker = %config.worker_id, "registered; loading model"),
         Err(rbee_bus::AppendError::Conflict { .. }) => return Err(WorkerError::AlreadyRegistered(config.worker_id)),
         Err(e) => return Err(e.into()),

@@ -180,3 +180,57 @@ fn removed_in_log(w: &mut RbeeWorld, reason: String) {
     let stale = w.cluster().events_of("worker.state_changed").into_iter().any(|e| e["data"]["worker"] == w.worker_id.as_str() && e["data"]["state"] == "Stale");
     assert!(stale, "it was marked stale first");
 }
+
+fn spawn_worker(w: &mut RbeeWorld, slots: u32) {
+    let c = w.cluster();
+    let model = rbee_features::cache_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let child = Command::new(rbee_features::bin("rbee-worker"))
+        .args(["--nats-url", &c.nats_url, "--node", &c.node, "--worker-id", &w.worker_id, "--model", MODEL, "--slots", &slots.to_string()])
+        .arg("--model-path")
+        .arg(&model)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("rbee-worker starts");
+    w.children.push(child);
+}
+
+async fn wait_ready_with_slots(w: &RbeeWorld, slots: u64) {
+    eventually("the worker is ready with its slots", DEADLINE, || async {
+        let found = listed(w, &[]);
+        if found.len() == 1 && found[0]["state"] == "Ready" && found[0]["slots"] == slots { Ok(()) } else { Err(found) }
+    })
+    .await;
+}
+
+#[given("a worker process registered under a new id with 1 slot")]
+async fn worker_one_slot(w: &mut RbeeWorld) {
+    w.worker_id = format!("cap-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    spawn_worker(w, 1);
+    wait_ready_with_slots(w, 1).await;
+}
+
+#[when("that worker stops and a worker registers again under the same id with 2 slots")]
+async fn reregister(w: &mut RbeeWorld) {
+    let mut first = w.children.pop().unwrap();
+    // SAFETY: the worker process this scenario started.
+    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    assert!(first.wait().unwrap().success(), "the first worker stops cleanly");
+    spawn_worker(w, 2);
+}
+
+#[then("rbee workers lists that id once, with 2 slots")]
+async fn listed_with_two_slots(w: &mut RbeeWorld) {
+    wait_ready_with_slots(w, 2).await;
+}
+
+#[then("the log holds two worker.registered events for that id, the second after the first one stopped")]
+fn two_registrations(w: &mut RbeeWorld) {
+    let events: Vec<Value> = w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let kinds: Vec<(String, Value)> = events.iter().map(|e| (e["type"].as_str().unwrap().to_string(), e["data"]["state"].clone())).collect();
+    let registrations: Vec<usize> = events.iter().enumerate().filter(|(_, e)| e["type"] == "worker.registered").map(|(i, _)| i).collect();
+    assert_eq!(registrations.len(), 2, "{kinds:?}");
+    let stopped = events.iter().position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Stopped").expect("stopped");
+    assert!(registrations[0] < stopped && stopped < registrations[1], "{kinds:?}");
+    assert_eq!(events[registrations[1]]["data"]["slots"], 2);
+}
