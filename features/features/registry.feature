@@ -36,3 +36,11 @@ Feature: The worker registry is a projection of worker events
     When that worker stops and a worker registers again under the same id with 2 slots
     Then rbee workers lists that id once, with 2 slots
     And the log holds two worker.registered events for that id, the second after the first one stopped
+
+  @REG-5
+  Scenario: A registry at its size limit refuses another worker with REGISTRY_FULL
+    Given a cluster of my own serving the default model, with room for 1 worker
+    When I ask for one more worker with rbee workers start
+    Then rbee exits with code 1 saying "REGISTRY_FULL" and suggesting to remove stale workers
+    And the log records worker.start_failed with code "REGISTRY_FULL"
+    And rbee workers still lists exactly one worker

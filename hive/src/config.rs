@@ -18,6 +18,9 @@ pub struct Config {
     /// The worker executable (default: `rbee-worker` beside this executable, else on PATH).
     #[arg(long, env = "RBEE_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
+    /// Most workers the cluster's registry may hold; a start beyond it fails with REGISTRY_FULL.
+    #[arg(long, env = "RBEE_MAX_WORKERS", default_value_t = 64)]
+    pub max_workers: usize,
     /// Seconds between checks that every catalogued model file of this node still exists.
     #[arg(long, env = "RBEE_CATALOG_CHECK_SECS", default_value_t = 30)]
     pub catalog_check_secs: u64,

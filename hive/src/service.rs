@@ -60,7 +60,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
 
     let view = rbee_projections::LiveView::start(&log, shutdown.clone()).await.map_err(bus)?;
     let every = std::time::Duration::from_secs(config.catalog_check_secs.max(1));
-    tokio::spawn(crate::upkeep::run(log.clone(), view, node.clone(), every, shutdown.clone()));
+    tokio::spawn(crate::upkeep::run(log.clone(), view.clone(), node.clone(), every, shutdown.clone()));
     let supervisor =
         Supervisor::new(log.clone(), node.clone(), config.nats_url.clone(), config.worker_binary(), config.logs_dir());
     if let Err(e) = supervisor.check_binary() {
@@ -85,7 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
         .await
         .map_err(bus)?;
     let mut commands = consumer.messages().await.map_err(bus)?;
-    let hive = Hive { log, node, config: config.clone(), supervisor: supervisor.clone() };
+    let hive = Hive { log, node, config: config.clone(), supervisor: supervisor.clone(), view };
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -122,6 +122,7 @@ struct Hive {
     node: String,
     config: Config,
     supervisor: Supervisor,
+    view: rbee_projections::LiveView,
 }
 
 impl Hive {
@@ -159,6 +160,15 @@ impl Hive {
             subjects::validate_name(field, value).map_err(|e| ("INVALID_NAME", e.to_string()))?;
         }
         self.supervisor.check_binary().map_err(|e| (e.code(), e.to_string()))?;
+        // Checked against this hive's view of the registry: hives starting workers at the same instant
+        // may each see room for one more (the limit is a guard against runaway growth, not a quota).
+        let (held, limit) = (self.view.read(|v| v.registry.workers.len()), self.config.max_workers);
+        if held >= limit {
+            return Err((
+                "REGISTRY_FULL",
+                format!("the registry holds {held} workers, its limit (--max-workers {limit}); remove stale workers (rbee workers --state stale) or raise the limit"),
+            ));
+        }
         let (models_dir, model, source, sha) =
             (self.config.models_dir(), cmd.model.clone(), cmd.source.clone(), cmd.sha256.clone());
         let provisioned = tokio::task::spawn_blocking(move || provision(&models_dir, &model, &source, sha.as_deref()))

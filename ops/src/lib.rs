@@ -47,6 +47,8 @@ pub enum Command {
     Infer(infer::InferArgs),
     /// List workers.
     Workers {
+        #[command(subcommand)]
+        action: Option<WorkerAction>,
         #[command(flatten)]
         filter: workers::WorkerFilter,
         /// Print JSON instead of a table.
@@ -107,6 +109,12 @@ fn setup(args: &SetupArgs, data_dir: &Path) -> CliResult<()> {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum WorkerAction {
+    /// Ask a node's hive for one more worker, and wait until it is ready.
+    Start(workers::StartArgs),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     /// Print events as JSON lines, following new ones.
     Tail(events::TailArgs),
@@ -154,7 +162,11 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         }
         Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
         Command::Models { node, json } => models::models(&cli.nats_url(), node.as_deref(), *json).await,
-        Command::Workers { filter, json } => workers::workers(&cli.nats_url(), filter, *json).await,
+        Command::Workers { action: Some(WorkerAction::Start(args)), .. } => {
+            let node = args.node.clone().or_else(|| ClusterFile::load(data_dir).map(|c| c.node)).unwrap_or_else(rbee_bus::process::hostname);
+            workers::start(&cli.nats_url(), &node, args).await
+        }
+        Command::Workers { action: None, filter, json } => workers::workers(&cli.nats_url(), filter, *json).await,
         Command::Events { command: EventsCommand::Tail(args) } => events::tail(&cli.nats_url(), args.clone()).await,
     }
 }

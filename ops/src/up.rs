@@ -45,6 +45,9 @@ pub struct UpArgs {
     /// Seconds between the hive's checks that catalogued model files still exist.
     #[arg(long, env = "RBEE_CATALOG_CHECK_SECS", default_value_t = 30)]
     pub catalog_check_secs: u64,
+    /// Most workers the registry may hold (passed to the hive).
+    #[arg(long, env = "RBEE_MAX_WORKERS", default_value_t = 64)]
+    pub max_workers: usize,
     /// Seconds to wait for the worker to be ready.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
@@ -136,6 +139,8 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
         data_dir.display().to_string(),
         "--catalog-check-secs".into(),
         args.catalog_check_secs.to_string(),
+        "--max-workers".into(),
+        args.max_workers.to_string(),
     ];
     cf.hive_pid = process::spawn_detached(&hive_bin, &hive_args, &logs.join("hive.log"), &env)?;
     cf.save(data_dir)?;
@@ -185,33 +190,43 @@ async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, timeout: D
             return Ok(());
         }
         Some((id, _)) => id,
-        None => format!("{}-{}", cf.node.chars().take(40).collect::<String>(), &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        None => new_worker_id(&cf.node),
     };
+    let request = (!reusing).then_some(StartRequest { node: &cf.node, source, slots: 1 });
+    start_and_wait(&log, &view, &worker, request, timeout).await
+}
+
+/// What to ask a hive for.
+pub struct StartRequest<'a> {
+    pub node: &'a str,
+    pub source: &'a model::ModelSource,
+    pub slots: u32,
+}
+
+/// Asks the node's hive to start `worker` (unless `request` is None: it is already starting) and
+/// follows the worker's events until it is ready, failed or gone.
+pub async fn start_and_wait(log: &EventLog, view: &LiveView, worker: &str, request: Option<StartRequest<'_>>, timeout: Duration) -> CliResult<()> {
+    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", e);
     // Watch the worker's events before asking for it, so its readiness cannot be missed.
-    let mut events = log
-        .client()
-        .subscribe(subjects::aggregate(AggregateKind::Worker, &worker))
-        .await
-        .map_err(|e| CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
-    let ready_now = view.read(|v| v.registry.workers.get(&worker).is_some_and(|w| w.state == WorkerState::Ready));
-    if ready_now {
+    let mut events = log.client().subscribe(subjects::aggregate(AggregateKind::Worker, worker)).await.map_err(|e| unavailable(e.to_string()))?;
+    if view.read(|v| v.registry.workers.get(worker).is_some_and(|w| w.state == WorkerState::Ready)) {
         println!("worker {worker} ready");
         return Ok(());
     }
-    if !reusing {
+    if let Some(r) = &request {
         let command = Event::WorkerStartRequested(WorkerStartRequested {
-            node: cf.node.clone(),
-            worker: worker.clone(),
-            model: source.name.clone(),
-            source: format!("file://{}", source.path.display()),
-            sha256: source.sha256.clone(),
-            slots: 1,
+            node: r.node.to_string(),
+            worker: worker.to_string(),
+            model: r.source.name.clone(),
+            source: format!("file://{}", r.source.path.display()),
+            sha256: r.source.sha256.clone(),
+            slots: r.slots,
         });
-        log.append(command, Expected::Any, &Meta { correlation: Some(worker.clone()), traceparent: None })
+        log.append(command, Expected::Any, &Meta { correlation: Some(worker.to_string()), traceparent: None })
             .await
-            .map_err(|e| CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+            .map_err(|e| unavailable(e.to_string()))?;
+        println!("starting worker {worker} for {} ...", r.source.name);
     }
-    println!("starting worker {worker} for {} ...", source.name);
     let wait = async {
         while let Some(msg) = events.next().await {
             let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) else { continue };
@@ -231,9 +246,14 @@ async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, timeout: D
                 _ => {}
             }
         }
-        Err(CliError::new("EVENT_LOG_UNAVAILABLE", "event subscription ended"))
+        Err(unavailable("event subscription ended".into()))
     };
     tokio::time::timeout(timeout, wait).await.map_err(|_| {
         CliError::new("LOADING_TIMEOUT", format!("worker {worker} was not ready within {}s", timeout.as_secs()))
     })?
+}
+
+/// A fresh worker id on `node`.
+pub fn new_worker_id(node: &str) -> String {
+    format!("{}-{}", node.chars().take(40).collect::<String>(), &uuid::Uuid::now_v7().simple().to_string()[20..])
 }

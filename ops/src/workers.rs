@@ -8,6 +8,39 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{CliError, CliResult};
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct StartArgs {
+    /// The node whose hive starts it (default: this cluster's node).
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Serve this GGUF file (a path or file: ref) instead of the default model.
+    #[arg(long)]
+    pub model_file: Option<String>,
+    /// The name clients use for the model.
+    #[arg(long)]
+    pub model_name: Option<String>,
+    /// Concurrent requests the worker takes.
+    #[arg(long, default_value_t = 1)]
+    pub slots: u32,
+    /// Seconds to wait for it to be ready.
+    #[arg(long, default_value_t = 300)]
+    pub timeout_secs: u64,
+}
+
+/// `rbee workers start`: a new worker, started by a hive through a command event.
+pub async fn start(nats_url: &str, node: &str, args: &StartArgs) -> CliResult<()> {
+    rbee_bus::subjects::validate_name("node", node).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+    let source = crate::local::model::resolve(args.model_file.as_deref(), args.model_name.as_deref(), &crate::local::model::default_cache_dir())?;
+    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
+    let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let view = LiveView::start(&log, stop).await.map_err(|e| unavailable(e.to_string()))?;
+    let worker = crate::up::new_worker_id(node);
+    let request = crate::up::StartRequest { node, source: &source, slots: args.slots.max(1) };
+    crate::up::start_and_wait(&log, &view, &worker, Some(request), Duration::from_secs(args.timeout_secs)).await
+}
+
 /// Which workers to show; every filter given must match.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct WorkerFilter {

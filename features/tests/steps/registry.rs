@@ -234,3 +234,34 @@ fn two_registrations(w: &mut RbeeWorld) {
     assert!(registrations[0] < stopped && stopped < registrations[1], "{kinds:?}");
     assert_eq!(events[registrations[1]]["data"]["slots"], 2);
 }
+
+#[given(expr = "a cluster of my own serving the default model, with room for {int} worker")]
+fn own_cluster_limited(w: &mut RbeeWorld, limit: u32) {
+    let limit = limit.to_string();
+    w.own = Some(rbee_features::cluster::Cluster::up(&["--max-workers", &limit]).expect("rbee up succeeds"));
+}
+
+#[when("I ask for one more worker with rbee workers start")]
+fn one_more_worker(w: &mut RbeeWorld) {
+    w.output = Some(w.cluster().rbee(&["workers", "start", "--timeout-secs", "60"]));
+}
+
+#[then(expr = "rbee exits with code 1 saying {string} and suggesting to remove stale workers")]
+fn exits_registry_full(w: &mut RbeeWorld, code: String) {
+    let out = w.output.as_ref().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("error[{code}]")) && stderr.contains("remove stale workers"), "{stderr}");
+}
+
+#[then(expr = "the log records worker.start_failed with code {string}")]
+fn start_failed_logged(w: &mut RbeeWorld, code: String) {
+    let failed = w.cluster().events_of("worker.start_failed");
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["data"]["code"], code.as_str());
+}
+
+#[then("rbee workers still lists exactly one worker")]
+fn still_one(w: &mut RbeeWorld) {
+    assert_eq!(w.cluster().workers().len(), 1);
+}
