@@ -58,6 +58,34 @@ pub struct StreamSettings {
     pub heartbeat_max_age: Duration,
 }
 
+impl StreamSettings {
+    /// The defaults, overridden by `RBEE_STREAM_REPLICAS`, `RBEE_DUPLICATE_WINDOW_SECS` and
+    /// `RBEE_HEARTBEAT_RETENTION_SECS`. Every process reads the same variables; the first to create
+    /// a stream sets it up. A value that is not a positive integer is an error naming the variable.
+    pub fn from_env() -> Result<Self, AppendError> {
+        let mut s = StreamSettings::default();
+        let read = |name: &str| -> Result<Option<u64>, AppendError> {
+            match std::env::var(name) {
+                Err(_) => Ok(None),
+                Ok(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(AppendError::Unavailable(format!("{name} must be a positive integer, got {:?}", v.chars().take(20).collect::<String>()))),
+                },
+            }
+        };
+        if let Some(r) = read("RBEE_STREAM_REPLICAS")? {
+            s.replicas = r as usize;
+        }
+        if let Some(secs) = read("RBEE_DUPLICATE_WINDOW_SECS")? {
+            s.duplicate_window = Duration::from_secs(secs);
+        }
+        if let Some(secs) = read("RBEE_HEARTBEAT_RETENTION_SECS")? {
+            s.heartbeat_max_age = Duration::from_secs(secs);
+        }
+        Ok(s)
+    }
+}
+
 impl Default for StreamSettings {
     fn default() -> Self {
         StreamSettings {

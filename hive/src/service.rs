@@ -44,7 +44,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     subjects::validate_name("node", &node)?;
     std::fs::create_dir_all(config.models_dir())?;
     let log = EventLog::connect(&config.nats_url).await.map_err(bus)?;
-    log.ensure_streams(&Default::default()).await.map_err(bus)?;
+    log.ensure_streams(&rbee_bus::StreamSettings::from_env().map_err(bus)?).await.map_err(bus)?;
 
     let r = resources::read(&config.data_dir);
     let registered = Event::NodeRegistered(NodeRegistered {

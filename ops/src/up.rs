@@ -45,6 +45,10 @@ pub struct UpArgs {
     /// Seconds between the hive's checks that catalogued model files still exist.
     #[arg(long, env = "RBEE_CATALOG_CHECK_SECS", default_value_t = 30)]
     pub catalog_check_secs: u64,
+    /// JetStream's fsync policy: `always` (no acknowledged event lost on power failure) or a
+    /// duration such as `2m` (NATS' default: faster, may lose the last acked events on power loss).
+    #[arg(long, env = "RBEE_NATS_SYNC_INTERVAL", default_value = "always")]
+    pub nats_sync_interval: String,
     /// Most workers the registry may hold (passed to the hive).
     #[arg(long, env = "RBEE_MAX_WORKERS", default_value_t = 64)]
     pub max_workers: usize,
@@ -118,6 +122,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
         monitor_port,
         store_dir: &data_dir.join("nats"),
         log: &logs.join("nats.log"),
+        sync_interval: &args.nats_sync_interval,
     })
     .await?;
     cf.save(data_dir)?;

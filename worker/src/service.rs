@@ -41,7 +41,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         rbee_bus::subjects::validate_name(field, value)?;
     }
     let log = EventLog::connect(&config.nats_url).await?;
-    log.ensure_streams(&Default::default()).await?;
+    log.ensure_streams(&rbee_bus::StreamSettings::from_env()?).await?;
     let meta = Meta { correlation: Some(config.worker_id.clone()), traceparent: None };
     let registered = Event::WorkerRegistered(WorkerRegistered {
         worker: config.worker_id.clone(),

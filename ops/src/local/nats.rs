@@ -51,13 +51,28 @@ pub struct NatsPlan<'a> {
     pub monitor_port: u16,
     pub store_dir: &'a Path,
     pub log: &'a Path,
+    /// JetStream's `sync_interval`: `always` (fsync before every ack) or a duration such as `2m`.
+    pub sync_interval: &'a str,
+}
+
+/// Accepts `always` or a number followed by ms, s or m.
+pub fn valid_sync_interval(v: &str) -> bool {
+    v == "always" || ["ms", "s", "m"].iter().any(|u| v.strip_suffix(u).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
 }
 
 /// Starts nats-server with JetStream on loopback and waits until it is healthy.
 pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
+    if !valid_sync_interval(plan.sync_interval) {
+        return Err(CliError::new("INVALID_ARGUMENT", format!("sync interval must be \"always\" or like 2m, 1s, 500ms; got {:?}", plan.sync_interval)));
+    }
+    // JetStream's settings go in a config file (the command line has no flag for sync_interval).
+    std::fs::create_dir_all(plan.store_dir).map_err(|e| process::io_error("create", plan.store_dir, e))?;
+    let config = plan.store_dir.join("nats.conf");
+    let text = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: {}\n}}\n", plan.store_dir.display().to_string(), plan.sync_interval);
+    std::fs::write(&config, text).map_err(|e| process::io_error("write", &config, e))?;
     let args: Vec<String> = [
-        "-a", "127.0.0.1", "-p", &plan.port.to_string(), "-m", &plan.monitor_port.to_string(),
-        "-js", "-sd", &plan.store_dir.display().to_string(), "-n", "rbee-local",
+        "-c", &config.display().to_string(), "-a", "127.0.0.1", "-p", &plan.port.to_string(), "-m", &plan.monitor_port.to_string(),
+        "-n", "rbee-local",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -72,6 +87,16 @@ pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sync_intervals_are_always_or_a_duration() {
+        for ok in ["always", "2m", "1s", "500ms"] {
+            assert!(super::valid_sync_interval(ok), "{ok}");
+        }
+        for bad in ["", "sometimes", "5", "m", "1h", "1s; rm -rf /", "\"always\""] {
+            assert!(!super::valid_sync_interval(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn versions_are_read_from_the_banner() {
         assert_eq!(super::parse_version("nats-server: v2.15.1\n"), Some((2, 15)));
