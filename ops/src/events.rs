@@ -22,6 +22,9 @@ pub struct TailArgs {
     /// Only events of this aggregate kind (node, worker, model, request).
     #[arg(long)]
     pub aggregate: Option<String>,
+    /// Only events recorded at or after this UTC time (`2026-11-22T00:10:00Z`).
+    #[arg(long)]
+    pub since: Option<String>,
 }
 
 /// One event as a JSON line: metadata first, then the decoded body under `data`.
@@ -37,14 +40,26 @@ pub fn to_json(stream: &str, rec: &Recorded) -> Value {
     })
 }
 
-fn wanted(args: &TailArgs, rec: &Recorded) -> bool {
+fn wanted(args: &TailArgs, since_ms: u64, rec: &Recorded) -> bool {
     let kind = rec.envelope.event.kind();
+    rec.envelope.at_ms >= since_ms &&
     args.event_type.as_deref().is_none_or(|t| kind == t || (t.ends_with('.') && kind.starts_with(t)))
         && args.aggregate.as_deref().is_none_or(|a| rec.envelope.event.aggregate().0.as_str() == a)
 }
 
 pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
     let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
+    let since_ms = match crate::backup::parse_point(args.since.as_deref())? {
+        crate::backup::ReplayPoint::TimeMs(ms) => ms,
+        crate::backup::ReplayPoint::End => 0,
+        crate::backup::ReplayPoint::Seq(_) => {
+            return Err(CliError::new("INVALID_ARGUMENT", "--since takes a UTC time like 2026-11-22T00:10:00Z"));
+        }
+    };
+    if let Some(kind) = args.aggregate.as_deref().filter(|a| !["node", "worker", "model", "request"].contains(a)) {
+        let shown: String = kind.chars().take(40).flat_map(char::escape_default).collect();
+        return Err(CliError::new("INVALID_ARGUMENT", format!("--aggregate must be node, worker, model or request, got \"{shown}\"")));
+    }
     let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
     let mut streams = vec![subjects::EVENTS_STREAM];
     if !args.no_heartbeats {
@@ -55,7 +70,7 @@ pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
         for stream in &streams {
             for item in read::read_to_end(&log, stream, From::Start).await.map_err(|e| unavailable(e.to_string()))? {
                 match item {
-                    Ok(rec) if wanted(&args, &rec) => lines.push((rec.envelope.at_ms, to_json(stream, &rec))),
+                    Ok(rec) if wanted(&args, since_ms, &rec) => lines.push((rec.envelope.at_ms, to_json(stream, &rec))),
                     Ok(_) => {}
                     Err(e) => eprintln!("undecodable event: {e}"),
                 }
@@ -77,7 +92,7 @@ pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return Ok(()),
             item = merged.next() => match item {
-                Some((stream, Ok(d))) if wanted(&args, &d.recorded) => println!("{}", to_json(&stream, &d.recorded)),
+                Some((stream, Ok(d))) if wanted(&args, since_ms, &d.recorded) => println!("{}", to_json(&stream, &d.recorded)),
                 Some((_, Ok(_))) => {}
                 Some((_, Err(ReadError::Decode(e)))) => eprintln!("undecodable event: {e}"),
                 Some((_, Err(e))) => return Err(unavailable(e.to_string())),
