@@ -27,6 +27,8 @@ Feature: The log is the system of record: backup, restore, replay and old schema
     And the corrupt checkpoint is kept aside in Postgres with its reason
     And the queen's registry and catalog equal a replay of the log
     And a checkpoint is written again
+    When I run rbee projections rebuild
+    Then it stores a checkpoint with the digest of a replay of the log and sets the previous one aside
 
   @DR-2
   Scenario: A queen rebuilds from the Postgres archive when JetStream no longer holds the old events

@@ -12,7 +12,10 @@ use rbee_features::infra::{Nats, Postgres};
 use rbee_features::poll::eventually;
 
 fn queen(nats: &Nats, pg: &Postgres) -> Child {
-    let port = rbee_ops::local::process::free_port().unwrap();
+    queen_on(nats, pg, rbee_ops::local::process::free_port().unwrap())
+}
+
+fn queen_on(nats: &Nats, pg: &Postgres, port: u16) -> Child {
     Command::new(rbee_features::bin("rbee-queen"))
         .args(["--nats-url", &nats.url, "--database-url", &pg.url, "--bind", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
@@ -68,12 +71,27 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
     let acked = writer.await.unwrap();
     assert_eq!(acked, 4000, "every append was acknowledged");
 
-    let mut last = queen(&nats, &pg);
+    let port = rbee_ops::local::process::free_port().unwrap();
+    let mut last = queen_on(&nats, &pg, port);
     let in_log: Vec<_> = raw_to_end(&log, subjects::EVENTS_STREAM).await.unwrap();
     let expected = in_log.len() as i64;
     eventually("the archive catches up with the log", Duration::from_secs(60), || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
         if n == expected { Ok(()) } else { Err(n) }
+    })
+    .await;
+    // The restarted queen's view (from a checkpoint written between kills, or rebuilt) equals a fresh fold.
+    let mut fresh = rbee_projections::ClusterView::default();
+    for item in rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::From::Start).await.unwrap() {
+        fresh.apply(&item.unwrap());
+    }
+    let health_url = format!("http://127.0.0.1:{port}/health");
+    eventually("the restarted queen's view equals a fresh rebuild", Duration::from_secs(30), || async {
+        let h: serde_json::Value = match reqwest::get(&health_url).await {
+            Ok(r) => r.json().await.unwrap_or_default(),
+            Err(e) => return Err(e.to_string()),
+        };
+        if h["digest"] == fresh.digest().as_str() { Ok(()) } else { Err(h.to_string()) }
     })
     .await;
     last.kill().unwrap();

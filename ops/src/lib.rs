@@ -9,6 +9,7 @@ pub mod events;
 pub mod infer;
 pub mod local;
 pub mod models;
+pub mod projections_cmd;
 pub mod up;
 pub mod workers;
 
@@ -81,6 +82,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Projections kept in the event store.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
     /// The event log.
     Events {
         #[command(subcommand)]
@@ -106,6 +112,16 @@ fn setup(args: &SetupArgs, data_dir: &Path) -> CliResult<()> {
     let postgres = local::postgres::find_bin_dir()?;
     println!("postgres: {}", postgres.display());
     Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Fold the whole log again and store a fresh checkpoint (the old one is set aside).
+    Rebuild {
+        /// Postgres event store (default: the one `rbee up` started).
+        #[arg(long, env = "RBEE_DATABASE_URL")]
+        database_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -161,6 +177,11 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             Ok(())
         }
         Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
+        Command::Projections { command: ProjectionsCommand::Rebuild { database_url } } => {
+            let url = database_url.clone().or_else(|| ClusterFile::load(data_dir).and_then(|c| c.database_url));
+            let url = url.ok_or_else(|| error::CliError::new("EVENT_STORE_UNAVAILABLE", "no event store: pass --database-url or run rbee up"))?;
+            projections_cmd::rebuild(&cli.nats_url(), &url).await
+        }
         Command::Models { node, json } => models::models(&cli.nats_url(), node.as_deref(), *json).await,
         Command::Workers { action: Some(WorkerAction::Start(args)), .. } => {
             let node = args.node.clone().or_else(|| ClusterFile::load(data_dir).map(|c| c.node)).unwrap_or_else(rbee_bus::process::hostname);

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use rbee_bus::archive::read_archive;
 use rbee_bus::EventLog;
 use rbee_projections::checkpoint::{self, Checkpoint, Rejected, CLUSTER_VIEW};
 use rbee_projections::{ClusterView, LiveView};
@@ -44,12 +43,8 @@ pub async fn recover(log: &EventLog, pool: Option<&PgPool>) -> Result<Recovered,
             }
         },
     };
-    if first_in_log > view.last_seq + 1 {
-        let archived = read_archive(pool, view.last_seq, first_in_log).await?;
-        let count = archived.len();
-        for rec in &archived {
-            view.apply(rec);
-        }
+    let count = checkpoint::fill_from_archive(&mut view, pool, first_in_log).await?;
+    if count > 0 {
         report.push_str(&format!("; {count} event(s) before sequence {first_in_log} read from the Postgres archive"));
     }
     tracing::info!(%report, "projections recovered");

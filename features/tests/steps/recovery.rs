@@ -292,3 +292,23 @@ async fn model_removed(w: &mut RbeeWorld) {
 fn models_empty(w: &mut RbeeWorld) {
     assert!(catalog(w).is_empty());
 }
+
+#[when("I run rbee projections rebuild")]
+fn projections_rebuild(w: &mut RbeeWorld) {
+    w.output = Some(w.cluster().rbee(&["projections", "rebuild"]));
+}
+
+#[then("it stores a checkpoint with the digest of a replay of the log and sets the previous one aside")]
+async fn rebuild_stored(w: &mut RbeeWorld) {
+    let out = w.output.as_ref().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("digest {}", digest(w, None))), "{stdout}");
+    let pool = store(w).await;
+    let replaced: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_checkpoints_set_aside WHERE reason = 'replaced by rbee projections rebuild'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(replaced, 1);
+    assert!(checkpoint_seq(&pool).await.is_some());
+}
