@@ -57,6 +57,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(routes::models))
+        .route("/v1/catalog", get(routes::catalog))
         .route("/v1/requests/{id}", delete(routes::cancel_request))
         .route("/health", get(routes::health))
         .fallback(routes::not_found)

@@ -31,6 +31,50 @@ pub async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
     Json(json!({"object": "list", "data": data}))
 }
 
+/// Query of `GET /v1/catalog`.
+#[derive(Debug, serde::Deserialize)]
+pub struct CatalogQuery {
+    node: Option<String>,
+    /// The `next` token of the previous page: `<model>:<node>`.
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+const MAX_PAGE: usize = 1000;
+
+/// `GET /v1/catalog`: catalog entries in (model, node) order, by node if asked, one page at a time.
+pub async fn catalog(
+    State(state): State<Arc<AppState>>,
+    query: Result<axum::extract::Query<CatalogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return ApiError::invalid("query", e.body_text()).into_response(),
+    };
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return ApiError::invalid("limit", format!("limit must be from 1 to {MAX_PAGE}, got {limit}")).into_response();
+    }
+    if let Some(node) = &q.node {
+        if let Err(e) = subjects::validate_name("node", node) {
+            return ApiError::invalid("node", e.to_string()).into_response();
+        }
+    }
+    let after = match q.after.as_deref().map(|a| a.split_once(':')) {
+        None => None,
+        Some(Some((model, node))) if subjects::validate_name("model", model).is_ok() && subjects::validate_name("node", node).is_ok() => {
+            Some((model.to_string(), node.to_string()))
+        }
+        Some(_) => return ApiError::invalid("after", "after must be the next token of a previous page (<model>:<node>)").into_response(),
+    };
+    let (data, next) = state.view.read(|v| {
+        let page = v.catalog.page(q.node.as_deref(), after.as_ref(), limit);
+        let next = (page.len() == limit).then(|| page.last().map(|e| format!("{}:{}", e.model, e.node))).flatten();
+        (serde_json::to_value(&page).unwrap_or_default(), next)
+    });
+    Json(json!({"object": "list", "data": data, "next": next})).into_response()
+}
+
 /// `DELETE /v1/requests/{id}`: cancels a request. 204 also when it already ended or was cancelled.
 pub async fn cancel_request(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
     if let Err(e) = subjects::validate_name("request id", &id) {

@@ -2,6 +2,7 @@
 //! system (HTTP answers, the event log, the registry), never on what an earlier step wrote here.
 
 mod cancellation;
+mod catalog;
 mod queens;
 mod recovery;
 mod registry;
@@ -54,6 +55,8 @@ pub struct RbeeWorld {
     purged_below: u64,
     /// Path of a catalogued model file.
     model_path: String,
+    /// Prefix of the model names a scenario registered in bulk.
+    catalog_prefix: String,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -84,6 +87,7 @@ impl RbeeWorld {
             batch: Vec::new(),
             purged_below: 0,
             model_path: String::new(),
+            catalog_prefix: String::new(),
         }
     }
 

@@ -1,0 +1,98 @@
+//! Steps of catalog.feature: a large catalog, paged.
+
+use cucumber::{then, when};
+use futures::StreamExt;
+use rbee_bus::{Event, EventLog, Expected, Meta, ModelRegistered};
+use rbee_features::poll::eventually;
+use serde_json::Value;
+
+use super::{RbeeWorld, DEADLINE};
+
+#[when(expr = "{int} models on {int} nodes are registered in the catalog")]
+async fn register_models(w: &mut RbeeWorld, count: usize, nodes: usize) {
+    let log = EventLog::connect(&w.cluster().nats_url).await.unwrap();
+    let prefix = &uuid::Uuid::now_v7().simple().to_string()[20..];
+    w.catalog_prefix = format!("bulk{prefix}");
+    let meta = Meta::default();
+    let appended = futures::stream::iter(0..count)
+        .map(|i| {
+            let event = Event::ModelRegistered(ModelRegistered {
+                model: format!("{}-{i:05}", w.catalog_prefix),
+                node: format!("{}-node{}", w.catalog_prefix, i % nodes),
+                path: format!("/models/{i}.gguf"),
+                size_bytes: i as u64,
+                sha256: "00".repeat(32),
+                memory_required_bytes: i as u64,
+            });
+            let (log, meta) = (&log, &meta);
+            async move { log.append(event, Expected::NoStream, meta).await.is_ok() }
+        })
+        .buffer_unordered(256)
+        .filter(|ok| futures::future::ready(*ok))
+        .count()
+        .await;
+    assert_eq!(appended, count);
+}
+
+/// Pages through `GET /v1/catalog`; returns the (model, node) keys of this scenario's entries in order.
+async fn page_through(w: &RbeeWorld, node: Option<&str>, limit: usize) -> Vec<(String, String)> {
+    let mut keys = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = format!("{}/v1/catalog?limit={limit}", w.cluster().queen_url);
+        if let Some(n) = node {
+            url.push_str(&format!("&node={n}"));
+        }
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let page: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let data = page["data"].as_array().unwrap();
+        assert!(data.len() <= limit);
+        keys.extend(
+            data.iter()
+                .filter(|e| e["model"].as_str().unwrap().starts_with(&w.catalog_prefix))
+                .map(|e| (e["model"].as_str().unwrap().to_string(), e["node"].as_str().unwrap().to_string())),
+        );
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return keys,
+        }
+    }
+}
+
+#[then(expr = "paging through the queen's catalog for one node {int} at a time returns its {int} models once each, in order")]
+async fn page_one_node(w: &mut RbeeWorld, limit: usize, expected: usize) {
+    let node = format!("{}-node3", w.catalog_prefix);
+    let want: Vec<(String, String)> = (0..10_000).filter(|i| i % 10 == 3).map(|i| (format!("{}-{i:05}", w.catalog_prefix), node.clone())).collect();
+    assert_eq!(want.len(), expected);
+    let w2 = &*w;
+    let keys = eventually("the queen has folded every registration", DEADLINE, || async {
+        let keys = page_through(w2, Some(&node), limit).await;
+        if keys.len() == expected { Ok(keys) } else { Err(keys.len()) }
+    })
+    .await;
+    assert_eq!(keys, want);
+}
+
+#[then(expr = "paging through the whole catalog {int} at a time returns every one of the {int} models once")]
+async fn page_all(w: &mut RbeeWorld, limit: usize, expected: usize) {
+    let keys = page_through(w, None, limit).await;
+    let mut models: Vec<&String> = keys.iter().map(|(m, _)| m).collect();
+    assert_eq!(models.len(), expected);
+    models.dedup();
+    assert_eq!(models.len(), expected, "each model once");
+}
+
+#[then(expr = "a page size over the limit is refused with HTTP {int} naming {string}")]
+async fn page_too_big(w: &mut RbeeWorld, status: u16, param: String) {
+    for url in [format!("{}/v1/catalog?limit=1001", w.cluster().queen_url), format!("{}/v1/catalog?limit=lots", w.cluster().queen_url)] {
+        let response = reqwest::get(&url).await.unwrap();
+        assert_eq!(response.status().as_u16(), status);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        if url.ends_with("1001") {
+            assert_eq!(body["error"]["param"], param.as_str());
+        }
+    }
+}
