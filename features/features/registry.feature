@@ -44,3 +44,15 @@ Feature: The worker registry is a projection of worker events
     Then rbee exits with code 1 saying "REGISTRY_FULL" and suggesting to remove stale workers
     And the log records worker.start_failed with code "REGISTRY_FULL"
     And rbee workers still lists exactly one worker
+
+  @REG-4
+  Scenario: A worker that loses its heartbeat while busy takes no new request, and its request may still finish
+    Given a running cluster without workers
+    And a worker is started for the default model through rbee up
+    And a streaming request of "Write a long story about a bee." with max_tokens 40 is running on it
+    When that worker process is paused so its heartbeats stop
+    Then rbee workers shows it as stale
+    And a chat completion for its model is refused with HTTP 503 and code "NO_READY_WORKER"
+    And after the grace period the log records worker.removed for it, saying its request was abandoned
+    When the paused worker process resumes
+    Then the running request still completes with finish_reason "length" and ends with [DONE]

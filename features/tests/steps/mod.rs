@@ -57,6 +57,8 @@ pub struct RbeeWorld {
     model_path: String,
     /// Prefix of the model names a scenario registered in bulk.
     catalog_prefix: String,
+    /// A request streaming in the background; yields everything it received.
+    background: Option<tokio::task::JoinHandle<String>>,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -88,6 +90,7 @@ impl RbeeWorld {
             purged_below: 0,
             model_path: String::new(),
             catalog_prefix: String::new(),
+            background: None,
         }
     }
 

@@ -265,3 +265,53 @@ fn start_failed_logged(w: &mut RbeeWorld, code: String) {
 fn still_one(w: &mut RbeeWorld) {
     assert_eq!(w.cluster().workers().len(), 1);
 }
+
+#[given(expr = "a streaming request of {string} with max_tokens {int} is running on it")]
+async fn background_stream(w: &mut RbeeWorld, prompt: String, max_tokens: u32) {
+    let response = w.post_chat(&prompt, max_tokens, true).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let mut bytes = response.bytes_stream();
+    // Wait for the first text, so the request is generating when the worker is paused.
+    let mut seen = Vec::new();
+    while String::from_utf8_lossy(&seen).matches("data: ").count() < 2 {
+        seen.extend_from_slice(&futures::StreamExt::next(&mut bytes).await.expect("stream goes on").expect("chunk"));
+    }
+    w.background = Some(tokio::spawn(async move {
+        while let Some(chunk) = futures::StreamExt::next(&mut bytes).await {
+            match chunk {
+                Ok(c) => seen.extend_from_slice(&c),
+                Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }));
+}
+
+#[then("after the grace period the log records worker.removed for it, saying its request was abandoned")]
+async fn removed_after_grace(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let id = w.worker_id.clone();
+    let removed = eventually("worker.removed is in the log", DEADLINE, || async {
+        let removed: Vec<Value> = c.events_of("worker.removed").into_iter().filter(|e| e["data"]["worker"] == id.as_str()).collect();
+        if removed.len() == 1 { Ok(removed) } else { Err(removed) }
+    })
+    .await;
+    let reason = removed[0]["data"]["reason"].as_str().unwrap();
+    assert!(reason.contains("1 request(s) abandoned after the grace period"), "{reason}");
+}
+
+#[when("the paused worker process resumes")]
+fn resume(w: &mut RbeeWorld) {
+    for pid in &w.paused {
+        // SAFETY: the worker this scenario paused.
+        unsafe { libc::kill(*pid, libc::SIGCONT) };
+    }
+}
+
+#[then(expr = "the running request still completes with finish_reason {string} and ends with [DONE]")]
+async fn background_completes(w: &mut RbeeWorld, reason: String) {
+    let handle = w.background.take().expect("a running request");
+    let text = tokio::time::timeout(DEADLINE * 2, handle).await.expect("the stream ends").unwrap();
+    assert!(text.contains(&format!("\"finish_reason\":\"{reason}\"")), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}
