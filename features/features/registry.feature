@@ -56,3 +56,12 @@ Feature: The worker registry is a projection of worker events
     And after the grace period the log records worker.removed for it, saying its request was abandoned
     When the paused worker process resumes
     Then the running request still completes with finish_reason "length" and ends with [DONE]
+
+  @Gap-C6
+  Scenario: A worker registers while stale cleanup runs, and both complete
+    Given a running cluster without workers
+    And a worker is started for the default model through rbee up
+    When that worker process is paused so its heartbeats stop
+    And meanwhile another worker is started with rbee workers start
+    Then rbee workers lists only the new worker, ready
+    And the log records the paused worker's removal and the new worker's registration

@@ -45,8 +45,8 @@ pub struct RbeeWorld {
     backup: Option<std::path::PathBuf>,
     /// Extra private nats-servers (restore targets), stopped with the world.
     spare_nats: Vec<rbee_features::infra::Nats>,
-    /// Worker PIDs the scenario paused (SIGSTOP); resumed and stopped at the end.
-    paused: Vec<i32>,
+    /// Worker PIDs (started by a hive) to resume and stop when the scenario ends.
+    stop_at_end: Vec<i32>,
     /// URL of a second queen the scenario started.
     second_queen: String,
     /// Answers to a batch of concurrent requests: (status, request id, body).
@@ -59,6 +59,8 @@ pub struct RbeeWorld {
     catalog_prefix: String,
     /// A request streaming in the background; yields everything it received.
     background: Option<tokio::task::JoinHandle<String>>,
+    /// A second worker id the scenario started.
+    second_worker: String,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -84,13 +86,14 @@ impl RbeeWorld {
             digest: String::new(),
             backup: None,
             spare_nats: Vec::new(),
-            paused: Vec::new(),
+            stop_at_end: Vec::new(),
             second_queen: String::new(),
             batch: Vec::new(),
             purged_below: 0,
             model_path: String::new(),
             catalog_prefix: String::new(),
             background: None,
+            second_worker: String::new(),
         }
     }
 
@@ -130,8 +133,8 @@ impl RbeeWorld {
 
 impl Drop for RbeeWorld {
     fn drop(&mut self) {
-        for pid in &self.paused {
-            // SAFETY: workers this scenario's cluster started and this scenario paused.
+        for pid in &self.stop_at_end {
+            // SAFETY: workers this scenario's cluster started for it (some paused by it).
             unsafe {
                 libc::kill(*pid, libc::SIGCONT);
                 libc::kill(*pid, libc::SIGTERM);

@@ -153,7 +153,7 @@ fn pause_worker(w: &mut RbeeWorld) {
     let pid = found[0]["pid"].as_u64().expect("pid") as i32;
     // SAFETY: the pid of a worker this scenario had its cluster's hive start; resumed in the world's drop.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    w.paused.push(pid);
+    w.stop_at_end.push(pid);
 }
 
 #[then("rbee workers shows it as stale")]
@@ -302,7 +302,7 @@ async fn removed_after_grace(w: &mut RbeeWorld) {
 
 #[when("the paused worker process resumes")]
 fn resume(w: &mut RbeeWorld) {
-    for pid in &w.paused {
+    for pid in &w.stop_at_end {
         // SAFETY: the worker this scenario paused.
         unsafe { libc::kill(*pid, libc::SIGCONT) };
     }
@@ -314,4 +314,37 @@ async fn background_completes(w: &mut RbeeWorld, reason: String) {
     let text = tokio::time::timeout(DEADLINE * 2, handle).await.expect("the stream ends").unwrap();
     assert!(text.contains(&format!("\"finish_reason\":\"{reason}\"")), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}
+
+#[when("meanwhile another worker is started with rbee workers start")]
+async fn another_worker(w: &mut RbeeWorld) {
+    let data_dir = w.cluster().data_dir.clone();
+    let out = tokio::task::spawn_blocking(move || rbee_features::cluster::rbee(&data_dir, &["workers", "start", "--timeout-secs", "60"]))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let started = stdout.lines().find_map(|l| l.strip_prefix("starting worker ")).expect("a worker was started");
+    w.second_worker = started.split_whitespace().next().unwrap().to_string();
+}
+
+#[then("rbee workers lists only the new worker, ready")]
+async fn only_new_worker(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let new = w.second_worker.clone();
+    let pid = eventually("only the new worker is listed", DEADLINE, || async {
+        let workers = c.workers();
+        let ids: Vec<(String, String)> = workers.iter().map(|x| (x["id"].as_str().unwrap().to_string(), x["state"].as_str().unwrap().to_string())).collect();
+        if ids == [(new.clone(), "Ready".to_string())] { Ok(workers[0]["pid"].as_i64().unwrap() as i32) } else { Err(ids) }
+    })
+    .await;
+    w.stop_at_end.push(pid);
+}
+
+#[then("the log records the paused worker's removal and the new worker's registration")]
+fn removal_and_registration(w: &mut RbeeWorld) {
+    let events = w.cluster().events(false);
+    let removed = events.iter().filter(|e| e["type"] == "worker.removed" && e["data"]["worker"] == w.worker_id.as_str()).count();
+    let registered = events.iter().filter(|e| e["type"] == "worker.registered" && e["data"]["worker"] == w.second_worker.as_str()).count();
+    assert_eq!((removed, registered), (1, 1));
 }
