@@ -69,7 +69,10 @@ pub fn provision(models_dir: &Path, model: &str, source: &str, expected_sha256: 
         return Err(ProvisionError::SourceNotFound(from.display().to_string()));
     }
     std::fs::create_dir_all(models_dir)?;
-    let partial = models_dir.join(format!("{model}.gguf.partial"));
+    // A partial file of our own: several hives (or starts) may provision the same model at once;
+    // each copies and verifies its own, and the renames into place are atomic and identical.
+    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let partial = models_dir.join(format!("{model}.gguf.partial.{}.{nonce}", std::process::id()));
     let result = copy_hashing(&from, &partial).and_then(|(size_bytes, sha256)| {
         if let Some(expected) = expected_sha256.filter(|e| !e.eq_ignore_ascii_case(&sha256)) {
             return Err(ProvisionError::ChecksumMismatch { path: from.display().to_string(), expected: expected.into(), actual: sha256 });

@@ -85,7 +85,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
         .await
         .map_err(bus)?;
     let mut commands = consumer.messages().await.map_err(bus)?;
-    let hive = Hive { log, node, config: config.clone(), supervisor: supervisor.clone(), view };
+    let hive = std::sync::Arc::new(Hive { log, node, config: config.clone(), supervisor: supervisor.clone(), view });
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -99,18 +99,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
                 continue;
             }
         };
-        match rbee_bus::log::decode_message(&msg) {
-            Ok(rec) => {
-                if let Event::WorkerStartRequested(cmd) = rec.envelope.event {
-                    let meta = Meta { correlation: rec.envelope.correlation, traceparent: rec.envelope.traceparent };
-                    hive.start_worker(cmd, &meta).await;
+        // Each command runs on its own, so starting one worker never waits for another's provisioning.
+        let hive = hive.clone();
+        tokio::spawn(async move {
+            match rbee_bus::log::decode_message(&msg) {
+                Ok(rec) => {
+                    if let Event::WorkerStartRequested(cmd) = rec.envelope.event {
+                        let meta = Meta { correlation: rec.envelope.correlation, traceparent: rec.envelope.traceparent };
+                        hive.start_worker(cmd, &meta).await;
+                    }
                 }
+                Err(e) => tracing::error!(error = %e, "undecodable command skipped"),
             }
-            Err(e) => tracing::error!(error = %e, "undecodable command skipped"),
-        }
-        if let Err(e) = msg.ack().await {
-            tracing::warn!(error = %e, "command not acked; it will be redelivered");
-        }
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(error = %e, "command not acked; it will be redelivered");
+            }
+        });
     }
     tracing::info!("stopping workers");
     supervisor.stop_all(config.worker_grace()).await;

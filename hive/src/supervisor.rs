@@ -99,12 +99,33 @@ impl Supervisor {
                 }
             };
             tracing::info!(%worker, ?exit_code, ?signal, "worker exited");
+            if !this.was_registered_incarnation(&worker, pid).await {
+                tracing::info!(%worker, pid, "the exited process never held this worker id (another incarnation does); nothing recorded");
+                return;
+            }
             let exited = Event::WorkerExited(WorkerExited { worker: worker.clone(), node: this.node.clone(), exit_code, signal });
             if let Err(e) = this.log.append(exited, Expected::Any, &Meta::default()).await {
                 tracing::error!(%worker, error = %e, "worker exit not recorded");
             }
         });
         Ok(pid)
+    }
+
+    /// False when another process (pid) is the registered incarnation of `worker`: an exit of this
+    /// one (e.g. it lost the registration race) must not remove that one from the registry.
+    async fn was_registered_incarnation(&self, worker: &str, pid: u32) -> bool {
+        let subject = rbee_bus::subjects::aggregate(rbee_bus::AggregateKind::Worker, worker);
+        match rbee_bus::read::read_subject(&self.log, &subject).await {
+            Ok(history) => history
+                .iter()
+                .rev()
+                .find_map(|r| match &r.envelope.event {
+                    Event::WorkerRegistered(reg) => Some(reg.pid == pid),
+                    _ => None,
+                })
+                .unwrap_or(true),
+            Err(_) => true,
+        }
     }
 
     /// Stops every worker: SIGTERM to all at once, then SIGKILL to those still running after `grace`.

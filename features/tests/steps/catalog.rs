@@ -1,6 +1,6 @@
 //! Steps of catalog.feature: a large catalog, paged.
 
-use cucumber::{then, when};
+use cucumber::{given, then, when};
 use futures::StreamExt;
 use rbee_bus::{Event, EventLog, Expected, Meta, ModelRegistered};
 use rbee_features::poll::eventually;
@@ -95,4 +95,58 @@ async fn page_too_big(w: &mut RbeeWorld, status: u16, param: String) {
             assert_eq!(body["error"]["param"], param.as_str());
         }
     }
+}
+
+#[given(expr = "a cluster of my own without workers, with {int} more hives on its node")]
+fn own_cluster_extra_hives(w: &mut RbeeWorld, extra: usize) {
+    w.own = Some(rbee_features::cluster::Cluster::up(&["--no-worker"]).expect("rbee up succeeds"));
+    for _ in 0..extra {
+        let c = w.cluster();
+        let child = std::process::Command::new(rbee_features::bin("rbee-hive"))
+            .args(["--nats-url", &c.nats_url, "--node", &c.node])
+            .arg("--data-dir")
+            .arg(&c.data_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("rbee-hive starts");
+        w.children.push(child);
+    }
+}
+
+#[when(expr = "{int} workers for the default model are started at once with rbee workers start")]
+async fn start_at_once(w: &mut RbeeWorld, n: usize) {
+    let starts = (0..n).map(|_| {
+        let data_dir = w.cluster().data_dir.clone();
+        tokio::task::spawn_blocking(move || rbee_features::cluster::rbee(&data_dir, &["workers", "start", "--timeout-secs", "120"]))
+    });
+    for out in futures::future::join_all(starts).await {
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[then(expr = "all {int} workers become ready")]
+async fn all_ready(w: &mut RbeeWorld, n: usize) {
+    let c = w.cluster();
+    eventually("every worker is ready", DEADLINE, || async {
+        let states: Vec<Value> = c.workers().iter().map(|x| x["state"].clone()).collect();
+        if states.len() == n && states.iter().all(|s| s == "Ready") { Ok(()) } else { Err(states) }
+    })
+    .await;
+}
+
+#[then("the log holds exactly one model.registered for the model on that node")]
+fn one_model_registration(w: &mut RbeeWorld) {
+    let node = w.cluster().node.clone();
+    let registered: Vec<Value> = w.cluster().events_of("model.registered").into_iter().filter(|e| e["data"]["node"] == node.as_str()).collect();
+    assert_eq!(registered.len(), 1, "{registered:?}");
+}
+
+#[then("no worker start failed")]
+fn none_failed(w: &mut RbeeWorld) {
+    let failed = w.cluster().events_of("worker.start_failed");
+    assert!(failed.is_empty(), "{failed:?}");
+    let stray: Vec<_> = std::fs::read_dir(w.cluster().data_dir.join("models")).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains(".partial")).collect();
+    assert!(stray.is_empty(), "no partial file left: {stray:?}");
 }
