@@ -17,3 +17,10 @@ Feature: Several queens, one truth
     When the second queen is killed with SIGKILL and started again
     Then the restarted queen lists the same ready worker as the log
     And asking the restarted queen "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+
+  @REG-6
+  Scenario: Two requests reaching one worker's only slot at once: one wins, the other gets WORKER_ALREADY_BUSY
+    Given a running cluster
+    When two work items for the worker's only slot reach it at the same moment
+    Then the worker accepts exactly one and refuses the other with "WORKER_ALREADY_BUSY"
+    And once the accepted one has finished, the worker's slot is free and it serves the queen again

@@ -125,3 +125,54 @@ async fn restarted_answers(w: &mut RbeeWorld, prompt: String, expected: String) 
     let content = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
     assert!(content.contains(&expected), "{content}");
 }
+
+#[when("two work items for the worker's only slot reach it at the same moment")]
+async fn two_work_items(w: &mut RbeeWorld) {
+    use rbee_bus::frames::{self, ChatMessage, Sampling, WorkAccepted, WorkItem};
+    let worker = w.cluster().workers()[0]["id"].as_str().unwrap().to_string();
+    let client = async_nats::connect(&w.cluster().nats_url).await.unwrap();
+    let sends = (0..2).map(|i| {
+        let (client, worker) = (client.clone(), worker.clone());
+        async move {
+            let item = WorkItem {
+                request: format!("race-{i}-{}", uuid::Uuid::now_v7().simple()),
+                slot: 0,
+                messages: vec![ChatMessage { role: "user".into(), content: "Say hi.".into() }],
+                max_tokens: Some(3),
+                sampling: Sampling::default(),
+                traceparent: None,
+            };
+            let reply = client.request(rbee_bus::subjects::work(&worker), frames::encode(&item).into()).await.unwrap();
+            (item.request, frames::decode::<WorkAccepted>(&reply.payload).unwrap())
+        }
+    });
+    let answers = futures::future::join_all(sends).await;
+    w.batch = answers
+        .into_iter()
+        .map(|(request, answer)| match answer {
+            WorkAccepted::Accepted => (200, request, Value::Null),
+            WorkAccepted::Refused { code, .. } => (503, request, Value::String(code)),
+        })
+        .collect();
+}
+
+#[then(expr = "the worker accepts exactly one and refuses the other with {string}")]
+fn one_accepted(w: &mut RbeeWorld, code: String) {
+    let accepted = w.batch.iter().filter(|(s, _, _)| *s == 200).count();
+    let refused: Vec<&Value> = w.batch.iter().filter(|(s, _, _)| *s == 503).map(|(_, _, c)| c).collect();
+    assert_eq!(accepted, 1, "{:?}", w.batch);
+    assert_eq!(refused, [&Value::String(code)]);
+}
+
+#[then("once the accepted one has finished, the worker's slot is free and it serves the queen again")]
+async fn serves_again(w: &mut RbeeWorld) {
+    let winner = w.batch.iter().find(|(s, _, _)| *s == 200).unwrap().1.clone();
+    let c = w.cluster();
+    eventually("the accepted request finished", DEADLINE, || async {
+        let done = c.events_of("request.finished").into_iter().any(|e| e["data"]["request"] == winner.as_str());
+        if done { Ok(()) } else { Err(()) }
+    })
+    .await;
+    let response = w.post_chat("Say hello.", 3, false).await;
+    assert_eq!(response.status().as_u16(), 200);
+}
