@@ -106,3 +106,85 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
         .collect();
     assert_eq!(archived, logged, "the archive holds exactly the log's events");
 }
+
+/// A hive killed with SIGKILL at random moments while worker starts are requested: after a final
+/// restart every requested worker is ready (commands are acked only once carried out, and a
+/// redelivered command is not carried out twice), and a queen's view equals a fresh fold of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
+    use rbee_bus::{AggregateKind, WorkerStartRequested};
+    let cluster = rbee_features::cluster::Cluster::up(&["--no-worker"]).expect("rbee up");
+    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cluster.data_dir.join("cluster.json")).unwrap()).unwrap();
+    let up_hive = file["hive_pid"].as_i64().unwrap() as i32;
+    // SAFETY: the hive this test's `rbee up` started; from now on the test runs its own.
+    unsafe { libc::kill(up_hive, libc::SIGKILL) };
+    let hive = || {
+        Command::new(rbee_features::bin("rbee-hive"))
+            .args(["--nats-url", &cluster.nats_url, "--node", &cluster.node])
+            .arg("--data-dir")
+            .arg(&cluster.data_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rbee-hive starts")
+    };
+    let log = EventLog::connect(&cluster.nats_url).await.unwrap();
+    let model = rbee_features::cache_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
+    println!("kill schedule seed: {seed}");
+    let mut rng = seed;
+    let mut workers = Vec::new();
+    let mut current = hive();
+    for round in 0..4 {
+        let worker = format!("{}-crash{round}", cluster.node);
+        let command = Event::WorkerStartRequested(WorkerStartRequested {
+            node: cluster.node.clone(),
+            worker: worker.clone(),
+            model: "SmolLM2-135M-Instruct".into(),
+            source: format!("file://{}", model.display()),
+            sha256: None,
+            slots: 1,
+        });
+        log.append(command, Expected::Any, &Meta::default()).await.unwrap();
+        workers.push(worker);
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        tokio::time::sleep(Duration::from_millis(rng % 900)).await;
+        current.kill().unwrap();
+        current.wait().unwrap();
+        current = hive();
+    }
+    let ready = eventually("every requested worker is ready", Duration::from_secs(90), || async {
+        let mut view = rbee_projections::ClusterView::default();
+        for item in rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::From::Start).await.unwrap() {
+            view.apply(&item.unwrap());
+        }
+        let states: Vec<_> = workers.iter().map(|w| view.registry.workers.get(w).map(|x| (x.state, x.pid))).collect();
+        if states.iter().all(|s| matches!(s, Some((rbee_bus::WorkerState::Ready, _)))) { Ok((states, view)) } else { Err(states) }
+    })
+    .await;
+    let (states, _) = ready;
+    for w in &workers {
+        let registrations = rbee_bus::read::read_subject(&log, &subjects::aggregate(AggregateKind::Worker, w)).await.unwrap();
+        let count = registrations.iter().filter(|r| matches!(r.envelope.event, Event::WorkerRegistered(_))).count();
+        assert_eq!(count, 1, "{w} registered once");
+    }
+    eventually("the queen's view equals a fresh fold of the same log", Duration::from_secs(10), || async {
+        let mut fresh = rbee_projections::ClusterView::default();
+        for item in rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::From::Start).await.unwrap() {
+            fresh.apply(&item.unwrap());
+        }
+        let h: serde_json::Value = reqwest::get(format!("{}/health", cluster.queen_url)).await.unwrap().json().await.unwrap();
+        if h["digest"] == fresh.digest().as_str() { Ok(()) } else { Err((h, fresh.last_seq)) }
+    })
+    .await;
+    // Stop what this test's hives started: the last hive stops its own workers; earlier hives' workers
+    // are stopped by the pids the log recorded (processes those hives spawned for this test).
+    current.kill().unwrap();
+    current.wait().unwrap();
+    for (_, pid) in states.into_iter().flatten() {
+        // SAFETY: worker processes spawned by this test's hives.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+}

@@ -69,6 +69,7 @@ pub fn provision(models_dir: &Path, model: &str, source: &str, expected_sha256: 
         return Err(ProvisionError::SourceNotFound(from.display().to_string()));
     }
     std::fs::create_dir_all(models_dir)?;
+    remove_abandoned_partials(models_dir, model);
     // A partial file of our own: several hives (or starts) may provision the same model at once;
     // each copies and verifies its own, and the renames into place are atomic and identical.
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
@@ -88,6 +89,20 @@ pub fn provision(models_dir: &Path, model: &str, source: &str, expected_sha256: 
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
             Err(e)
+        }
+    }
+}
+
+/// Removes partial files of this model left by processes that are gone (a hive killed mid-copy).
+fn remove_abandoned_partials(models_dir: &Path, model: &str) {
+    let prefix = format!("{model}.gguf.partial.");
+    let Ok(entries) = std::fs::read_dir(models_dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let owner = name.strip_prefix(&prefix).and_then(|rest| rest.split('.').next()).and_then(|pid| pid.parse::<u32>().ok());
+        if owner.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()) {
+            tracing::info!(file = %name, "removing a partial file its dead writer left");
+            let _ = std::fs::remove_file(entry.path());
         }
     }
 }

@@ -8,16 +8,30 @@ use crate::cluster_file::ClusterFile;
 use crate::error::CliResult;
 use crate::local::{postgres, process};
 
-pub fn down(data_dir: &Path) -> CliResult<()> {
+pub async fn down(data_dir: &Path) -> CliResult<()> {
     match ClusterFile::load(data_dir) {
         Some(cf) => {
+            let leftovers = workers_on_node(&cf).await;
             stop_cluster(&cf);
+            // Workers whose hive died (SIGKILL) outlive it; the log knows them by id and pid.
+            for (worker, pid) in leftovers {
+                if process::stop(pid, &worker, Duration::from_secs(10)) {
+                    println!("stopped worker {worker} (pid {pid}) that had lost its hive");
+                }
+            }
             ClusterFile::remove(data_dir);
             println!("rbee is down");
         }
         None => println!("nothing to stop: no cluster recorded in {}", data_dir.display()),
     }
     Ok(())
+}
+
+/// Workers the log places on this cluster's node, with their pids.
+async fn workers_on_node(cf: &ClusterFile) -> Vec<(String, u32)> {
+    let Ok(log) = rbee_bus::EventLog::connect(&cf.nats_url).await else { return Vec::new() };
+    let Ok(view) = crate::backup::replay(&log, crate::backup::ReplayPoint::End).await else { return Vec::new() };
+    view.registry.workers.values().filter(|w| w.node == cf.node).map(|w| (w.id.clone(), w.pid)).collect()
 }
 
 /// Stops every process the file names that is still ours. Safe on a half-started cluster.

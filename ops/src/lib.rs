@@ -151,7 +151,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
     let data_dir: &Path = &cli.data_dir;
     match &cli.command {
         Command::Up(args) => up::up(args.clone(), data_dir).await,
-        Command::Down => down::down(data_dir),
+        Command::Down => down::down(data_dir).await,
         Command::Setup(args) => setup(args, data_dir),
         Command::Backup { file } => {
             let n = backup::backup(&cli.nats_url(), file).await?;

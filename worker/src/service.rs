@@ -102,7 +102,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         }
     }
     heartbeats.abort();
-    set_state(&shared.log, &shared.config.worker_id, WorkerState::Stopped, 0, &meta).await;
+    // Recording the stop is best effort when the log is gone too: never hang on the way out.
+    let stopped = set_state(&shared.log, &shared.config.worker_id, WorkerState::Stopped, 0, &meta);
+    if tokio::time::timeout(std::time::Duration::from_secs(5), stopped).await.is_err() {
+        tracing::warn!("the stop could not be recorded in time; exiting anyway");
+    }
     tracing::info!("stopped");
     Ok(())
 }
