@@ -3,7 +3,9 @@
 //! archive holds every acknowledged event exactly once, in stream order, with no gap.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use rbee_features::KillOnDrop;
 use std::time::Duration;
 
 use rbee_bus::read::raw_to_end;
@@ -11,17 +13,17 @@ use rbee_bus::{subjects, Event, EventLog, Expected, Meta, RequestCancelled};
 use rbee_features::infra::{Nats, Postgres};
 use rbee_features::poll::eventually;
 
-fn queen(nats: &Nats, pg: &Postgres) -> Child {
+fn queen(nats: &Nats, pg: &Postgres) -> KillOnDrop {
     queen_on(nats, pg, rbee_ops::local::process::free_port().unwrap())
 }
 
-fn queen_on(nats: &Nats, pg: &Postgres, port: u16) -> Child {
-    Command::new(rbee_features::bin("rbee-queen"))
+fn queen_on(nats: &Nats, pg: &Postgres, port: u16) -> KillOnDrop {
+    KillOnDrop(Command::new(rbee_features::bin("rbee-queen"))
         .args(["--nats-url", &nats.url, "--database-url", &pg.url, "--bind", &format!("127.0.0.1:{port}")])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("rbee-queen starts")
+        .expect("rbee-queen starts"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,10 +62,9 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&pg.url).await.unwrap();
     let mut archived_at_kill = Vec::new();
     for _ in 0..6 {
-        let mut q = queen(&nats, &pg);
+        let q = queen(&nats, &pg);
         tokio::time::sleep(Duration::from_millis(300 + next(500))).await;
-        q.kill().expect("SIGKILL");
-        q.wait().unwrap();
+        drop(q); // SIGKILL
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap_or(0);
         archived_at_kill.push(n);
     }
@@ -72,7 +73,7 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
     assert_eq!(acked, 4000, "every append was acknowledged");
 
     let port = rbee_ops::local::process::free_port().unwrap();
-    let mut last = queen_on(&nats, &pg, port);
+    let last = queen_on(&nats, &pg, port);
     let in_log: Vec<_> = raw_to_end(&log, subjects::EVENTS_STREAM).await.unwrap();
     let expected = in_log.len() as i64;
     eventually("the archive catches up with the log", Duration::from_secs(60), || async {
@@ -94,8 +95,7 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
         if h["digest"] == fresh.digest().as_str() { Ok(()) } else { Err(h.to_string()) }
     })
     .await;
-    last.kill().unwrap();
-    last.wait().unwrap();
+    drop(last);
 
     let seqs: Vec<i64> = sqlx::query_scalar("SELECT stream_seq FROM events ORDER BY stream_seq").fetch_all(&pool).await.unwrap();
     assert_eq!(seqs, (1..=expected).collect::<Vec<_>>(), "no gap, no duplicate");
@@ -119,14 +119,15 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     // SAFETY: the hive this test's `rbee up` started; from now on the test runs its own.
     unsafe { libc::kill(up_hive, libc::SIGKILL) };
     let hive = || {
-        Command::new(rbee_features::bin("rbee-hive"))
+        let child = Command::new(rbee_features::bin("rbee-hive"))
             .args(["--nats-url", &cluster.nats_url, "--node", &cluster.node])
             .arg("--data-dir")
             .arg(&cluster.data_dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("rbee-hive starts")
+            .expect("rbee-hive starts");
+        rbee_features::KillOnDrop(child)
     };
     let log = EventLog::connect(&cluster.nats_url).await.unwrap();
     let model = rbee_features::cache_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
@@ -151,8 +152,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
         rng ^= rng >> 7;
         rng ^= rng << 17;
         tokio::time::sleep(Duration::from_millis(rng % 900)).await;
-        current.kill().unwrap();
-        current.wait().unwrap();
+        drop(current);
         current = hive();
     }
     let ready = eventually("every requested worker is ready", Duration::from_secs(90), || async {
@@ -181,8 +181,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     .await;
     // Stop what this test's hives started: the last hive stops its own workers; earlier hives' workers
     // are stopped by the pids the log recorded (processes those hives spawned for this test).
-    current.kill().unwrap();
-    current.wait().unwrap();
+    drop(current);
     for (_, pid) in states.into_iter().flatten() {
         // SAFETY: worker processes spawned by this test's hives.
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
