@@ -18,7 +18,7 @@ use crate::log::{decode_message, header_pairs, EventLog};
 use crate::subjects;
 
 pub const ARCHIVER_CONSUMER: &str = "archiver";
-const BATCH: usize = 500;
+const BATCH: usize = 2000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {

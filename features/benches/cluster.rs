@@ -90,7 +90,7 @@ async fn cancel_to_release_ms(cluster: &Cluster) -> f64 {
 
 /// Acked appends per second: sequential (one in flight), through rbee's `append` with an
 /// expected version, and raw JetStream publishes to the same stream.
-async fn appends_per_second(n: usize) -> (f64, f64, f64, f64) {
+async fn appends_per_second(n: usize) -> (f64, f64, f64, f64, f64) {
     let nats = Nats::start().await;
     let log = EventLog::connect(&nats.url).await.unwrap();
     log.ensure_streams(&Default::default()).await.unwrap();
@@ -131,7 +131,25 @@ async fn appends_per_second(n: usize) -> (f64, f64, f64, f64) {
         .collect::<Vec<_>>()
         .await;
     let raw_pipe = n as f64 / t0.elapsed().as_secs_f64();
-    (rbee_seq, raw_seq, rbee_pipe, raw_pipe)
+
+    // Raw publishes carrying the same two server-side features rbee relies on: dedup by
+    // Nats-Msg-Id and the expected-last-subject-sequence check.
+    let t0 = Instant::now();
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let (js, payload) = (log.jetstream().clone(), raw_payload.clone());
+            async move {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+                headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
+                js.publish_with_headers(format!("rbee.ev.worker.rawh{i}"), headers, payload.into()).await.unwrap().await.unwrap()
+            }
+        })
+        .buffer_unordered(256)
+        .collect::<Vec<_>>()
+        .await;
+    let raw_headers_pipe = n as f64 / t0.elapsed().as_secs_f64();
+    (rbee_seq, raw_seq, rbee_pipe, raw_pipe, raw_headers_pipe)
 }
 
 fn register(worker: &str) -> Event {
@@ -160,12 +178,13 @@ async fn main() {
     for _ in 0..3 {
         runs.push(appends_per_second(2000).await);
     }
-    let pick = |f: fn(&(f64, f64, f64, f64)) -> f64| median(runs.iter().map(f).collect());
-    let (rs, raws, rp, rawp) = (pick(|r| r.0), pick(|r| r.1), pick(|r| r.2), pick(|r| r.3));
+    let pick = |f: fn(&(f64, f64, f64, f64, f64)) -> f64| median(runs.iter().map(f).collect());
+    let (rs, raws, rp, rawp, rawh) = (pick(|r| r.0), pick(|r| r.1), pick(|r| r.2), pick(|r| r.3), pick(|r| r.4));
     println!("cluster: release build, {RUNS} runs (appends: 3 runs of 2000), medians");
     println!("| measure | value | baseline | ratio |\n|---|---|---|---|");
     println!("| time to first token, short prompt | {q:.0} ms through the queen (HTTP+SSE) | {d:.0} ms straight from the worker (NATS) | {:.2} |", q / d);
     println!("| client disconnect to slot released | {cancel:.0} ms (request.cancelled -> slot.released) | | |");
     println!("| acked appends/s, one at a time | {rs:.0} rbee append with expected version | {raws:.0} raw JetStream publish | {:.2} |", rs / raws);
     println!("| acked appends/s, 256 in flight | {rp:.0} rbee append (new aggregates) | {rawp:.0} raw JetStream publish | {:.2} |", rp / rawp);
+    println!("| acked appends/s, 256 in flight | {rp:.0} rbee append (new aggregates) | {rawh:.0} raw publish with Msg-Id + expected-sequence headers | {:.2} |", rp / rawh);
 }

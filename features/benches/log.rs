@@ -187,7 +187,7 @@ async fn main() {
     println!("log: {n} events (100 workers; claim/accept/finish/release per request), nats-server 2.15.1 file storage, Postgres 15; medians of 3");
     println!("| measure | value | aim |\n|---|---|---|");
     println!("| fill (raw publishes, 512 in flight) | {fill_rate:.0} events/s | |");
-    println!("| archive into Postgres (UNNEST batches of 500) | {archive_rate:.0} events/s | keeps up with pipelined appends (57k/s) |");
+    println!("| archive into Postgres (UNNEST batches of 2000) | {archive_rate:.0} events/s | keeps up with pipelined appends (57k/s) |");
     println!("| rebuild registry + catalog from JetStream | {js_secs:.2} s ({:.0} events/s) | < 5 s for 1M |", n as f64 / js_secs);
     println!("| rebuild from the Postgres archive | {pg_secs:.2} s ({:.0} events/s) | |", n as f64 / pg_secs);
     println!("| queen start to caught up, no checkpoint | {cold:.2} s | |");
