@@ -65,3 +65,11 @@ Feature: The worker registry is a projection of worker events
     And meanwhile another worker is started with rbee workers start
     Then rbee workers lists only the new worker, ready
     And the log records the paused worker's removal and the new worker's registration
+
+  @Gap-C7
+  Scenario: Heartbeats arriving while a worker changes state keep the new state and refresh liveness
+    Given a running cluster without workers
+    And a worker is started for the default model through rbee up
+    When that worker is drained with rbee workers drain
+    Then rbee workers keeps showing it draining while its heartbeats keep arriving
+    And a chat completion for its model is refused with HTTP 503 and code "NO_READY_WORKER"

@@ -128,6 +128,10 @@ pub enum ProjectionsCommand {
 pub enum WorkerAction {
     /// Ask a node's hive for one more worker, and wait until it is ready.
     Start(workers::StartArgs),
+    /// Take no new requests on this worker; its current ones finish.
+    Drain {
+        worker: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -187,6 +191,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             let node = args.node.clone().or_else(|| ClusterFile::load(data_dir).map(|c| c.node)).unwrap_or_else(rbee_bus::process::hostname);
             workers::start(&cli.nats_url(), &node, args).await
         }
+        Command::Workers { action: Some(WorkerAction::Drain { worker }), .. } => workers::drain(&cli.nats_url(), worker).await,
         Command::Workers { action: None, filter, json } => workers::workers(&cli.nats_url(), filter, *json).await,
         Command::Events { command: EventsCommand::Tail(args) } => events::tail(&cli.nats_url(), args.clone()).await,
     }

@@ -93,3 +93,39 @@ pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliRe
     }
     Ok(())
 }
+
+/// `rbee workers drain <id>`: the worker takes no new requests; its current ones finish.
+/// An optimistic append at the worker's position: raced by another change, it looks again.
+pub async fn drain(nats_url: &str, worker: &str) -> CliResult<()> {
+    use rbee_bus::{AppendError, Event, Expected, Meta, WorkerState, WorkerStateChanged};
+    rbee_bus::subjects::validate_name("worker id", worker).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
+    let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
+    let stop = CancellationToken::new();
+    let _stop = stop.clone().drop_guard();
+    let view = LiveView::start(&log, stop).await.map_err(|e| unavailable(e.to_string()))?;
+    for _ in 0..8 {
+        view.catch_up(&log, Duration::from_secs(30)).await.map_err(|e| unavailable(e.to_string()))?;
+        let Some(w) = view.read(|v| v.registry.workers.get(worker).cloned()) else {
+            return Err(CliError::new("WORKER_NOT_FOUND", format!("no worker {worker}; rbee workers lists them")));
+        };
+        match w.state {
+            WorkerState::Draining => {
+                println!("worker {worker} is already draining");
+                return Ok(());
+            }
+            WorkerState::Loading | WorkerState::Ready => {}
+            other => return Err(CliError::new("INVALID_STATE", format!("worker {worker} is {}: only a loading or ready worker can drain", other.as_str()))),
+        }
+        let event = Event::WorkerStateChanged(WorkerStateChanged { worker: worker.into(), state: WorkerState::Draining, context_length: 0 });
+        match log.append(event, Expected::At(w.position), &Meta::default()).await {
+            Ok(_) => {
+                println!("worker {worker} is draining: it takes no new requests");
+                return Ok(());
+            }
+            Err(AppendError::Conflict { .. }) => continue,
+            Err(e) => return Err(unavailable(e.to_string())),
+        }
+    }
+    Err(CliError::new("WORKER_ALREADY_BUSY", format!("worker {worker} kept changing; try again")))
+}

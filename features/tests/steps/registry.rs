@@ -348,3 +348,26 @@ fn removal_and_registration(w: &mut RbeeWorld) {
     let registered = events.iter().filter(|e| e["type"] == "worker.registered" && e["data"]["worker"] == w.second_worker.as_str()).count();
     assert_eq!((removed, registered), (1, 1));
 }
+
+#[when("that worker is drained with rbee workers drain")]
+fn drain_worker(w: &mut RbeeWorld) {
+    let pid = listed(w, &[])[0]["pid"].as_i64().unwrap() as i32;
+    w.stop_at_end.push(pid);
+    let out = w.cluster().rbee(&["workers", "drain", &w.worker_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is draining"));
+}
+
+#[then("rbee workers keeps showing it draining while its heartbeats keep arriving")]
+async fn draining_with_heartbeats(w: &mut RbeeWorld) {
+    let first = listed(w, &["--state", "draining"]);
+    assert_eq!(first.len(), 1, "{:?}", listed(w, &[]));
+    let first_beat = first[0]["last_heartbeat_ms"].as_u64().unwrap();
+    let w2 = &*w;
+    eventually("a newer heartbeat, the state still draining", DEADLINE, || async {
+        let now = listed(w2, &[]);
+        let beat = now[0]["last_heartbeat_ms"].as_u64().unwrap();
+        if now[0]["state"] == "Draining" && beat > first_beat { Ok(()) } else { Err(now) }
+    })
+    .await;
+}
