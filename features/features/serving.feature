@@ -27,6 +27,7 @@ Feature: A local cluster answers chat completions
     And the chunks carry the assistant role first and then text deltas
     And the final chunk has a finish_reason and usage that adds up
     And the stream ends with "data: [DONE]"
+    And the queen's /metrics counts it as ok with its time to first token, in valid text format
 
   @INF-3
   Scenario: The model stops at its end-of-sequence token

@@ -47,13 +47,19 @@ async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, reque
         }
         Err(rejection) => return ApiError::invalid("body", rejection.body_text()).into_response(),
     };
+    let started = std::time::Instant::now();
     let chat = match chat_request::parse(&body) {
         Ok(c) => c,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            state.metrics.request_done("-", e.code, started.elapsed().as_secs_f64());
+            return e.into_response();
+        }
     };
     match start(&state, &chat, &request, &meta).await {
         Err(e) => {
             tracing::info!(code = e.code, "request refused");
+            // Refused before any worker: an unknown model must not become a label.
+            state.metrics.request_done("-", e.code, started.elapsed().as_secs_f64());
             e.into_response()
         }
         Ok(running) if chat.stream => stream_response(running).into_response(),
@@ -69,10 +75,41 @@ struct Running {
     request: String,
     created: u64,
     token_timeout: Duration,
+    state: Arc<AppState>,
+    started: std::time::Instant,
+    first_token_seen: bool,
+    /// How it ended (`ok` or an error code); none when the client went away first.
+    outcome: Option<String>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let code = self.outcome.as_deref().unwrap_or("CANCELLED");
+        self.state.metrics.request_done(&self.model, code, self.started.elapsed().as_secs_f64());
+    }
 }
 
 impl Running {
+    /// The next frame, with its metrics and outcome recorded.
     async fn next_frame(&mut self) -> Result<TokenFrame, ApiError> {
+        let frame = self.receive().await;
+        match &frame {
+            Ok(TokenFrame::Delta { .. }) if !self.first_token_seen => {
+                self.first_token_seen = true;
+                self.state.metrics.first_token(&self.model, self.started.elapsed().as_secs_f64());
+            }
+            Ok(TokenFrame::Done { completion_tokens, .. }) => {
+                self.state.metrics.tokens(&self.model, *completion_tokens);
+                self.outcome = Some("ok".into());
+            }
+            Ok(TokenFrame::Error { code, .. }) => self.outcome = Some(code.clone()),
+            Err(e) => self.outcome = Some(e.code.to_string()),
+            _ => {}
+        }
+        frame
+    }
+
+    async fn receive(&mut self) -> Result<TokenFrame, ApiError> {
         match tokio::time::timeout(self.token_timeout, self.tokens.next()).await {
             Ok(Some(msg)) => frames::decode(&msg.payload)
                 .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "INFERENCE_FAILED", format!("unreadable token frame: {e}"))),
@@ -132,8 +169,10 @@ impl Drop for RequestGuard {
     }
 }
 
-async fn start(state: &AppState, chat: &ValidatedChat, request: &str, meta: &Meta) -> Result<Running, ApiError> {
+async fn start(state: &Arc<AppState>, chat: &ValidatedChat, request: &str, meta: &Meta) -> Result<Running, ApiError> {
+    let started = std::time::Instant::now();
     let claim = claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, state.config.slot_wait(), meta).await?;
+    state.metrics.slot_waited(&chat.model, started.elapsed().as_secs_f64());
     let mut guard = RequestGuard { log: state.log.clone(), request: request.into(), meta: meta.clone(), stage: Stage::Claimed(claim.clone()) };
     match dispatch(state, chat, request, &claim, meta).await {
         Ok(tokens) => {
@@ -156,6 +195,10 @@ async fn start(state: &AppState, chat: &ValidatedChat, request: &str, meta: &Met
                 request: request.into(),
                 created: rbee_bus::envelope::now_ms() / 1000,
                 token_timeout: state.config.token_timeout(),
+                state: state.clone(),
+                started,
+                first_token_seen: false,
+                outcome: None,
             })
         }
         Err(e) => {

@@ -6,6 +6,7 @@ pub mod chat;
 pub mod chat_request;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod reaper;
 pub mod recovery;
 pub mod routes;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub config: Config,
     /// How the view was recovered at start, for the operator.
     pub recovery: String,
+    pub metrics: metrics::QueenMetrics,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/catalog", get(routes::catalog))
         .route("/v1/requests/{id}", delete(routes::cancel_request))
         .route("/health", get(routes::health))
+        .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -89,7 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
     tokio::spawn(reaper::run(log.clone(), view.clone(), liveness, shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| QueenError::Bind { addr: config.bind, source })?;
     tracing::info!(addr = %config.bind, "serving the OpenAI API on http://{}/v1", config.bind);
-    let app = router(Arc::new(AppState { log, view, config, recovery: recovered.report }));
+    let app = router(Arc::new(AppState { log, view, config, recovery: recovered.report, metrics: metrics::QueenMetrics::new() }));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

@@ -20,6 +20,12 @@ pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Valu
     Json(json!({"status": "ok", "last_seq": last_seq, "ready_workers": ready, "digest": digest, "recovery": state.recovery}))
 }
 
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let text = state.view.read(|v| state.metrics.render(v));
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
 /// Every model a worker serves or a node holds, in OpenAI's list shape.
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let mut names: Vec<String> = state.view.read(|v| {

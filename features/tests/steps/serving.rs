@@ -198,3 +198,22 @@ fn no_slot_claimed(w: &mut RbeeWorld) {
     assert!(claims.is_empty(), "{claims:?}");
     assert!(w.request_events("request.accepted").is_empty());
 }
+
+#[then("the queen's /metrics counts it as ok with its time to first token, in valid text format")]
+async fn metrics_count(w: &mut RbeeWorld) {
+    let response = reqwest::get(format!("{}/metrics", w.cluster().queen_url)).await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let text = response.text().await.unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    };
+    assert!(value(&format!("rbee_queen_requests_total{{code=\"ok\",model=\"{MODEL}\"}}")) >= 1.0);
+    assert!(value(&format!("rbee_queen_time_to_first_token_seconds_count{{model=\"{MODEL}\"}}")) >= 1.0);
+    assert!(value(&format!("rbee_queen_completion_tokens_total{{model=\"{MODEL}\"}}")) >= 1.0);
+    assert_eq!(value("rbee_queen_workers{state=\"ready\"}"), 1.0);
+    // Every sample line is `name{labels} number`.
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (series, number) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
+        assert!(series.starts_with("rbee_queen_") && number.parse::<f64>().is_ok(), "bad line {line}");
+    }
+}
