@@ -18,13 +18,10 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 use crate::error::{CliError, CliResult};
+use crate::live::unavailable;
 
 const FORMAT: &str = "rbee-backup";
 const FORMAT_VERSION: u64 = 1;
-
-fn unavailable(e: impl std::fmt::Display) -> CliError {
-    CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"))
-}
 
 fn invalid(path: &Path, why: impl std::fmt::Display) -> CliError {
     CliError::new("INVALID_BACKUP", format!("{} is not a usable rbee backup: {why}", path.display()))

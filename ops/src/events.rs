@@ -7,6 +7,7 @@ use rbee_bus::{subjects, EventLog, Recorded};
 use serde_json::{json, Value};
 
 use crate::error::{CliError, CliResult};
+use crate::live::unavailable;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct TailArgs {
@@ -48,7 +49,6 @@ fn wanted(args: &TailArgs, since_ms: u64, rec: &Recorded) -> bool {
 }
 
 pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
-    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
     let since_ms = match crate::backup::parse_point(args.since.as_deref())? {
         crate::backup::ReplayPoint::TimeMs(ms) => ms,
         crate::backup::ReplayPoint::End => 0,

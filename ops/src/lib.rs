@@ -7,6 +7,7 @@ pub mod down;
 pub mod error;
 pub mod events;
 pub mod infer;
+pub mod live;
 pub mod local;
 pub mod models;
 pub mod projections_cmd;

@@ -1,21 +1,10 @@
 //! `rbee models`: the model catalog, folded from the log right now.
 
-use std::time::Duration;
-
-use rbee_bus::EventLog;
-use rbee_projections::LiveView;
-use tokio_util::sync::CancellationToken;
-
-use crate::error::{CliError, CliResult};
+use crate::error::CliResult;
 
 pub async fn models(nats_url: &str, node: Option<&str>, json: bool) -> CliResult<()> {
-    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
-    let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    let view = LiveView::start(&log, stop).await.map_err(|e| unavailable(e.to_string()))?;
-    view.catch_up(&log, Duration::from_secs(30)).await.map_err(|e| unavailable(e.to_string()))?;
-    let entries: Vec<_> = view.read(|v| v.catalog.page(node, None, usize::MAX).into_iter().cloned().collect());
+    let cluster = crate::live::connect(nats_url).await?;
+    let entries: Vec<_> = cluster.view.read(|v| v.catalog.page(node, None, usize::MAX).into_iter().cloned().collect());
     if json {
         println!("{}", serde_json::to_string_pretty(&entries).expect("plain data serializes"));
         return Ok(());

@@ -7,9 +7,9 @@ use rbee_projections::checkpoint::{self, Checkpoint, CLUSTER_VIEW};
 use rbee_projections::ClusterView;
 
 use crate::error::{CliError, CliResult};
+use crate::live::unavailable;
 
 pub async fn rebuild(nats_url: &str, database_url: &str) -> CliResult<()> {
-    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
     let store = |e: String| CliError::new("EVENT_STORE_UNAVAILABLE", e);
     let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
     let pool = rbee_bus::archive::connect_store(database_url).await.map_err(|e| store(e.to_string()))?;

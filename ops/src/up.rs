@@ -7,7 +7,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use rbee_bus::{subjects, AggregateKind, Event, EventLog, Expected, Meta, WorkerStartRequested, WorkerState};
 use rbee_projections::LiveView;
-use tokio_util::sync::CancellationToken;
 
 use crate::cluster_file::ClusterFile;
 use crate::error::{CliError, CliResult};
@@ -174,11 +173,7 @@ const FRESH_HEARTBEAT_MS: u64 = 10_000;
 /// Makes sure a live worker serves the model on this node: reuses one, or asks the hive for one and
 /// waits until it is ready.
 async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, timeout: Duration) -> CliResult<()> {
-    let log = EventLog::connect(&cf.nats_url).await.map_err(|e| CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
-    let stop = CancellationToken::new();
-    let _stop_view = stop.clone().drop_guard();
-    let view = LiveView::start(&log, stop.clone()).await.map_err(|e| CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
-    view.catch_up(&log, Duration::from_secs(30)).await.map_err(|e| CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+    let crate::live::Connected { log, view, .. } = &crate::live::connect(&cf.nats_url).await?;
     let now = rbee_bus::envelope::now_ms();
     let existing = view.read(|v| {
         v.registry
@@ -198,7 +193,7 @@ async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, timeout: D
         None => new_worker_id(&cf.node),
     };
     let request = (!reusing).then_some(StartRequest { node: &cf.node, source, slots: 1 });
-    start_and_wait(&log, &view, &worker, request, timeout).await
+    start_and_wait(log, view, &worker, request, timeout).await
 }
 
 /// What to ask a hive for.

@@ -2,9 +2,6 @@
 
 use std::time::Duration;
 
-use rbee_bus::EventLog;
-use rbee_projections::LiveView;
-use tokio_util::sync::CancellationToken;
 
 use crate::error::{CliError, CliResult};
 
@@ -31,14 +28,10 @@ pub struct StartArgs {
 pub async fn start(nats_url: &str, node: &str, args: &StartArgs) -> CliResult<()> {
     rbee_bus::subjects::validate_name("node", node).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
     let source = crate::local::model::resolve(args.model_file.as_deref(), args.model_name.as_deref(), &crate::local::model::default_cache_dir())?;
-    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
-    let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    let view = LiveView::start(&log, stop).await.map_err(|e| unavailable(e.to_string()))?;
+    let cluster = crate::live::connect(nats_url).await?;
     let worker = crate::up::new_worker_id(node);
     let request = crate::up::StartRequest { node, source: &source, slots: args.slots.max(1) };
-    crate::up::start_and_wait(&log, &view, &worker, Some(request), Duration::from_secs(args.timeout_secs)).await
+    crate::up::start_and_wait(&cluster.log, &cluster.view, &worker, Some(request), Duration::from_secs(args.timeout_secs)).await
 }
 
 /// Which workers to show; every filter given must match.
@@ -68,13 +61,8 @@ pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliRe
         let shown: String = state.chars().take(40).flat_map(char::escape_default).collect();
         return Err(CliError::new("INVALID_FILTER", format!("--state must be loading, ready, draining or stale, got \"{shown}\"")));
     }
-    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
-    let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    let view = LiveView::start(&log, stop).await.map_err(|e| unavailable(e.to_string()))?;
-    view.catch_up(&log, Duration::from_secs(30)).await.map_err(|e| unavailable(e.to_string()))?;
-    let workers: Vec<_> = view.read(|v| v.registry.workers.values().filter(|w| filter.matches(w)).cloned().collect());
+    let cluster = crate::live::connect(nats_url).await?;
+    let workers: Vec<_> = cluster.view.read(|v| v.registry.workers.values().filter(|w| filter.matches(w)).cloned().collect());
     if json {
         println!("{}", serde_json::to_string_pretty(&workers).expect("plain data serializes"));
         return Ok(());
@@ -99,14 +87,12 @@ pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliRe
 pub async fn drain(nats_url: &str, worker: &str) -> CliResult<()> {
     use rbee_bus::{AppendError, Event, Expected, Meta, WorkerState, WorkerStateChanged};
     rbee_bus::subjects::validate_name("worker id", worker).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
-    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"));
-    let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
-    let stop = CancellationToken::new();
-    let _stop = stop.clone().drop_guard();
-    let view = LiveView::start(&log, stop).await.map_err(|e| unavailable(e.to_string()))?;
-    for _ in 0..8 {
-        view.catch_up(&log, Duration::from_secs(30)).await.map_err(|e| unavailable(e.to_string()))?;
-        let Some(w) = view.read(|v| v.registry.workers.get(worker).cloned()) else {
+    let cluster = crate::live::connect(nats_url).await?;
+    for attempt in 0..8 {
+        if attempt > 0 {
+            cluster.catch_up().await?;
+        }
+        let Some(w) = cluster.view.read(|v| v.registry.workers.get(worker).cloned()) else {
             return Err(CliError::new("WORKER_NOT_FOUND", format!("no worker {worker}; rbee workers lists them")));
         };
         match w.state {
@@ -118,13 +104,13 @@ pub async fn drain(nats_url: &str, worker: &str) -> CliResult<()> {
             other => return Err(CliError::new("INVALID_STATE", format!("worker {worker} is {}: only a loading or ready worker can drain", other.as_str()))),
         }
         let event = Event::WorkerStateChanged(WorkerStateChanged { worker: worker.into(), state: WorkerState::Draining, context_length: 0 });
-        match log.append(event, Expected::At(w.position), &Meta::default()).await {
+        match cluster.log.append(event, Expected::At(w.position), &Meta::default()).await {
             Ok(_) => {
                 println!("worker {worker} is draining: it takes no new requests");
                 return Ok(());
             }
             Err(AppendError::Conflict { .. }) => continue,
-            Err(e) => return Err(unavailable(e.to_string())),
+            Err(e) => return Err(crate::live::unavailable(e)),
         }
     }
     Err(CliError::new("WORKER_ALREADY_BUSY", format!("worker {worker} kept changing; try again")))
