@@ -81,40 +81,54 @@ async fn archive(log: EventLog, pool: PgPool, shutdown: CancellationToken) -> Re
         )
         .await
         .map_err(|e| ArchiveError::Log(e.to_string()))?;
+    // Fetching the next batch overlaps with storing this one.
+    let (batches, mut to_store) = tokio::sync::mpsc::channel(2);
+    let fetcher = tokio::spawn(fetch_batches(consumer, batches, shutdown));
+    while let Some(messages) = to_store.recv().await {
+        store_batch(&pool, &messages).await?;
+        for m in &messages {
+            m.ack().await.map_err(|e| ArchiveError::Log(e.to_string()))?;
+        }
+        tracing::debug!(count = messages.len(), "archived");
+    }
+    fetcher.await.map_err(|e| ArchiveError::Log(e.to_string()))?
+}
+
+/// Pulls batches until `shutdown` (or until the storing side is gone).
+async fn fetch_batches(
+    consumer: async_nats::jetstream::consumer::Consumer<pull::Config>,
+    batches: tokio::sync::mpsc::Sender<Vec<async_nats::jetstream::Message>>,
+    shutdown: CancellationToken,
+) -> Result<(), ArchiveError> {
     loop {
-        let batch = consumer
-            .fetch()
-            .max_messages(BATCH)
-            .expires(Duration::from_millis(500))
-            .messages();
+        let batch = consumer.fetch().max_messages(BATCH).expires(Duration::from_millis(500)).messages();
         let mut batch = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             b = batch => b.map_err(|e| ArchiveError::Log(e.to_string()))?,
         };
-        let mut messages = Vec::new();
+        let mut messages = Vec::with_capacity(BATCH);
         while let Some(msg) = batch.next().await {
             match msg {
                 Ok(m) => messages.push(m),
                 Err(e) => tracing::warn!(error = %e, "archiver fetch interrupted"),
             }
         }
-        if messages.is_empty() {
-            continue;
+        if !messages.is_empty() && batches.send(messages).await.is_err() {
+            return Ok(());
         }
-        let rows = messages.iter().filter_map(|m| match decode_message(m) {
-            Ok(r) => Some((r, header_pairs(m.headers.as_ref()), m.payload.to_vec())),
-            Err(e) => {
-                // Poison: keep it out of the archive but say so; the log still has it.
-                tracing::error!(subject = %m.subject, error = %e, "undecodable event not archived");
-                None
-            }
-        });
-        insert_batch(&pool, rows).await?;
-        for m in &messages {
-            m.ack().await.map_err(|e| ArchiveError::Log(e.to_string()))?;
-        }
-        tracing::debug!(count = messages.len(), "archived");
     }
+}
+
+async fn store_batch(pool: &PgPool, messages: &[async_nats::jetstream::Message]) -> Result<(), ArchiveError> {
+    let rows = messages.iter().filter_map(|m| match decode_message(m) {
+        Ok(r) => Some((r, header_pairs(m.headers.as_ref()), m.payload.to_vec())),
+        Err(e) => {
+            // Poison: keep it out of the archive but say so; the log still has it.
+            tracing::error!(subject = %m.subject, error = %e, "undecodable event not archived");
+            None
+        }
+    });
+    insert_batch(pool, rows).await
 }
 
 async fn insert_batch(
