@@ -78,6 +78,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
                 filter_subject: subjects::aggregate(AggregateKind::Node, &node),
                 deliver_policy: DeliverPolicy::All,
                 ack_policy: AckPolicy::Explicit,
+                // A command held by a hive that died comes back this soon; a live hive working on
+                // one (a long provisioning) says so every COMMAND_PROGRESS so it is not redelivered.
+                ack_wait: COMMAND_ACK_WAIT,
                 max_deliver: 5,
                 ..Default::default()
             },
@@ -102,6 +105,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
         // Each command runs on its own, so starting one worker never waits for another's provisioning.
         let hive = hive.clone();
         tokio::spawn(async move {
+            let msg = std::sync::Arc::new(msg);
+            let progress = tokio::spawn(report_progress(msg.clone()));
             match rbee_bus::log::decode_message(&msg) {
                 Ok(rec) => {
                     if let Event::WorkerStartRequested(cmd) = rec.envelope.event {
@@ -111,6 +116,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
                 }
                 Err(e) => tracing::error!(error = %e, "undecodable command skipped"),
             }
+            progress.abort();
             if let Err(e) = msg.ack().await {
                 tracing::warn!(error = %e, "command not acked; it will be redelivered");
             }
@@ -119,6 +125,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     tracing::info!("stopping workers");
     supervisor.stop_all(config.worker_grace()).await;
     Ok(())
+}
+
+const COMMAND_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const COMMAND_PROGRESS: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Tells the server this hive is still working on a command, until aborted.
+async fn report_progress(msg: std::sync::Arc<async_nats::jetstream::Message>) {
+    let mut tick = tokio::time::interval(COMMAND_PROGRESS);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = msg.ack_with(async_nats::jetstream::AckKind::Progress).await {
+            tracing::warn!(error = %e, "command progress not reported");
+        }
+    }
 }
 
 struct Hive {
