@@ -125,6 +125,17 @@ impl RbeeWorld {
         self.cluster().events_of(kind).into_iter().filter(|e| e["data"]["request"] == self.request_id.as_str()).collect()
     }
 
+    /// Waits until the log holds exactly one event of `kind` whose `data.<field>` is `value`; returns it.
+    pub async fn one_event(&self, kind: &str, field: &str, value: &str) -> Value {
+        let c = self.cluster();
+        let found = rbee_features::poll::eventually(&format!("one {kind} with {field} {value} in the log"), DEADLINE, || async {
+            let found: Vec<Value> = c.events_of(kind).into_iter().filter(|e| e["data"][field] == value).collect();
+            if found.len() == 1 { Ok(found) } else { Err(found) }
+        })
+        .await;
+        found.into_iter().next().expect("one event")
+    }
+
     pub fn count_events(&self, kinds: &[&str]) -> Vec<(String, usize)> {
         let events = self.cluster().events(false);
         kinds.iter().map(|k| (k.to_string(), events.iter().filter(|e| e["type"] == *k).count())).collect()

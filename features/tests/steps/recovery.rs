@@ -128,6 +128,11 @@ async fn checkpoint_seq(pool: &sqlx::PgPool) -> Option<i64> {
 #[given("a second queen with the event store, which has checkpointed the registry and catalog")]
 async fn queen_with_checkpoint(w: &mut RbeeWorld) {
     w.second_queen = super::queens::start_queen(w, true).await;
+    checkpoint_covers_log(w).await;
+}
+
+/// Waits until the stored checkpoint covers every event in the log now.
+async fn checkpoint_covers_log(w: &RbeeWorld) {
     let pool = store(w).await;
     let last = w.cluster().events(false).len() as i64;
     eventually("a checkpoint covers the whole log", DEADLINE, || async {
@@ -186,15 +191,7 @@ async fn equal_to_replay(w: &mut RbeeWorld) {
 
 #[then("a checkpoint is written again")]
 async fn checkpoint_again(w: &mut RbeeWorld) {
-    let pool = store(w).await;
-    let last = w.cluster().events(false).len() as i64;
-    eventually("a fresh checkpoint", DEADLINE, || async {
-        match checkpoint_seq(&pool).await {
-            Some(seq) if seq >= last => Ok(()),
-            other => Err(other),
-        }
-    })
-    .await;
+    checkpoint_covers_log(w).await;
 }
 
 #[given("a cluster of my own serving the default model")]
@@ -278,14 +275,8 @@ fn delete_model(w: &mut RbeeWorld) {
 
 #[then("the log records model.removed for that node, naming the missing file")]
 async fn model_removed(w: &mut RbeeWorld) {
-    let c = w.cluster();
-    let node = c.node.clone();
-    let removed = eventually("model.removed is in the log", DEADLINE, || async {
-        let removed: Vec<Value> = c.events_of("model.removed").into_iter().filter(|e| e["data"]["node"] == node.as_str()).collect();
-        if removed.len() == 1 { Ok(removed) } else { Err(removed) }
-    })
-    .await;
-    assert!(removed[0]["data"]["reason"].as_str().unwrap().contains(&w.model_path), "{removed:?}");
+    let removed = w.one_event("model.removed", "node", &w.cluster().node).await;
+    assert!(removed["data"]["reason"].as_str().unwrap().contains(&w.model_path), "{removed}");
 }
 
 #[then("rbee models no longer lists it")]

@@ -135,14 +135,9 @@ async fn not_listed(w: &mut RbeeWorld) {
 
 #[then("the log records its state change to stopped and its exit with code 0")]
 async fn exit_recorded(w: &mut RbeeWorld) {
-    let c = w.cluster();
-    let id = w.worker_id.clone();
-    let exited = eventually("worker.exited is in the log", DEADLINE, || async {
-        let exits: Vec<Value> = c.events_of("worker.exited").into_iter().filter(|e| e["data"]["worker"] == id.as_str()).collect();
-        if exits.len() == 1 { Ok(exits) } else { Err(exits) }
-    })
-    .await;
-    assert_eq!(exited[0]["data"]["exit_code"], 0);
+    let exited = w.one_event("worker.exited", "worker", &w.worker_id).await;
+    assert_eq!(exited["data"]["exit_code"], 0);
+    let (c, id) = (w.cluster(), w.worker_id.clone());
     let stopped = c.events_of("worker.state_changed").into_iter().any(|e| e["data"]["worker"] == id.as_str() && e["data"]["state"] == "Stopped");
     assert!(stopped);
 }
@@ -289,14 +284,8 @@ async fn background_stream(w: &mut RbeeWorld, prompt: String, max_tokens: u32) {
 
 #[then("after the grace period the log records worker.removed for it, saying its request was abandoned")]
 async fn removed_after_grace(w: &mut RbeeWorld) {
-    let c = w.cluster();
-    let id = w.worker_id.clone();
-    let removed = eventually("worker.removed is in the log", DEADLINE, || async {
-        let removed: Vec<Value> = c.events_of("worker.removed").into_iter().filter(|e| e["data"]["worker"] == id.as_str()).collect();
-        if removed.len() == 1 { Ok(removed) } else { Err(removed) }
-    })
-    .await;
-    let reason = removed[0]["data"]["reason"].as_str().unwrap();
+    let removed = w.one_event("worker.removed", "worker", &w.worker_id).await;
+    let reason = removed["data"]["reason"].as_str().unwrap();
     assert!(reason.contains("1 request(s) abandoned after the grace period"), "{reason}");
 }
 
