@@ -90,7 +90,7 @@ pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
     }
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = tokio::signal::ctrl_c() => return Err(CliError::interrupted()),
             item = merged.next() => match item {
                 Some((stream, Ok(d))) if wanted(&args, since_ms, &d.recorded) => println!("{}", to_json(&stream, &d.recorded)),
                 Some((_, Ok(_))) => {}

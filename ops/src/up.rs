@@ -106,6 +106,9 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
 
     let (nats_port, monitor_port) = (process::free_port()?, process::free_port()?);
     let queen_port = if args.port == 0 { process::free_port()? } else { args.port };
+    if std::net::TcpListener::bind(("127.0.0.1", queen_port)).is_err() {
+        return Err(CliError::new("PORT_IN_USE", format!("port {queen_port} is taken; pass --port <free port> (or --port 0 for any)")));
+    }
     let mut cf = ClusterFile {
         nats_url: format!("nats://127.0.0.1:{nats_port}"),
         nats_monitor_url: format!("http://127.0.0.1:{monitor_port}"),
