@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
-use rbee_bus::{subjects, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted};
+use rbee_bus::{subjects, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, RequestCancelled};
 use serde_json::json;
 use tracing::Instrument;
 
@@ -154,8 +154,16 @@ impl Drop for RequestGuard {
         match std::mem::replace(&mut self.stage, Stage::Ended) {
             Stage::Ended => {}
             Stage::Claimed(claim) => {
-                tracing::info!(%request, "client went away before dispatch; releasing the slot");
-                tokio::spawn(async move { release_slot(&log, &claim, &request, &meta).await });
+                // The worker may already have taken the request: cancel it too (a worker that never
+                // got it just never hears of it), then give the slot back.
+                tracing::info!(%request, "client went away during dispatch; cancelling and releasing the slot");
+                tokio::spawn(async move {
+                    let event = Event::RequestCancelled(RequestCancelled { request: request.clone(), reason: "client_disconnected".into() });
+                    if let Err(e) = log.append(event, Expected::Any, &meta).await {
+                        tracing::error!(error = %e, "cancellation not recorded");
+                    }
+                    release_slot(&log, &claim, &request, &meta).await;
+                });
             }
             Stage::Running => {
                 tracing::info!(%request, "client went away; cancelling");
