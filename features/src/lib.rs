@@ -35,6 +35,11 @@ fn home_cache() -> PathBuf {
     PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/tmp".into())).join(".cache").join("rbee")
 }
 
+/// The default model's GGUF file in the shared cache (`rbee setup` puts it there).
+pub fn default_model_file() -> PathBuf {
+    cache_dir().join(rbee_ops::local::model::FILE_NAME)
+}
+
 /// A fresh private directory under the system temp dir.
 pub fn scratch_dir(prefix: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rbee-{prefix}-{}", uuid::Uuid::now_v7().simple()));

@@ -130,7 +130,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
         rbee_features::KillOnDrop(child)
     };
     let log = EventLog::connect(&cluster.nats_url).await.unwrap();
-    let model = rbee_features::cache_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = rbee_features::default_model_file();
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
     println!("kill schedule seed: {seed}");
     let mut rng = seed;

@@ -98,11 +98,16 @@ async fn all_released(w: &mut RbeeWorld) {
     .await;
 }
 
-#[when("the second queen is killed with SIGKILL and started again")]
-async fn kill_and_restart(w: &mut RbeeWorld) {
+/// SIGKILLs the second queen (the last process the scenario started).
+pub fn kill_second_queen(w: &mut RbeeWorld) {
     let mut queen = w.children.pop().expect("the second queen");
     queen.kill().expect("SIGKILL");
     queen.wait().unwrap();
+}
+
+#[when("the second queen is killed with SIGKILL and started again")]
+async fn kill_and_restart(w: &mut RbeeWorld) {
+    kill_second_queen(w);
     w.second_queen = start_queen(w, false).await;
 }
 

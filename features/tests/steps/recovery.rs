@@ -146,9 +146,7 @@ async fn checkpoint_covers_log(w: &RbeeWorld) {
 
 #[when("the stored checkpoint is corrupted and that queen is restarted")]
 async fn corrupt_and_restart(w: &mut RbeeWorld) {
-    let mut queen = w.children.pop().expect("the second queen");
-    queen.kill().expect("SIGKILL");
-    queen.wait().unwrap();
+    super::queens::kill_second_queen(w);
     let pool = store(w).await;
     // Flip one byte in the middle of the stored snapshot.
     let changed = sqlx::query(

@@ -17,21 +17,10 @@ fn bare_cluster(w: &mut RbeeWorld) {
 #[when("three worker processes start at once with the same worker id")]
 fn three_workers(w: &mut RbeeWorld) {
     w.worker_id = format!("dup-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    let c = w.cluster();
-    let model = rbee_features::cache_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
-    let mut children = Vec::new();
     for _ in 0..3 {
-        let child = Command::new(rbee_features::bin("rbee-worker"))
-            .args(["--nats-url", &c.nats_url, "--node", &c.node, "--worker-id", &w.worker_id, "--model", MODEL])
-            .arg("--model-path")
-            .arg(&model)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("rbee-worker starts");
-        children.push(child);
+        // Their stderr is read later: the losers say why they exited.
+        spawn_worker(w, 1, Stdio::piped());
     }
-    w.children.extend(children);
 }
 
 #[then("exactly one of them is still running")]
@@ -176,15 +165,15 @@ fn removed_in_log(w: &mut RbeeWorld, reason: String) {
     assert!(stale, "it was marked stale first");
 }
 
-fn spawn_worker(w: &mut RbeeWorld, slots: u32) {
+/// Starts an `rbee-worker` process for `w.worker_id` on the scenario's cluster (stopped with the world).
+fn spawn_worker(w: &mut RbeeWorld, slots: u32, stderr: Stdio) {
     let c = w.cluster();
-    let model = rbee_features::cache_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     let child = Command::new(rbee_features::bin("rbee-worker"))
         .args(["--nats-url", &c.nats_url, "--node", &c.node, "--worker-id", &w.worker_id, "--model", MODEL, "--slots", &slots.to_string()])
         .arg("--model-path")
-        .arg(&model)
+        .arg(rbee_features::default_model_file())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("rbee-worker starts");
     w.children.push(child);
@@ -201,7 +190,7 @@ async fn wait_ready_with_slots(w: &RbeeWorld, slots: u64) {
 #[given("a worker process registered under a new id with 1 slot")]
 async fn worker_one_slot(w: &mut RbeeWorld) {
     w.worker_id = format!("cap-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    spawn_worker(w, 1);
+    spawn_worker(w, 1, Stdio::null());
     wait_ready_with_slots(w, 1).await;
 }
 
@@ -211,7 +200,7 @@ async fn reregister(w: &mut RbeeWorld) {
     // SAFETY: the worker process this scenario started.
     unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
     assert!(first.wait().unwrap().success(), "the first worker stops cleanly");
-    spawn_worker(w, 2);
+    spawn_worker(w, 2, Stdio::null());
 }
 
 #[then("rbee workers lists that id once, with 2 slots")]

