@@ -35,7 +35,16 @@ impl Cluster {
             node,
             up_output,
         };
-        anyhow::ensure!(out.status.success(), "rbee up failed ({}):\n{}", out.status, cluster.up_output);
+        if !out.status.success() {
+            // The data directory goes with the cluster: keep what its processes said.
+            let mut logs = String::new();
+            for name in ["queen.log", "hive.log", "nats.log"] {
+                let text = cluster.log_file(name);
+                let lines: Vec<&str> = text.lines().collect();
+                logs.push_str(&format!("--- last lines of {name}\n{}\n", lines[lines.len().saturating_sub(20)..].join("\n")));
+            }
+            anyhow::bail!("rbee up failed ({}):\n{}\n{logs}", out.status, cluster.up_output);
+        }
         Ok(cluster)
     }
 

@@ -18,7 +18,8 @@ impl Nats {
     pub async fn start() -> Nats {
         let binary = nats::find_or_install(&crate::tools_dir()).expect("nats-server available");
         let dir = crate::scratch_dir("nats");
-        let (port, monitor_port) = (process::free_port().unwrap(), process::free_port().unwrap());
+        let ports = process::free_ports(2).unwrap();
+        let (port, monitor_port) = (ports[0], ports[1]);
         let plan = nats::NatsPlan { binary: &binary, port, monitor_port, store_dir: &dir.join("store"), log: &dir.join("nats.log"), sync_interval: "2m" };
         let pid = nats::start(&plan).await.expect("nats-server starts");
         Nats { url: format!("nats://127.0.0.1:{port}"), monitor_url: format!("http://127.0.0.1:{monitor_port}"), pid, dir }

@@ -104,8 +104,10 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let node = args.node.clone().unwrap_or_else(rbee_bus::process::hostname);
     rbee_bus::subjects::validate_name("node", &node).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
 
-    let (nats_port, monitor_port) = (process::free_port()?, process::free_port()?);
-    let queen_port = if args.port == 0 { process::free_port()? } else { args.port };
+    // Every port at once: ports picked one by one can collide, and then a process fails to bind.
+    let ports = process::free_ports(4)?;
+    let (nats_port, monitor_port, pg_port) = (ports[0], ports[1], ports[2]);
+    let queen_port = if args.port == 0 { ports[3] } else { args.port };
     if std::net::TcpListener::bind(("127.0.0.1", queen_port)).is_err() {
         return Err(CliError::new("PORT_IN_USE", format!("port {queen_port} is taken; pass --port <free port> (or --port 0 for any)")));
     }
@@ -133,7 +135,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let pg_root = postgres::prepare_root(&data_dir.join("postgres"))?;
     cf.postgres_bin = Some(pg_bin.clone());
     cf.postgres_root = Some(pg_root.clone());
-    let (pg_pid, database_url) = postgres::start(&pg_bin, &pg_root, process::free_port()?).await?;
+    let (pg_pid, database_url) = postgres::start(&pg_bin, &pg_root, pg_port).await?;
     cf.postgres_pid = Some(pg_pid);
     cf.database_url = Some(database_url.clone());
     cf.save(data_dir)?;

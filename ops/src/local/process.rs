@@ -72,10 +72,15 @@ fn signal(pid: u32, sig: i32) {
 
 /// A free TCP port on loopback.
 pub fn free_port() -> CliResult<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| CliError::new("NO_FREE_PORT", format!("cannot find a free port: {e}")))
+    Ok(free_ports(1)?[0])
+}
+
+/// `n` distinct free TCP ports on loopback. All listeners are held until every port is chosen, so
+/// the kernel cannot hand the same port out twice (one at a time, it may).
+pub fn free_ports(n: usize) -> CliResult<Vec<u16>> {
+    let fail = |e: std::io::Error| CliError::new("NO_FREE_PORT", format!("cannot find a free port: {e}"));
+    let listeners = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)).collect::<CliResult<Vec<_>>>()?;
+    listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(fail)).collect()
 }
 
 /// Looks for an executable: beside this one first (a cargo build puts them together), then on PATH.
