@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::event::Event;
 
 /// The body schema written today.
-pub const SCHEMA_VERSION: u16 = 2;
+pub const SCHEMA_VERSION: u16 = 3;
 
 pub const HEADER_EVENT: &str = "Rbee-Event";
 pub const HEADER_SCHEMA: &str = "Rbee-Schema";
@@ -91,7 +91,8 @@ impl Envelope {
     pub fn decode_schema(schema: &str, body: &[u8]) -> Result<Self, DecodeError> {
         match schema {
             "1" => Ok(postcard::from_bytes::<crate::schema_v1::EnvelopeV1>(body)?.into()),
-            "2" => Ok(postcard::from_bytes(body)?),
+            "2" => Ok(postcard::from_bytes::<crate::schema_v2::EnvelopeV2>(body)?.into()),
+            "3" => Ok(postcard::from_bytes(body)?),
             other => Err(DecodeError::UnknownSchema(other.chars().take(16).collect())),
         }
     }
@@ -147,7 +148,7 @@ mod tests {
         assert_eq!(m.memory_required_bytes, estimated_memory_bytes(98_362_432));
         assert_eq!(m.sha256, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
         // The same bytes are not valid today's schema: the version header is what makes them readable.
-        assert!(Envelope::decode_schema("2", fixture).map(|e| e.event != Event::ModelRegistered(m.clone())).unwrap_or(true));
+        assert!(Envelope::decode_schema("3", fixture).map(|e| e.event != Event::ModelRegistered(m.clone())).unwrap_or(true));
     }
 
     /// Schema 1 bytes as written by rbee 0.1: they must decode forever.
@@ -167,5 +168,15 @@ mod tests {
                 backend: "cpu".into(),
             })
         );
+    }
+
+    /// Schema 2 bytes (before a start command named its backend and device): upcast to cpu, any device.
+    #[test]
+    fn schema_2_start_command_is_upcast_to_the_cpu_backend() {
+        let fixture = include_bytes!("../tests/fixtures/schema2_worker_start_requested.bin");
+        let env = Envelope::decode_schema("2", fixture).expect("schema 2 fixture decodes");
+        let Event::WorkerStartRequested(cmd) = env.event else { panic!("not a start command: {:?}", env.event) };
+        assert_eq!((cmd.worker.as_str(), cmd.slots, cmd.backend.as_str(), cmd.device), ("w1", 2, "cpu", None));
+        assert_eq!(cmd.sha256, Some("ab".repeat(32)));
     }
 }

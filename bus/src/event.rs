@@ -79,6 +79,10 @@ pub struct WorkerStartRequested {
     /// Expected sha256 of the model file, hex; checked when the hive provisions it.
     pub sha256: Option<String>,
     pub slots: u32,
+    /// Requested backend: `cpu`, `cuda`, `metal`, or `auto` (schema 3; older commands mean `cpu`).
+    pub backend: String,
+    /// GPU index; `None` lets the hive choose (the one with most free VRAM).
+    pub device: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -203,6 +207,95 @@ pub fn estimated_memory_bytes(size_bytes: u64) -> u64 {
     size_bytes.saturating_add(size_bytes / 5)
 }
 
+/// A command to a hive: make a model available on its node (download it unless it is there).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelPullRequested {
+    pub node: String,
+    pub model: String,
+    /// `hf:org/repo[:file]`, `https://...` or `file:///path`.
+    pub source: String,
+    pub sha256: Option<String>,
+}
+
+/// A command to a hive: delete a model's file from its node and the catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRemoveRequested {
+    pub node: String,
+    pub model: String,
+}
+
+/// A hive claimed the download of a model to its node (the claim is the append, under optimistic
+/// concurrency: one downloader per model and node). `resume_from` > 0 continues a partial file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadStarted {
+    /// `<node>.<model>`: see [`download_id`].
+    pub download: String,
+    pub node: String,
+    pub model: String,
+    pub source: String,
+    /// Total size when the source says it (0 when unknown).
+    pub total_bytes: u64,
+    /// The checksum the file must have, from the request or the hub.
+    pub sha256: Option<String>,
+    pub resume_from: u64,
+    /// The claiming hive process: an id of this run, and its pid on the node.
+    pub owner: String,
+    pub pid: u32,
+}
+
+/// One more chunk is on disk (synced). Carries what a successor needs to resume without rereading:
+/// the offset and the SHA-256 state after it (eight big-endian words).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadProgressed {
+    pub download: String,
+    pub offset: u64,
+    pub total_bytes: u64,
+    pub sha256_state: Vec<u8>,
+    pub bytes_per_sec: u64,
+}
+
+/// An attempt failed and will be retried after `delay_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadRetried {
+    pub download: String,
+    pub attempt: u32,
+    pub code: String,
+    pub message: String,
+    pub delay_ms: u64,
+}
+
+/// The file is complete and verified (followed by `model.registered`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadFinished {
+    pub download: String,
+    pub size_bytes: u64,
+    pub sha256: String,
+}
+
+/// The download gave up; the partial file is gone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadFailed {
+    pub download: String,
+    pub code: String,
+    pub message: String,
+}
+
+/// The hive sent a signal to a worker process, and why (`shutdown`, `grace_expired`, `loading_timeout`,
+/// `idle_timeout`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerSignalled {
+    pub worker: String,
+    pub node: String,
+    pub pid: u32,
+    pub signal: i32,
+    pub reason: String,
+}
+
+/// The id of the download of `model` to `node`.
+pub fn download_id(node: &str, model: &str) -> String {
+    format!("{node}.{model}")
+}
+
 /// Every event rbee records. New variants go at the end (postcard encodes the index).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Event {
@@ -221,6 +314,14 @@ pub enum Event {
     WorkerStartFailed(WorkerStartFailed),
     WorkerRemoved(WorkerRemoved),
     ModelRemoved(ModelRemoved),
+    ModelPullRequested(ModelPullRequested),
+    ModelRemoveRequested(ModelRemoveRequested),
+    DownloadStarted(DownloadStarted),
+    DownloadProgressed(DownloadProgressed),
+    DownloadRetried(DownloadRetried),
+    DownloadFinished(DownloadFinished),
+    DownloadFailed(DownloadFailed),
+    WorkerSignalled(WorkerSignalled),
 }
 
 /// The kinds of aggregate an event belongs to; the second token of its subject.
@@ -230,6 +331,8 @@ pub enum AggregateKind {
     Worker,
     Model,
     Request,
+    /// `rbee.ev.download.<node>.<model>`
+    Download,
 }
 
 impl AggregateKind {
@@ -239,6 +342,7 @@ impl AggregateKind {
             AggregateKind::Worker => "worker",
             AggregateKind::Model => "model",
             AggregateKind::Request => "request",
+            AggregateKind::Download => "download",
         }
     }
 }
@@ -262,6 +366,14 @@ impl Event {
             Event::WorkerStartFailed(_) => "worker.start_failed",
             Event::WorkerRemoved(_) => "worker.removed",
             Event::ModelRemoved(_) => "model.removed",
+            Event::ModelPullRequested(_) => "model.pull_requested",
+            Event::ModelRemoveRequested(_) => "model.remove_requested",
+            Event::DownloadStarted(_) => "download.started",
+            Event::DownloadProgressed(_) => "download.progressed",
+            Event::DownloadRetried(_) => "download.retried",
+            Event::DownloadFinished(_) => "download.finished",
+            Event::DownloadFailed(_) => "download.failed",
+            Event::WorkerSignalled(_) => "worker.signalled",
         }
     }
 
@@ -285,6 +397,15 @@ impl Event {
             Event::WorkerStartFailed(e) => (Worker, &e.worker),
             Event::WorkerRemoved(e) => (Worker, &e.worker),
             Event::ModelRemoved(e) => (Model, &e.model),
+            // Commands to a hive live on its node's subject.
+            Event::ModelPullRequested(e) => (Node, &e.node),
+            Event::ModelRemoveRequested(e) => (Node, &e.node),
+            Event::DownloadStarted(e) => (Download, &e.download),
+            Event::DownloadProgressed(e) => (Download, &e.download),
+            Event::DownloadRetried(e) => (Download, &e.download),
+            Event::DownloadFinished(e) => (Download, &e.download),
+            Event::DownloadFailed(e) => (Download, &e.download),
+            Event::WorkerSignalled(e) => (Worker, &e.worker),
         }
     }
 }

@@ -11,7 +11,9 @@ pub mod frames;
 pub mod log;
 pub mod process;
 pub mod read;
+pub mod model_ref;
 pub mod schema_v1;
+pub mod schema_v2;
 pub mod subjects;
 pub mod trace;
 

@@ -2,7 +2,7 @@
 //!
 //! Postcard is not self-describing, so reading an old body needs the old shapes exactly, variant
 //! order included. Only what changed is redefined here; unchanged variants reuse today's structs.
-//! Schema 1 -> 2: `ModelRegistered` gained `memory_required_bytes`.
+//! Schema 1 -> 2: `ModelRegistered` gained `memory_required_bytes`; then on through schema 2's upcast.
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -22,7 +22,7 @@ pub struct ModelRegistered {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Event {
     NodeRegistered(event::NodeRegistered),
-    WorkerStartRequested(event::WorkerStartRequested),
+    WorkerStartRequested(crate::schema_v2::WorkerStartRequested),
     WorkerRegistered(event::WorkerRegistered),
     WorkerStateChanged(event::WorkerStateChanged),
     WorkerExited(event::WorkerExited),
@@ -51,7 +51,7 @@ impl From<Event> for event::Event {
         use event::Event as New;
         match old {
             Event::NodeRegistered(e) => New::NodeRegistered(e),
-            Event::WorkerStartRequested(e) => New::WorkerStartRequested(e),
+            Event::WorkerStartRequested(e) => New::WorkerStartRequested(e.into()),
             Event::WorkerRegistered(e) => New::WorkerRegistered(e),
             Event::WorkerStateChanged(e) => New::WorkerStateChanged(e),
             Event::WorkerExited(e) => New::WorkerExited(e),

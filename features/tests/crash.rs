@@ -145,6 +145,8 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
             source: format!("file://{}", model.display()),
             sha256: None,
             slots: 1,
+            backend: "cpu".into(),
+            device: None,
         });
         log.append(command, Expected::Any, &Meta::default()).await.unwrap();
         workers.push(worker);

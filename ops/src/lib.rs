@@ -109,7 +109,7 @@ fn setup(args: &SetupArgs, data_dir: &Path) -> CliResult<()> {
     let nats = local::nats::find_or_install(&args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools")))?;
     println!("nats-server: {}", nats.display());
     let model = local::model::resolve(None, None, &args.cache_dir.clone().unwrap_or_else(local::model::default_cache_dir))?;
-    println!("model {}: {}", model.name, model.path.display());
+    println!("model {}: {}", model.name, model.source);
     let postgres = local::postgres::find_bin_dir()?;
     println!("postgres: {}", postgres.display());
     Ok(())

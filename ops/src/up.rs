@@ -17,9 +17,9 @@ pub struct UpArgs {
     /// Port of the OpenAI-compatible API (0: any free port).
     #[arg(long, env = "RBEE_PORT", default_value_t = 8080)]
     pub port: u16,
-    /// Serve this GGUF file (a path or file: ref) instead of the default model.
-    #[arg(long, env = "RBEE_MODEL_FILE")]
-    pub model_file: Option<String>,
+    /// Serve this model instead of the default one: hf:org/repo[:file.gguf], https://..., or a GGUF file.
+    #[arg(long, alias = "model-file", env = "RBEE_MODEL")]
+    pub model: Option<String>,
     /// The name clients use for the model (default: SmolLM2-135M-Instruct, or the file's name).
     #[arg(long, env = "RBEE_MODEL_NAME")]
     pub model_name: Option<String>,
@@ -60,7 +60,7 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
     std::fs::create_dir_all(data_dir).map_err(|e| process::io_error("create", data_dir, e))?;
     let data_dir = std::fs::canonicalize(data_dir).map_err(|e| process::io_error("resolve", data_dir, e))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(local::model::default_cache_dir);
-    let source = model::resolve(args.model_file.as_deref(), args.model_name.as_deref(), &cache_dir)?;
+    let source = model::resolve(args.model.as_deref(), args.model_name.as_deref(), &cache_dir)?;
 
     let cluster = match ClusterFile::load(&data_dir) {
         Some(cf) if is_running(&cf).await => {
@@ -197,7 +197,7 @@ async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, timeout: D
         Some((id, _)) => id,
         None => new_worker_id(&cf.node),
     };
-    let request = (!reusing).then_some(StartRequest { node: &cf.node, source, slots: 1 });
+    let request = (!reusing).then_some(StartRequest { node: &cf.node, source, slots: 1, backend: "cpu", device: None });
     start_and_wait(log, view, &worker, request, timeout).await
 }
 
@@ -206,6 +206,9 @@ pub struct StartRequest<'a> {
     pub node: &'a str,
     pub source: &'a model::ModelSource,
     pub slots: u32,
+    /// `cpu`, `cuda`, `metal` or `auto`; several comma-separated are refused by the hive.
+    pub backend: &'a str,
+    pub device: Option<u32>,
 }
 
 /// Asks the node's hive to start `worker` (unless `request` is None: it is already starting) and
@@ -223,9 +226,11 @@ pub async fn start_and_wait(log: &EventLog, view: &LiveView, worker: &str, reque
             node: r.node.to_string(),
             worker: worker.to_string(),
             model: r.source.name.clone(),
-            source: format!("file://{}", r.source.path.display()),
+            source: r.source.source.clone(),
             sha256: r.source.sha256.clone(),
             slots: r.slots,
+            backend: r.backend.to_string(),
+            device: r.device,
         });
         log.append(command, Expected::Any, &Meta { correlation: Some(worker.to_string()), traceparent: None })
             .await

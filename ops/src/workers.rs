@@ -10,9 +10,18 @@ pub struct StartArgs {
     /// The node whose hive starts it (default: this cluster's node).
     #[arg(long)]
     pub node: Option<String>,
-    /// Serve this GGUF file (a path or file: ref) instead of the default model.
+    /// Serve this model instead of the default one: hf:org/repo[:file.gguf], https://..., or a file.
+    #[arg(long, alias = "model-file")]
+    pub model: Option<String>,
+    /// Expected sha256 of the model file (the hub's checksum is used when it gives one).
     #[arg(long)]
-    pub model_file: Option<String>,
+    pub sha256: Option<String>,
+    /// Backend: cpu, cuda or metal (comma-separated lists are refused: one backend per worker).
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// GPU index (default: the one with most free VRAM).
+    #[arg(long)]
+    pub device: Option<u32>,
     /// The name clients use for the model.
     #[arg(long)]
     pub model_name: Option<String>,
@@ -27,10 +36,13 @@ pub struct StartArgs {
 /// `rbee workers start`: a new worker, started by a hive through a command event.
 pub async fn start(nats_url: &str, node: &str, args: &StartArgs) -> CliResult<()> {
     rbee_bus::subjects::validate_name("node", node).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
-    let source = crate::local::model::resolve(args.model_file.as_deref(), args.model_name.as_deref(), &crate::local::model::default_cache_dir())?;
+    let mut source = crate::local::model::resolve(args.model.as_deref(), args.model_name.as_deref(), &crate::local::model::default_cache_dir())?;
+    if args.sha256.is_some() {
+        source.sha256 = args.sha256.clone();
+    }
     let cluster = crate::live::connect(nats_url).await?;
     let worker = crate::up::new_worker_id(node);
-    let request = crate::up::StartRequest { node, source: &source, slots: args.slots.max(1) };
+    let request = crate::up::StartRequest { node, source: &source, slots: args.slots.max(1), backend: &args.backend, device: args.device };
     crate::up::start_and_wait(&cluster.log, &cluster.view, &worker, Some(request), Duration::from_secs(args.timeout_secs)).await
 }
 

@@ -3,9 +3,11 @@
 
 pub mod catalog;
 pub mod checkpoint;
+pub mod downloads;
 pub mod live;
 pub mod registry;
 
 pub use catalog::{Catalog, CatalogEntry};
+pub use downloads::{Download, DownloadStatus, Downloads};
 pub use live::{ClusterView, LiveView};
 pub use registry::{Node, Registry, Worker};

@@ -18,6 +18,7 @@ use crate::{Catalog, Registry};
 pub struct ClusterView {
     pub registry: Registry,
     pub catalog: Catalog,
+    pub downloads: crate::Downloads,
     /// The last `RBEE` sequence folded in.
     pub last_seq: u64,
     /// The last `RBEE_HB` sequence folded in.
@@ -30,6 +31,7 @@ impl ClusterView {
     pub fn apply(&mut self, rec: &Recorded) {
         self.registry.apply(rec);
         self.catalog.apply(rec);
+        self.downloads.apply(rec);
         if matches!(rec.envelope.event, rbee_bus::Event::WorkerHeartbeat(_)) {
             self.last_heartbeat_seq = self.last_heartbeat_seq.max(rec.stream_seq);
         } else if rec.stream_seq > self.last_seq {

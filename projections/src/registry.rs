@@ -144,7 +144,15 @@ impl Registry {
             | Event::RequestCancelled(_)
             | Event::ModelRegistered(_)
             | Event::WorkerStartFailed(_)
-            | Event::ModelRemoved(_) => {}
+            | Event::ModelRemoved(_)
+            | Event::ModelPullRequested(_)
+            | Event::ModelRemoveRequested(_)
+            | Event::DownloadStarted(_)
+            | Event::DownloadProgressed(_)
+            | Event::DownloadRetried(_)
+            | Event::DownloadFinished(_)
+            | Event::DownloadFailed(_)
+            | Event::WorkerSignalled(_) => {}
         }
     }
 

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use rbee_bus::model_ref::ModelRef;
+
 use crate::error::{CliError, CliResult};
 use crate::local::pypi;
 
@@ -22,28 +24,32 @@ pub fn default_cache_dir() -> PathBuf {
     base.join("rbee").join("models")
 }
 
-/// A model file ready to hand to a hive.
+/// A model to hand to a hive: its name in the cluster and where the hive gets it.
 #[derive(Debug, Clone)]
 pub struct ModelSource {
     pub name: String,
-    pub path: PathBuf,
+    /// A model reference (`hf:org/repo[:file]`, `https://...`, `file:///path`) the hive resolves.
+    pub source: String,
     pub sha256: Option<String>,
 }
 
-/// The model `up` serves: an explicit file (`file:` ref or path), or the default model from `cache_dir`,
-/// fetched there first if missing.
+/// The model to serve: an explicit reference, or the default model from `cache_dir`, fetched there
+/// first if missing. A local file is checked here, so a typo fails before any hive is asked.
 pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) -> CliResult<ModelSource> {
     if let Some(r) = model_ref {
-        let path = PathBuf::from(r.strip_prefix("file://").or_else(|| r.strip_prefix("file:")).unwrap_or(r));
-        if !path.is_file() {
-            return Err(CliError::new("MODEL_NOT_FOUND", format!("model file {} does not exist", path.display())));
-        }
-        let path = std::fs::canonicalize(&path).unwrap_or(path);
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
-        let default_name: String = stem.split('.').next().unwrap_or(stem).chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').collect();
-        let name = name.map(str::to_string).unwrap_or(default_name);
+        let parsed = ModelRef::parse(r).map_err(|e| CliError::new("INVALID_MODEL_SOURCE", e.to_string()))?;
+        let name = name.map(str::to_string).unwrap_or_else(|| parsed.default_name());
         rbee_bus::subjects::validate_name("model", &name).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
-        return Ok(ModelSource { name, path, sha256: None });
+        let source = match parsed {
+            ModelRef::File(path) => {
+                if !path.is_file() {
+                    return Err(CliError::new("MODEL_NOT_FOUND", format!("model file {} does not exist", path.display())));
+                }
+                format!("file://{}", std::fs::canonicalize(&path).unwrap_or(path).display())
+            }
+            _ => r.to_string(),
+        };
+        return Ok(ModelSource { name, source, sha256: None });
     }
     let path = cache_dir.join(FILE_NAME);
     if !path.is_file() {
@@ -55,7 +61,8 @@ pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) ->
             return Err(CliError::new("CHECKSUM_MISMATCH", format!("downloaded {FILE_NAME} has sha256 {sha}, expected {DEFAULT_SHA256}; removed")));
         }
     }
-    Ok(ModelSource { name: name.unwrap_or(DEFAULT_MODEL).to_string(), path, sha256: Some(DEFAULT_SHA256.into()) })
+    let source = format!("file://{}", path.display());
+    Ok(ModelSource { name: name.unwrap_or(DEFAULT_MODEL).to_string(), source, sha256: Some(DEFAULT_SHA256.into()) })
 }
 
 fn sha256_file(path: &Path) -> CliResult<(u64, String)> {
