@@ -27,9 +27,41 @@ pub struct Config {
     /// Seconds a worker gets to exit after SIGTERM before it is killed.
     #[arg(long, env = "RBEE_WORKER_GRACE_SECS", default_value_t = 10)]
     pub worker_grace_secs: u64,
+    /// The model hub (a mirror works), as huggingface_hub reads it.
+    #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
+    pub hf_endpoint: String,
+    /// Token for gated or private models, sent as a bearer token.
+    #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
+    pub hf_token: Option<String>,
+    /// Bytes per download chunk: each is synced and recorded as a `download.progressed` event.
+    #[arg(long, env = "RBEE_DOWNLOAD_CHUNK_BYTES", default_value_t = 8 << 20)]
+    pub download_chunk_bytes: u64,
+    /// Retries of a failed download (with exponential backoff) before it fails.
+    #[arg(long, env = "RBEE_DOWNLOAD_RETRIES", default_value_t = 5)]
+    pub download_retries: u32,
+    /// Seconds without a byte before a download attempt is abandoned and retried.
+    #[arg(long, env = "RBEE_DOWNLOAD_STALL_SECS", default_value_t = 30.0)]
+    pub download_stall_secs: f64,
+    /// Milliseconds before the first download retry; doubled per retry up to 30 s.
+    #[arg(long, env = "RBEE_DOWNLOAD_BACKOFF_MS", default_value_t = 500)]
+    pub download_backoff_ms: u64,
+    /// Download bandwidth limit in bytes per second (0: none).
+    #[arg(long, env = "RBEE_DOWNLOAD_LIMIT_BYTES_PER_SEC", default_value_t = 0)]
+    pub download_limit_bytes_per_sec: u64,
 }
 
 impl Config {
+    pub fn download_settings(&self) -> crate::fetch::DownloadSettings {
+        crate::fetch::DownloadSettings {
+            chunk_bytes: self.download_chunk_bytes,
+            retries: self.download_retries,
+            stall: Duration::from_secs_f64(self.download_stall_secs.clamp(0.1, 3600.0)),
+            backoff: Duration::from_millis(self.download_backoff_ms),
+            limit_bytes_per_sec: self.download_limit_bytes_per_sec,
+            hub: crate::fetch::hub::HubSettings { endpoint: self.hf_endpoint.clone(), token: self.hf_token.clone() },
+        }
+    }
+
     pub fn node_name(&self) -> String {
         self.node.clone().unwrap_or_else(rbee_bus::process::hostname)
     }

@@ -2,6 +2,7 @@
 //! verified local store, and spawns and supervises worker processes, recording every step as events.
 
 pub mod config;
+pub mod fetch;
 pub mod provision;
 pub mod resources;
 pub mod service;

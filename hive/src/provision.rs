@@ -1,90 +1,159 @@
-//! Puts a model file into this node's model store, verified: copied from its source through a
-//! `.partial` file, hashed on the way, checked against the expected sha256 and the GGUF magic,
-//! then renamed into place. A model already in the store is used as it is (after verification).
+//! Makes a model present on this node, verified and catalogued: used as it is when the catalog
+//! already holds it here (CAT-1), copied from a local file, or downloaded from the model hub or a
+//! URL ([`crate::fetch`]). Then recorded with `model.registered`. Also removes models on request.
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use rbee_bus::model_ref::ModelRef;
+use rbee_bus::read::read_subject;
+use rbee_bus::{subjects, AggregateKind, Event, EventLog, Expected, Meta, ModelRegistered, ModelRemoved};
+use rbee_projections::LiveView;
 use sha2::{Digest, Sha256};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ProvisionError {
-    #[error("model source {0} does not exist")]
-    SourceNotFound(String),
-    #[error("model source {0} is not supported here (use file:///path or a local path)")]
-    UnsupportedSource(String),
-    #[error("checksum mismatch for {path}: expected sha256 {expected}, got {actual}")]
-    ChecksumMismatch { path: String, expected: String, actual: String },
-    #[error("{0} is not a GGUF file (bad magic)")]
-    NotGguf(String),
-    #[error("cannot provision model: {0}")]
-    Io(#[from] std::io::Error),
+use crate::fetch::{gguf_check, Downloader, Failure, Fetched};
+
+#[derive(Clone)]
+pub struct Provisioner {
+    log: EventLog,
+    view: LiveView,
+    node: String,
+    models_dir: PathBuf,
+    downloader: Downloader,
 }
 
-impl ProvisionError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            ProvisionError::SourceNotFound(_) => "MODEL_NOT_FOUND",
-            ProvisionError::UnsupportedSource(_) => "INVALID_MODEL_SOURCE",
-            ProvisionError::ChecksumMismatch { .. } => "CHECKSUM_MISMATCH",
-            ProvisionError::NotGguf(_) => "MODEL_INVALID",
-            ProvisionError::Io(_) => "PROVISION_FAILED",
-        }
-    }
-}
-
+/// A model ready to serve, and how it got here.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Provisioned {
-    pub path: PathBuf,
-    pub size_bytes: u64,
-    pub sha256: String,
-    /// False when the store already held the model (nothing was copied).
-    pub copied: bool,
+    pub file: Fetched,
+    /// `catalog` (already here), `copied` or `downloaded`.
+    pub how: &'static str,
 }
 
-/// The local path a source names: `file:///p`, `file:/p` or a plain path.
-pub fn source_path(source: &str) -> Result<PathBuf, ProvisionError> {
-    let path = source.strip_prefix("file://").or_else(|| source.strip_prefix("file:")).unwrap_or(source);
-    if path.contains("://") || path.is_empty() {
-        return Err(ProvisionError::UnsupportedSource(source.chars().take(200).collect()));
+impl Provisioner {
+    pub fn new(log: EventLog, view: LiveView, node: String, models_dir: PathBuf, downloader: Downloader) -> Self {
+        Provisioner { log, view, node, models_dir, downloader }
     }
-    Ok(PathBuf::from(path))
-}
 
-/// Ensures `<models_dir>/<model>.gguf` exists and is verified. Blocking: call off the runtime.
-pub fn provision(models_dir: &Path, model: &str, source: &str, expected_sha256: Option<&str>) -> Result<Provisioned, ProvisionError> {
-    let target = models_dir.join(format!("{model}.gguf"));
-    if target.exists() {
-        let (size_bytes, sha256) = hash_file(&target)?;
-        if expected_sha256.is_none_or(|e| e.eq_ignore_ascii_case(&sha256)) {
-            check_magic(&target)?;
-            return Ok(Provisioned { path: target, size_bytes, sha256, copied: false });
+    /// Ensures `model` is on this node and in the catalog.
+    pub async fn ensure(&self, model: &str, source: &str, expected_sha256: Option<&str>, meta: &Meta) -> Result<Provisioned, Failure> {
+        subjects::validate_name("model", model).map_err(|e| Failure::fatal("INVALID_NAME", e.to_string()))?;
+        if let Some(file) = self.catalogued(model, expected_sha256) {
+            tracing::info!(path = %file.path.display(), "model already on this node; no download");
+            return Ok(Provisioned { file, how: "catalog" });
         }
-        tracing::warn!(path = %target.display(), "stored model does not match its checksum; provisioning again");
-        std::fs::remove_file(&target)?;
+        let reference = ModelRef::parse(source).map_err(|e| Failure::fatal("INVALID_MODEL_SOURCE", e.to_string()))?;
+        let provisioned = match &reference {
+            ModelRef::File(path) => {
+                let (dir, model, path, sha) = (self.models_dir.clone(), model.to_string(), path.clone(), expected_sha256.map(str::to_string));
+                let file = tokio::task::spawn_blocking(move || copy_into_store(&dir, &model, &path, sha.as_deref()))
+                    .await
+                    .map_err(|e| Failure::fatal("PROVISION_FAILED", e.to_string()))??;
+                Provisioned { file, how: "copied" }
+            }
+            _ => Provisioned { file: self.downloader.fetch(model, source, &reference, expected_sha256, meta).await?, how: "downloaded" },
+        };
+        self.register(model, &provisioned.file, meta).await.map_err(|e| Failure::fatal("EVENT_LOG_UNAVAILABLE", e))?;
+        Ok(provisioned)
     }
-    let from = source_path(source)?;
+
+    /// The catalog's entry for the model on this node, if its file is there (and matches).
+    fn catalogued(&self, model: &str, expected_sha256: Option<&str>) -> Option<Fetched> {
+        let entry = self.view.read(|v| v.catalog.get(model, &self.node).cloned())?;
+        let on_disk = std::fs::metadata(&entry.path).map(|m| m.len()).ok();
+        let matches = on_disk == Some(entry.size_bytes) && expected_sha256.is_none_or(|s| s.eq_ignore_ascii_case(&entry.sha256));
+        matches.then(|| Fetched { path: entry.path.into(), size_bytes: entry.size_bytes, sha256: entry.sha256 })
+    }
+
+    /// Records the model in the catalog unless this node already registered this exact file.
+    /// Several hives may race here: each appends only after the model's last event it read, so the
+    /// losers re-read, find the registration, and skip it.
+    async fn register(&self, model: &str, f: &Fetched, meta: &Meta) -> Result<(), String> {
+        let subject = subjects::aggregate(AggregateKind::Model, model);
+        let event = Event::ModelRegistered(ModelRegistered {
+            model: model.into(),
+            node: self.node.clone(),
+            path: f.path.display().to_string(),
+            size_bytes: f.size_bytes,
+            sha256: f.sha256.clone(),
+            memory_required_bytes: rbee_bus::estimated_memory_bytes(f.size_bytes),
+        });
+        for _ in 0..8 {
+            let history = read_subject(&self.log, &subject).await.map_err(|e| e.to_string())?;
+            let current = history.iter().rev().find_map(|r| match &r.envelope.event {
+                Event::ModelRegistered(m) if m.node == self.node => Some(Some(m.sha256 == f.sha256)),
+                Event::ModelRemoved(m) if m.node == self.node => Some(None),
+                _ => None,
+            });
+            if current == Some(Some(true)) {
+                return Ok(());
+            }
+            let expected = history.last().map_or(Expected::NoStream, |r| {
+                Expected::At(rbee_bus::Position { seq: r.stream_seq, version: r.envelope.version })
+            });
+            match self.log.append(event.clone(), expected, meta).await {
+                Ok(_) => return Ok(()),
+                Err(rbee_bus::AppendError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        Err(format!("could not register {model}: the catalog kept changing"))
+    }
+
+    /// Deletes a model's file from this node and records `model.removed`. Refused while a worker on
+    /// this node serves it.
+    pub async fn remove(&self, model: &str, meta: &Meta) -> Result<u64, Failure> {
+        let (entry, serving) = self.view.read(|v| {
+            let serving: Vec<String> = v.registry.workers_for(model).filter(|w| w.node == self.node).map(|w| w.id.clone()).collect();
+            (v.catalog.get(model, &self.node).cloned(), serving)
+        });
+        let Some(entry) = entry else {
+            return Err(Failure::fatal("MODEL_NOT_FOUND", format!("{model} is not in the catalog of node {}", self.node)));
+        };
+        if !serving.is_empty() {
+            return Err(Failure::fatal("MODEL_IN_USE", format!("{model} is served by {}; stop those workers first", serving.join(", "))));
+        }
+        let freed = std::fs::metadata(&entry.path).map(|m| m.len()).unwrap_or(0);
+        match std::fs::remove_file(&entry.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Failure::fatal("REMOVE_FAILED", format!("cannot delete {}: {e}", entry.path))),
+        }
+        let position = self.log.aggregate_position(AggregateKind::Model, model).await.map_err(|e| Failure::fatal("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+        let removed = Event::ModelRemoved(ModelRemoved { model: model.into(), node: self.node.clone(), reason: "removed on request (rbee models rm)".into() });
+        match self.log.append(removed, position.map_or(Expected::NoStream, Expected::At), meta).await {
+            Ok(_) | Err(rbee_bus::AppendError::Conflict { .. }) => Ok(freed),
+            Err(e) => Err(Failure::fatal("EVENT_LOG_UNAVAILABLE", e.to_string())),
+        }
+    }
+}
+
+/// Copies a local GGUF file into the store through a private partial file, hashing on the way and
+/// checking the checksum and header before it is renamed into place. Blocking.
+pub fn copy_into_store(models_dir: &Path, model: &str, from: &Path, expected_sha256: Option<&str>) -> Result<Fetched, Failure> {
+    let io = |e: std::io::Error| Failure::fatal("PROVISION_FAILED", format!("cannot copy {}: {e}", from.display()));
+    let target = models_dir.join(format!("{model}.gguf"));
     if !from.is_file() {
-        return Err(ProvisionError::SourceNotFound(from.display().to_string()));
+        return Err(Failure::fatal("MODEL_NOT_FOUND", format!("model file {} does not exist", from.display())));
     }
-    std::fs::create_dir_all(models_dir)?;
+    std::fs::create_dir_all(models_dir).map_err(io)?;
     remove_abandoned_partials(models_dir, model);
-    // A partial file of our own: several hives (or starts) may provision the same model at once;
-    // each copies and verifies its own, and the renames into place are atomic and identical.
+    // A partial file of our own: several hives (or starts) may copy the same model at once; each
+    // copies and verifies its own, and the renames into place are atomic and identical.
     let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let partial = models_dir.join(format!("{model}.gguf.partial.{}.{nonce}", std::process::id()));
-    let result = copy_hashing(&from, &partial).and_then(|(size_bytes, sha256)| {
+    let result = copy_hashing(from, &partial).map_err(io).and_then(|(size_bytes, sha256)| {
         if let Some(expected) = expected_sha256.filter(|e| !e.eq_ignore_ascii_case(&sha256)) {
-            return Err(ProvisionError::ChecksumMismatch { path: from.display().to_string(), expected: expected.into(), actual: sha256 });
+            return Err(Failure::fatal("CHECKSUM_MISMATCH", format!("{} has sha256 {sha256}, expected {expected}", from.display())));
         }
-        check_magic(&partial)?;
+        gguf_check::check(&partial).map_err(|reason| Failure::fatal("MODEL_INVALID", format!("{} is not a usable GGUF model: {reason}", from.display())))?;
         Ok((size_bytes, sha256))
     });
     match result {
         Ok((size_bytes, sha256)) => {
-            std::fs::rename(&partial, &target)?;
-            Ok(Provisioned { path: target, size_bytes, sha256, copied: true })
+            std::fs::rename(&partial, &target).map_err(io)?;
+            Ok(Fetched { path: target, size_bytes, sha256 })
         }
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
@@ -93,7 +162,7 @@ pub fn provision(models_dir: &Path, model: &str, source: &str, expected_sha256: 
     }
 }
 
-/// Removes partial files of this model left by processes that are gone (a hive killed mid-copy).
+/// Removes copy partials of this model left by processes that are gone (a hive killed mid-copy).
 fn remove_abandoned_partials(models_dir: &Path, model: &str) {
     let prefix = format!("{model}.gguf.partial.");
     let Ok(entries) = std::fs::read_dir(models_dir) else { return };
@@ -107,7 +176,7 @@ fn remove_abandoned_partials(models_dir: &Path, model: &str) {
     }
 }
 
-fn copy_hashing(from: &Path, to: &Path) -> Result<(u64, String), ProvisionError> {
+fn copy_hashing(from: &Path, to: &Path) -> std::io::Result<(u64, String)> {
     let mut input = File::open(from)?;
     let mut output = File::create(to)?;
     let mut hasher = Sha256::new();
@@ -126,20 +195,6 @@ fn copy_hashing(from: &Path, to: &Path) -> Result<(u64, String), ProvisionError>
     Ok((size, hex::encode(hasher.finalize())))
 }
 
-/// Size and sha256 of a file.
-pub fn hash_file(path: &Path) -> Result<(u64, String), ProvisionError> {
-    let mut input = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let size = std::io::copy(&mut input, &mut hasher)?;
-    Ok((size, hex::encode(hasher.finalize())))
-}
-
-fn check_magic(path: &Path) -> Result<(), ProvisionError> {
-    let mut magic = [0u8; 4];
-    let ok = File::open(path).and_then(|mut f| f.read_exact(&mut magic)).is_ok() && &magic == b"GGUF";
-    if ok { Ok(()) } else { Err(ProvisionError::NotGguf(path.display().to_string())) }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,49 +206,46 @@ mod tests {
         dir
     }
 
-    fn fake_gguf(dir: &Path) -> (PathBuf, String) {
+    fn tiny_model(dir: &Path) -> (PathBuf, String) {
         let path = dir.join("source.gguf");
-        std::fs::write(&path, b"GGUF rest of a model").unwrap();
-        let sha = hash_file(&path).unwrap().1;
-        (path, sha)
+        let bytes = gguf_check::tiny_gguf();
+        std::fs::write(&path, &bytes).unwrap();
+        (path, hex::encode(Sha256::digest(&bytes)))
     }
 
     #[test]
-    fn a_missing_model_is_copied_verified_and_then_reused() {
+    fn a_local_model_is_copied_verified_and_placed() {
         let dir = scratch("copy");
-        let (src, sha) = fake_gguf(&dir);
+        let (src, sha) = tiny_model(&dir);
         let store = dir.join("models");
-        let first = provision(&store, "m", &format!("file://{}", src.display()), Some(&sha)).unwrap();
-        assert!(first.copied);
-        assert_eq!(first.sha256, sha);
-        let second = provision(&store, "m", "file:///nonexistent", Some(&sha)).unwrap();
-        assert!(!second.copied, "a stored, verified model is not copied again");
-        assert_eq!(second.path, first.path);
+        let copied = copy_into_store(&store, "m", &src, Some(&sha)).unwrap();
+        assert_eq!(copied.sha256, sha);
+        assert_eq!(copied.path, store.join("m.gguf"));
+        assert_eq!(std::fs::read_dir(&store).unwrap().count(), 1, "only the model, no partial file");
     }
 
     #[test]
     fn a_checksum_mismatch_leaves_nothing_behind() {
         let dir = scratch("mismatch");
-        let (src, _) = fake_gguf(&dir);
+        let (src, _) = tiny_model(&dir);
         let store = dir.join("models");
-        let err = provision(&store, "m", src.to_str().unwrap(), Some(&"0".repeat(64))).unwrap_err();
-        assert_eq!(err.code(), "CHECKSUM_MISMATCH");
+        let err = copy_into_store(&store, "m", &src, Some(&"0".repeat(64))).unwrap_err();
+        assert_eq!(err.code, "CHECKSUM_MISMATCH");
         assert_eq!(std::fs::read_dir(&store).unwrap().count(), 0, "partial file removed");
     }
 
     #[test]
-    fn a_file_without_gguf_magic_is_refused() {
+    fn a_file_that_is_not_a_gguf_model_is_refused() {
         let dir = scratch("magic");
         let src = dir.join("x.gguf");
-        std::fs::write(&src, b"not a model").unwrap();
-        let err = provision(&dir.join("models"), "m", src.to_str().unwrap(), None).unwrap_err();
-        assert_eq!(err.code(), "MODEL_INVALID");
+        std::fs::write(&src, b"GGUF but nothing after the magic").unwrap();
+        let err = copy_into_store(&dir.join("models"), "m", &src, None).unwrap_err();
+        assert_eq!(err.code, "MODEL_INVALID");
     }
 
     #[test]
-    fn missing_and_remote_sources_have_clear_codes() {
-        let dir = scratch("sources");
-        assert_eq!(provision(&dir, "m", "/no/such/file.gguf", None).unwrap_err().code(), "MODEL_NOT_FOUND");
-        assert_eq!(provision(&dir, "m", "https://example.invalid/x.gguf", None).unwrap_err().code(), "INVALID_MODEL_SOURCE");
+    fn a_missing_file_is_model_not_found() {
+        let dir = scratch("missing");
+        assert_eq!(copy_into_store(&dir, "m", Path::new("/no/such/file.gguf"), None).unwrap_err().code, "MODEL_NOT_FOUND");
     }
 }

@@ -3,14 +3,14 @@
 
 use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
 use futures::StreamExt;
-use rbee_bus::read::read_subject;
 use rbee_bus::{
-    subjects, AggregateKind, Event, EventLog, Expected, Meta, ModelRegistered, NodeRegistered, WorkerStartFailed,
-    WorkerStartRequested,
+    download_id, subjects, AggregateKind, DownloadFailed, Event, EventLog, Expected, Meta, ModelPullRequested,
+    ModelRemoveRequested, NodeRegistered, WorkerStartFailed, WorkerStartRequested,
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::provision::{provision, Provisioned};
+use crate::fetch::Downloader;
+use crate::provision::Provisioner;
 use crate::supervisor::{Supervisor, WorkerSpec};
 use crate::{resources, Config};
 
@@ -88,7 +88,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
         .await
         .map_err(bus)?;
     let mut commands = consumer.messages().await.map_err(bus)?;
-    let hive = std::sync::Arc::new(Hive { log, node, config: config.clone(), supervisor: supervisor.clone(), view });
+    let downloader = Downloader::new(log.clone(), view.clone(), node.clone(), config.models_dir(), config.download_settings())
+        .map_err(|f| HiveError::Bus(f.message))?;
+    let provisioner = Provisioner::new(log.clone(), view.clone(), node.clone(), config.models_dir(), downloader);
+    let hive = std::sync::Arc::new(Hive { log, node, config: config.clone(), supervisor: supervisor.clone(), view, provisioner });
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -109,9 +112,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
             let progress = tokio::spawn(report_progress(msg.clone()));
             match rbee_bus::log::decode_message(&msg) {
                 Ok(rec) => {
-                    if let Event::WorkerStartRequested(cmd) = rec.envelope.event {
-                        let meta = Meta { correlation: rec.envelope.correlation, traceparent: rec.envelope.traceparent };
-                        hive.start_worker(cmd, &meta).await;
+                    let meta = Meta { correlation: rec.envelope.correlation, traceparent: rec.envelope.traceparent };
+                    match rec.envelope.event {
+                        Event::WorkerStartRequested(cmd) => hive.start_worker(cmd, &meta).await,
+                        Event::ModelPullRequested(cmd) => hive.pull_model(cmd, &meta).await,
+                        Event::ModelRemoveRequested(cmd) => hive.remove_model(cmd, &meta).await,
+                        _ => {}
                     }
                 }
                 Err(e) => tracing::error!(error = %e, "undecodable command skipped"),
@@ -148,9 +154,44 @@ struct Hive {
     config: Config,
     supervisor: Supervisor,
     view: rbee_projections::LiveView,
+    provisioner: Provisioner,
 }
 
 impl Hive {
+    /// Carries out `model.pull_requested`. A failure that is not a download's own (those record
+    /// themselves) is recorded as `download.failed`, so whoever asked sees the outcome.
+    async fn pull_model(&self, cmd: ModelPullRequested, meta: &Meta) {
+        let span = tracing::info_span!("hive.pull_model", model = %cmd.model);
+        let _enter = span.enter();
+        match self.provisioner.ensure(&cmd.model, &cmd.source, cmd.sha256.as_deref(), meta).await {
+            Ok(p) => tracing::info!(how = p.how, path = %p.file.path.display(), "model pulled"),
+            Err(f) => {
+                tracing::error!(code = f.code, error = %f.message, "model not pulled");
+                let downloaded = !matches!(rbee_bus::model_ref::ModelRef::parse(&cmd.source), Ok(rbee_bus::model_ref::ModelRef::File(_)) | Err(_));
+                if subjects::validate_name("model", &cmd.model).is_ok() && !downloaded {
+                    let failed = Event::DownloadFailed(DownloadFailed { download: download_id(&self.node, &cmd.model), code: f.code.into(), message: f.message });
+                    if let Err(e) = self.log.append(failed, Expected::Any, meta).await {
+                        tracing::error!(error = %e, "failure not recorded");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out `model.remove_requested`: the file is deleted and `model.removed` recorded.
+    async fn remove_model(&self, cmd: ModelRemoveRequested, meta: &Meta) {
+        match self.provisioner.remove(&cmd.model, meta).await {
+            Ok(freed) => tracing::info!(model = %cmd.model, freed, "model removed"),
+            Err(f) => {
+                tracing::error!(model = %cmd.model, code = f.code, error = %f.message, "model not removed");
+                if subjects::validate_name("model", &cmd.model).is_ok() {
+                    let failed = Event::DownloadFailed(DownloadFailed { download: download_id(&self.node, &cmd.model), code: f.code.into(), message: f.message });
+                    let _ = self.log.append(failed, Expected::Any, meta).await;
+                }
+            }
+        }
+    }
+
     /// Carries out a `worker.start_requested` command; failures become `worker.start_failed` events.
     async fn start_worker(&self, cmd: WorkerStartRequested, meta: &Meta) {
         let span = tracing::info_span!("hive.start_worker", worker = %cmd.worker, model = %cmd.model);
@@ -194,49 +235,14 @@ impl Hive {
                 format!("the registry holds {held} workers, its limit (--max-workers {limit}); remove stale workers (rbee workers --state stale) or raise the limit"),
             ));
         }
-        let (models_dir, model, source, sha) =
-            (self.config.models_dir(), cmd.model.clone(), cmd.source.clone(), cmd.sha256.clone());
-        let provisioned = tokio::task::spawn_blocking(move || provision(&models_dir, &model, &source, sha.as_deref()))
+        let provisioned = self
+            .provisioner
+            .ensure(&cmd.model, &cmd.source, cmd.sha256.as_deref(), meta)
             .await
-            .map_err(|e| ("PROVISION_FAILED", e.to_string()))?
-            .map_err(|e| (e.code(), e.to_string()))?;
-        tracing::info!(copied = provisioned.copied, path = %provisioned.path.display(), "model provisioned");
-        self.register_model(&cmd.model, &provisioned, meta).await.map_err(|e| ("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
-        let spec = WorkerSpec { worker: cmd.worker.clone(), model: cmd.model.clone(), model_path: provisioned.path, slots: cmd.slots.max(1) };
+            .map_err(|f| (f.code, f.message))?;
+        tracing::info!(how = provisioned.how, path = %provisioned.file.path.display(), "model provisioned");
+        let spec = WorkerSpec { worker: cmd.worker.clone(), model: cmd.model.clone(), model_path: provisioned.file.path, slots: cmd.slots.max(1) };
         self.supervisor.spawn(&spec).map_err(|e| (e.code(), e.to_string()))?;
         Ok(())
-    }
-
-    /// Records the model in the catalog unless this node already registered this exact file.
-    /// Several hives may race here: each appends only after the model's last event it read, so the
-    /// losers re-read, find the registration, and skip it.
-    async fn register_model(&self, model: &str, p: &Provisioned, meta: &Meta) -> Result<(), String> {
-        let subject = subjects::aggregate(AggregateKind::Model, model);
-        let event = Event::ModelRegistered(ModelRegistered {
-            model: model.into(),
-            node: self.node.clone(),
-            path: p.path.display().to_string(),
-            size_bytes: p.size_bytes,
-            sha256: p.sha256.clone(),
-            memory_required_bytes: rbee_bus::estimated_memory_bytes(p.size_bytes),
-        });
-        for _ in 0..8 {
-            let history = read_subject(&self.log, &subject).await.map_err(|e| e.to_string())?;
-            let known = history.iter().any(|r| {
-                matches!(&r.envelope.event, Event::ModelRegistered(m) if m.node == self.node && m.sha256 == p.sha256)
-            });
-            if known {
-                return Ok(());
-            }
-            let expected = history.last().map_or(Expected::NoStream, |r| {
-                Expected::At(rbee_bus::Position { seq: r.stream_seq, version: r.envelope.version })
-            });
-            match self.log.append(event.clone(), expected, meta).await {
-                Ok(_) => return Ok(()),
-                Err(rbee_bus::AppendError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err(format!("could not register {model}: the catalog kept changing"))
     }
 }

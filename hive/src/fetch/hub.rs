@@ -1,0 +1,134 @@
+//! The model hub over HTTP, as huggingface_hub users know it: `HF_ENDPOINT` (a mirror works),
+//! `HF_TOKEN` as a bearer token, files at `<endpoint>/<repo>/resolve/<revision>/<file>`, the file
+//! list at `<endpoint>/api/models/<repo>/revision/<revision>`, and the LFS sha256 in
+//! `X-Linked-Etag`. Plain `https://` URLs are fetched the same way, without the hub's extras.
+
+use std::time::Duration;
+
+use rbee_bus::model_ref::ModelRef;
+
+use super::Failure;
+
+/// Where the hub is and who we are to it.
+#[derive(Debug, Clone)]
+pub struct HubSettings {
+    pub endpoint: String,
+    pub token: Option<String>,
+}
+
+/// A file to download: its URL and what the source says about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    pub url: String,
+    /// sha256 the hub publishes for the file (LFS), if any.
+    pub sha256: Option<String>,
+}
+
+/// An HTTP client using rustls with the ring provider (the one async-nats already brings).
+pub fn client() -> Result<reqwest::Client, Failure> {
+    client_builder().build().map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("cannot create an HTTP client: {e}")))
+}
+
+fn client_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder().connect_timeout(Duration::from_secs(15)).user_agent(concat!("rbee-hive/", env!("CARGO_PKG_VERSION")))
+}
+
+impl HubSettings {
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(token) if !token.is_empty() => req.bearer_auth(token),
+            _ => req,
+        }
+    }
+
+    pub fn get(&self, client: &reqwest::Client, url: &str) -> reqwest::RequestBuilder {
+        self.authorized(client.get(url))
+    }
+
+    /// The URL and published checksum of what `reference` names.
+    pub async fn resolve(&self, client: &reqwest::Client, reference: &ModelRef) -> Result<Remote, Failure> {
+        match reference {
+            ModelRef::Url(url) => Ok(Remote { url: url.clone(), sha256: None }),
+            ModelRef::File(_) => Err(Failure::fatal("INVALID_MODEL_SOURCE", "a file is copied, not downloaded".into())),
+            ModelRef::Hub { repo, file, revision } => {
+                let file = match file {
+                    Some(f) => f.clone(),
+                    None => self.only_gguf_file(client, repo, revision).await?,
+                };
+                let url = format!("{}/{repo}/resolve/{revision}/{file}", self.endpoint.trim_end_matches('/'));
+                let sha256 = self.published_sha256(client, &url).await?;
+                Ok(Remote { url, sha256 })
+            }
+        }
+    }
+
+    /// The one `.gguf` file of a repository; a repository with several needs the file named.
+    async fn only_gguf_file(&self, client: &reqwest::Client, repo: &str, revision: &str) -> Result<String, Failure> {
+        let url = format!("{}/api/models/{repo}/revision/{revision}", self.endpoint.trim_end_matches('/'));
+        let resp = self.get(client, &url).send().await.map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: {e}")))?;
+        check_status(&resp, &format!("hf:{repo}"))?;
+        let body: serde_json::Value =
+            resp.json().await.map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: unreadable file list: {e}")))?;
+        let ggufs: Vec<String> = body["siblings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s["rfilename"].as_str())
+            .filter(|f| f.ends_with(".gguf"))
+            .map(str::to_string)
+            .collect();
+        match ggufs.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err(Failure::fatal("MODEL_NOT_FOUND", format!("hf:{repo} has no .gguf file"))),
+            many => Err(Failure::fatal(
+                "AMBIGUOUS_MODEL_FILE",
+                format!("hf:{repo} has {} .gguf files; name one: hf:{repo}:<file> ({})", many.len(), many.join(", ")),
+            )),
+        }
+    }
+
+    /// The sha256 the hub publishes for an LFS file (`X-Linked-Etag` on a HEAD that is not followed).
+    /// The hub answers LFS files with a redirect to storage that carries the header itself.
+    async fn published_sha256(&self, _client: &reqwest::Client, url: &str) -> Result<Option<String>, Failure> {
+        let no_redirects = client_builder().redirect(reqwest::redirect::Policy::none()).build();
+        let client = no_redirects.map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("cannot create an HTTP client: {e}")))?;
+        let resp = self
+            .authorized(client.head(url))
+            .send()
+            .await
+            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: {e}")))?;
+        if !resp.status().is_redirection() {
+            check_status(&resp, url)?;
+        }
+        let etag = resp.headers().get("x-linked-etag").and_then(|v| v.to_str().ok()).unwrap_or_default();
+        let sha = etag.trim_start_matches("W/").trim_matches('"').to_ascii_lowercase();
+        Ok((sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit())).then_some(sha))
+    }
+}
+
+/// Maps the hub's refusals to stable codes: what retrying cannot fix is fatal.
+pub fn check_status(resp: &reqwest::Response, what: &str) -> Result<(), Failure> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    Err(match status.as_u16() {
+        404 => Failure::fatal("MODEL_NOT_FOUND", format!("{what} was not found on the model hub (404)")),
+        401 | 403 => Failure::fatal(
+            "ACCESS_DENIED",
+            format!("the model hub refused {what} ({status}); if the model is gated or private, set HF_TOKEN to a token that may read it"),
+        ),
+        429 => {
+            let after = resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            Failure { retry_after: after, ..Failure::retry("RATE_LIMITED", format!("the model hub rate-limited {what} (429)")) }
+        }
+        416 => Failure::retry("DOWNLOAD_FAILED", format!("{what}: the range asked for is not there (416); starting over")),
+        _ => Failure::retry("DOWNLOAD_FAILED", format!("{what}: the server answered {status}")),
+    })
+}
