@@ -38,3 +38,9 @@ pub fn hostname() -> String {
     let name: String = raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(64).collect();
     if name.is_empty() { "localhost".into() } else { name }
 }
+
+/// Makes ring the TLS crypto provider of this process (async-nats already brings it; HTTP clients
+/// then use it too instead of compiling a second one). Call before building an HTTP client.
+pub fn use_ring_for_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}

@@ -87,7 +87,7 @@ async fn queen_caught_up(nats: &Nats, pg: &Postgres, end: u64) -> (Child, f64) {
     let port = rbee_ops::local::process::free_port().unwrap();
     let t0 = Instant::now();
     let child = queen(nats, pg, port);
-    let client = reqwest::Client::new();
+    let client = rbee_features::http();
     loop {
         if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health")).send().await {
             let h: serde_json::Value = r.json().await.unwrap();

@@ -19,11 +19,16 @@ pub struct Cluster {
 impl Cluster {
     /// `rbee up` with the default model (from the shared cache) on free ports.
     pub fn up(extra: &[&str]) -> anyhow::Result<Cluster> {
+        Cluster::up_with_env(extra, &[])
+    }
+
+    /// `rbee up` with extra environment for its processes (the hive reads HF_ENDPOINT, RBEE_DOWNLOAD_*).
+    pub fn up_with_env(extra: &[&str], env: &[(&str, String)]) -> anyhow::Result<Cluster> {
         let data_dir = crate::scratch_dir("cluster");
-        let node = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        let node = unique_node();
         let mut args = vec!["up", "--port", "0", "--node", &node];
         args.extend_from_slice(extra);
-        let out = rbee(&data_dir, &args);
+        let out = rbee_command(&data_dir, &args).envs(env.iter().map(|(k, v)| (k, v))).output().expect("run rbee");
         let up_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let file = data_dir.join("cluster.json");
         let cluster_file: Value = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
@@ -76,6 +81,20 @@ impl Cluster {
         serde_json::from_slice::<Value>(&out.stdout).expect("workers JSON").as_array().cloned().unwrap_or_default()
     }
 
+    /// Starts one more hive on this cluster's log, as another node with its own data directory.
+    pub fn spawn_hive(&self, node: &str, data_dir: &std::path::Path, env: &[(&str, String)]) -> std::process::Child {
+        std::fs::create_dir_all(data_dir.join("logs")).expect("hive data dir");
+        let log = std::fs::File::create(data_dir.join("logs").join(format!("hive-{node}.log"))).expect("hive log");
+        Command::new(crate::bin("rbee-hive"))
+            .args(["--node", node, "--nats-url", &self.nats_url, "--data-dir"])
+            .arg(data_dir)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdout(log.try_clone().expect("hive log"))
+            .stderr(log)
+            .spawn()
+            .expect("rbee-hive starts")
+    }
+
     pub fn log_file(&self, name: &str) -> String {
         std::fs::read_to_string(self.data_dir.join("logs").join(name)).unwrap_or_default()
     }
@@ -99,6 +118,11 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.down();
     }
+}
+
+/// A node name no other test uses.
+pub fn unique_node() -> String {
+    format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
 }
 
 /// `rbee` with the shared caches and a data directory.

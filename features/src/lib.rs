@@ -3,6 +3,7 @@
 //! integration tests.
 
 pub mod cluster;
+pub mod hub;
 pub mod infra;
 pub mod poll;
 
@@ -57,4 +58,10 @@ impl Drop for KillOnDrop {
             let _ = self.0.wait();
         }
     }
+}
+
+/// An HTTP client for tests (TLS through ring, the one crypto provider the workspace builds).
+pub fn http() -> reqwest::Client {
+    rbee_bus::process::use_ring_for_tls();
+    reqwest::Client::new()
 }

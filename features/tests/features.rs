@@ -11,11 +11,43 @@ use std::sync::OnceLock;
 use cucumber::writer::Stats as _;
 use cucumber::World as _;
 use rbee_features::cluster::Cluster;
+use rbee_features::hub::Hub;
 
 /// A cluster serving the default model, shared by the scenarios that only use it.
 static SERVING: OnceLock<Cluster> = OnceLock::new();
 /// A cluster without workers, for the scenarios that start their own.
 static BARE: OnceLock<Cluster> = OnceLock::new();
+/// The model-hub double, publishing the default model.
+static HUB: OnceLock<Hub> = OnceLock::new();
+/// A cluster without workers whose hives download from [`HUB`] with short timeouts.
+static DOWNLOADS: OnceLock<Cluster> = OnceLock::new();
+
+/// Where the hub double publishes the default model.
+pub const HUB_REPO: &str = "rbee-test/SmolLM2-135M-Instruct-GGUF";
+pub const HUB_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+pub fn hub() -> &'static Hub {
+    HUB.get_or_init(|| {
+        let hub = Hub::start();
+        hub.publish(HUB_REPO, HUB_FILE, rbee_features::default_model_file(), rbee_ops::local::model::DEFAULT_SHA256);
+        hub
+    })
+}
+
+/// What the hives of download scenarios are told: the hub, 4 MiB chunks, quick retries.
+pub fn download_env() -> Vec<(&'static str, String)> {
+    vec![
+        ("HF_ENDPOINT", hub().url.clone()),
+        ("RBEE_DOWNLOAD_CHUNK_BYTES", (4 << 20).to_string()),
+        ("RBEE_DOWNLOAD_RETRIES", "2".into()),
+        ("RBEE_DOWNLOAD_STALL_SECS", "1".into()),
+        ("RBEE_DOWNLOAD_BACKOFF_MS", "100".into()),
+    ]
+}
+
+pub fn downloads() -> &'static Cluster {
+    DOWNLOADS.get_or_init(|| Cluster::up_with_env(&["--no-worker"], &download_env()).expect("a cluster for downloads starts"))
+}
 
 pub fn serving() -> &'static Cluster {
     SERVING.get_or_init(|| Cluster::up(&[]).expect("a serving cluster starts"))
@@ -30,8 +62,8 @@ pub fn bare() -> &'static Cluster {
 #[tokio::main]
 async fn main() {
     let features = concat!(env!("CARGO_MANIFEST_DIR"), "/features");
-    let result = steps::RbeeWorld::cucumber().max_concurrent_scenarios(1).fail_on_skipped().with_default_cli().run(features).await;
-    for cluster in [SERVING.get(), BARE.get()].into_iter().flatten() {
+    let result = steps::RbeeWorld::cucumber().max_concurrent_scenarios(1).fail_on_skipped().run(features).await;
+    for cluster in [SERVING.get(), BARE.get(), DOWNLOADS.get()].into_iter().flatten() {
         cluster.down();
     }
     let stats = result.scenarios_stats();

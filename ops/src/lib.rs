@@ -74,10 +74,12 @@ pub enum Command {
         #[arg(long)]
         digest: bool,
     },
-    /// List the model catalog: which node holds which model, where.
+    /// The model catalog (which node holds which model, where), and pulling or removing models.
     Models {
+        #[command(subcommand)]
+        action: Option<ModelAction>,
         /// Only models on this node.
-        #[arg(long)]
+        #[arg(long, global = true)]
         node: Option<String>,
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -136,6 +138,18 @@ pub enum WorkerAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ModelAction {
+    /// List the catalog and downloads under way (the default).
+    List,
+    /// Download a model to a node (default: this cluster's node), with a progress bar.
+    Pull(models::PullArgs),
+    /// Delete a model's file from a node and the catalog.
+    Rm {
+        model: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum EventsCommand {
     /// Print events as JSON lines, following new ones.
     Tail(events::TailArgs),
@@ -146,6 +160,11 @@ impl Cli {
         self.nats_url.clone().or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.nats_url)).unwrap_or_else(|| "nats://127.0.0.1:4222".into())
     }
 
+    /// The node a command addresses: the one given, else this cluster's, else this host.
+    fn node(&self, given: Option<&str>) -> String {
+        given.map(str::to_string).or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.node)).unwrap_or_else(rbee_bus::process::hostname)
+    }
+
     fn queen_url(&self) -> String {
         let url = self.url.clone().or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.queen_url));
         url.unwrap_or_else(|| "http://127.0.0.1:8080".into()).trim_end_matches('/').to_string()
@@ -153,6 +172,7 @@ impl Cli {
 }
 
 pub async fn run(cli: Cli) -> CliResult<()> {
+    rbee_bus::process::use_ring_for_tls();
     let data_dir: &Path = &cli.data_dir;
     match &cli.command {
         Command::Up(args) => up::up(args.clone(), data_dir).await,
@@ -187,11 +207,10 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             let url = url.ok_or_else(|| error::CliError::new("EVENT_STORE_UNAVAILABLE", "no event store: pass --database-url or run rbee up"))?;
             projections_cmd::rebuild(&cli.nats_url(), &url).await
         }
-        Command::Models { node, json } => models::models(&cli.nats_url(), node.as_deref(), *json).await,
-        Command::Workers { action: Some(WorkerAction::Start(args)), .. } => {
-            let node = args.node.clone().or_else(|| ClusterFile::load(data_dir).map(|c| c.node)).unwrap_or_else(rbee_bus::process::hostname);
-            workers::start(&cli.nats_url(), &node, args).await
-        }
+        Command::Models { action: None | Some(ModelAction::List), node, json } => models::list(&cli.nats_url(), node.as_deref(), *json).await,
+        Command::Models { action: Some(ModelAction::Pull(args)), node, .. } => models::pull(&cli.nats_url(), &cli.node(node.as_deref()), args).await,
+        Command::Models { action: Some(ModelAction::Rm { model }), node, .. } => models::remove(&cli.nats_url(), &cli.node(node.as_deref()), model).await,
+        Command::Workers { action: Some(WorkerAction::Start(args)), .. } => workers::start(&cli.nats_url(), &cli.node(args.node.as_deref()), args).await,
         Command::Workers { action: Some(WorkerAction::Drain { worker }), .. } => workers::drain(&cli.nats_url(), worker).await,
         Command::Workers { action: None, filter, json } => workers::workers(&cli.nats_url(), filter, *json).await,
         Command::Events { command: EventsCommand::Tail(args) } => events::tail(&cli.nats_url(), args.clone()).await,

@@ -1,21 +1,217 @@
-//! `rbee models`: the model catalog, folded from the log right now.
+//! `rbee models`: the model catalog (list), and asking a node's hive to pull or remove a model.
+//! A pull shows a progress bar fed by the download's events, so it shows any hive's download of
+//! that model to that node, including one resumed after a crash.
 
-use crate::error::CliResult;
+use std::time::Duration;
 
-pub async fn models(nats_url: &str, node: Option<&str>, json: bool) -> CliResult<()> {
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use rbee_bus::model_ref::ModelRef;
+use rbee_bus::{download_id, subjects, AggregateKind, Event, Expected, Meta, ModelPullRequested, ModelRemoveRequested};
+
+use crate::error::{CliError, CliResult};
+use crate::live::unavailable;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct PullArgs {
+    /// hf:org/repo[:file.gguf], https://.../file.gguf, or file:///path
+    pub reference: String,
+    /// The model's name in the cluster (default: from the file name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Expected sha256 (default: the checksum the hub publishes).
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// Give up waiting after this many seconds (the hive carries on).
+    #[arg(long, default_value_t = 3600)]
+    pub timeout_secs: u64,
+}
+
+/// `rbee models list`: the catalog, then downloads under way.
+pub async fn list(nats_url: &str, node: Option<&str>, json: bool) -> CliResult<()> {
     let cluster = crate::live::connect(nats_url).await?;
-    let entries: Vec<_> = cluster.view.read(|v| v.catalog.page(node, None, usize::MAX).into_iter().cloned().collect());
+    let (entries, downloads): (Vec<_>, Vec<_>) = cluster.view.read(|v| {
+        let entries = v.catalog.page(node, None, usize::MAX).into_iter().cloned().collect();
+        let downloads = v.downloads.active().filter(|d| node.is_none_or(|n| d.node == n)).cloned().collect();
+        (entries, downloads)
+    });
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries).expect("plain data serializes"));
+        let value = serde_json::json!({ "models": entries, "downloads": downloads });
+        println!("{}", serde_json::to_string_pretty(&value).expect("plain data serializes"));
         return Ok(());
     }
     println!("{:<32} {:<16} {:>10} {:>10}  PATH", "MODEL", "NODE", "SIZE MB", "NEEDS MB");
     for e in &entries {
-        let mb = |b: u64| format!("{:.1}", b as f64 / 1_048_576.0);
         println!("{:<32} {:<16} {:>10} {:>10}  {}", e.model, e.node, mb(e.size_bytes), mb(e.memory_required_bytes), e.path);
     }
     if entries.is_empty() {
         println!("(no models)");
     }
+    for d in &downloads {
+        println!("downloading {} to {}: {} of {} MB", d.model, d.node, mb(d.offset), mb(d.total_bytes));
+    }
     Ok(())
+}
+
+/// `rbee models pull`: asks the node's hive for the model and follows its download to the end.
+pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> {
+    let reference = ModelRef::parse(&args.reference).map_err(|e| CliError::new("INVALID_MODEL_SOURCE", e.to_string()))?;
+    let model = args.name.clone().unwrap_or_else(|| reference.default_name());
+    for (field, value) in [("node", node), ("model", model.as_str())] {
+        subjects::validate_name(field, value).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+    }
+    let source = match &reference {
+        ModelRef::File(path) => format!("file://{}", std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display()),
+        _ => args.reference.clone(),
+    };
+    let cluster = crate::live::connect(nats_url).await?;
+    if let Some(e) = cluster.view.read(|v| v.catalog.get(&model, node).cloned()) {
+        println!("{model} is already on {node}: {} ({} MB)", e.path, mb(e.size_bytes));
+        return Ok(());
+    }
+    let client = cluster.log.client();
+    let id = download_id(node, &model);
+    let mut downloads = client.subscribe(subjects::aggregate(AggregateKind::Download, &id)).await.map_err(unavailable)?;
+    let mut models = client.subscribe(subjects::aggregate(AggregateKind::Model, &model)).await.map_err(unavailable)?;
+    let command = Event::ModelPullRequested(ModelPullRequested { node: node.into(), model: model.clone(), source, sha256: args.sha256.clone() });
+    cluster.log.append(command, Expected::Any, &Meta { correlation: Some(id.clone()), traceparent: None }).await.map_err(unavailable)?;
+    println!("pulling {model} to {node} from {}", args.reference);
+    let bar = Bar::new();
+    let follow = async {
+        loop {
+            let msg = tokio::select! {
+                m = downloads.next() => m,
+                m = models.next() => m,
+            };
+            let Some(msg) = msg else { return Err(unavailable("event subscription ended")) };
+            let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) else { continue };
+            match env.event {
+                Event::DownloadStarted(s) => {
+                    bar.length(s.total_bytes);
+                    if s.resume_from > 0 {
+                        let percent = if s.total_bytes > 0 { s.resume_from * 100 / s.total_bytes } else { 0 };
+                        bar.say(format!("Resuming from {percent}% ({} of {} MB)", mb(s.resume_from), mb(s.total_bytes)));
+                    }
+                    bar.position(s.resume_from);
+                }
+                Event::DownloadProgressed(p) => {
+                    bar.length(p.total_bytes);
+                    bar.position(p.offset);
+                }
+                Event::DownloadRetried(r) => {
+                    bar.say(format!("attempt {} failed ({}: {}); retrying in {:.1}s", r.attempt, r.code, r.message, r.delay_ms as f64 / 1000.0));
+                }
+                Event::DownloadFinished(f) => {
+                    bar.length(f.size_bytes);
+                    bar.position(f.size_bytes);
+                    bar.say(format!("downloaded {} MB, sha256 {} verified", mb(f.size_bytes), f.sha256));
+                }
+                Event::DownloadFailed(f) => return Err(CliError::new(f.code, f.message)),
+                Event::ModelRegistered(m) if m.node == node => {
+                    bar.done();
+                    println!("{model} is on {node}: {} ({} MB)", m.path, mb(m.size_bytes));
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        r = tokio::time::timeout(Duration::from_secs(args.timeout_secs), follow) => r.unwrap_or_else(|_| {
+            Err(CliError::new("DOWNLOAD_TIMEOUT", format!("{model} was not on {node} within {}s; the hive carries on (rbee models list)", args.timeout_secs)))
+        }),
+        _ = tokio::signal::ctrl_c() => {
+            bar.say("interrupted; the hive carries on with the download (rbee models list)".into());
+            Err(CliError::interrupted())
+        }
+    };
+    bar.abandon();
+    outcome
+}
+
+/// `rbee models rm`: the node's hive deletes the file and records `model.removed`.
+pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
+    subjects::validate_name("model", model).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+    let cluster = crate::live::connect(nats_url).await?;
+    let Some(entry) = cluster.view.read(|v| v.catalog.get(model, node).cloned()) else {
+        return Err(CliError::new("MODEL_NOT_FOUND", format!("{model} is not on node {node} (rbee models list)")));
+    };
+    let client = cluster.log.client();
+    let mut downloads = client.subscribe(subjects::aggregate(AggregateKind::Download, &download_id(node, model))).await.map_err(unavailable)?;
+    let mut models = client.subscribe(subjects::aggregate(AggregateKind::Model, model)).await.map_err(unavailable)?;
+    let command = Event::ModelRemoveRequested(ModelRemoveRequested { node: node.into(), model: model.into() });
+    cluster.log.append(command, Expected::Any, &Meta::default()).await.map_err(unavailable)?;
+    let wait = async {
+        loop {
+            let msg = tokio::select! {
+                m = downloads.next() => m,
+                m = models.next() => m,
+            };
+            let Some(msg) = msg else { return Err(unavailable("event subscription ended")) };
+            let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) else { continue };
+            match env.event {
+                Event::ModelRemoved(r) if r.node == node => {
+                    println!("removed {model} from {node}; freed {} MB", mb(entry.size_bytes));
+                    return Ok(());
+                }
+                Event::DownloadFailed(f) => return Err(CliError::new(f.code, f.message)),
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait)
+        .await
+        .unwrap_or_else(|_| Err(CliError::new("HIVE_UNAVAILABLE", format!("the hive of {node} did not remove {model} within 60s; is it running?"))))
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / 1_048_576.0)
+}
+
+/// A byte progress bar on a terminal; elsewhere (logs, pipes) a line per tenth.
+struct Bar {
+    bar: ProgressBar,
+    printed_tenth: std::cell::Cell<u64>,
+}
+
+impl Bar {
+    fn new() -> Bar {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        Bar { bar, printed_tenth: std::cell::Cell::new(0) }
+    }
+
+    fn say(&self, line: String) {
+        if self.bar.is_hidden() { println!("{line}") } else { self.bar.println(line) }
+    }
+
+    fn length(&self, total: u64) {
+        if total > 0 {
+            self.bar.set_length(total);
+        }
+    }
+
+    fn position(&self, offset: u64) {
+        self.bar.set_position(offset);
+        let total = self.bar.length().unwrap_or(0);
+        if self.bar.is_hidden() && total > 0 {
+            let tenth = offset * 10 / total;
+            if tenth > self.printed_tenth.get() {
+                self.printed_tenth.set(tenth);
+                println!("{}% ({} of {} MB)", tenth * 10, mb(offset), mb(total));
+            }
+        }
+    }
+
+    fn done(&self) {
+        self.bar.finish_and_clear();
+    }
+
+    fn abandon(&self) {
+        if !self.bar.is_finished() {
+            self.bar.abandon();
+        }
+    }
 }

@@ -3,6 +3,7 @@
 
 mod cancellation;
 mod catalog;
+mod downloads;
 mod queens;
 mod recovery;
 mod registry;
@@ -61,6 +62,8 @@ pub struct RbeeWorld {
     background: Option<tokio::task::JoinHandle<String>>,
     /// A second worker id the scenario started.
     second_worker: String,
+    /// What a download scenario set up and saw.
+    dl: downloads::Dl,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -94,6 +97,7 @@ impl RbeeWorld {
             catalog_prefix: String::new(),
             background: None,
             second_worker: String::new(),
+            dl: downloads::Dl::default(),
         }
     }
 
@@ -104,7 +108,7 @@ impl RbeeWorld {
     /// POSTs a chat completion request for `prompt` to the queen.
     pub async fn post_chat(&self, prompt: &str, max_tokens: u32, stream: bool) -> reqwest::Response {
         let body = json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "stream": stream});
-        reqwest::Client::new()
+        rbee_features::http()
             .post(format!("{}/v1/chat/completions", self.cluster().queen_url))
             .json(&body)
             .send()

@@ -42,7 +42,7 @@ async fn concurrent_requests(w: &mut RbeeWorld, n: usize) {
         let url = format!("{}/v1/chat/completions", urls[i % 2]);
         async move {
             let body = json!({"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": format!("Say {i}.")}]});
-            let response = reqwest::Client::new().post(url).json(&body).send().await.expect("a queen answers");
+            let response = rbee_features::http().post(url).json(&body).send().await.expect("a queen answers");
             let status = response.status().as_u16();
             let id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
             (status, id, response.json::<Value>().await.unwrap_or(Value::Null))
@@ -124,7 +124,7 @@ async fn restarted_lists_worker(w: &mut RbeeWorld) {
 #[then(expr = "asking the restarted queen {string} gets an answer naming {string}")]
 async fn restarted_answers(w: &mut RbeeWorld, prompt: String, expected: String) {
     let body = json!({"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": prompt}]});
-    let response = reqwest::Client::new().post(format!("{}/v1/chat/completions", w.second_queen)).json(&body).send().await.unwrap();
+    let response = rbee_features::http().post(format!("{}/v1/chat/completions", w.second_queen)).json(&body).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let body: Value = response.json().await.unwrap();
     let content = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();

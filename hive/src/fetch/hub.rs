@@ -30,7 +30,7 @@ pub fn client() -> Result<reqwest::Client, Failure> {
 }
 
 fn client_builder() -> reqwest::ClientBuilder {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    rbee_bus::process::use_ring_for_tls();
     reqwest::Client::builder().connect_timeout(Duration::from_secs(15)).user_agent(concat!("rbee-hive/", env!("CARGO_PKG_VERSION")))
 }
 

@@ -111,9 +111,19 @@ impl Downloader {
     /// Makes `model` present in the store from `reference`, downloading (or waiting for another
     /// hive's download of) it. `expected_sha256` overrides the hub's published checksum.
     pub async fn fetch(&self, model: &str, source: &str, reference: &ModelRef, expected_sha256: Option<&str>, meta: &Meta) -> Result<Fetched, Failure> {
-        let remote = self.resolve_with_retries(reference).await?;
-        let expected = expected_sha256.map(str::to_ascii_lowercase).or(remote.sha256.clone());
         let id = download_id(&self.node, model);
+        let remote = match self.resolve_with_retries(reference).await {
+            Ok(remote) => remote,
+            Err(f) => {
+                // Recorded, so whoever asked for the model sees why it will not come.
+                let failed = Event::DownloadFailed(DownloadFailed { download: id, code: f.code.into(), message: f.message.clone() });
+                if let Err(e) = self.log.append(failed, Expected::Any, meta).await {
+                    tracing::error!(error = %e, "download failure not recorded");
+                }
+                return Err(f);
+            }
+        };
+        let expected = expected_sha256.map(str::to_ascii_lowercase).or(remote.sha256.clone());
         loop {
             match self.claim(&id, model, source, &expected, meta).await? {
                 Claim::Mine { position, resume_from, hasher, total } => {
