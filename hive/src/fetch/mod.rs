@@ -327,7 +327,14 @@ impl Downloader {
                 .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("connection to {} lost at offset {}: {e}", job.url, t.offset)))?;
             let Some(bytes) = next else { break };
             received += bytes.len() as u64;
-            for boundary in t.write(&bytes, self.settings.chunk_bytes).await? {
+            let crossed = t.write(&bytes, self.settings.chunk_bytes).await?;
+            if self.settings.limit_bytes_per_sec > 0 {
+                let due = Duration::from_secs_f64(received as f64 / self.settings.limit_bytes_per_sec as f64);
+                if let Some(ahead) = due.checked_sub(started.elapsed()) {
+                    tokio::time::sleep(ahead).await;
+                }
+            }
+            for boundary in crossed {
                 let rate = (received as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64;
                 let progressed = Event::DownloadProgressed(DownloadProgressed {
                     download: job.id.clone(),
@@ -337,12 +344,6 @@ impl Downloader {
                     bytes_per_sec: rate,
                 });
                 t.position = self.append(job, progressed, t.position).await?;
-            }
-            if self.settings.limit_bytes_per_sec > 0 {
-                let due = Duration::from_secs_f64(received as f64 / self.settings.limit_bytes_per_sec as f64);
-                if let Some(ahead) = due.checked_sub(started.elapsed()) {
-                    tokio::time::sleep(ahead).await;
-                }
             }
         }
         if t.total > 0 && t.offset < t.total {
