@@ -53,6 +53,11 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// `rbee <args>` against this cluster, not yet run.
+    pub fn rbee_command_for(&self, args: &[&str]) -> Command {
+        rbee_command(&self.data_dir, args)
+    }
+
     /// Runs `rbee <args>` against this cluster.
     pub fn rbee(&self, args: &[&str]) -> Output {
         rbee(&self.data_dir, args)

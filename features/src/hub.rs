@@ -40,6 +40,14 @@ pub struct Seen {
     pub authorization: Option<String>,
     pub status: u16,
     pub at: Instant,
+    /// Body bytes sent so far.
+    pub sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Seen {
+    pub fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -150,8 +158,10 @@ async fn serve_file(
             }
         }
     });
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut record = |status: u16| {
-        inner.seen.push(Seen { method: method.to_string(), path: key.clone(), range: range.clone(), authorization: authorization.clone(), status, at: Instant::now() });
+        let seen = Seen { method: method.to_string(), path: key.clone(), range: range.clone(), authorization: authorization.clone(), status, at: Instant::now(), sent: sent.clone() };
+        inner.seen.push(seen);
     };
     let Some(hub_file) = found else {
         record(404);
@@ -203,7 +213,11 @@ async fn serve_file(
         Some(Fault::StallAt { offset, .. }) => (None, Some(offset)),
         _ => (None, None),
     };
-    let body = file_stream(hub_file.path, from, size, cut, stall, throttle);
+    let body = file_stream(hub_file.path, from, size, cut, stall, throttle).inspect(move |piece| {
+        if let Ok(bytes) = piece {
+            sent.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
     response.body(Body::from_stream(body)).expect("valid response")
 }
 

@@ -189,3 +189,82 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
     }
 }
+
+/// A download whose hive is SIGKILLed at a random offset, 20 times in a row (a new download each
+/// time): after the hive restarts, every download ends with a sha256-verified file, resumed from the
+/// last recorded chunk, so the hive fetches at most one chunk twice. (What the hub sent twice also
+/// counts bytes that were still in socket buffers when the hive died; it is reported, not bounded.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
+    const CHUNK: u64 = 4 << 20;
+    const ROUNDS: usize = 20;
+    let hub = rbee_features::hub::Hub::start();
+    let (repo, file) = ("rbee-test/SmolLM2-GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf");
+    let sha = rbee_ops::local::model::DEFAULT_SHA256;
+    hub.publish(repo, file, rbee_features::default_model_file(), sha);
+    let size = std::fs::metadata(rbee_features::default_model_file()).unwrap().len();
+    // 150 MB/s: a download takes about 0.7 s, so a kill lands anywhere in it.
+    hub.throttle(150_000_000);
+    let env = vec![("HF_ENDPOINT", hub.url.clone()), ("RBEE_DOWNLOAD_CHUNK_BYTES", CHUNK.to_string())];
+    let cluster = rbee_features::cluster::Cluster::up_with_env(&["--no-worker"], &env).expect("rbee up");
+    let node = rbee_features::cluster::unique_node();
+    let dir = rbee_features::scratch_dir("hive");
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
+    println!("kill schedule seed: {seed}");
+    let mut rng = seed;
+    let mut next = move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    };
+    let mut hive = KillOnDrop(cluster.spawn_hive(&node, &dir, &env));
+    let mut refetched = Vec::new();
+    for round in 0..ROUNDS {
+        let model = format!("crash{round}");
+        let seen_before = hub.seen("").len();
+        let pull = cluster
+            .rbee_command_for(&["models", "pull", &format!("hf:{repo}:{file}"), "--name", &model, "--node", &node, "--timeout-secs", "120"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rbee models pull");
+        // Kill somewhere between the first byte and the end.
+        let progressed = eventually("the download starts", Duration::from_secs(30), || async {
+            let any = hub.seen("")[seen_before..].iter().any(|s| s.method == "GET" && s.sent() > 0);
+            if any { Ok(()) } else { Err(()) }
+        });
+        progressed.await;
+        tokio::time::sleep(Duration::from_millis(next(600))).await;
+        let first_get_sent = hub.seen("")[seen_before..].iter().filter(|s| s.method == "GET").map(|s| s.sent()).sum::<u64>();
+        drop(hive);
+        let partial = dir.join("models").join(format!("{model}.gguf.partial"));
+        let received_at_kill = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        hive = KillOnDrop(cluster.spawn_hive(&node, &dir, &env));
+        let out = tokio::task::spawn_blocking(move || pull.wait_with_output().unwrap()).await.unwrap();
+        let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "round {round}: {printed}");
+        let stored = dir.join("models").join(format!("{model}.gguf"));
+        assert_eq!(sha256_file(&stored), sha, "round {round}: the file is verified");
+        let gets: Vec<_> = hub.seen("")[seen_before..].iter().filter(|s| s.method == "GET").cloned().collect();
+        let resumed_from: u64 = gets.last().and_then(|s| s.range.as_deref()).and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()).unwrap_or(0);
+        let hive_twice = received_at_kill.saturating_sub(resumed_from);
+        assert!(hive_twice <= CHUNK, "round {round}: the hive had {received_at_kill} bytes at the kill and resumed from {resumed_from}");
+        let hub_twice = gets.iter().map(|s| s.sent()).sum::<u64>().saturating_sub(size);
+        refetched.push((hive_twice, hub_twice));
+        println!("round {round}: killed with {received_at_kill} bytes on disk ({first_get_sent} sent), resumed from {resumed_from}: the hive fetched {hive_twice} twice, the hub sent {hub_twice} twice");
+    }
+    let median = |mut v: Vec<u64>| {
+        v.sort();
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (hive, hub) = (median(refetched.iter().map(|r| r.0).collect()), median(refetched.iter().map(|r| r.1).collect()));
+    println!("bytes fetched twice per kill (median, max): by the hive {hive:?}, sent by the hub {hub:?}; chunk {CHUNK}");
+}
+
+fn sha256_file(path: &std::path::Path) -> String {
+    use sha2::Digest;
+    let mut hasher = sha2::Sha256::new();
+    std::io::copy(&mut std::fs::File::open(path).expect("stored model"), &mut hasher).unwrap();
+    hex::encode(hasher.finalize())
+}

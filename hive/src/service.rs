@@ -92,6 +92,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
         .map_err(|f| HiveError::Bus(f.message))?;
     let provisioner = Provisioner::new(log.clone(), view.clone(), node.clone(), config.models_dir(), downloader);
     let hive = std::sync::Arc::new(Hive { log, node, config: config.clone(), supervisor: supervisor.clone(), view, provisioner });
+    tokio::spawn(hive.clone().resume_abandoned_downloads());
     loop {
         let msg = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -158,6 +159,24 @@ struct Hive {
 }
 
 impl Hive {
+    /// Downloads to this node that a dead hive left under way are resumed at once, from the log,
+    /// rather than when their command is redelivered.
+    async fn resume_abandoned_downloads(self: std::sync::Arc<Self>) {
+        let pid = std::process::id();
+        let abandoned: Vec<rbee_projections::Download> =
+            self.view.read(|v| v.downloads.active().filter(|d| d.node == self.node && d.pid != pid).cloned().collect());
+        for d in abandoned {
+            let hive = self.clone();
+            tokio::spawn(async move {
+                let meta = Meta { correlation: Some(d.id.clone()), traceparent: None };
+                tracing::info!(model = %d.model, offset = d.offset, "resuming a download a previous hive left");
+                if let Err(f) = hive.provisioner.ensure(&d.model, &d.source, d.expected_sha256.as_deref(), &meta).await {
+                    tracing::error!(model = %d.model, code = f.code, error = %f.message, "resumed download failed");
+                }
+            });
+        }
+    }
+
     /// Carries out `model.pull_requested`. A failure that is not a download's own (those record
     /// themselves) is recorded as `download.failed`, so whoever asked sees the outcome.
     async fn pull_model(&self, cmd: ModelPullRequested, meta: &Meta) {

@@ -26,6 +26,8 @@ pub struct Download {
     /// SHA-256 state after `offset` (empty at 0).
     pub sha256_state: Vec<u8>,
     pub expected_sha256: Option<String>,
+    /// The checksum of the finished file.
+    pub verified_sha256: Option<String>,
     pub owner: String,
     pub pid: u32,
     pub attempts: u32,
@@ -58,6 +60,7 @@ impl Downloads {
                     offset: e.resume_from,
                     sha256_state: Vec::new(),
                     expected_sha256: e.sha256.clone(),
+                    verified_sha256: None,
                     owner: e.owner.clone(),
                     pid: e.pid,
                     attempts: 0,
@@ -81,6 +84,7 @@ impl Downloads {
             Event::DownloadFinished(e) => (&e.download, Box::new(|d| {
                 d.status = DownloadStatus::Finished;
                 d.offset = e.size_bytes;
+                d.verified_sha256 = Some(e.sha256.clone());
             })),
             Event::DownloadFailed(e) => (&e.download, Box::new(|d| {
                 d.status = DownloadStatus::Failed;

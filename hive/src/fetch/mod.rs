@@ -98,6 +98,8 @@ enum Claim {
     Mine { position: Position, resume_from: u64, hasher: ResumableSha256, total: u64 },
     /// A live hive holds it: wait for the outcome after `seen`.
     Held { seen: u64 },
+    /// It finished and its file is in place (its holder died before registering it).
+    Done(Fetched),
 }
 
 impl Downloader {
@@ -130,6 +132,7 @@ impl Downloader {
                     let job = Job { id: id.clone(), model: model.to_string(), url: remote.url.clone(), expected: expected.clone(), meta: meta.clone() };
                     return self.download(&job, position, resume_from, hasher, total).await;
                 }
+                Claim::Done(fetched) => return Ok(fetched),
                 Claim::Held { seen } => {
                     if let Some(outcome) = self.wait_for_holder(&id, model, seen).await {
                         return outcome;
@@ -176,6 +179,9 @@ impl Downloader {
                 tracing::info!(holder = %d.owner, pid = d.pid, offset = d.offset, "another hive is downloading this model; waiting");
                 return Ok(Claim::Held { seen: d.position.seq });
             }
+            if let Some(done) = previous.and_then(|d| self.finished_file(d, model)) {
+                return Ok(Claim::Done(done));
+            }
             // Resume what an ended holder left, if the partial file still has those bytes.
             let resumable = previous.filter(|d| d.status == DownloadStatus::Active).and_then(|d| {
                 let on_disk = std::fs::metadata(self.partial_path(model)).map(|m| m.len()).unwrap_or(0);
@@ -206,6 +212,15 @@ impl Downloader {
                 Err(e) => return Err(Failure::retry("EVENT_LOG_UNAVAILABLE", e.to_string())),
             }
         }
+    }
+
+    /// The file of a finished download, if it is still in place with its size (its content was
+    /// verified before it got there).
+    fn finished_file(&self, d: &rbee_projections::Download, model: &str) -> Option<Fetched> {
+        let sha256 = d.verified_sha256.clone().filter(|_| d.status == DownloadStatus::Finished)?;
+        let path = self.target_path(model);
+        let size_bytes = std::fs::metadata(&path).ok()?.len();
+        (size_bytes == d.offset).then_some(Fetched { path, size_bytes, sha256 })
     }
 
     /// Whether the hive process holding a download is still at work: this run, or a live hive
