@@ -24,9 +24,36 @@ pub struct Config {
     /// Seconds between checks that every catalogued model file of this node still exists.
     #[arg(long, env = "RBEE_CATALOG_CHECK_SECS", default_value_t = 30)]
     pub catalog_check_secs: u64,
-    /// Seconds a worker gets to exit after SIGTERM before it is killed.
-    #[arg(long, env = "RBEE_WORKER_GRACE_SECS", default_value_t = 10)]
-    pub worker_grace_secs: u64,
+    /// Seconds a worker gets after SIGTERM (it finishes its requests in flight) before it is killed.
+    #[arg(long, env = "RBEE_WORKER_GRACE_SECS", default_value_t = 30.0)]
+    pub worker_grace_secs: f64,
+    /// The worker executable for the cuda backend (default: `rbee-worker-cuda` beside this one, else on PATH).
+    #[arg(long, env = "RBEE_WORKER_BIN_CUDA")]
+    pub worker_bin_cuda: Option<PathBuf>,
+    /// The worker executable for the metal backend (default: `rbee-worker-metal`).
+    #[arg(long, env = "RBEE_WORKER_BIN_METAL")]
+    pub worker_bin_metal: Option<PathBuf>,
+    /// Seconds a worker may take to load its model and become ready; then it is killed (LOADING_TIMEOUT).
+    #[arg(long, env = "RBEE_LOADING_TIMEOUT_SECS", default_value_t = 300.0)]
+    pub loading_timeout_secs: f64,
+    /// Whether a crashed worker is started again.
+    #[arg(long, env = "RBEE_RESTART", value_enum, default_value = "on-failure")]
+    pub restart: crate::supervisor::RestartPolicy,
+    /// Restarts of one worker before the hive gives up on it.
+    #[arg(long, env = "RBEE_MAX_RESTARTS", default_value_t = 3)]
+    pub max_restarts: u32,
+    /// Seconds a ready worker may sit without requests before it is stopped (0: never).
+    #[arg(long, env = "RBEE_IDLE_TIMEOUT_SECS", default_value_t = 0.0)]
+    pub idle_timeout_secs: f64,
+    /// CPU cores workers are pinned to, e.g. `0-3,6` (default: all).
+    #[arg(long, env = "RBEE_CPU_CORES")]
+    pub cpu_cores: Option<String>,
+    /// A model needs its memory estimate times this percentage of free RAM (or VRAM) to start.
+    #[arg(long, env = "RBEE_RAM_FACTOR_PERCENT", default_value_t = 100)]
+    pub ram_factor_percent: u64,
+    /// GPUs at or above this temperature (Celsius) take no new worker.
+    #[arg(long, env = "RBEE_MAX_GPU_TEMPERATURE_C", default_value_t = 85)]
+    pub max_gpu_temperature_c: u32,
     /// The model hub (a mirror works), as huggingface_hub reads it.
     #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
     pub hf_endpoint: String,
@@ -51,6 +78,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Fails on a malformed `--cpu-cores`.
+    pub fn cores(&self) -> Result<Option<Vec<usize>>, String> {
+        self.cpu_cores.as_deref().map(crate::supervisor::parse_cores).transpose()
+    }
+
     pub fn download_settings(&self) -> crate::fetch::DownloadSettings {
         crate::fetch::DownloadSettings {
             chunk_bytes: self.download_chunk_bytes,
@@ -74,16 +106,42 @@ impl Config {
         self.data_dir.join("logs")
     }
 
-    pub fn worker_grace(&self) -> Duration {
-        Duration::from_secs(self.worker_grace_secs)
+    pub fn supervisor_settings(&self) -> crate::supervisor::SupervisorSettings {
+        crate::supervisor::SupervisorSettings {
+            grace: secs(self.worker_grace_secs),
+            restart: self.restart,
+            max_restarts: self.max_restarts,
+        }
     }
 
-    /// The worker binary to spawn.
-    pub fn worker_binary(&self) -> PathBuf {
-        if let Some(bin) = &self.worker_bin {
+    pub fn loading_timeout(&self) -> Duration {
+        secs(self.loading_timeout_secs)
+    }
+
+    /// `None` when workers are never stopped for idleness.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        (self.idle_timeout_secs > 0.0).then(|| secs(self.idle_timeout_secs))
+    }
+
+    pub fn limits(&self) -> crate::preflight::Limits {
+        crate::preflight::Limits { ram_factor_percent: self.ram_factor_percent, max_gpu_temperature_c: self.max_gpu_temperature_c }
+    }
+
+    /// The worker binary for a backend: as configured, else beside this executable, else on PATH.
+    pub fn worker_binary(&self, backend: &str) -> PathBuf {
+        let (given, name) = match backend {
+            "cuda" => (&self.worker_bin_cuda, "rbee-worker-cuda"),
+            "metal" => (&self.worker_bin_metal, "rbee-worker-metal"),
+            _ => (&self.worker_bin, "rbee-worker"),
+        };
+        if let Some(bin) = given {
             return bin.clone();
         }
-        let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join("rbee-worker")));
-        beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from("rbee-worker"))
+        let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join(name)));
+        beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from(name))
     }
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 1e7))
 }

@@ -3,6 +3,8 @@
 
 pub mod config;
 pub mod fetch;
+pub mod lifecycle;
+pub mod preflight;
 pub mod provision;
 pub mod resources;
 pub mod service;

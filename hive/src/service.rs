@@ -22,6 +22,8 @@ pub enum HiveError {
     Bus(String),
     #[error("cannot prepare data directory: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(String),
 }
 
 impl HiveError {
@@ -30,6 +32,7 @@ impl HiveError {
             HiveError::InvalidName(_) => "INVALID_NAME",
             HiveError::Bus(_) => "EVENT_LOG_UNAVAILABLE",
             HiveError::Io(_) => "DATA_DIR_UNUSABLE",
+            HiveError::Config(_) => "INVALID_CONFIG",
         }
     }
 }
@@ -61,10 +64,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     let view = rbee_projections::LiveView::start(&log, shutdown.clone()).await.map_err(bus)?;
     let every = std::time::Duration::from_secs(config.catalog_check_secs.max(1));
     tokio::spawn(crate::upkeep::run(log.clone(), view.clone(), node.clone(), every, shutdown.clone()));
-    let supervisor =
-        Supervisor::new(log.clone(), node.clone(), config.nats_url.clone(), config.worker_binary(), config.logs_dir());
-    if let Err(e) = supervisor.check_binary() {
+    let cores = config.cores().map_err(HiveError::Config)?;
+    let supervisor = Supervisor::new(log.clone(), node.clone(), config.nats_url.clone(), config.logs_dir(), config.supervisor_settings());
+    if let Err(e) = crate::supervisor::check_binary(&config.worker_binary("cpu")) {
         tracing::warn!(error = %e, "workers cannot be started until this is fixed");
+    }
+    crate::lifecycle::adopt_running_workers(&log, &view, &supervisor, &config, &node, &cores).await;
+    if let Some(idle) = config.idle_timeout() {
+        tokio::spawn(crate::lifecycle::stop_idle_workers(view.clone(), supervisor.clone(), idle, shutdown.clone()));
     }
     let durable = format!("hive-{node}");
     let consumer = log
@@ -91,7 +98,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     let downloader = Downloader::new(log.clone(), view.clone(), node.clone(), config.models_dir(), config.download_settings())
         .map_err(|f| HiveError::Bus(f.message))?;
     let provisioner = Provisioner::new(log.clone(), view.clone(), node.clone(), config.models_dir(), downloader);
-    let hive = std::sync::Arc::new(Hive { log, node, config: config.clone(), supervisor: supervisor.clone(), view, provisioner });
+    let hive = std::sync::Arc::new(Hive { log, node, config: config.clone(), supervisor: supervisor.clone(), view, provisioner, cores });
     tokio::spawn(hive.clone().resume_abandoned_downloads());
     loop {
         let msg = tokio::select! {
@@ -130,7 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
         });
     }
     tracing::info!("stopping workers");
-    supervisor.stop_all(config.worker_grace()).await;
+    supervisor.stop_all("shutdown").await;
     Ok(())
 }
 
@@ -156,6 +163,7 @@ struct Hive {
     supervisor: Supervisor,
     view: rbee_projections::LiveView,
     provisioner: Provisioner,
+    cores: Option<Vec<usize>>,
 }
 
 impl Hive {
@@ -244,7 +252,12 @@ impl Hive {
         for (field, value) in [("worker id", &cmd.worker), ("model", &cmd.model)] {
             subjects::validate_name(field, value).map_err(|e| ("INVALID_NAME", e.to_string()))?;
         }
-        self.supervisor.check_binary().map_err(|e| (e.code(), e.to_string()))?;
+        // Preflight before anything is fetched: the backend, the device, and the memory if the
+        // catalog already knows the model's size here.
+        let known = self.view.read(|v| v.catalog.get(&cmd.model, &self.node).map(|e| e.memory_required_bytes)).unwrap_or(0);
+        let placement = self.preflight(cmd, known)?;
+        let binary = self.config.worker_binary(placement.backend);
+        crate::supervisor::check_binary(&binary).map_err(|e| (e.code(), e.to_string()))?;
         // Checked against this hive's view of the registry: hives starting workers at the same instant
         // may each see room for one more (the limit is a guard against runaway growth, not a quota).
         let (held, limit) = (self.view.read(|v| v.registry.workers.len()), self.config.max_workers);
@@ -260,8 +273,24 @@ impl Hive {
             .await
             .map_err(|f| (f.code, f.message))?;
         tracing::info!(how = provisioned.how, path = %provisioned.file.path.display(), "model provisioned");
-        let spec = WorkerSpec { worker: cmd.worker.clone(), model: cmd.model.clone(), model_path: provisioned.file.path, slots: cmd.slots.max(1) };
+        // Again just before the spawn: memory may have gone while the model was fetched.
+        let placement = self.preflight(cmd, rbee_bus::estimated_memory_bytes(provisioned.file.size_bytes))?;
+        tracing::info!(backend = placement.backend, device = ?placement.device, reason = %placement.reason, "preflight passed");
+        let spec = WorkerSpec {
+            worker: cmd.worker.clone(),
+            model: cmd.model.clone(),
+            model_path: provisioned.file.path,
+            slots: cmd.slots.max(1),
+            binary,
+            cores: self.cores.clone(),
+            device: placement.device,
+        };
         self.supervisor.spawn(&spec).map_err(|e| (e.code(), e.to_string()))?;
-        Ok(())
+        crate::lifecycle::wait_ready(&self.view, &self.supervisor, &cmd.worker, self.config.loading_timeout()).await
+    }
+
+    fn preflight(&self, cmd: &WorkerStartRequested, memory_bytes: u64) -> Result<crate::preflight::Placement, (&'static str, String)> {
+        let inventory = crate::preflight::read(&self.config.data_dir);
+        crate::preflight::place(&inventory, &cmd.backend, cmd.device, memory_bytes, &self.config.limits()).map_err(|r| (r.code, r.message))
     }
 }

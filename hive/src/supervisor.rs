@@ -1,5 +1,7 @@
-//! Worker processes: spawned, watched, and stopped (SIGTERM, grace, SIGKILL). Every exit is recorded
-//! as a `worker.exited` event with its code or signal.
+//! Worker processes: spawned (pinned to the configured cores), watched until they exit, restarted
+//! after a crash per policy, adopted again by a restarted hive, and stopped with SIGTERM then SIGKILL
+//! after a grace period. Every exit is a `worker.exited` event with its code or signal, and every
+//! signal the hive sends is a `worker.signalled` event with the reason.
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
@@ -9,7 +11,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rbee_bus::{Event, EventLog, Expected, Meta, WorkerExited};
+use rbee_bus::{Event, EventLog, Expected, Meta, WorkerExited, WorkerSignalled};
 use tokio_util::task::TaskTracker;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +41,37 @@ pub struct WorkerSpec {
     pub model: String,
     pub model_path: PathBuf,
     pub slots: u32,
+    /// The executable for the worker's backend.
+    pub binary: PathBuf,
+    /// CPU cores the process may run on (`None`: all).
+    pub cores: Option<Vec<usize>>,
+    /// The GPU it uses (exposed to it as its only device through `CUDA_VISIBLE_DEVICES`).
+    pub device: Option<u32>,
+}
+
+/// When a worker that exited on its own is started again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RestartPolicy {
+    Never,
+    /// After a crash (a non-zero exit or a signal the hive did not send).
+    OnFailure,
+}
+
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    pub grace: Duration,
+    pub restart: RestartPolicy,
+    /// Restarts of one worker before the hive gives up on it.
+    pub max_restarts: u32,
+}
+
+/// A process the supervisor answers for.
+struct Tracked {
+    pid: u32,
+    spec: WorkerSpec,
+    /// Why the hive is stopping it, once it is.
+    stopping: Option<&'static str>,
+    restarts: u32,
 }
 
 #[derive(Clone)]
@@ -46,33 +79,40 @@ pub struct Supervisor {
     log: EventLog,
     node: String,
     nats_url: String,
-    binary: PathBuf,
     logs_dir: PathBuf,
-    running: Arc<Mutex<HashMap<String, u32>>>,
-    waiters: TaskTracker,
+    settings: SupervisorSettings,
+    running: Arc<Mutex<HashMap<String, Tracked>>>,
+    watchers: TaskTracker,
 }
 
+/// How long recording an exit may take when the log is unreachable: never hang a shutdown on it.
+const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Supervisor {
-    pub fn new(log: EventLog, node: String, nats_url: String, binary: PathBuf, logs_dir: PathBuf) -> Self {
-        Supervisor { log, node, nats_url, binary, logs_dir, running: Default::default(), waiters: TaskTracker::new() }
+    pub fn new(log: EventLog, node: String, nats_url: String, logs_dir: PathBuf, settings: SupervisorSettings) -> Self {
+        Supervisor { log, node, nats_url, logs_dir, settings, running: Default::default(), watchers: TaskTracker::new() }
     }
 
-    /// Checks the worker binary before anything is spawned.
-    pub fn check_binary(&self) -> Result<PathBuf, SpawnError> {
-        let resolved = resolve(&self.binary).ok_or_else(|| SpawnError::BinaryMissing(self.binary.display().to_string()))?;
-        let mode = std::fs::metadata(&resolved)?.permissions().mode();
-        if mode & 0o111 == 0 {
-            return Err(SpawnError::BinaryNotExecutable(resolved.display().to_string()));
-        }
-        Ok(resolved)
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Workers this supervisor answers for, with their pids.
+    pub fn workers(&self) -> Vec<(String, u32)> {
+        self.lock().iter().map(|(w, t)| (w.clone(), t.pid)).collect()
     }
 
     /// Starts a worker process; returns its pid. Its exit is recorded when it happens.
     pub fn spawn(&self, spec: &WorkerSpec) -> Result<u32, SpawnError> {
-        let binary = self.check_binary()?;
+        self.spawn_incarnation(spec.clone(), 0)
+    }
+
+    fn spawn_incarnation(&self, spec: WorkerSpec, restarts: u32) -> Result<u32, SpawnError> {
+        let binary = check_binary(&spec.binary)?;
         std::fs::create_dir_all(&self.logs_dir)?;
-        let log_file = std::fs::File::create(self.logs_dir.join(format!("worker-{}.log", spec.worker)))?;
-        let mut child = tokio::process::Command::new(binary)
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(self.logs_dir.join(format!("worker-{}.log", spec.worker)))?;
+        let mut command = tokio::process::Command::new(binary);
+        command
             .arg("--nats-url").arg(&self.nats_url)
             .arg("--node").arg(&self.node)
             .arg("--worker-id").arg(&spec.worker)
@@ -81,42 +121,101 @@ impl Supervisor {
             .arg("--slots").arg(spec.slots.to_string())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
-            .stderr(log_file)
-            .spawn()?;
+            .stderr(log_file);
+        if let Some(device) = spec.device {
+            command.env("CUDA_VISIBLE_DEVICES", device.to_string());
+        }
+        if let Some(cores) = spec.cores.clone() {
+            // SAFETY: sched_setaffinity is async-signal-safe; the set is built before fork.
+            unsafe {
+                command.pre_exec(move || pin_to(&cores));
+            }
+        }
+        let child = command.spawn()?;
         let pid = child.id().unwrap_or(0);
-        self.running.lock().unwrap_or_else(|p| p.into_inner()).insert(spec.worker.clone(), pid);
-        tracing::info!(worker = %spec.worker, pid, "worker spawned");
-        let this = self.clone();
+        tracing::info!(worker = %spec.worker, pid, restarts, cores = ?spec.cores, "worker spawned");
         let worker = spec.worker.clone();
-        self.waiters.spawn(async move {
-            let status = child.wait().await;
-            this.running.lock().unwrap_or_else(|p| p.into_inner()).remove(&worker);
-            let (exit_code, signal) = match status {
+        self.lock().insert(worker.clone(), Tracked { pid, spec, stopping: None, restarts });
+        let this = self.clone();
+        self.watchers.spawn(async move {
+            let mut child = child;
+            let (exit_code, signal) = match child.wait().await {
                 Ok(s) => (s.code(), s.signal()),
                 Err(e) => {
                     tracing::error!(%worker, error = %e, "lost track of worker");
                     (None, None)
                 }
             };
-            tracing::info!(%worker, ?exit_code, ?signal, "worker exited");
-            if !this.was_registered_incarnation(&worker, pid).await {
-                tracing::info!(%worker, pid, "the exited process never held this worker id (another incarnation does); nothing recorded");
-                return;
-            }
-            let exited = Event::WorkerExited(WorkerExited { worker: worker.clone(), node: this.node.clone(), exit_code, signal });
-            if let Err(e) = this.log.append(exited, Expected::Any, &Meta::default()).await {
-                tracing::error!(%worker, error = %e, "worker exit not recorded");
-            }
+            this.exited(&worker, pid, exit_code, signal).await;
         });
         Ok(pid)
+    }
+
+    /// Takes charge of a worker process a previous hive started and that still runs: it is watched
+    /// (by its pid, as it is not our child) and stopped like the others.
+    pub fn adopt(&self, spec: WorkerSpec, pid: u32) {
+        let worker = spec.worker.clone();
+        tracing::info!(%worker, pid, "adopted a running worker");
+        self.lock().insert(worker.clone(), Tracked { pid, spec, stopping: None, restarts: 0 });
+        let this = self.clone();
+        self.watchers.spawn(async move {
+            while process_alive(pid) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            // Not our child: its exit status went to init.
+            this.exited(&worker, pid, None, None).await;
+        });
+    }
+
+    /// Records an exit, then restarts the worker if it crashed and the policy says so.
+    async fn exited(&self, worker: &str, pid: u32, exit_code: Option<i32>, signal: Option<i32>) {
+        let tracked = {
+            let mut running = self.lock();
+            match running.get(worker) {
+                Some(t) if t.pid == pid => running.remove(worker),
+                _ => None,
+            }
+        };
+        tracing::info!(%worker, pid, ?exit_code, ?signal, "worker exited");
+        if !self.was_registered_incarnation(worker, pid).await {
+            tracing::info!(%worker, pid, "the exited process never held this worker id (another incarnation does); nothing recorded");
+            return;
+        }
+        let exited = Event::WorkerExited(WorkerExited { worker: worker.into(), node: self.node.clone(), exit_code, signal });
+        self.record(exited).await;
+        let Some(t) = tracked else { return };
+        let crashed = t.stopping.is_none() && exit_code != Some(0);
+        if !crashed || self.settings.restart == RestartPolicy::Never {
+            return;
+        }
+        if t.restarts >= self.settings.max_restarts {
+            tracing::error!(%worker, restarts = t.restarts, "worker keeps crashing; not restarted again");
+            return;
+        }
+        let delay = Duration::from_millis(500 << t.restarts.min(6));
+        tracing::warn!(%worker, ?exit_code, ?signal, ?delay, "worker crashed; restarting it");
+        tokio::time::sleep(delay).await;
+        if let Err(e) = self.spawn_incarnation(t.spec, t.restarts + 1) {
+            tracing::error!(%worker, error = %e, "worker not restarted");
+        }
+    }
+
+    /// Appends an event, giving up after [`RECORD_TIMEOUT`].
+    async fn record(&self, event: Event) {
+        let kind = event.kind();
+        match tokio::time::timeout(RECORD_TIMEOUT, self.log.append(event, Expected::Any, &Meta::default())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, kind, "not recorded"),
+            Err(_) => tracing::error!(kind, "not recorded: the log did not answer in time"),
+        }
     }
 
     /// False when another process (pid) is the registered incarnation of `worker`: an exit of this
     /// one (e.g. it lost the registration race) must not remove that one from the registry.
     async fn was_registered_incarnation(&self, worker: &str, pid: u32) -> bool {
         let subject = rbee_bus::subjects::aggregate(rbee_bus::AggregateKind::Worker, worker);
-        match rbee_bus::read::read_subject(&self.log, &subject).await {
-            Ok(history) => history
+        match tokio::time::timeout(RECORD_TIMEOUT, rbee_bus::read::read_subject(&self.log, &subject)).await {
+            Ok(Ok(history)) => history
                 .iter()
                 .rev()
                 .find_map(|r| match &r.envelope.event {
@@ -124,32 +223,92 @@ impl Supervisor {
                     _ => None,
                 })
                 .unwrap_or(true),
-            Err(_) => true,
+            _ => true,
         }
     }
 
-    /// Stops every worker: SIGTERM to all at once, then SIGKILL to those still running after `grace`.
-    /// Returns when every exit has been recorded.
-    pub async fn stop_all(&self, grace: Duration) {
-        let pids: Vec<u32> = self.running.lock().unwrap_or_else(|p| p.into_inner()).values().copied().collect();
-        for pid in &pids {
-            signal(*pid, libc::SIGTERM);
-        }
-        self.waiters.close();
-        if tokio::time::timeout(grace, self.waiters.wait()).await.is_err() {
-            let left: Vec<(String, u32)> = self.running.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(w, p)| (w.clone(), *p)).collect();
-            for (worker, pid) in left {
-                tracing::warn!(%worker, pid, "worker ignored SIGTERM; killing it");
-                signal(pid, libc::SIGKILL);
+    /// Sends `sig` to a tracked worker and records it with `reason`.
+    async fn signal(&self, worker: &str, pid: u32, sig: i32, reason: &'static str) {
+        send_signal(pid, sig);
+        let signalled = Event::WorkerSignalled(WorkerSignalled { worker: worker.into(), node: self.node.clone(), pid, signal: sig, reason: reason.into() });
+        self.record(signalled).await;
+    }
+
+    /// Stops one worker: SIGTERM (it drains its requests), then SIGKILL after the grace period.
+    pub async fn stop(&self, worker: &str, reason: &'static str) {
+        let pid = {
+            let mut running = self.lock();
+            let Some(t) = running.get_mut(worker) else { return };
+            t.stopping = Some(reason);
+            t.pid
+        };
+        self.signal(worker, pid, libc::SIGTERM, reason).await;
+        let deadline = tokio::time::Instant::now() + self.settings.grace;
+        while tokio::time::Instant::now() < deadline {
+            if !self.lock().get(worker).is_some_and(|t| t.pid == pid) {
+                return;
             }
-            self.waiters.wait().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if self.lock().get(worker).is_some_and(|t| t.pid == pid) {
+            tracing::warn!(%worker, pid, "worker did not exit within the grace period; killing it");
+            self.signal(worker, pid, libc::SIGKILL, "grace_expired").await;
+        }
+    }
+
+    /// Stops every worker at once, and returns when every exit has been recorded.
+    pub async fn stop_all(&self, reason: &'static str) {
+        let workers: Vec<String> = self.lock().keys().cloned().collect();
+        futures::future::join_all(workers.iter().map(|w| self.stop(w, reason))).await;
+        self.watchers.close();
+        self.watchers.wait().await;
+    }
+
+    /// Kills a worker that did not become ready in time, and keeps it from being restarted.
+    pub async fn kill(&self, worker: &str, reason: &'static str) {
+        let pid = {
+            let mut running = self.lock();
+            let Some(t) = running.get_mut(worker) else { return };
+            t.stopping = Some(reason);
+            t.pid
+        };
+        self.signal(worker, pid, libc::SIGKILL, reason).await;
     }
 }
 
-fn signal(pid: u32, sig: i32) {
+/// The binary if it exists and may be executed.
+pub fn check_binary(binary: &Path) -> Result<PathBuf, SpawnError> {
+    let resolved = resolve(binary).ok_or_else(|| SpawnError::BinaryMissing(binary.display().to_string()))?;
+    let mode = std::fs::metadata(&resolved)?.permissions().mode();
+    if mode & 0o111 == 0 {
+        return Err(SpawnError::BinaryNotExecutable(resolved.display().to_string()));
+    }
+    Ok(resolved)
+}
+
+fn pin_to(cores: &[usize]) -> std::io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET stays within it for indexes < 1024.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &core in cores.iter().filter(|c| **c < libc::CPU_SETSIZE as usize) {
+            libc::CPU_SET(core, &mut set);
+        }
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whether a process is alive (not gone, not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
+}
+
+fn send_signal(pid: u32, sig: i32) {
     if pid > 0 {
-        // SAFETY: kill has no memory effects; the pid is one this supervisor spawned and still tracks.
+        // SAFETY: kill has no memory effects; the pid is one this supervisor spawned or adopted and still tracks.
         unsafe { libc::kill(pid as i32, sig) };
     }
 }
@@ -164,4 +323,42 @@ fn resolve(binary: &Path) -> Option<PathBuf> {
         .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
         .map(|dir| dir.join(binary))
         .find(|p| p.is_file())
+}
+
+/// Parses a core list such as `0-3,6`.
+pub fn parse_cores(list: &str) -> Result<Vec<usize>, String> {
+    let mut cores = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("invalid core list {list:?}: use e.g. 0-3,6");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b || b >= 1024 {
+                    return Err(bad());
+                }
+                cores.extend(a..=b);
+            }
+            None => cores.push(part.parse().ok().filter(|c| *c < 1024).ok_or_else(bad)?),
+        }
+    }
+    if cores.is_empty() {
+        return Err(format!("invalid core list {list:?}: no cores"));
+    }
+    cores.sort_unstable();
+    cores.dedup();
+    Ok(cores)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_lists_parse() {
+        assert_eq!(parse_cores("0").unwrap(), vec![0]);
+        assert_eq!(parse_cores("0-2,5,1").unwrap(), vec![0, 1, 2, 5]);
+        for bad in ["", "a", "3-1", "0-5000", "-1"] {
+            assert!(parse_cores(bad).is_err(), "{bad:?} accepted");
+        }
+    }
 }

@@ -32,6 +32,8 @@ pub struct Worker {
     /// Where the worker aggregate stands in the log: the base for the next optimistic append.
     pub position: Position,
     pub last_heartbeat_ms: Option<u64>,
+    /// When a request last started or ended on it, or it became ready: idleness is measured from here.
+    pub last_active_ms: u64,
 }
 
 impl Worker {
@@ -92,6 +94,7 @@ impl Registry {
                         busy: BTreeMap::new(),
                         position,
                         last_heartbeat_ms: Some(self.heartbeats.get(&e.worker).copied().unwrap_or(0).max(env.at_ms)),
+                        last_active_ms: env.at_ms,
                     },
                 );
             }
@@ -101,6 +104,7 @@ impl Registry {
                 } else if let Some(w) = self.workers.get_mut(&e.worker) {
                     if w.state != e.state {
                         w.state_since_ms = env.at_ms;
+                        w.last_active_ms = env.at_ms;
                     }
                     w.state = e.state;
                     if e.context_length > 0 {
@@ -127,6 +131,7 @@ impl Registry {
             Event::SlotClaimed(e) => {
                 if let Some(w) = self.workers.get_mut(&e.worker) {
                     w.busy.insert(e.slot, e.request.clone());
+                    w.last_active_ms = env.at_ms;
                     w.position = position;
                 }
             }
@@ -135,6 +140,7 @@ impl Registry {
                     if w.busy.get(&e.slot) == Some(&e.request) {
                         w.busy.remove(&e.slot);
                     }
+                    w.last_active_ms = env.at_ms;
                     w.position = position;
                 }
             }

@@ -24,6 +24,9 @@ pub struct Config {
     /// Concurrent requests this worker accepts.
     #[arg(long, env = "RBEE_WORKER_SLOTS", default_value_t = 1)]
     pub slots: u32,
+    /// Most seconds to let in-flight requests finish after SIGTERM (draining) before exiting.
+    #[arg(long, env = "RBEE_DRAIN_SECS", default_value_t = 120)]
+    pub drain_secs: u64,
     /// Seconds between heartbeats.
     #[arg(long, env = "RBEE_HEARTBEAT_SECS", default_value_t = 2)]
     pub heartbeat_secs: u64,

@@ -91,7 +91,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     tracing::info!(worker = %config.worker_id, context_length, "ready");
 
     let shared = Arc::new(Shared { config, log, prompter, jobs, busy: AtomicU32::new(0) });
-    let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), shutdown.clone()));
+    // Heartbeats go on while draining; they stop when the worker does.
+    let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), CancellationToken::new()));
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -99,6 +100,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
                 Some(msg) => accept(shared.clone(), msg).await,
                 None => break,
             },
+        }
+    }
+    // Draining: no new requests (the queen stops choosing a draining worker, and the work
+    // subscription ends), the ones in flight finish; heartbeats go on meanwhile.
+    drop(work);
+    let in_flight = shared.busy.load(Ordering::SeqCst);
+    if in_flight > 0 {
+        tracing::info!(in_flight, "draining: finishing the requests in flight");
+        set_state(&shared.log, &shared.config.worker_id, WorkerState::Draining, 0, &meta).await;
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(shared.config.drain_secs);
+        while shared.busy.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
     heartbeats.abort();
