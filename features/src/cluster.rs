@@ -87,7 +87,7 @@ impl Cluster {
     }
 
     /// Starts one more hive on this cluster's log, as another node with its own data directory.
-    pub fn spawn_hive(&self, node: &str, data_dir: &std::path::Path, env: &[(&str, String)]) -> std::process::Child {
+    pub fn spawn_hive<K: AsRef<std::ffi::OsStr>>(&self, node: &str, data_dir: &std::path::Path, env: &[(K, String)]) -> std::process::Child {
         std::fs::create_dir_all(data_dir.join("logs")).expect("hive data dir");
         let log = std::fs::File::create(data_dir.join("logs").join(format!("hive-{node}.log"))).expect("hive log");
         Command::new(crate::bin("rbee-hive"))

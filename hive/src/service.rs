@@ -62,6 +62,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     tracing::info!(%node, "node registered");
 
     let view = rbee_projections::LiveView::start(&log, shutdown.clone()).await.map_err(bus)?;
+    // Adoption and resumption below decide from the whole log so far.
+    view.catch_up(&log, std::time::Duration::from_secs(60)).await.map_err(bus)?;
     let every = std::time::Duration::from_secs(config.catalog_check_secs.max(1));
     tokio::spawn(crate::upkeep::run(log.clone(), view.clone(), node.clone(), every, shutdown.clone()));
     let cores = config.cores().map_err(HiveError::Config)?;

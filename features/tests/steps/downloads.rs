@@ -21,15 +21,21 @@ const CHUNK: u64 = 4 << 20;
 pub struct Dl {
     /// The model's name in the cluster: unique per scenario.
     model: String,
-    node: String,
+    pub(super) node: String,
     /// The hub file pulled: (repo, file).
     file: (String, String),
     /// The hub's request count when the scenario began.
     mark: usize,
     /// A hive the scenario runs itself, its data directory and environment.
-    hive: Option<std::process::Child>,
-    hive_dir: PathBuf,
-    hive_env: Vec<(&'static str, String)>,
+    pub(super) hive: Option<std::process::Child>,
+    pub(super) hive_dir: PathBuf,
+    pub(super) hive_env: Vec<(String, String)>,
+    /// What the scenario's hive exit looked like, and how long its stop took.
+    pub(super) hive_exit: Option<(std::process::ExitStatus, Duration)>,
+    /// A worker's pid before the hive was restarted.
+    pub(super) pid_before: i32,
+    /// A worker binary the scenario made.
+    pub(super) worker_bin: PathBuf,
     /// A filesystem mounted for the scenario (unmounted at the end).
     mount: Option<PathBuf>,
     pull: Option<Output>,
@@ -196,7 +202,7 @@ async fn second_hive_same_node(w: &mut RbeeWorld) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-async fn own_hive(w: &mut RbeeWorld, env: Vec<(&'static str, String)>, models_fs_mb: Option<u64>) {
+pub(super) async fn own_hive(w: &mut RbeeWorld, env: Vec<(String, String)>, models_fs_mb: Option<u64>) {
     w.dl.node = rbee_features::cluster::unique_node();
     w.dl.hive_dir = rbee_features::scratch_dir("hive");
     w.dl.hive_env = env;
@@ -214,19 +220,23 @@ async fn own_hive(w: &mut RbeeWorld, env: Vec<(&'static str, String)>, models_fs
 
 #[given("a hive of its own on a new node")]
 async fn own_hive_plain(w: &mut RbeeWorld) {
-    own_hive(w, download_env(), None).await;
+    own_hive(w, owned(download_env()), None).await;
+}
+
+fn owned(env: Vec<(&'static str, String)>) -> Vec<(String, String)> {
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 #[given(expr = "a hive of its own on a new node, limited to {int} bytes per second")]
 async fn own_hive_limited(w: &mut RbeeWorld, limit: u64) {
-    let mut env = download_env();
-    env.push(("RBEE_DOWNLOAD_LIMIT_BYTES_PER_SEC", limit.to_string()));
+    let mut env = owned(download_env());
+    env.push(("RBEE_DOWNLOAD_LIMIT_BYTES_PER_SEC".into(), limit.to_string()));
     own_hive(w, env, None).await;
 }
 
 #[given(expr = "a hive of its own on a new node, its models on a {int} MB filesystem")]
 async fn own_hive_small_disk(w: &mut RbeeWorld, mb: u64) {
-    own_hive(w, download_env(), Some(mb)).await;
+    own_hive(w, owned(download_env()), Some(mb)).await;
 }
 
 #[when("I pull the default model from the hub")]
@@ -406,7 +416,7 @@ fn downloaded_once(w: &mut RbeeWorld) {
 
 #[then("the download took at least as long as the limit allows, and every chunk reported a rate under it")]
 fn under_the_limit(w: &mut RbeeWorld) {
-    let limit: u64 = w.dl.hive_env.iter().find(|(k, _)| *k == "RBEE_DOWNLOAD_LIMIT_BYTES_PER_SEC").expect("a limit").1.parse().unwrap();
+    let limit: u64 = w.dl.hive_env.iter().find(|(k, _)| k == "RBEE_DOWNLOAD_LIMIT_BYTES_PER_SEC").expect("a limit").1.parse().unwrap();
     let floor = Duration::from_secs_f64(model_size() as f64 / limit as f64);
     assert!(w.dl.pull_took >= floor, "took {:?}, the limit allows no less than {floor:?}", w.dl.pull_took);
     for e in download_events(w, "download.progressed") {

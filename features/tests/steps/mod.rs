@@ -4,6 +4,7 @@
 mod cancellation;
 mod catalog;
 mod downloads;
+mod lifecycle;
 mod queens;
 mod recovery;
 mod registry;

@@ -255,7 +255,7 @@ fn own_cluster_fast_upkeep(w: &mut RbeeWorld) {
 fn catalog(w: &RbeeWorld) -> Vec<Value> {
     let out = w.cluster().rbee(&["models", "--json", "--node", &w.cluster().node]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().cloned().unwrap_or_default()
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["models"].as_array().cloned().unwrap_or_default()
 }
 
 #[given("rbee models lists the default model on its node")]

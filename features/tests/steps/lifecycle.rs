@@ -1,0 +1,368 @@
+//! A worker's life under a hive of the scenario's own: preflight refusals, loading timeout, crash and
+//! restart, idle stop, drain, hang, adoption, parallel shutdown, pinning, the binary per backend.
+//! Every `then` reads processes (/proc), the `rbee` CLI, the hive's log, or the event log.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use cucumber::{given, then, when};
+use rbee_features::poll::eventually;
+use serde_json::Value;
+
+use super::downloads::own_hive;
+use super::{RbeeWorld, DEADLINE};
+
+fn alive(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !stat.is_empty() && !stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'))
+}
+
+fn text(out: &std::process::Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+fn start_args(node: &str, extra: &[String]) -> Vec<String> {
+    let mut args: Vec<String> = ["workers", "start", "--node", node, "--timeout-secs", "90"].iter().map(|s| s.to_string()).collect();
+    args.extend_from_slice(extra);
+    args
+}
+
+async fn start_worker(w: &mut RbeeWorld, extra: &[String]) {
+    let (data_dir, args) = (w.cluster().data_dir.clone(), start_args(&w.dl.node, extra));
+    let out = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        rbee_features::cluster::rbee(&data_dir, &args)
+    })
+    .await
+    .unwrap();
+    w.worker_id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("starting worker ").and_then(|r| r.split_whitespace().next()).map(str::to_string))
+        .unwrap_or_default();
+    w.output = Some(out);
+}
+
+/// The pid the log records for the scenario's worker (its latest registration).
+fn worker_pid(w: &RbeeWorld) -> i32 {
+    let registered = w.cluster().events_of("worker.registered");
+    let pid = registered.iter().rev().find(|e| e["data"]["worker"] == w.worker_id.as_str()).and_then(|e| e["data"]["pid"].as_i64());
+    pid.expect("the worker registered") as i32
+}
+
+/// Every pid the log ties to the scenario's worker or node.
+fn worker_pids(w: &RbeeWorld) -> Vec<i32> {
+    let node = w.dl.node.as_str();
+    let mut pids = Vec::new();
+    for kind in ["worker.registered", "worker.signalled"] {
+        for e in w.cluster().events_of(kind) {
+            let ours = e["data"]["node"] == node || (!w.worker_id.is_empty() && e["data"]["worker"] == w.worker_id.as_str());
+            if ours {
+                pids.extend(e["data"]["pid"].as_i64().map(|p| p as i32));
+            }
+        }
+    }
+    pids
+}
+
+fn worker_events(w: &RbeeWorld, kind: &str) -> Vec<Value> {
+    w.cluster().events_of(kind).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect()
+}
+
+async fn stop_hive(w: &mut RbeeWorld) {
+    let mut hive = w.dl.hive.take().expect("the scenario's hive");
+    let started = Instant::now();
+    // SAFETY: the hive this scenario started.
+    unsafe { libc::kill(hive.id() as i32, libc::SIGTERM) };
+    let status = tokio::task::spawn_blocking(move || hive.wait().expect("reap the hive")).await.unwrap();
+    w.dl.hive_exit = Some((status, started.elapsed()));
+}
+
+#[given(regex = r"^a hive of its own on a new node, with (\w+)=(\S+)$")]
+async fn own_hive_with(w: &mut RbeeWorld, key: String, value: String) {
+    own_hive(w, vec![(key, value)], None).await;
+}
+
+#[given("a copy of the worker binary in a directory of its own")]
+#[given("a copy of the worker binary in a directory of its own, not executable")]
+fn copy_worker_binary(w: &mut RbeeWorld, step: &cucumber::gherkin::Step) {
+    use std::os::unix::fs::PermissionsExt;
+    let copy = rbee_features::scratch_dir("worker-bin").join("rbee-worker");
+    std::fs::copy(rbee_features::bin("rbee-worker"), &copy).expect("copy the worker binary");
+    let mode = if step.value.ends_with("not executable") { 0o644 } else { 0o755 };
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(mode)).unwrap();
+    w.dl.worker_bin = copy;
+}
+
+#[given("a hive of its own on a new node, whose cpu worker binary is that copy")]
+async fn own_hive_with_binary(w: &mut RbeeWorld) {
+    let bin = w.dl.worker_bin.display().to_string();
+    own_hive(w, vec![("RBEE_WORKER_BIN".into(), bin)], None).await;
+}
+
+#[given("a worker is started on that node")]
+async fn worker_started(w: &mut RbeeWorld) {
+    start_worker(w, &[]).await;
+    let out = w.output.as_ref().unwrap();
+    assert!(out.status.success(), "the worker did not start: {}", text(out));
+    // Stopped at the end whatever happens, so a failing scenario leaves no worker behind.
+    let pid = worker_pid(w);
+    w.stop_at_end.push(pid);
+}
+
+#[when("a worker is started on that node")]
+async fn start(w: &mut RbeeWorld) {
+    start_worker(w, &[]).await;
+}
+
+#[when(regex = r"^a worker is started on that node with (.+)$")]
+async fn start_with(w: &mut RbeeWorld, extra: String) {
+    let extra: Vec<String> = extra.split_whitespace().map(str::to_string).collect();
+    start_worker(w, &extra).await;
+}
+
+#[given(expr = "{int} workers are started on that node")]
+async fn many_started(w: &mut RbeeWorld, n: usize) {
+    let starts = (0..n).map(|_| {
+        let (data_dir, args) = (w.cluster().data_dir.clone(), start_args(&w.dl.node, &[]));
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            rbee_features::cluster::rbee(&data_dir, &args)
+        })
+    });
+    for out in futures::future::join_all(starts).await {
+        let out = out.unwrap();
+        assert!(out.status.success(), "a worker did not start: {}", text(&out));
+    }
+    let pids = worker_pids(w);
+    w.stop_at_end.extend(pids);
+}
+
+#[then("the start printed the worker registered and loading, then ready")]
+fn printed_loading_then_ready(w: &mut RbeeWorld) {
+    let printed = text(w.output.as_ref().unwrap());
+    let loading = printed.find("registered; loading the model").expect("loading shown");
+    let ready = printed.find(" ready (context ").expect("ready shown");
+    assert!(loading < ready, "{printed}");
+}
+
+#[then("the log holds worker.registered, then worker.state_changed to ready, for it")]
+fn registered_then_ready(w: &mut RbeeWorld) {
+    let events: Vec<Value> = w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let registered = events.iter().position(|e| e["type"] == "worker.registered").expect("registered");
+    let ready = events.iter().position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Ready").expect("ready");
+    assert!(registered < ready);
+}
+
+#[then("the hive logged that preflight passed with the RAM it found")]
+fn preflight_logged(w: &mut RbeeWorld) {
+    let log = std::fs::read_to_string(w.dl.hive_dir.join("logs").join(format!("hive-{}.log", w.dl.node))).unwrap_or_default();
+    let line = log.lines().find(|l| l.contains("preflight passed")).unwrap_or_else(|| panic!("no preflight line in:\n{log}"));
+    assert!(line.contains("available RAM") && line.contains("cpu"), "{line}");
+}
+
+#[then(expr = "the start fails with exit code {int} and {string}")]
+fn start_failed(w: &mut RbeeWorld, code: i32, error: String) {
+    let out = w.output.as_ref().expect("a start ran");
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("error[{error}]")), "{}", text(out));
+}
+
+#[then(expr = "the start's error mentions {string}")]
+fn start_error_mentions(w: &mut RbeeWorld, needle: String) {
+    let stderr = String::from_utf8_lossy(&w.output.as_ref().unwrap().stderr).into_owned();
+    assert!(stderr.contains(&needle), "{stderr}");
+}
+
+#[then(expr = "the log records the worker signalled {int} for {string}")]
+async fn signalled(w: &mut RbeeWorld, signal: i64, reason: String) {
+    eventually(&format!("worker.signalled {signal} for {reason}"), DEADLINE, || async {
+        let found = worker_events(w, "worker.signalled");
+        if found.iter().any(|e| e["data"]["signal"] == signal && e["data"]["reason"] == reason.as_str()) { Ok(()) } else { Err(found) }
+    })
+    .await;
+}
+
+#[then(regex = r#"^the log records the worker signalled (\d+) for "(\w+)", then (\d+) for "(\w+)"$"#)]
+fn signalled_twice(w: &mut RbeeWorld, first: i64, why_first: String, second: i64, why_second: String) {
+    let found: Vec<(i64, String)> = worker_events(w, "worker.signalled")
+        .iter()
+        .map(|e| (e["data"]["signal"].as_i64().unwrap(), e["data"]["reason"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(found, vec![(first, why_first), (second, why_second)]);
+}
+
+#[then("when the hive is stopped no process of the worker is left")]
+async fn stop_then_none_left(w: &mut RbeeWorld) {
+    stop_hive(w).await;
+    no_worker_left(w).await;
+}
+
+#[then("no process of the worker is left")]
+async fn no_worker_left(w: &mut RbeeWorld) {
+    let pids = worker_pids(w);
+    eventually("no worker process is left", DEADLINE, || async {
+        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await;
+}
+
+#[when("the worker process is killed with SIGKILL")]
+fn kill_worker(w: &mut RbeeWorld) {
+    let pid = worker_pid(w);
+    w.dl.pid_before = pid;
+    // SAFETY: the worker this scenario's hive started for it.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+#[then(regex = r"^the log records its exit with (signal|code) (\d+)$")]
+async fn exited_with(w: &mut RbeeWorld, what: String, n: i64) {
+    let field = if what == "signal" { "signal" } else { "exit_code" };
+    eventually(&format!("worker.exited with {field} {n}"), DEADLINE, || async {
+        let found = worker_events(w, "worker.exited");
+        if found.iter().any(|e| e["data"][field] == n) { Ok(()) } else { Err(found) }
+    })
+    .await;
+}
+
+#[then("the worker is registered again with a new pid and becomes ready")]
+async fn restarted(w: &mut RbeeWorld) {
+    let old = w.dl.pid_before;
+    let id = w.worker_id.clone();
+    let c = w.cluster();
+    let pid = eventually("the worker is ready again under a new pid", DEADLINE * 2, || async {
+        let found = c.workers().into_iter().find(|x| x["id"] == id.as_str());
+        match found.as_ref().and_then(|x| Some((x["pid"].as_i64()?, x["state"].as_str()?.to_string()))) {
+            Some((pid, state)) if pid as i32 != old && state == "Ready" => Ok(pid),
+            _ => Err(found),
+        }
+    })
+    .await;
+    assert!(alive(pid as i32));
+    w.stop_at_end.push(pid as i32);
+}
+
+#[when("the worker process is paused and the hive is stopped")]
+async fn pause_and_stop(w: &mut RbeeWorld) {
+    let pid = worker_pid(w);
+    // SAFETY: the worker this scenario's hive started for it (resumed and stopped at the end).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    stop_hive(w).await;
+}
+
+#[when("the hive is stopped")]
+async fn hive_stopped(w: &mut RbeeWorld) {
+    stop_hive(w).await;
+}
+
+#[then("the hive exits with code 0 and no process of the worker is left")]
+async fn hive_exit_clean(w: &mut RbeeWorld) {
+    let (status, _) = w.dl.hive_exit.expect("the hive was stopped");
+    assert_eq!(status.code(), Some(0), "{status}");
+    no_worker_left(w).await;
+}
+
+#[then(expr = "the hive exits with code 0 within {int} seconds and no worker process is left")]
+async fn hive_exit_within(w: &mut RbeeWorld, secs: u64) {
+    let (status, took) = w.dl.hive_exit.expect("the hive was stopped");
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(took <= Duration::from_secs(secs), "the hive took {took:?} to stop");
+    no_worker_left(w).await;
+}
+
+#[then(expr = "the log records {int} worker exits with code 0")]
+fn exits_on_node(w: &mut RbeeWorld, n: usize) {
+    let exits = w.cluster().events_of("worker.exited").into_iter().filter(|e| e["data"]["node"] == w.dl.node.as_str() && e["data"]["exit_code"] == 0).count();
+    assert_eq!(exits, n);
+}
+
+#[when(expr = "a streaming request with max_tokens {int} is running and the hive is stopped")]
+async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
+    let response = w.post_chat("Tell me a long story about a bee.", max_tokens, true).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let mut bytes = response.bytes_stream();
+    let mut seen = Vec::new();
+    while String::from_utf8_lossy(&seen).matches("data: ").count() < 2 {
+        seen.extend_from_slice(&futures::StreamExt::next(&mut bytes).await.expect("stream goes on").expect("chunk"));
+    }
+    w.background = Some(tokio::spawn(async move {
+        while let Some(Ok(c)) = futures::StreamExt::next(&mut bytes).await {
+            seen.extend_from_slice(&c);
+        }
+        String::from_utf8_lossy(&seen).into_owned()
+    }));
+    stop_hive(w).await;
+}
+
+#[then(expr = "the request completes with finish_reason {string} and {int} tokens")]
+async fn request_completed(w: &mut RbeeWorld, reason: String, tokens: u64) {
+    let text = tokio::time::timeout(DEADLINE * 2, w.background.take().expect("a request")).await.expect("the stream ends").unwrap();
+    assert!(text.contains(&format!("\"finish_reason\":\"{reason}\"")), "{text}");
+    assert!(text.contains(&format!("\"completion_tokens\":{tokens}")), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}
+
+#[then("the log records the worker draining, then its exit with code 0")]
+fn drained_then_exited(w: &mut RbeeWorld) {
+    let events: Vec<Value> = w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let draining = events.iter().position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Draining").expect("draining recorded");
+    let exited = events.iter().position(|e| e["type"] == "worker.exited" && e["data"]["exit_code"] == 0).expect("exit 0 recorded");
+    assert!(draining < exited);
+}
+
+#[then("the hive is still running")]
+fn hive_running(w: &mut RbeeWorld) {
+    let hive = w.dl.hive.as_mut().expect("the scenario's hive");
+    assert!(hive.try_wait().unwrap().is_none(), "the hive exited");
+}
+
+#[when("the hive is killed with SIGKILL and started again")]
+async fn kill_and_restart_hive(w: &mut RbeeWorld) {
+    w.dl.pid_before = worker_pid(w);
+    let mut hive = w.dl.hive.take().expect("the scenario's hive");
+    hive.kill().unwrap();
+    hive.wait().unwrap();
+    w.dl.hive = Some(w.cluster().spawn_hive(&w.dl.node, &w.dl.hive_dir, &w.dl.hive_env));
+}
+
+#[then("the restarted hive adopted the worker, which keeps its pid")]
+async fn adopted(w: &mut RbeeWorld) {
+    let log_path = w.dl.hive_dir.join("logs").join(format!("hive-{}.log", w.dl.node));
+    let id = w.worker_id.clone();
+    eventually("the hive logs the adoption", DEADLINE, || async {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if log.lines().any(|l| l.contains("adopted a running worker") && l.contains(&id)) { Ok(()) } else { Err(()) }
+    })
+    .await;
+    assert_eq!(worker_pid(w), w.dl.pid_before, "the worker kept its pid");
+    assert!(alive(worker_pid(w)));
+}
+
+#[then("the worker answers a chat completion, listed once in the registry")]
+async fn answers_once(w: &mut RbeeWorld) {
+    w.ask("Say hi.", 4).await;
+    assert_eq!(w.status, 200, "{}", w.body);
+    let listed = w.cluster().workers().into_iter().filter(|x| x["node"] == w.dl.node.as_str()).count();
+    assert_eq!(listed, 1);
+}
+
+#[then("the worker process may run on core 0 only")]
+fn pinned(w: &mut RbeeWorld) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", worker_pid(w))).unwrap();
+    let cores = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(str::trim).unwrap_or_default().to_string();
+    assert_eq!(cores, "0");
+}
+
+#[then("the worker process runs that copy")]
+fn runs_copy(w: &mut RbeeWorld) {
+    let out = w.output.as_ref().unwrap();
+    assert!(out.status.success(), "{}", text(out));
+    let exe = std::fs::read_link(format!("/proc/{}/exe", worker_pid(w))).unwrap();
+    assert_eq!(exe, PathBuf::from(&w.dl.worker_bin));
+}
+
+#[then("no worker was spawned on that node")]
+fn none_spawned(w: &mut RbeeWorld) {
+    let registered = w.cluster().events_of("worker.registered").into_iter().filter(|e| e["data"]["node"] == w.dl.node.as_str()).count();
+    assert_eq!(registered, 0);
+}
