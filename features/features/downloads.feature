@@ -135,3 +135,28 @@ Feature: Models arrive intact: hub downloads are events, resumable and verified
     And the filesystem is filled once the download passed 20%
     Then the pull fails with exit code 1 and "DISK_FULL"
     And the model is not catalogued and no file of it is left on the node
+
+  @DL-3
+  Scenario: HF_TOKEN is sent to the hub as a bearer token
+    Given a cluster whose hives download from the model hub double
+    And a hive of its own on a new node, with HF_TOKEN=hf_test_secret
+    When I pull the default model to that node
+    Then the hub got every request for the file with "Bearer hf_test_secret"
+
+  @CAT-6
+  Scenario: rbee models rm deletes the file and frees the disk
+    Given a cluster whose hives download from the model hub double
+    And the default model was pulled from the hub
+    When I remove the model with rbee models rm
+    Then rbee models rm says it freed the model's size
+    And the model is not catalogued and no file of it is left on the node
+    And the log records model.removed for the model, removed on request
+
+  @CAT-6
+  Scenario: rbee models rm refuses a model a worker serves
+    Given a cluster whose hives download from the model hub double
+    And the default model was pulled from the hub
+    And a worker for it is started from the hub reference
+    When I remove the model with rbee models rm
+    Then rbee models rm fails with exit code 1 and "MODEL_IN_USE"
+    And the model is catalogued on the node with the hub's checksum, and its file has that checksum

@@ -439,6 +439,16 @@ fn worker_from_hub(w: &mut RbeeWorld) {
     let r = reference(&w.dl);
     let args = ["workers", "start", "--node", &w.dl.node, "--model", &r, "--model-name", &w.dl.model, "--timeout-secs", "60"];
     w.output = Some(w.cluster().rbee(&args));
+    // The worker is this scenario's: stopped at its end, so the shared cluster stays without workers.
+    let pids: Vec<i32> = w.cluster().workers().iter().filter(|x| x["model"] == w.dl.model.as_str()).filter_map(|x| x["pid"].as_i64()).map(|p| p as i32).collect();
+    w.stop_at_end.extend(pids);
+}
+
+#[given("a worker for it is started from the hub reference")]
+fn worker_from_hub_started(w: &mut RbeeWorld) {
+    worker_from_hub(w);
+    let out = w.output.take().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[then("the worker becomes ready and answers a chat completion")]
@@ -450,7 +460,39 @@ async fn worker_answers(w: &mut RbeeWorld) {
     assert_eq!(resp.status(), 200);
     let answer: Value = resp.json().await.unwrap();
     assert!(answer["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{answer}");
-    // The worker is this scenario's: stopped at its end, so the shared cluster stays without workers.
-    let pids: Vec<i32> = w.cluster().workers().iter().filter(|x| x["model"] == w.dl.model.as_str()).filter_map(|x| x["pid"].as_i64()).map(|p| p as i32).collect();
-    w.stop_at_end.extend(pids);
+}
+
+#[then(expr = "the hub got every request for the file with {string}")]
+fn hub_saw_token(w: &mut RbeeWorld, authorization: String) {
+    let needle = format!("{}/{}", w.dl.file.0, w.dl.file.1);
+    let seen: Vec<_> = hub().seen("")[w.dl.mark..].iter().filter(|s| s.path == needle).cloned().collect();
+    assert!(seen.iter().any(|s| s.method == "GET"), "{seen:?}");
+    assert!(seen.iter().all(|s| s.authorization.as_deref() == Some(authorization.as_str())), "{seen:?}");
+}
+
+#[when("I remove the model with rbee models rm")]
+fn remove_model(w: &mut RbeeWorld) {
+    w.output = Some(w.cluster().rbee(&["models", "rm", &w.dl.model, "--node", &w.dl.node]));
+}
+
+#[then("rbee models rm says it freed the model's size")]
+fn removed_and_freed(w: &mut RbeeWorld) {
+    let out = w.output.as_ref().unwrap();
+    assert!(out.status.success(), "{}", text(out));
+    let freed = format!("freed {:.1} MB", model_size() as f64 / 1_048_576.0);
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&freed), "{}", text(out));
+}
+
+#[then(expr = "rbee models rm fails with exit code {int} and {string}")]
+fn remove_failed(w: &mut RbeeWorld, code: i32, error: String) {
+    let out = w.output.as_ref().unwrap();
+    assert_eq!(out.status.code(), Some(code), "{}", text(out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("error[{error}]")), "{}", text(out));
+}
+
+#[then("the log records model.removed for the model, removed on request")]
+fn removed_on_request(w: &mut RbeeWorld) {
+    let removed: Vec<Value> = w.cluster().events_of("model.removed").into_iter().filter(|e| e["data"]["model"] == w.dl.model.as_str()).collect();
+    assert_eq!(removed.len(), 1, "{removed:?}");
+    assert!(removed[0]["data"]["reason"].as_str().unwrap().contains("rbee models rm"));
 }

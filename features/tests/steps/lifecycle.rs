@@ -79,7 +79,9 @@ async fn stop_hive(w: &mut RbeeWorld) {
 
 #[given(regex = r"^a hive of its own on a new node, with (\w+)=(\S+)$")]
 async fn own_hive_with(w: &mut RbeeWorld, key: String, value: String) {
-    own_hive(w, vec![(key, value)], None).await;
+    let mut env: Vec<(String, String)> = crate::download_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    env.push((key, value));
+    own_hive(w, env, None).await;
 }
 
 #[given("a copy of the worker binary in a directory of its own")]
