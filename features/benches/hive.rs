@@ -1,0 +1,115 @@
+//! Hive benchmarks, in one run against real processes: download throughput from a loopback hub
+//! double through `rbee models pull` vs `curl` fetching the same file, with 8 MiB chunk events and
+//! with (almost) none, SHA-256 alone; time from `rbee workers start` to ready; time for a hive to stop
+//! 5 workers. Needs release binaries and curl:
+//! `cargo build --release --workspace --bins && cargo bench -p rbee-features --bench hive`
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rbee_features::cluster::{unique_node, Cluster};
+use rbee_features::hub::Hub;
+
+const RUNS: usize = 5;
+const REPO: &str = "bench/SmolLM2-GGUF";
+const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+fn run_ok(mut cmd: Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(out.status.success(), "{what}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Seconds per `rbee models pull` into a fresh hive whose chunks are `chunk` bytes.
+fn pulls(cluster: &Cluster, hub: &Hub, chunk: u64) -> Vec<f64> {
+    let node = unique_node();
+    let dir = rbee_features::scratch_dir("bench-hive");
+    let env = vec![("HF_ENDPOINT", hub.url.clone()), ("RBEE_DOWNLOAD_CHUNK_BYTES", chunk.to_string())];
+    let mut hive = rbee_features::KillOnDrop(cluster.spawn_hive(&node, &dir, &env));
+    std::thread::sleep(Duration::from_secs(1));
+    let times = (0..RUNS)
+        .map(|i| {
+            let name = format!("bench{chunk}x{i}");
+            let cmd = cluster.rbee_command_for(&["models", "pull", &format!("hf:{REPO}:{FILE}"), "--name", &name, "--node", &node]);
+            let t0 = Instant::now();
+            run_ok(cmd, "rbee models pull");
+            let took = t0.elapsed().as_secs_f64();
+            let _ = std::fs::remove_file(dir.join("models").join(format!("{name}.gguf")));
+            took
+        })
+        .collect();
+    // SAFETY: the hive this benchmark started.
+    unsafe { libc::kill(hive.0.id() as i32, libc::SIGTERM) };
+    let _ = hive.0.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    times
+}
+
+fn curls(hub: &Hub) -> Vec<f64> {
+    let out = rbee_features::scratch_dir("bench-curl").join("model.gguf");
+    (0..RUNS)
+        .map(|_| {
+            let mut cmd = Command::new("curl");
+            cmd.args(["-sSf", "-o"]).arg(&out).arg(format!("{}/{REPO}/resolve/main/{FILE}", hub.url));
+            let t0 = Instant::now();
+            run_ok(cmd, "curl");
+            t0.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+fn sha256_secs(path: &std::path::Path) -> f64 {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).unwrap();
+    let t0 = Instant::now();
+    std::hint::black_box(sha2::Sha256::digest(&bytes));
+    t0.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let model = rbee_features::default_model_file();
+    let size = std::fs::metadata(&model).unwrap().len() as f64;
+    let hub = Hub::start();
+    hub.publish(REPO, FILE, model.clone(), rbee_ops::local::model::DEFAULT_SHA256);
+    let cluster = Cluster::up_with_env(&["--no-worker"], &[("HF_ENDPOINT", hub.url.clone())]).expect("rbee up");
+
+    // Interleaved, so drift on a shared machine hits both alike.
+    let (mut curl, mut chunked, mut unchunked) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..2 {
+        curl.extend(curls(&hub));
+        chunked.extend(pulls(&cluster, &hub, 8 << 20));
+        unchunked.extend(pulls(&cluster, &hub, 1 << 40));
+    }
+    let (curl, chunked, unchunked) = (median(curl), median(chunked), median(unchunked));
+    let sha = median((0..RUNS).map(|_| sha256_secs(&model)).collect());
+    let mbs = |secs: f64| size / secs / 1e6;
+    println!("download of {:.1} MB from a loopback hub double, medians of {} runs:", size / 1e6, RUNS * 2);
+    println!("  curl                       {curl:.3} s  {:.0} MB/s", mbs(curl));
+    println!("  rbee models pull, 8 MiB    {chunked:.3} s  {:.0} MB/s  ratio to curl {:.2}", mbs(chunked), curl / chunked);
+    println!("  rbee models pull, 1 chunk  {unchunked:.3} s  {:.0} MB/s  ratio to curl {:.2}", mbs(unchunked), curl / unchunked);
+    println!("  chunk events + fsync cost  {:.3} s per download ({} events)", chunked - unchunked, (size as u64) >> 23);
+    println!("  sha256 of the file alone   {sha:.3} s  {:.0} MB/s", mbs(sha));
+
+    // Worker start to ready, and stopping 5 workers.
+    let node = unique_node();
+    let dir = rbee_features::scratch_dir("bench-life");
+    let mut hive = rbee_features::KillOnDrop(cluster.spawn_hive(&node, &dir, &[("RBEE_WORKER_GRACE_SECS", "10".to_string())]));
+    std::thread::sleep(Duration::from_secs(1));
+    let start = || {
+        let cmd = cluster.rbee_command_for(&["workers", "start", "--node", &node, "--timeout-secs", "120"]);
+        let t0 = Instant::now();
+        run_ok(cmd, "rbee workers start");
+        t0.elapsed().as_secs_f64()
+    };
+    let ready = (0..5).map(|_| start()).collect::<Vec<_>>();
+    println!("rbee workers start -> ready (default model, model already on the node): median {:.3} s of 5 (one after another: {:?})", median(ready.clone()), ready.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>());
+    let t0 = Instant::now();
+    // SAFETY: the hive this benchmark started; it stops its 5 workers.
+    unsafe { libc::kill(hive.0.id() as i32, libc::SIGTERM) };
+    let status = hive.0.wait().unwrap();
+    println!("hive SIGTERM -> exit with 5 idle workers stopped: {:.3} s ({status})", t0.elapsed().as_secs_f64());
+}
