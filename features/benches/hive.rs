@@ -24,8 +24,24 @@ fn run_ok(mut cmd: Command, what: &str) {
     assert!(out.status.success(), "{what}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
 }
 
-/// Seconds per `rbee models pull` into a fresh hive whose chunks are `chunk` bytes.
-fn pulls(cluster: &Cluster, hub: &Hub, chunk: u64) -> Vec<f64> {
+/// Seconds from `download.started` to `download.finished` of a download, by the events' clocks.
+fn transfer_secs(cluster: &Cluster, node: &str, model: &str) -> f64 {
+    let id = rbee_bus::download_id(node, model);
+    let out = cluster.rbee_command_for(&["events", "tail", "--no-follow", "--no-heartbeats", "--type", "download."]).output().unwrap();
+    let at = |kind: &str| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["type"] == kind && e["data"]["download"] == id.as_str())
+            .and_then(|e| e["at_ms"].as_u64())
+            .expect("download events")
+    };
+    (at("download.finished") - at("download.started")) as f64 / 1000.0
+}
+
+/// Seconds per `rbee models pull` into a fresh hive whose chunks are `chunk` bytes: end to end,
+/// and the transfer alone (claim to verified file).
+fn pulls(cluster: &Cluster, hub: &Hub, chunk: u64) -> Vec<(f64, f64)> {
     let node = unique_node();
     let dir = rbee_features::scratch_dir("bench-hive");
     let env = vec![("HF_ENDPOINT", hub.url.clone()), ("RBEE_DOWNLOAD_CHUNK_BYTES", chunk.to_string())];
@@ -39,7 +55,7 @@ fn pulls(cluster: &Cluster, hub: &Hub, chunk: u64) -> Vec<f64> {
             run_ok(cmd, "rbee models pull");
             let took = t0.elapsed().as_secs_f64();
             let _ = std::fs::remove_file(dir.join("models").join(format!("{name}.gguf")));
-            took
+            (took, transfer_secs(cluster, &node, &name))
         })
         .collect();
     // SAFETY: the hive this benchmark started.
@@ -49,7 +65,9 @@ fn pulls(cluster: &Cluster, hub: &Hub, chunk: u64) -> Vec<f64> {
     times
 }
 
-fn curls(hub: &Hub) -> Vec<f64> {
+/// Seconds per `curl` of the file, and per `curl` followed by an fsync of it (what a download that
+/// survives a power cut costs at least).
+fn curls(hub: &Hub) -> Vec<(f64, f64)> {
     let out = rbee_features::scratch_dir("bench-curl").join("model.gguf");
     (0..RUNS)
         .map(|_| {
@@ -57,7 +75,9 @@ fn curls(hub: &Hub) -> Vec<f64> {
             cmd.args(["-sSf", "-o"]).arg(&out).arg(format!("{}/{REPO}/resolve/main/{FILE}", hub.url));
             let t0 = Instant::now();
             run_ok(cmd, "curl");
-            t0.elapsed().as_secs_f64()
+            let fetched = t0.elapsed().as_secs_f64();
+            std::fs::File::open(&out).and_then(|f| f.sync_all()).expect("fsync");
+            (fetched, t0.elapsed().as_secs_f64())
         })
         .collect()
 }
@@ -84,14 +104,19 @@ fn main() {
         chunked.extend(pulls(&cluster, &hub, 8 << 20));
         unchunked.extend(pulls(&cluster, &hub, 1 << 40));
     }
-    let (curl, chunked, unchunked) = (median(curl), median(chunked), median(unchunked));
+    let (curl, curl_synced) = (median(curl.iter().map(|c| c.0).collect()), median(curl.iter().map(|c| c.1).collect()));
+    let split = |v: Vec<(f64, f64)>| (median(v.iter().map(|x| x.0).collect()), median(v.iter().map(|x| x.1).collect()));
+    let ((chunked, chunked_transfer), (unchunked, unchunked_transfer)) = (split(chunked), split(unchunked));
     let sha = median((0..RUNS).map(|_| sha256_secs(&model)).collect());
     let mbs = |secs: f64| size / secs / 1e6;
     println!("download of {:.1} MB from a loopback hub double, medians of {} runs:", size / 1e6, RUNS * 2);
-    println!("  curl                       {curl:.3} s  {:.0} MB/s", mbs(curl));
-    println!("  rbee models pull, 8 MiB    {chunked:.3} s  {:.0} MB/s  ratio to curl {:.2}", mbs(chunked), curl / chunked);
-    println!("  rbee models pull, 1 chunk  {unchunked:.3} s  {:.0} MB/s  ratio to curl {:.2}", mbs(unchunked), curl / unchunked);
-    println!("  chunk events + fsync cost  {:.3} s per download ({} events)", chunked - unchunked, (size as u64) >> 23);
+    println!("  curl                                  {curl:.3} s  {:.0} MB/s", mbs(curl));
+    println!("  curl, then fsync of the file          {curl_synced:.3} s  {:.0} MB/s", mbs(curl_synced));
+    println!("  rbee models pull, 8 MiB chunks        {chunked:.3} s  {:.0} MB/s  ratio to curl {:.2}", mbs(chunked), curl / chunked);
+    println!("    of which the transfer (claim->verified) {chunked_transfer:.3} s  {:.0} MB/s  ratio to curl {:.2}, to curl+fsync {:.2}", mbs(chunked_transfer), curl / chunked_transfer, curl_synced / chunked_transfer);
+    println!("  rbee models pull, one chunk           {unchunked:.3} s  {:.0} MB/s  ratio to curl {:.2}", mbs(unchunked), curl / unchunked);
+    println!("    of which the transfer               {unchunked_transfer:.3} s  {:.0} MB/s  ratio to curl {:.2}, to curl+fsync {:.2}", mbs(unchunked_transfer), curl / unchunked_transfer, curl_synced / unchunked_transfer);
+    println!("  chunk events + fsync cost             {:.3} s per download ({} events)", chunked_transfer - unchunked_transfer, (size as u64) >> 23);
     println!("  sha256 of the file alone   {sha:.3} s  {:.0} MB/s", mbs(sha));
 
     // Worker start to ready, and stopping 5 workers.

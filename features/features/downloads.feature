@@ -160,3 +160,10 @@ Feature: Models arrive intact: hub downloads are events, resumable and verified
     When I remove the model with rbee models rm
     Then rbee models rm fails with exit code 1 and "MODEL_IN_USE"
     And the model is catalogued on the node with the hub's checksum, and its file has that checksum
+
+  @CAT-2
+  Scenario: A repository with one GGUF file needs no file name
+    Given a cluster whose hives download from the model hub double
+    When I pull the default model's repository without naming the file
+    Then the pull succeeds, printing progress up to 100%
+    And the model is catalogued on the node with the hub's checksum, and its file has that checksum

@@ -31,15 +31,7 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
     let (nats, pg) = (Nats::start().await, Postgres::start().await);
     let log = EventLog::connect(&nats.url).await.unwrap();
     log.ensure_streams(&Default::default()).await.unwrap();
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
-    println!("kill schedule seed: {seed}");
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = kill_schedule();
 
     // Appends 40 batches of 100 events, one batch every 75 ms, while the queens come and go.
     let writer_log = log.clone();
@@ -131,9 +123,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     };
     let log = EventLog::connect(&cluster.nats_url).await.unwrap();
     let model = rbee_features::default_model_file();
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
-    println!("kill schedule seed: {seed}");
-    let mut rng = seed;
+    let mut next = kill_schedule();
     let mut workers = Vec::new();
     let mut current = hive();
     for round in 0..4 {
@@ -150,10 +140,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
         });
         log.append(command, Expected::Any, &Meta::default()).await.unwrap();
         workers.push(worker);
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        tokio::time::sleep(Duration::from_millis(rng % 900)).await;
+        tokio::time::sleep(Duration::from_millis(next(900))).await;
         drop(current);
         current = hive();
     }
@@ -209,15 +196,7 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
     let cluster = rbee_features::cluster::Cluster::up_with_env(&["--no-worker"], &env).expect("rbee up");
     let node = rbee_features::cluster::unique_node();
     let dir = rbee_features::scratch_dir("hive");
-    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
-    println!("kill schedule seed: {seed}");
-    let mut rng = seed;
-    let mut next = move |n: u64| {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng % n
-    };
+    let mut next = kill_schedule();
     let mut hive = KillOnDrop(cluster.spawn_hive(&node, &dir, &env));
     let mut refetched = Vec::new();
     for round in 0..ROUNDS {
@@ -267,4 +246,18 @@ fn sha256_file(path: &std::path::Path) -> String {
     let mut hasher = sha2::Sha256::new();
     std::io::copy(&mut std::fs::File::open(path).expect("stored model"), &mut hasher).unwrap();
     hex::encode(hasher.finalize())
+}
+
+/// A random number source for kill moments (xorshift), seeded from the clock; the seed is printed
+/// so a failing schedule can be told apart.
+fn kill_schedule() -> impl FnMut(u64) -> u64 {
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos() as u64 | 1;
+    println!("kill schedule seed: {seed}");
+    let mut rng = seed;
+    move |n: u64| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng % n
+    }
 }

@@ -236,12 +236,7 @@ impl Supervisor {
 
     /// Stops one worker: SIGTERM (it drains its requests), then SIGKILL after the grace period.
     pub async fn stop(&self, worker: &str, reason: &'static str) {
-        let pid = {
-            let mut running = self.lock();
-            let Some(t) = running.get_mut(worker) else { return };
-            t.stopping = Some(reason);
-            t.pid
-        };
+        let Some(pid) = self.mark_stopping(worker, reason) else { return };
         self.signal(worker, pid, libc::SIGTERM, reason).await;
         let deadline = tokio::time::Instant::now() + self.settings.grace;
         while tokio::time::Instant::now() < deadline {
@@ -266,13 +261,16 @@ impl Supervisor {
 
     /// Kills a worker that did not become ready in time, and keeps it from being restarted.
     pub async fn kill(&self, worker: &str, reason: &'static str) {
-        let pid = {
-            let mut running = self.lock();
-            let Some(t) = running.get_mut(worker) else { return };
-            t.stopping = Some(reason);
-            t.pid
-        };
+        let Some(pid) = self.mark_stopping(worker, reason) else { return };
         self.signal(worker, pid, libc::SIGKILL, reason).await;
+    }
+
+    /// Notes that the hive ends this worker on purpose (so its exit is no crash); its pid.
+    fn mark_stopping(&self, worker: &str, reason: &'static str) -> Option<u32> {
+        let mut running = self.lock();
+        let t = running.get_mut(worker)?;
+        t.stopping = Some(reason);
+        Some(t.pid)
     }
 }
 

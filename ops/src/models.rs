@@ -79,13 +79,7 @@ pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> 
     let bar = Bar::new();
     let follow = async {
         loop {
-            let msg = tokio::select! {
-                m = downloads.next() => m,
-                m = models.next() => m,
-            };
-            let Some(msg) = msg else { return Err(unavailable("event subscription ended")) };
-            let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) else { continue };
-            match env.event {
+            match next_event(&mut downloads, &mut models).await? {
                 Event::DownloadStarted(s) => {
                     bar.length(s.total_bytes);
                     if s.resume_from > 0 {
@@ -143,13 +137,7 @@ pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
     cluster.log.append(command, Expected::Any, &Meta::default()).await.map_err(unavailable)?;
     let wait = async {
         loop {
-            let msg = tokio::select! {
-                m = downloads.next() => m,
-                m = models.next() => m,
-            };
-            let Some(msg) = msg else { return Err(unavailable("event subscription ended")) };
-            let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) else { continue };
-            match env.event {
+            match next_event(&mut downloads, &mut models).await? {
                 Event::ModelRemoved(r) if r.node == node => {
                     println!("removed {model} from {node}; freed {} MB", mb(entry.size_bytes));
                     return Ok(());
@@ -162,6 +150,20 @@ pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
     tokio::time::timeout(Duration::from_secs(60), wait)
         .await
         .unwrap_or_else(|_| Err(CliError::new("HIVE_UNAVAILABLE", format!("the hive of {node} did not remove {model} within 60s; is it running?"))))
+}
+
+/// The next decodable event from either subscription.
+async fn next_event(a: &mut async_nats::Subscriber, b: &mut async_nats::Subscriber) -> CliResult<Event> {
+    loop {
+        let msg = tokio::select! {
+            m = a.next() => m,
+            m = b.next() => m,
+        };
+        let Some(msg) = msg else { return Err(unavailable("event subscription ended")) };
+        if let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) {
+            return Ok(env.event);
+        }
+    }
 }
 
 fn mb(bytes: u64) -> String {

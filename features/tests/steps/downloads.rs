@@ -496,3 +496,12 @@ fn removed_on_request(w: &mut RbeeWorld) {
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert!(removed[0]["data"]["reason"].as_str().unwrap().contains("rbee models rm"));
 }
+
+#[when("I pull the default model's repository without naming the file")]
+fn pull_repository(w: &mut RbeeWorld) {
+    let started = Instant::now();
+    let repo = format!("hf:{}", w.dl.file.0);
+    let args = ["models", "pull", &repo, "--name", &w.dl.model, "--node", &w.dl.node];
+    let out = w.cluster().rbee(&args);
+    (w.dl.pull, w.dl.pull_took) = (Some(out), started.elapsed());
+}

@@ -280,19 +280,7 @@ fn exits_on_node(w: &mut RbeeWorld, n: usize) {
 
 #[when(expr = "a streaming request with max_tokens {int} is running and the hive is stopped")]
 async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
-    let response = w.post_chat("Tell me a long story about a bee.", max_tokens, true).await;
-    assert_eq!(response.status().as_u16(), 200);
-    let mut bytes = response.bytes_stream();
-    let mut seen = Vec::new();
-    while String::from_utf8_lossy(&seen).matches("data: ").count() < 2 {
-        seen.extend_from_slice(&futures::StreamExt::next(&mut bytes).await.expect("stream goes on").expect("chunk"));
-    }
-    w.background = Some(tokio::spawn(async move {
-        while let Some(Ok(c)) = futures::StreamExt::next(&mut bytes).await {
-            seen.extend_from_slice(&c);
-        }
-        String::from_utf8_lossy(&seen).into_owned()
-    }));
+    w.stream_in_background("Tell me a long story about a bee.", max_tokens).await;
     stop_hive(w).await;
 }
 

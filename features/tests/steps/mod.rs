@@ -125,6 +125,24 @@ impl RbeeWorld {
         self.body = response.json().await.expect("a JSON body");
     }
 
+    /// Starts a streaming request and returns once its first text arrived; the rest is collected in
+    /// the background (`self.background`).
+    pub async fn stream_in_background(&mut self, prompt: &str, max_tokens: u32) {
+        let response = self.post_chat(prompt, max_tokens, true).await;
+        assert_eq!(response.status().as_u16(), 200);
+        let mut bytes = response.bytes_stream();
+        let mut seen = Vec::new();
+        while String::from_utf8_lossy(&seen).matches("data: ").count() < 2 {
+            seen.extend_from_slice(&futures::StreamExt::next(&mut bytes).await.expect("stream goes on").expect("chunk"));
+        }
+        self.background = Some(tokio::spawn(async move {
+            while let Some(Ok(chunk)) = futures::StreamExt::next(&mut bytes).await {
+                seen.extend_from_slice(&chunk);
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        }));
+    }
+
     /// Events of `kind` for the current request id.
     pub fn request_events(&self, kind: &str) -> Vec<Value> {
         self.cluster().events_of(kind).into_iter().filter(|e| e["data"]["request"] == self.request_id.as_str()).collect()

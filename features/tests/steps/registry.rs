@@ -252,23 +252,8 @@ fn still_one(w: &mut RbeeWorld) {
 
 #[given(expr = "a streaming request of {string} with max_tokens {int} is running on it")]
 async fn background_stream(w: &mut RbeeWorld, prompt: String, max_tokens: u32) {
-    let response = w.post_chat(&prompt, max_tokens, true).await;
-    assert_eq!(response.status().as_u16(), 200);
-    let mut bytes = response.bytes_stream();
-    // Wait for the first text, so the request is generating when the worker is paused.
-    let mut seen = Vec::new();
-    while String::from_utf8_lossy(&seen).matches("data: ").count() < 2 {
-        seen.extend_from_slice(&futures::StreamExt::next(&mut bytes).await.expect("stream goes on").expect("chunk"));
-    }
-    w.background = Some(tokio::spawn(async move {
-        while let Some(chunk) = futures::StreamExt::next(&mut bytes).await {
-            match chunk {
-                Ok(c) => seen.extend_from_slice(&c),
-                Err(_) => break,
-            }
-        }
-        String::from_utf8_lossy(&seen).into_owned()
-    }));
+    // Returns once text flows, so the request is generating when the worker is paused.
+    w.stream_in_background(&prompt, max_tokens).await;
 }
 
 #[then("after the grace period the log records worker.removed for it, saying its request was abandoned")]

@@ -12,6 +12,7 @@
 pub mod gguf_check;
 pub mod hub;
 pub mod sha_state;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,9 +24,9 @@ use rbee_bus::{
     DownloadRetried, DownloadStarted, Event, EventLog, Expected, Meta, Position,
 };
 use rbee_projections::{DownloadStatus, Downloads, LiveView};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 
 use sha_state::ResumableSha256;
+use transfer::Transfer;
 
 /// Why a download (or one attempt of it) failed, with a stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,8 +306,41 @@ impl Downloader {
         result
     }
 
-    /// One attempt: a (ranged) GET from the current offset to the end.
+    /// One attempt: a (ranged) GET from the current offset to the end. Chunks are recorded by a
+    /// task of their own as the writer reaches them, so receiving never waits for the log.
     async fn transfer(&self, job: &Job, t: &mut Transfer) -> Result<(), Failure> {
+        // Bytes an earlier attempt received but did not write are fetched again.
+        t.settle().await?;
+        let (boundaries, chunks) = tokio::sync::mpsc::unbounded_channel();
+        let recorder = tokio::spawn(self.clone().record_chunks(job.clone(), chunks, t.position, t.offset));
+        t.progress = Some(boundaries);
+        let received = self.receive(job, t, &recorder).await;
+        // The writer finishes what it was handed, then the recorder what the writer reached.
+        let written = t.settle().await;
+        t.progress = None;
+        t.position = recorder.await.map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("the chunk recorder failed: {e}")))??;
+        written.and(received)
+    }
+
+    /// Appends `download.progressed` for every chunk boundary the writer reaches, each after the
+    /// previous one; returns the claim's last position.
+    async fn record_chunks(self, job: Job, mut chunks: tokio::sync::mpsc::UnboundedReceiver<Chunk>, mut position: Position, from: u64) -> Result<Position, Failure> {
+        let started = Instant::now();
+        while let Some(chunk) = chunks.recv().await {
+            let rate = ((chunk.offset - from) as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64;
+            let progressed = Event::DownloadProgressed(DownloadProgressed {
+                download: job.id.clone(),
+                offset: chunk.offset,
+                total_bytes: chunk.total,
+                sha256_state: chunk.sha256_state,
+                bytes_per_sec: rate,
+            });
+            position = self.append(&job, progressed, position).await?;
+        }
+        Ok(position)
+    }
+
+    async fn receive(&self, job: &Job, t: &mut Transfer, recorder: &tokio::task::JoinHandle<Result<Position, Failure>>) -> Result<(), Failure> {
         let stall = self.settings.stall;
         let mut request = self.settings.hub.get(&self.client, &job.url);
         if t.offset > 0 {
@@ -340,25 +374,21 @@ impl Downloader {
                 .await
                 .map_err(|_| Failure::retry("DOWNLOAD_TIMEOUT", format!("no bytes from {} for {}s at offset {}", job.url, stall.as_secs_f32(), t.offset)))?
                 .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("connection to {} lost at offset {}: {e}", job.url, t.offset)))?;
-            let Some(bytes) = next else { break };
+            let Some(bytes) = next else {
+                t.flush_all().await?;
+                break;
+            };
+            if recorder.is_finished() {
+                // It stopped early: its error is the attempt's.
+                return Ok(());
+            }
             received += bytes.len() as u64;
-            let crossed = t.write(&bytes, self.settings.chunk_bytes).await?;
+            t.write(&bytes, self.settings.chunk_bytes).await?;
             if self.settings.limit_bytes_per_sec > 0 {
                 let due = Duration::from_secs_f64(received as f64 / self.settings.limit_bytes_per_sec as f64);
                 if let Some(ahead) = due.checked_sub(started.elapsed()) {
                     tokio::time::sleep(ahead).await;
                 }
-            }
-            for boundary in crossed {
-                let rate = (received as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64;
-                let progressed = Event::DownloadProgressed(DownloadProgressed {
-                    download: job.id.clone(),
-                    offset: boundary.0,
-                    total_bytes: t.total,
-                    sha256_state: boundary.1,
-                    bytes_per_sec: rate,
-                });
-                t.position = self.append(job, progressed, t.position).await?;
             }
         }
         if t.total > 0 && t.offset < t.total {
@@ -370,9 +400,7 @@ impl Downloader {
     /// The whole file is on disk: checksum and GGUF header, then into place. A bad file is deleted
     /// and the next attempt starts over.
     async fn verify(&self, job: &Job, t: &mut Transfer) -> Result<Fetched, Failure> {
-        t.file.sync_all().await.map_err(|e| disk_failure(&e, &t.path))?;
-        let size_bytes = t.offset;
-        let sha256 = std::mem::take(&mut t.hasher).finish();
+        let (size_bytes, sha256) = t.finish().await?;
         if let Some(expected) = job.expected.as_deref().filter(|e| *e != sha256) {
             t.restart().await?;
             return Err(Failure::retry("CHECKSUM_MISMATCH", format!("{} has sha256 {sha256}, expected {expected}; deleted", job.url)));
@@ -400,7 +428,15 @@ impl Downloader {
     }
 }
 
+/// A chunk boundary the writer reached: synced, with the hash state there.
+pub(crate) struct Chunk {
+    pub offset: u64,
+    pub total: u64,
+    pub sha256_state: Vec<u8>,
+}
+
 /// One claimed download.
+#[derive(Clone)]
 struct Job {
     id: String,
     model: String,
@@ -409,57 +445,7 @@ struct Job {
     meta: Meta,
 }
 
-/// The partial file and the hash of what is in it.
-struct Transfer {
-    path: PathBuf,
-    file: tokio::fs::File,
-    offset: u64,
-    total: u64,
-    hasher: ResumableSha256,
-    /// Our claim's last event.
-    position: Position,
-}
-
-impl Transfer {
-    async fn open(path: &Path, resume_from: u64, hasher: ResumableSha256, total: u64, position: Position) -> Result<Transfer, Failure> {
-        let io = |e: std::io::Error| disk_failure(&e, path);
-        let mut file = tokio::fs::OpenOptions::new().create(true).write(true).truncate(false).open(path).await.map_err(io)?;
-        // Bytes past the last recorded chunk were never accounted for: drop them.
-        file.set_len(resume_from).await.map_err(io)?;
-        file.seek(std::io::SeekFrom::Start(resume_from)).await.map_err(io)?;
-        Ok(Transfer { path: path.to_path_buf(), file, offset: resume_from, total, hasher, position })
-    }
-
-    async fn restart(&mut self) -> Result<(), Failure> {
-        let io = |e: std::io::Error| disk_failure(&e, &self.path);
-        self.file.set_len(0).await.map_err(io)?;
-        self.file.seek(std::io::SeekFrom::Start(0)).await.map_err(io)?;
-        self.offset = 0;
-        self.hasher = ResumableSha256::default();
-        Ok(())
-    }
-
-    /// Writes and hashes `data`; returns the chunk boundaries crossed (synced to disk), each with
-    /// the hash state there.
-    async fn write(&mut self, mut data: &[u8], chunk: u64) -> Result<Vec<(u64, Vec<u8>)>, Failure> {
-        let mut crossed = Vec::new();
-        while !data.is_empty() {
-            let boundary = (self.offset / chunk + 1) * chunk;
-            let take = ((boundary - self.offset) as usize).min(data.len());
-            self.file.write_all(&data[..take]).await.map_err(|e| disk_failure(&e, &self.path))?;
-            self.hasher.update(&data[..take]);
-            self.offset += take as u64;
-            data = &data[take..];
-            if self.offset == boundary {
-                self.file.sync_data().await.map_err(|e| disk_failure(&e, &self.path))?;
-                crossed.push((boundary, self.hasher.saved_state().unwrap_or_default()));
-            }
-        }
-        Ok(crossed)
-    }
-}
-
-fn disk_failure(e: &std::io::Error, path: &Path) -> Failure {
+pub(crate) fn disk_failure(e: &std::io::Error, path: &Path) -> Failure {
     if e.raw_os_error() == Some(libc::ENOSPC) {
         return Failure::fatal("DISK_FULL", format!("the disk holding {} is full; partial file removed; free space or remove models with `rbee models rm`", path.display()));
     }
