@@ -38,6 +38,7 @@ pub async fn infer(args: InferArgs, queen_url: &str) -> CliResult<()> {
             body[key] = v;
         }
     }
+    rbee_bus::process::use_ring_for_tls();
     let client = reqwest::Client::new();
     let response = client
         .post(format!("{queen_url}/v1/chat/completions"))

@@ -172,7 +172,6 @@ impl Cli {
 }
 
 pub async fn run(cli: Cli) -> CliResult<()> {
-    rbee_bus::process::use_ring_for_tls();
     let data_dir: &Path = &cli.data_dir;
     match &cli.command {
         Command::Up(args) => up::up(args.clone(), data_dir).await,

@@ -15,6 +15,7 @@ pub async fn wait_http_ok(url: &str, timeout: Duration) -> Result<(), ()> {
 
 /// Like [`wait_http_ok`], but gives up at once when the process (pid, name) that should answer is gone.
 pub async fn wait_serving(url: &str, process: Option<(u32, &str)>, timeout: Duration) -> Result<(), ()> {
+    rbee_bus::process::use_ring_for_tls();
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().map_err(|_| ())?;
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
