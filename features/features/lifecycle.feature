@@ -152,3 +152,13 @@ Feature: Workers live and die cleanly under their hive
     Then the pull fails with exit code 1 and "INSUFFICIENT_DISK"
     And the pull's error mentions "rbee models rm"
     And the model is not catalogued and no file of it is left on the node
+
+  @PRE-3
+  Scenario: RAM that drops while the model downloads fails the check just before the spawn
+    Given a cluster whose hives download from the model hub double
+    And a hive of its own on a new node whose RAM factor leaves 1 GiB of the RAM free now to spare
+    And the hub serves at most 25 MB/s
+    When a worker for the default model is started on that node from the hub, in the background
+    And 2 GiB of RAM are taken once the download passed 30%
+    Then the background start fails with exit code 1 and "INSUFFICIENT_RAM"
+    And no worker was spawned on that node

@@ -58,6 +58,19 @@ impl Provisioner {
         Ok(provisioned)
     }
 
+    /// The model's size before it is fetched, when it can be known: from the catalog, the local
+    /// file, or what the hub announces. Lets preflight refuse a model that cannot fit before
+    /// downloading it.
+    pub async fn expected_size(&self, model: &str, source: &str) -> Option<u64> {
+        if let Some(e) = self.view.read(|v| v.catalog.get(model, &self.node).cloned()) {
+            return Some(e.size_bytes);
+        }
+        match ModelRef::parse(source).ok()? {
+            ModelRef::File(path) => std::fs::metadata(path).ok().map(|m| m.len()),
+            remote => self.downloader.announced_size(&remote).await,
+        }
+    }
+
     /// The catalog's entry for the model on this node, if its file is there (and matches).
     fn catalogued(&self, model: &str, expected_sha256: Option<&str>) -> Option<Fetched> {
         let entry = self.view.read(|v| v.catalog.get(model, &self.node).cloned())?;

@@ -254,10 +254,10 @@ impl Hive {
         for (field, value) in [("worker id", &cmd.worker), ("model", &cmd.model)] {
             subjects::validate_name(field, value).map_err(|e| ("INVALID_NAME", e.to_string()))?;
         }
-        // Preflight before anything is fetched: the backend, the device, and the memory if the
-        // catalog already knows the model's size here.
-        let known = self.view.read(|v| v.catalog.get(&cmd.model, &self.node).map(|e| e.memory_required_bytes)).unwrap_or(0);
-        let placement = self.preflight(cmd, known)?;
+        // Preflight before anything is fetched: the backend, the device, and the memory when the
+        // model's size can be known (catalog, local file, or what the hub announces).
+        let size = self.provisioner.expected_size(&cmd.model, &cmd.source).await;
+        let placement = self.preflight(cmd, size.map_or(0, rbee_bus::estimated_memory_bytes))?;
         let binary = self.config.worker_binary(placement.backend);
         crate::supervisor::check_binary(&binary).map_err(|e| (e.code(), e.to_string()))?;
         // Checked against this hive's view of the registry: hives starting workers at the same instant

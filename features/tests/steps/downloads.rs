@@ -20,10 +20,10 @@ const CHUNK: u64 = 4 << 20;
 #[derive(Default)]
 pub struct Dl {
     /// The model's name in the cluster: unique per scenario.
-    model: String,
+    pub(super) model: String,
     pub(super) node: String,
     /// The hub file pulled: (repo, file).
-    file: (String, String),
+    pub(super) file: (String, String),
     /// The hub's request count when the scenario began.
     mark: usize,
     /// A hive the scenario runs itself, its data directory and environment.
@@ -34,13 +34,15 @@ pub struct Dl {
     pub(super) hive_exit: Option<(std::process::ExitStatus, Duration)>,
     /// A worker's pid before the hive was restarted.
     pub(super) pid_before: i32,
+    /// Memory the scenario holds on purpose (freed at its end).
+    pub(super) hog: Vec<u8>,
     /// A worker binary the scenario made.
     pub(super) worker_bin: PathBuf,
     /// A filesystem mounted for the scenario (unmounted at the end).
     mount: Option<PathBuf>,
     pull: Option<Output>,
     pull_took: Duration,
-    background: Vec<tokio::task::JoinHandle<(Output, Duration)>>,
+    pub(super) background: Vec<tokio::task::JoinHandle<(Output, Duration)>>,
     /// The last chunk offset the log recorded before the hive was killed.
     offset_at_kill: u64,
 }
@@ -58,7 +60,7 @@ impl Drop for Dl {
     }
 }
 
-fn model_size() -> u64 {
+pub(super) fn model_size() -> u64 {
     std::fs::metadata(rbee_features::default_model_file()).expect("the default model is in the cache").len()
 }
 
@@ -85,7 +87,7 @@ fn pull_in_background(w: &mut RbeeWorld) {
     w.dl.background.push(tokio::task::spawn_blocking(move || (child.wait_with_output().expect("pull output"), started.elapsed())));
 }
 
-async fn background_pulls(w: &mut RbeeWorld) -> Vec<Output> {
+pub(super) async fn background_pulls(w: &mut RbeeWorld) -> Vec<Output> {
     let mut outs = Vec::new();
     for handle in std::mem::take(&mut w.dl.background) {
         let (out, took) = tokio::time::timeout(Duration::from_secs(120), handle).await.expect("the pull ends").expect("pull task");
@@ -133,7 +135,7 @@ fn models_dir(w: &RbeeWorld) -> PathBuf {
     if w.dl.hive_dir.as_os_str().is_empty() { w.cluster().data_dir.join("models") } else { w.dl.hive_dir.join("models") }
 }
 
-async fn wait_for_progress(w: &RbeeWorld, percent: u64) -> u64 {
+pub(super) async fn wait_for_progress(w: &RbeeWorld, percent: u64) -> u64 {
     let want = model_size() * percent / 100;
     eventually(&format!("the download passes {percent}%"), Duration::from_secs(60), || async {
         let last = progressed_offsets(w).into_iter().max().unwrap_or(0);

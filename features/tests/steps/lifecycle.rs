@@ -356,3 +356,46 @@ fn none_spawned(w: &mut RbeeWorld) {
     let registered = w.cluster().events_of("worker.registered").into_iter().filter(|e| e["data"]["node"] == w.dl.node.as_str()).count();
     assert_eq!(registered, 0);
 }
+
+fn mem_available() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let kib: u64 = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:")).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap();
+    kib * 1024
+}
+
+#[given("a hive of its own on a new node whose RAM factor leaves 1 GiB of the RAM free now to spare")]
+async fn hive_with_tight_ram(w: &mut RbeeWorld) {
+    let needed = rbee_bus::estimated_memory_bytes(super::downloads::model_size());
+    let percent = (mem_available() - (1 << 30)) * 100 / needed;
+    let mut env: Vec<(String, String)> = crate::download_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    env.push(("RBEE_RAM_FACTOR_PERCENT".into(), percent.to_string()));
+    own_hive(w, env, None).await;
+}
+
+#[when("a worker for the default model is started on that node from the hub, in the background")]
+fn start_from_hub_in_background(w: &mut RbeeWorld) {
+    let reference = format!("hf:{}:{}", w.dl.file.0, w.dl.file.1);
+    let args = start_args(&w.dl.node, &["--model".into(), reference, "--model-name".into(), w.dl.model.clone()]);
+    let mut cmd = rbee_features::cluster::rbee_command(&w.cluster().data_dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("rbee workers start");
+    let started = Instant::now();
+    w.dl.background.push(tokio::task::spawn_blocking(move || (child.wait_with_output().expect("start output"), started.elapsed())));
+}
+
+#[when(expr = "{int} GiB of RAM are taken once the download passed {int}%")]
+async fn take_ram(w: &mut RbeeWorld, gib: usize, percent: u64) {
+    super::downloads::wait_for_progress(w, percent).await;
+    let mut hog = vec![0u8; gib << 30];
+    // Touch every page, so the memory is really taken.
+    for page in hog.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    w.dl.hog = hog;
+}
+
+#[then(expr = "the background start fails with exit code {int} and {string}")]
+async fn background_start_failed(w: &mut RbeeWorld, code: i32, error: String) {
+    w.output = super::downloads::background_pulls(w).await.pop();
+    start_failed(w, code, error);
+}

@@ -22,6 +22,8 @@ pub struct Remote {
     pub url: String,
     /// sha256 the hub publishes for the file (LFS), if any.
     pub sha256: Option<String>,
+    /// Size the source announces, if it does.
+    pub size: Option<u64>,
 }
 
 /// An HTTP client using rustls with the ring provider (the one async-nats already brings).
@@ -49,7 +51,14 @@ impl HubSettings {
     /// The URL and published checksum of what `reference` names.
     pub async fn resolve(&self, client: &reqwest::Client, reference: &ModelRef) -> Result<Remote, Failure> {
         match reference {
-            ModelRef::Url(url) => Ok(Remote { url: url.clone(), sha256: None }),
+            ModelRef::Url(url) => {
+                // Only the size is asked for; a server that refuses HEAD still serves the GET.
+                let size = match self.authorized(client.head(url)).send().await {
+                    Ok(resp) if resp.status().is_success() => resp.content_length(),
+                    _ => None,
+                };
+                Ok(Remote { url: url.clone(), sha256: None, size })
+            }
             ModelRef::File(_) => Err(Failure::fatal("INVALID_MODEL_SOURCE", "a file is copied, not downloaded".into())),
             ModelRef::Hub { repo, file, revision } => {
                 let file = match file {
@@ -57,8 +66,8 @@ impl HubSettings {
                     None => self.only_gguf_file(client, repo, revision).await?,
                 };
                 let url = format!("{}/{repo}/resolve/{revision}/{file}", self.endpoint.trim_end_matches('/'));
-                let sha256 = self.published_sha256(client, &url).await?;
-                Ok(Remote { url, sha256 })
+                let (sha256, size) = self.published(client, &url).await?;
+                Ok(Remote { url, sha256, size })
             }
         }
     }
@@ -88,9 +97,9 @@ impl HubSettings {
         }
     }
 
-    /// The sha256 the hub publishes for an LFS file (`X-Linked-Etag` on a HEAD that is not followed).
-    /// The hub answers LFS files with a redirect to storage that carries the header itself.
-    async fn published_sha256(&self, _client: &reqwest::Client, url: &str) -> Result<Option<String>, Failure> {
+    /// The sha256 and size the hub publishes for an LFS file (`X-Linked-Etag`, `X-Linked-Size` on a
+    /// HEAD that is not followed: the hub answers LFS files with a redirect carrying them).
+    async fn published(&self, _client: &reqwest::Client, url: &str) -> Result<(Option<String>, Option<u64>), Failure> {
         let no_redirects = client_builder().redirect(reqwest::redirect::Policy::none()).build();
         let client = no_redirects.map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("cannot create an HTTP client: {e}")))?;
         let resp = self
@@ -103,7 +112,8 @@ impl HubSettings {
         }
         let etag = resp.headers().get("x-linked-etag").and_then(|v| v.to_str().ok()).unwrap_or_default();
         let sha = etag.trim_start_matches("W/").trim_matches('"').to_ascii_lowercase();
-        Ok((sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit())).then_some(sha))
+        let size = resp.headers().get("x-linked-size").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+        Ok(((sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit())).then_some(sha), size.or(resp.content_length().filter(|n| *n > 0))))
     }
 }
 

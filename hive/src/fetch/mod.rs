@@ -143,6 +143,11 @@ impl Downloader {
         }
     }
 
+    /// The size the source announces for `reference` (a HEAD on the hub), if it does.
+    pub async fn announced_size(&self, reference: &ModelRef) -> Option<u64> {
+        self.settings.hub.resolve(&self.client, reference).await.ok().and_then(|r| r.size)
+    }
+
     async fn resolve_with_retries(&self, reference: &ModelRef) -> Result<hub::Remote, Failure> {
         let mut attempt = 0;
         loop {
