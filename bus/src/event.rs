@@ -291,6 +291,15 @@ pub struct WorkerSignalled {
     pub reason: String,
 }
 
+/// A hive would not remove a model (e.g. a worker serves it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelRemoveRefused {
+    pub model: String,
+    pub node: String,
+    pub code: String,
+    pub message: String,
+}
+
 /// The id of the download of `model` to `node`.
 pub fn download_id(node: &str, model: &str) -> String {
     format!("{node}.{model}")
@@ -322,6 +331,7 @@ pub enum Event {
     DownloadFinished(DownloadFinished),
     DownloadFailed(DownloadFailed),
     WorkerSignalled(WorkerSignalled),
+    ModelRemoveRefused(ModelRemoveRefused),
 }
 
 /// The kinds of aggregate an event belongs to; the second token of its subject.
@@ -374,6 +384,7 @@ impl Event {
             Event::DownloadFinished(_) => "download.finished",
             Event::DownloadFailed(_) => "download.failed",
             Event::WorkerSignalled(_) => "worker.signalled",
+            Event::ModelRemoveRefused(_) => "model.remove_refused",
         }
     }
 
@@ -406,6 +417,7 @@ impl Event {
             Event::DownloadFinished(e) => (Download, &e.download),
             Event::DownloadFailed(e) => (Download, &e.download),
             Event::WorkerSignalled(e) => (Worker, &e.worker),
+            Event::ModelRemoveRefused(e) => (Model, &e.model),
         }
     }
 }

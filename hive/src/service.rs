@@ -214,8 +214,15 @@ impl Hive {
             Err(f) => {
                 tracing::error!(model = %cmd.model, code = f.code, error = %f.message, "model not removed");
                 if subjects::validate_name("model", &cmd.model).is_ok() {
-                    let failed = Event::DownloadFailed(DownloadFailed { download: download_id(&self.node, &cmd.model), code: f.code.into(), message: f.message });
-                    let _ = self.log.append(failed, Expected::Any, meta).await;
+                    let refused = Event::ModelRemoveRefused(rbee_bus::ModelRemoveRefused {
+                        model: cmd.model.clone(),
+                        node: self.node.clone(),
+                        code: f.code.into(),
+                        message: f.message,
+                    });
+                    if let Err(e) = self.log.append(refused, Expected::Any, meta).await {
+                        tracing::error!(error = %e, "refusal not recorded");
+                    }
                 }
             }
         }

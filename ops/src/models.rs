@@ -130,22 +130,21 @@ pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
     let Some(entry) = cluster.view.read(|v| v.catalog.get(model, node).cloned()) else {
         return Err(CliError::new("MODEL_NOT_FOUND", format!("{model} is not on node {node} (rbee models list)")));
     };
-    let client = cluster.log.client();
-    let mut downloads = client.subscribe(subjects::aggregate(AggregateKind::Download, &download_id(node, model))).await.map_err(unavailable)?;
-    let mut models = client.subscribe(subjects::aggregate(AggregateKind::Model, model)).await.map_err(unavailable)?;
+    let mut models = cluster.log.client().subscribe(subjects::aggregate(AggregateKind::Model, model)).await.map_err(unavailable)?;
     let command = Event::ModelRemoveRequested(ModelRemoveRequested { node: node.into(), model: model.into() });
     cluster.log.append(command, Expected::Any, &Meta::default()).await.map_err(unavailable)?;
     let wait = async {
-        loop {
-            match next_event(&mut downloads, &mut models).await? {
-                Event::ModelRemoved(r) if r.node == node => {
+        while let Some(msg) = models.next().await {
+            match rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload).map(|env| env.event) {
+                Ok(Event::ModelRemoved(r)) if r.node == node => {
                     println!("removed {model} from {node}; freed {} MB", mb(entry.size_bytes));
                     return Ok(());
                 }
-                Event::DownloadFailed(f) => return Err(CliError::new(f.code, f.message)),
+                Ok(Event::ModelRemoveRefused(r)) if r.node == node => return Err(CliError::new(r.code, r.message)),
                 _ => {}
             }
         }
+        Err(unavailable("event subscription ended"))
     };
     tokio::time::timeout(Duration::from_secs(60), wait)
         .await

@@ -158,7 +158,8 @@ impl Registry {
             | Event::DownloadRetried(_)
             | Event::DownloadFinished(_)
             | Event::DownloadFailed(_)
-            | Event::WorkerSignalled(_) => {}
+            | Event::WorkerSignalled(_)
+            | Event::ModelRemoveRefused(_) => {}
         }
     }
 
