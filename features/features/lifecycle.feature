@@ -162,3 +162,9 @@ Feature: Workers live and die cleanly under their hive
     And 2 GiB of RAM are taken once the download passed 30%
     Then the background start fails with exit code 1 and "INSUFFICIENT_RAM"
     And no worker was spawned on that node
+
+  @LIFE-8
+  Scenario: rbee down leaves no process behind, workers included
+    Given a cluster of my own serving the default model, with 2 more workers started
+    When I run rbee down
+    Then rbee down exits 0 and no process the cluster started is left, workers included

@@ -399,3 +399,34 @@ async fn background_start_failed(w: &mut RbeeWorld, code: i32, error: String) {
     w.output = super::downloads::background_pulls(w).await.pop();
     start_failed(w, code, error);
 }
+
+#[given(expr = "a cluster of my own serving the default model, with {int} more workers started")]
+async fn own_cluster_with_workers(w: &mut RbeeWorld, n: usize) {
+    w.own = Some(tokio::task::spawn_blocking(|| rbee_features::cluster::Cluster::up(&[])).await.unwrap().expect("rbee up"));
+    w.dl.node = w.cluster().node.clone();
+    many_started(w, n).await;
+    assert_eq!(w.cluster().workers().len(), n + 1);
+}
+
+#[when("I run rbee down")]
+fn run_down(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let file: Value = serde_json::from_str(&std::fs::read_to_string(c.data_dir.join("cluster.json")).unwrap()).unwrap();
+    let mut pids: Vec<i32> = ["nats_pid", "postgres_pid", "queen_pid", "hive_pid"].iter().filter_map(|k| file[k].as_i64()).map(|p| p as i32).collect();
+    pids.extend(c.workers().iter().filter_map(|x| x["pid"].as_i64()).map(|p| p as i32));
+    let out = c.rbee(&["down"]);
+    (w.stop_at_end, w.output) = (pids, Some(out));
+}
+
+#[then("rbee down exits 0 and no process the cluster started is left, workers included")]
+async fn nothing_left(w: &mut RbeeWorld) {
+    let out = w.output.as_ref().unwrap();
+    assert!(out.status.success(), "{}", text(out));
+    let pids = std::mem::take(&mut w.stop_at_end);
+    assert!(pids.len() >= 7, "nats, postgres, queen, hive and 3 workers: {pids:?}");
+    eventually("every process of the cluster is gone", DEADLINE, || async {
+        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+        if left.is_empty() { Ok(()) } else { Err(left) }
+    })
+    .await;
+}
