@@ -161,6 +161,7 @@ Feature: Workers live and die cleanly under their hive
     When a worker for the default model is started on that node from the hub, in the background
     And 2 GiB of RAM are taken once the download passed 30%
     Then the background start fails with exit code 1 and "INSUFFICIENT_RAM"
+    And the start showed the download's progress up to its verified end
     And no worker was spawned on that node
 
   @LIFE-8

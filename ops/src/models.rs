@@ -79,27 +79,9 @@ pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> 
     let bar = Bar::new();
     let follow = async {
         loop {
-            match next_event(&mut downloads, &mut models).await? {
-                Event::DownloadStarted(s) => {
-                    bar.length(s.total_bytes);
-                    if s.resume_from > 0 {
-                        let percent = if s.total_bytes > 0 { s.resume_from * 100 / s.total_bytes } else { 0 };
-                        bar.say(format!("Resuming from {percent}% ({} of {} MB)", mb(s.resume_from), mb(s.total_bytes)));
-                    }
-                    bar.position(s.resume_from);
-                }
-                Event::DownloadProgressed(p) => {
-                    bar.length(p.total_bytes);
-                    bar.position(p.offset);
-                }
-                Event::DownloadRetried(r) => {
-                    bar.say(format!("attempt {} failed ({}: {}); retrying in {:.1}s", r.attempt, r.code, r.message, r.delay_ms as f64 / 1000.0));
-                }
-                Event::DownloadFinished(f) => {
-                    bar.length(f.size_bytes);
-                    bar.position(f.size_bytes);
-                    bar.say(format!("downloaded {} MB, sha256 {} verified", mb(f.size_bytes), f.sha256));
-                }
+            let event = next_event(&mut downloads, Some(&mut models)).await?;
+            bar.show(&event);
+            match event {
                 Event::DownloadFailed(f) => return Err(CliError::new(f.code, f.message)),
                 Event::ModelRegistered(m) if m.node == node => {
                     bar.done();
@@ -151,12 +133,13 @@ pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
         .unwrap_or_else(|_| Err(CliError::new("HIVE_UNAVAILABLE", format!("the hive of {node} did not remove {model} within 60s; is it running?"))))
 }
 
-/// The next decodable event from either subscription.
-async fn next_event(a: &mut async_nats::Subscriber, b: &mut async_nats::Subscriber) -> CliResult<Event> {
+/// The next decodable event from either subscription (the second may be absent).
+pub(crate) async fn next_event(a: &mut async_nats::Subscriber, b: Option<&mut async_nats::Subscriber>) -> CliResult<Event> {
+    let mut b = b;
     loop {
         let msg = tokio::select! {
             m = a.next() => m,
-            m = b.next() => m,
+            m = async { match b.as_deref_mut() { Some(b) => b.next().await, None => std::future::pending().await } } => m,
         };
         let Some(msg) = msg else { return Err(unavailable("event subscription ended")) };
         if let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) {
@@ -170,18 +153,45 @@ fn mb(bytes: u64) -> String {
 }
 
 /// A byte progress bar on a terminal; elsewhere (logs, pipes) a line per tenth.
-struct Bar {
+pub(crate) struct Bar {
     bar: ProgressBar,
     printed_tenth: std::cell::Cell<u64>,
 }
 
 impl Bar {
-    fn new() -> Bar {
+    pub(crate) fn new() -> Bar {
         let bar = ProgressBar::new(0);
         bar.set_style(
             ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         Bar { bar, printed_tenth: std::cell::Cell::new(0) }
+    }
+
+    /// Shows what a download event says: the bar's length and position, resumption, retries.
+    pub(crate) fn show(&self, event: &Event) {
+        match event {
+            Event::DownloadStarted(s) => {
+                self.length(s.total_bytes);
+                if s.resume_from > 0 {
+                    let percent = if s.total_bytes > 0 { s.resume_from * 100 / s.total_bytes } else { 0 };
+                    self.say(format!("Resuming from {percent}% ({} of {} MB)", mb(s.resume_from), mb(s.total_bytes)));
+                }
+                self.position(s.resume_from);
+            }
+            Event::DownloadProgressed(p) => {
+                self.length(p.total_bytes);
+                self.position(p.offset);
+            }
+            Event::DownloadRetried(r) => {
+                self.say(format!("attempt {} failed ({}: {}); retrying in {:.1}s", r.attempt, r.code, r.message, r.delay_ms as f64 / 1000.0));
+            }
+            Event::DownloadFinished(f) => {
+                self.length(f.size_bytes);
+                self.position(f.size_bytes);
+                self.say(format!("downloaded {} MB, sha256 {} verified", mb(f.size_bytes), f.sha256));
+            }
+            _ => {}
+        }
     }
 
     fn say(&self, line: String) {
@@ -206,13 +216,15 @@ impl Bar {
         }
     }
 
-    fn done(&self) {
+    pub(crate) fn done(&self) {
         self.bar.finish_and_clear();
     }
 
-    fn abandon(&self) {
-        if !self.bar.is_finished() {
-            self.bar.abandon();
+    /// Leaves a started bar where it stopped; one that never started leaves no trace.
+    pub(crate) fn abandon(&self) {
+        if self.bar.is_finished() {
+            return;
         }
+        if self.bar.length().unwrap_or(0) > 0 { self.bar.abandon() } else { self.bar.finish_and_clear() }
     }
 }

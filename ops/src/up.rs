@@ -4,7 +4,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::StreamExt;
 use rbee_bus::{subjects, AggregateKind, Event, EventLog, Expected, Meta, WorkerStartRequested, WorkerState};
 use rbee_projections::LiveView;
 
@@ -217,6 +216,14 @@ pub async fn start_and_wait(log: &EventLog, view: &LiveView, worker: &str, reque
     let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", e);
     // Watch the worker's events before asking for it, so its readiness cannot be missed.
     let mut events = log.client().subscribe(subjects::aggregate(AggregateKind::Worker, worker)).await.map_err(|e| unavailable(e.to_string()))?;
+    // A model the hive has to download first: its progress is shown too.
+    let mut downloads = match &request {
+        Some(r) => {
+            let subject = subjects::aggregate(AggregateKind::Download, &rbee_bus::download_id(r.node, &r.source.name));
+            Some(log.client().subscribe(subject).await.map_err(|e| unavailable(e.to_string()))?)
+        }
+        None => None,
+    };
     if view.read(|v| v.registry.workers.get(worker).is_some_and(|w| w.state == WorkerState::Ready)) {
         println!("worker {worker} ready");
         return Ok(());
@@ -237,10 +244,12 @@ pub async fn start_and_wait(log: &EventLog, view: &LiveView, worker: &str, reque
             .map_err(|e| unavailable(e.to_string()))?;
         println!("starting worker {worker} for {} ...", r.source.name);
     }
+    let bar = crate::models::Bar::new();
     let wait = async {
-        while let Some(msg) = events.next().await {
-            let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) else { continue };
-            match env.event {
+        loop {
+            let event = crate::models::next_event(&mut events, downloads.as_mut()).await?;
+            bar.show(&event);
+            match event {
                 Event::WorkerRegistered(_) => println!("worker {worker} registered; loading the model"),
                 Event::WorkerStateChanged(s) if s.state == WorkerState::Ready => {
                     println!("worker {worker} ready (context {} tokens)", s.context_length);
@@ -256,11 +265,12 @@ pub async fn start_and_wait(log: &EventLog, view: &LiveView, worker: &str, reque
                 _ => {}
             }
         }
-        Err(unavailable("event subscription ended".into()))
     };
-    tokio::time::timeout(timeout, wait).await.map_err(|_| {
+    let outcome = tokio::time::timeout(timeout, wait).await.map_err(|_| {
         CliError::new("LOADING_TIMEOUT", format!("worker {worker} was not ready within {}s", timeout.as_secs()))
-    })?
+    });
+    bar.abandon();
+    outcome?
 }
 
 /// A fresh worker id on `node`.

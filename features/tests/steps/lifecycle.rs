@@ -430,3 +430,10 @@ async fn nothing_left(w: &mut RbeeWorld) {
     })
     .await;
 }
+
+#[then("the start showed the download's progress up to its verified end")]
+fn start_showed_download(w: &mut RbeeWorld) {
+    let printed = text(w.output.as_ref().expect("a start ran"));
+    let (half, end) = (printed.find("50% (").expect("progress shown"), printed.find("verified").expect("the end shown"));
+    assert!(half < end, "{printed}");
+}
