@@ -169,3 +169,11 @@ Feature: Workers live and die cleanly under their hive
     Given a cluster of my own serving the default model, with 2 more workers started
     When I run rbee down
     Then rbee down exits 0 and no process the cluster started is left, workers included
+
+  @Gap-R7
+  Scenario: A busy disk is warned about before the model loads
+    Given a running cluster without workers
+    And a hive of its own on a new node
+    And the disk holding its models is kept busy
+    When a worker is started on that node
+    Then the hive warned that the models' disk is busy before it spawned the worker

@@ -51,6 +51,9 @@ pub struct Config {
     /// A model needs its memory estimate times this percentage of free RAM (or VRAM) to start.
     #[arg(long, env = "RBEE_RAM_FACTOR_PERCENT", default_value_t = 100)]
     pub ram_factor_percent: u64,
+    /// A worker start warns when the models' disk is busier than this (percent of time doing I/O).
+    #[arg(long, env = "RBEE_DISK_BUSY_WARN_PERCENT", default_value_t = 80)]
+    pub disk_busy_warn_percent: u64,
     /// GPUs at or above this temperature (Celsius) take no new worker.
     #[arg(long, env = "RBEE_MAX_GPU_TEMPERATURE_C", default_value_t = 85)]
     pub max_gpu_temperature_c: u32,

@@ -54,10 +54,31 @@ mod tests {
     }
 
     #[test]
+    fn the_disk_holding_a_path_reports_how_busy_it_is() {
+        if let Some(busy) = disk_busy_percent(Path::new("/"), std::time::Duration::from_millis(50)) {
+            assert!(busy <= 100);
+        }
+    }
+
+    #[test]
     fn this_machine_has_ram_cores_and_disk() {
         let r = read(Path::new("/"));
         assert!(r.ram_total_bytes > 0 && r.ram_available_bytes <= r.ram_total_bytes);
         assert!(r.cores >= 1);
         assert!(r.disk_free_bytes > 0);
     }
+}
+
+/// How busy the disk holding `path` is: the share of `window` it spent doing I/O, in percent
+/// (from the block device's `io_ticks`). `None` when the path is not on a block device.
+pub fn disk_busy_percent(path: &Path, window: std::time::Duration) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let stat = format!("/sys/dev/block/{major}:{minor}/stat");
+    let io_ticks = || std::fs::read_to_string(&stat).ok()?.split_whitespace().nth(9)?.parse::<u64>().ok();
+    let before = io_ticks()?;
+    std::thread::sleep(window);
+    let after = io_ticks()?;
+    Some((after.saturating_sub(before) * 100 / window.as_millis().max(1) as u64).min(100))
 }

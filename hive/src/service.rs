@@ -285,6 +285,14 @@ impl Hive {
         // Again just before the spawn: memory may have gone while the model was fetched.
         let placement = self.preflight(cmd, rbee_bus::estimated_memory_bytes(provisioned.file.size_bytes))?;
         tracing::info!(backend = placement.backend, device = ?placement.device, reason = %placement.reason, "preflight passed");
+        let models_dir = self.config.models_dir();
+        let busy = tokio::task::spawn_blocking(move || crate::resources::disk_busy_percent(&models_dir, std::time::Duration::from_millis(250)))
+            .await
+            .ok()
+            .flatten();
+        if let Some(busy) = busy.filter(|b| *b >= self.config.disk_busy_warn_percent) {
+            tracing::warn!(busy_percent = busy, "the models' disk is busy: loading the model may be slow");
+        }
         let spec = WorkerSpec {
             worker: cmd.worker.clone(),
             model: cmd.model.clone(),

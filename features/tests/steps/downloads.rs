@@ -34,6 +34,8 @@ pub struct Dl {
     pub(super) hive_exit: Option<(std::process::ExitStatus, Duration)>,
     /// A worker's pid before the hive was restarted.
     pub(super) pid_before: i32,
+    /// A process keeping the disk busy (its process group is killed at the end).
+    pub(super) disk_load: Option<std::process::Child>,
     /// Memory the scenario holds on purpose (freed at its end).
     pub(super) hog: Vec<u8>,
     /// A worker binary the scenario made.
@@ -49,6 +51,11 @@ pub struct Dl {
 
 impl Drop for Dl {
     fn drop(&mut self) {
+        if let Some(mut load) = self.disk_load.take() {
+            // SAFETY: the process group of a shell loop this scenario started (setsid).
+            unsafe { libc::kill(-(load.id() as i32), libc::SIGKILL) };
+            let _ = load.wait();
+        }
         if let Some(mut hive) = self.hive.take() {
             // SAFETY: a hive this scenario started; it stops its own workers on SIGTERM.
             unsafe { libc::kill(hive.id() as i32, libc::SIGTERM) };

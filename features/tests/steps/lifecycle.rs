@@ -437,3 +437,31 @@ fn start_showed_download(w: &mut RbeeWorld) {
     let (half, end) = (printed.find("50% (").expect("progress shown"), printed.find("verified").expect("the end shown"));
     assert!(half < end, "{printed}");
 }
+
+#[given("the disk holding its models is kept busy")]
+fn keep_disk_busy(w: &mut RbeeWorld) {
+    use std::os::unix::process::CommandExt;
+    let file = w.dl.hive_dir.join("disk-load");
+    let script = format!("while :; do dd if=/dev/zero of='{}' bs=1M count=256 oflag=direct conv=notrunc status=none; done", file.display());
+    let mut cmd = std::process::Command::new("sh");
+    cmd.args(["-c", &script]);
+    // SAFETY: setsid is async-signal-safe; the loop gets a process group of its own to be killed by.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    w.dl.disk_load = Some(cmd.spawn().expect("start the disk load"));
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+#[then("the hive warned that the models' disk is busy before it spawned the worker")]
+fn warned_disk_busy(w: &mut RbeeWorld) {
+    let out = w.output.as_ref().unwrap();
+    assert!(out.status.success(), "{}", text(out));
+    let log = std::fs::read_to_string(w.dl.hive_dir.join("logs").join(format!("hive-{}.log", w.dl.node))).unwrap_or_default();
+    let warned = log.find("the models' disk is busy").unwrap_or_else(|| panic!("no warning in:\n{log}"));
+    let spawned = log.find("worker spawned").expect("the worker was spawned");
+    assert!(warned < spawned, "{log}");
+}

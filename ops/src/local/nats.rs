@@ -79,9 +79,11 @@ pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
     .collect();
     let pid = process::spawn_detached(plan.binary, &args, plan.log, &[])?;
     let url = format!("http://127.0.0.1:{}/healthz?js-enabled-only=true", plan.monitor_port);
-    crate::local::wait_serving(&url, Some((pid, "nats-server")), Duration::from_secs(20))
-        .await
-        .map_err(|_| CliError::new("NATS_START_FAILED", format!("nats-server did not become healthy; see {}", plan.log.display())))?;
+    if crate::local::wait_serving(&url, Some((pid, "nats-server")), Duration::from_secs(20)).await.is_err() {
+        // Not left running behind a failed start.
+        process::stop(pid, "nats-server", Duration::from_secs(5));
+        return Err(CliError::new("NATS_START_FAILED", format!("nats-server did not become healthy; see {}", plan.log.display())));
+    }
     Ok(pid)
 }
 
