@@ -177,3 +177,38 @@ Feature: Workers live and die cleanly under their hive
     And the disk holding its models is kept busy
     When a worker is started on that node
     Then the hive warned that the models' disk is busy before it spawned the worker
+
+  # This machine has no GPU: the hive reads these from an inventory file instead of NVML (the NVML
+  # path is compiled and runs, finding none), and the cuda worker binary is the CPU one.
+  @Gap-R1
+  Scenario: Of several GPUs, the one with most free VRAM is chosen, and why is logged
+    Given a running cluster without workers
+    And a hive of its own on a new node with these GPUs, and the CPU worker standing in for the cuda one:
+      | index | free MB | temperature |
+      | 0     | 4000    | 60          |
+      | 1     | 20000   | 70          |
+      | 2     | 12000   | 50          |
+    When a worker is started on that node with --backend cuda
+    Then the worker process is given GPU 1 only
+    And the hive logged that GPU 1 has the most free VRAM
+
+  @Gap-R3
+  Scenario: A GPU above its temperature limit takes no worker
+    Given a running cluster without workers
+    And a hive of its own on a new node with these GPUs, and the CPU worker standing in for the cuda one:
+      | index | free MB | temperature |
+      | 0     | 20000   | 92          |
+    When a worker is started on that node with --backend cuda --device 0
+    Then the start fails with exit code 1 and "GPU_TOO_HOT"
+    And no worker was spawned on that node
+
+  @Gap-R5
+  Scenario: Enough VRAM in total but not on one GPU
+    Given a running cluster without workers
+    And a hive of its own on a new node with these GPUs, and the CPU worker standing in for the cuda one:
+      | index | free MB | temperature |
+      | 0     | 80      | 50          |
+      | 1     | 80      | 50          |
+    When a worker is started on that node with --backend cuda
+    Then the start fails with exit code 1 and "VRAM_FRAGMENTED"
+    And no worker was spawned on that node

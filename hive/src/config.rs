@@ -54,6 +54,10 @@ pub struct Config {
     /// A worker start warns when the models' disk is busier than this (percent of time doing I/O).
     #[arg(long, env = "RBEE_DISK_BUSY_WARN_PERCENT", default_value_t = 80)]
     pub disk_busy_warn_percent: u64,
+    /// Read the GPUs from this JSON file instead of NVML (a stand-in for machines without a GPU:
+    /// `[{"index":0,"name":"…","vram_total_bytes":…,"vram_free_bytes":…,"temperature_c":…}]`).
+    #[arg(long, env = "RBEE_GPU_INVENTORY_FILE")]
+    pub gpu_inventory_file: Option<PathBuf>,
     /// GPUs at or above this temperature (Celsius) take no new worker.
     #[arg(long, env = "RBEE_MAX_GPU_TEMPERATURE_C", default_value_t = 85)]
     pub max_gpu_temperature_c: u32,

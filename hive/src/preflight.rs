@@ -6,7 +6,7 @@
 use crate::resources;
 
 /// One GPU as NVML reports it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
 pub struct Gpu {
     pub index: u32,
     pub name: String,
@@ -155,10 +155,18 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
     })
 }
 
-/// Reads this machine's inventory now: RAM from the kernel, GPUs from NVML if a driver is present.
-pub fn read(data_dir: &std::path::Path) -> Inventory {
+/// Reads this machine's inventory now: RAM from the kernel, GPUs from NVML if a driver is present,
+/// or from `gpu_inventory` (a JSON list of GPUs: a stand-in for machines without one, for tests).
+pub fn read(data_dir: &std::path::Path, gpu_inventory: Option<&std::path::Path>) -> Inventory {
     let r = resources::read(data_dir);
-    Inventory { ram_available_bytes: r.ram_available_bytes, gpus: nvml_gpus(), macos: cfg!(target_os = "macos") }
+    let gpus = match gpu_inventory {
+        Some(file) => std::fs::read_to_string(file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| {
+            tracing::error!(file = %file.display(), "unreadable GPU inventory file; no GPUs");
+            Vec::new()
+        }),
+        None => nvml_gpus(),
+    };
+    Inventory { ram_available_bytes: r.ram_available_bytes, gpus, macos: cfg!(target_os = "macos") }
 }
 
 /// NVIDIA GPUs through NVML; none when no driver (library) is present.
@@ -256,7 +264,7 @@ mod tests {
     #[test]
     fn this_machine_has_no_nvidia_driver_so_no_gpus() {
         // The real NVML path: on a machine without the driver the library is absent and no GPU is listed.
-        let inv = read(std::path::Path::new("/"));
+        let inv = read(std::path::Path::new("/"), None);
         assert!(inv.ram_available_bytes > 0);
         if !std::path::Path::new("/proc/driver/nvidia/version").exists() {
             assert!(inv.gpus.is_empty());

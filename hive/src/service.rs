@@ -307,7 +307,7 @@ impl Hive {
     }
 
     fn preflight(&self, cmd: &WorkerStartRequested, memory_bytes: u64) -> Result<crate::preflight::Placement, (&'static str, String)> {
-        let inventory = crate::preflight::read(&self.config.data_dir);
+        let inventory = crate::preflight::read(&self.config.data_dir, self.config.gpu_inventory_file.as_deref());
         crate::preflight::place(&inventory, &cmd.backend, cmd.device, memory_bytes, &self.config.limits()).map_err(|r| (r.code, r.message))
     }
 }

@@ -465,3 +465,45 @@ fn warned_disk_busy(w: &mut RbeeWorld) {
     let spawned = log.find("worker spawned").expect("the worker was spawned");
     assert!(warned < spawned, "{log}");
 }
+
+#[given("a hive of its own on a new node with these GPUs, and the CPU worker standing in for the cuda one:")]
+async fn hive_with_gpus(w: &mut RbeeWorld, step: &cucumber::gherkin::Step) {
+    let table = step.table.as_ref().expect("a table of GPUs");
+    let gpus: Vec<Value> = table
+        .rows
+        .iter()
+        .skip(1)
+        .map(|row| {
+            let n = |i: usize| row[i].trim().parse::<u64>().expect("a number");
+            serde_json::json!({
+                "index": n(0), "name": format!("stand-in GPU {}", n(0)),
+                "vram_total_bytes": 24u64 << 30, "vram_free_bytes": n(1) << 20, "temperature_c": n(2),
+            })
+        })
+        .collect();
+    let file = rbee_features::scratch_dir("gpus").join("gpus.json");
+    std::fs::write(&file, serde_json::to_string(&gpus).unwrap()).unwrap();
+    let env = vec![
+        ("RBEE_GPU_INVENTORY_FILE".to_string(), file.display().to_string()),
+        ("RBEE_WORKER_BIN_CUDA".to_string(), rbee_features::bin("rbee-worker").display().to_string()),
+    ];
+    own_hive(w, env, None).await;
+}
+
+#[then(expr = "the worker process is given GPU {int} only")]
+fn given_gpu(w: &mut RbeeWorld, gpu: u32) {
+    let out = w.output.as_ref().unwrap();
+    assert!(out.status.success(), "{}", text(out));
+    let pid = worker_pid(w);
+    w.stop_at_end.push(pid);
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let wanted = format!("CUDA_VISIBLE_DEVICES={gpu}");
+    assert!(environ.split(|b| *b == 0).any(|v| v == wanted.as_bytes()), "{wanted} not in the worker's environment");
+}
+
+#[then(expr = "the hive logged that GPU {int} has the most free VRAM")]
+fn logged_gpu_reason(w: &mut RbeeWorld, gpu: u32) {
+    let log = std::fs::read_to_string(w.dl.hive_dir.join("logs").join(format!("hive-{}.log", w.dl.node))).unwrap_or_default();
+    let wanted = format!("GPU {gpu} has the most free VRAM");
+    assert!(log.lines().any(|l| l.contains("preflight passed") && l.contains(&wanted)), "{wanted} not in:\n{log}");
+}
