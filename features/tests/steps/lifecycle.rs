@@ -201,8 +201,12 @@ async fn stop_then_none_left(w: &mut RbeeWorld) {
 
 #[then("no process of the worker is left")]
 async fn no_worker_left(w: &mut RbeeWorld) {
-    let pids = worker_pids(w);
-    eventually("no worker process is left", DEADLINE, || async {
+    all_gone("no worker process is left", &worker_pids(w)).await;
+}
+
+/// Waits until none of `pids` is alive.
+async fn all_gone(what: &str, pids: &[i32]) {
+    eventually(what, DEADLINE, || async {
         let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
         if left.is_empty() { Ok(()) } else { Err(left) }
     })
@@ -424,11 +428,7 @@ async fn nothing_left(w: &mut RbeeWorld) {
     assert!(out.status.success(), "{}", text(out));
     let pids = std::mem::take(&mut w.stop_at_end);
     assert!(pids.len() >= 7, "nats, postgres, queen, hive and 3 workers: {pids:?}");
-    eventually("every process of the cluster is gone", DEADLINE, || async {
-        let left: Vec<i32> = pids.iter().copied().filter(|p| alive(*p)).collect();
-        if left.is_empty() { Ok(()) } else { Err(left) }
-    })
-    .await;
+    all_gone("every process of the cluster is gone", &pids).await;
 }
 
 #[then("the start showed the download's progress up to its verified end")]
