@@ -75,7 +75,7 @@ impl HubSettings {
     /// The one `.gguf` file of a repository; a repository with several needs the file named.
     async fn only_gguf_file(&self, client: &reqwest::Client, repo: &str, revision: &str) -> Result<String, Failure> {
         let url = format!("{}/api/models/{repo}/revision/{revision}", self.endpoint.trim_end_matches('/'));
-        let resp = self.get(client, &url).send().await.map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: {e}")))?;
+        let resp = self.get(client, &url).send().await.map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: {}", causes(&e))))?;
         check_status(&resp, &format!("hf:{repo}"))?;
         let body: serde_json::Value =
             resp.json().await.map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: unreadable file list: {e}")))?;
@@ -106,7 +106,7 @@ impl HubSettings {
             .authorized(client.head(url))
             .send()
             .await
-            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: {e}")))?;
+            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: {}", causes(&e))))?;
         if !resp.status().is_redirection() {
             check_status(&resp, url)?;
         }
@@ -115,6 +115,19 @@ impl HubSettings {
         let size = resp.headers().get("x-linked-size").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
         Ok(((sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit())).then_some(sha), size.or(resp.content_length().filter(|n| *n > 0))))
     }
+}
+
+/// An error with the chain of its causes ("error sending request: connection refused"), so the
+/// reason reaches the user.
+pub fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Maps the hub's refusals to stable codes: what retrying cannot fix is fatal.

@@ -355,7 +355,7 @@ impl Downloader {
         let mut resp = tokio::time::timeout(stall, request.send())
             .await
             .map_err(|_| timed_out())?
-            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{}: {e}", job.url)))?;
+            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{}: {}", job.url, hub::causes(&e))))?;
         hub::check_status(&resp, &job.url)?;
         if t.offset > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
             tracing::warn!(offset = t.offset, "the server ignored the range; starting over");
@@ -378,7 +378,7 @@ impl Downloader {
             let next = tokio::time::timeout(stall, resp.chunk())
                 .await
                 .map_err(|_| Failure::retry("DOWNLOAD_TIMEOUT", format!("no bytes from {} for {}s at offset {}", job.url, stall.as_secs_f32(), t.offset)))?
-                .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("connection to {} lost at offset {}: {e}", job.url, t.offset)))?;
+                .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("connection to {} lost at offset {}: {}", job.url, t.offset, hub::causes(&e))))?;
             let Some(bytes) = next else {
                 t.flush_all().await?;
                 break;
