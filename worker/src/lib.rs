@@ -6,6 +6,7 @@ pub mod chat_template;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod kernels;
 pub mod registration;
 pub mod service;
 pub mod text_stream;

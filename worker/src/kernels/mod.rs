@@ -1,0 +1,4 @@
+//! Quantized compute kernels for the formats the default model uses, each with a portable
+//! reference and a SIMD path chosen at run time.
+
+pub mod q4_1;
