@@ -7,6 +7,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod kernels;
+pub mod llama;
 pub mod registration;
 pub mod service;
 pub mod text_stream;
