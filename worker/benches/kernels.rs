@@ -55,5 +55,49 @@ fn main() -> candle_core::Result<()> {
             println!("  {what:<22} QMatMul, {m:>2} token(s): candle {theirs:>8.1} us   rbee {ours:>8.1} us   speedup {:>5.2}x", theirs / ours);
         }
     }
+    forward_passes()
+}
+
+/// Whole forward passes on the default model: candle's quantized llama vs rbee's forward pass with
+/// candle's and with rbee's Q4_1 kernels. Prompt tok/s on a chat prompt, decode tok/s over 64 steps.
+fn forward_passes() -> candle_core::Result<()> {
+    use candle_core::quantized::gguf_file;
+    use candle_transformers::models::quantized_llama::ModelWeights;
+    use rbee_worker::llama::{Kernels, Llama};
+
+    let path = std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rbee/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let question = rbee_bus::frames::ChatMessage { role: "user".into(), content: "What is the capital of France? Answer in one sentence.".into() };
+    let prompt = rbee_worker::engine::Engine::load(&path).expect("model").prompter().prepare(&[question], Some(64)).expect("fits").prompt;
+    let device = Device::Cpu;
+    let input = Tensor::new(prompt.as_slice(), &device)?.unsqueeze(0)?;
+    let measure = |name: &str, forward: &mut dyn FnMut(&Tensor, usize) -> candle_core::Result<Tensor>| -> candle_core::Result<()> {
+        let t0 = Instant::now();
+        let logits = forward(&input, 0)?;
+        let prompt_secs = t0.elapsed().as_secs_f64();
+        let mut next = logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
+        let t0 = Instant::now();
+        for step in 0..64 {
+            let logits = forward(&Tensor::new(&[next], &device)?.unsqueeze(0)?, prompt.len() + step)?;
+            next = logits.flatten_all()?.argmax(0)?.to_scalar::<u32>()?;
+        }
+        let decode = 64.0 / t0.elapsed().as_secs_f64();
+        println!("  {name:<34} prompt {:>6.1} tok/s ({} tokens)   decode {decode:>6.1} tok/s", prompt.len() as f64 / prompt_secs, prompt.len());
+        Ok(())
+    };
+    println!("forward passes, default model, all cores:");
+    for round in 0..2 {
+        if round == 1 {
+            println!("  (again)");
+        }
+        let mut file = std::fs::File::open(&path)?;
+        let mut candle = ModelWeights::from_gguf(gguf_file::Content::read(&mut file)?, &mut file, &device)?;
+        measure("candle quantized_llama", &mut |x, p| candle.forward(x, p))?;
+        for (kernels, name) in [(Kernels::Candle, "rbee forward, candle's Q4_1 kernel"), (Kernels::Rbee, "rbee forward, rbee's Q4_1 kernel")] {
+            let mut file = std::fs::File::open(&path)?;
+            let content = gguf_file::Content::read(&mut file)?;
+            let mut model = Llama::from_gguf(&content, &mut file, &device, kernels)?;
+            measure(name, &mut |x, p| model.forward(x, p))?;
+        }
+    }
     Ok(())
 }

@@ -11,13 +11,14 @@ use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_llama::{self, ModelWeights};
+use candle_transformers::models::quantized_llama;
 use rbee_bus::frames::{self, ChatMessage};
 use rbee_bus::FinishReason;
 use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence};
 use tokenizers::Tokenizer;
 
 use crate::chat_template::ChatTemplate;
+use crate::llama::{Kernels, Llama};
 use crate::text_stream::TextStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +78,7 @@ pub struct Prompter {
 
 /// The model with its prompter. Owned by the generation thread.
 pub struct Engine {
-    model: ModelWeights,
+    model: Llama,
     prompter: Arc<Prompter>,
     device: Device,
 }
@@ -128,7 +129,7 @@ impl Engine {
         }
 
         let device = Device::Cpu;
-        let model = ModelWeights::from_gguf(content, &mut file, &device).map_err(|e| invalid(e.to_string()))?;
+        let model = Llama::from_gguf(&content, &mut file, &device, Kernels::Rbee).map_err(|e| invalid(e.to_string()))?;
         let prompter = Arc::new(Prompter { tokenizer, template, eos, context_length });
         Ok(Engine { model, prompter, device })
     }
@@ -200,15 +201,14 @@ impl Engine {
         };
 
         let input = Tensor::new(prepared.prompt.as_slice(), &self.device).and_then(|t| t.unsqueeze(0)).map_err(inference)?;
-        // index_pos 0 also resets the model's KV cache from any previous request.
+        // Position 0 also clears the model's KV cache from any previous request.
         let mut logits = self.model.forward(&input, 0).map_err(inference)?;
         let mut position = prepared.prompt.len();
         loop {
             if cancel.load(Ordering::Relaxed) {
                 return done(FinishReason::Cancelled, completion_tokens, time_to_first_token);
             }
-            let logits_1d = logits.squeeze(0).map_err(inference)?;
-            let next = sampler.sample(&logits_1d).map_err(inference)?;
+            let next = sampler.sample(&logits).map_err(inference)?;
             if completion_tokens == 0 {
                 time_to_first_token = started.elapsed();
             }

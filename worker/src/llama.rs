@@ -108,9 +108,16 @@ impl Llama {
         }
     }
 
-    /// Logits for the last of `tokens` ([1, n]), which sit at positions `start..start + n`.
+    /// Logits ([vocab]) for the last of `tokens` ([1, n]), which sit at positions
+    /// `start..start + n`. Start 0 begins a new sequence (the cache is cleared).
     pub fn forward(&mut self, tokens: &Tensor, start: usize) -> Result<Tensor> {
         let (_, n) = tokens.dims2()?;
+        if start == 0 {
+            self.clear_cache();
+        }
+        if n == 0 || start + n > self.cos.dim(0)? {
+            candle_core::bail!("positions {start}..{} are outside the model's context of {}", start + n, self.cos.dim(0)?)
+        }
         let mut x = self.embeddings.index_select(&tokens.flatten_all()?, 0)?.unsqueeze(0)?;
         let (cos, sin) = (self.cos.narrow(0, start, n)?, self.sin.narrow(0, start, n)?);
         let mask = (n > 1).then(|| causal_mask(n, start, x.device())).transpose()?;
