@@ -27,6 +27,9 @@ pub struct Config {
     /// Most seconds to let in-flight requests finish after SIGTERM (draining) before exiting.
     #[arg(long, env = "RBEE_DRAIN_SECS", default_value_t = 120)]
     pub drain_secs: u64,
+    /// Threads for inference (default: the machine's physical cores).
+    #[arg(long, env = "RBEE_WORKER_THREADS")]
+    pub threads: Option<usize>,
     /// Seconds between heartbeats.
     #[arg(long, env = "RBEE_HEARTBEAT_SECS", default_value_t = 2)]
     pub heartbeat_secs: u64,
@@ -35,5 +38,24 @@ pub struct Config {
 impl Config {
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+}
+
+/// Physical cores: distinct (package, core) pairs in sysfs; logical CPUs when sysfs does not say.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let read = |cpu: usize, what: &str| std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{what}")).ok().map(|s| s.trim().to_string());
+    let cores: std::collections::BTreeSet<(String, String)> =
+        (0..logical).filter_map(|cpu| Some((read(cpu, "physical_package_id")?, read(cpu, "core_id")?))).collect();
+    if cores.is_empty() { logical } else { cores.len() }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn physical_cores_are_at_least_one_and_at_most_the_logical_cpus() {
+        let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let physical = super::physical_cores();
+        assert!((1..=logical).contains(&physical), "{physical} of {logical}");
     }
 }

@@ -187,6 +187,19 @@ impl Engine {
         prepared: &Prepared,
         sampling: &frames::Sampling,
         cancel: &AtomicBool,
+        on_text: impl FnMut(&str),
+    ) -> Result<Generation, EngineError> {
+        let generation = self.generate_sequence(prepared, sampling, cancel, on_text);
+        // The sequence's KV cache is freed as soon as it ends, not when the next one starts.
+        self.model.clear_cache();
+        generation
+    }
+
+    fn generate_sequence(
+        &mut self,
+        prepared: &Prepared,
+        sampling: &frames::Sampling,
+        cancel: &AtomicBool,
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation, EngineError> {
         let started = Instant::now();
