@@ -1,6 +1,8 @@
 //! Engine baseline on this machine: prompt processing and decode speed of the worker's engine on
 //! the default model, medians of several runs. `cargo bench -p rbee-worker --bench engine`
 //! (RBEE_TEST_MODEL or the shared cache names the GGUF file; RAYON_NUM_THREADS the threads).
+//! With RBEE_BENCH_OUT=<file> it also writes the prompts' token ids and its results as JSON, which
+//! `scripts/bench-engine` hands to llama.cpp so both run the very same tokens.
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
@@ -46,6 +48,7 @@ fn main() {
     // Prompt processing: time to the first token over a long (~240 token) and a short prompt.
     let long_text = "Bees are flying insects closely related to wasps and ants, known for their roles in pollination and, in the case of the best-known bee species, the western honey bee, for producing honey. ".repeat(6);
     let mut rows = Vec::new();
+    let mut out = serde_json::Map::new();
     for (label, text) in [("long", long_text.as_str()), ("short", "What is the capital of France? Answer in one sentence.")] {
         let prepared = prompter.prepare(&user(text), Some(1)).unwrap();
         let mut ttft = Vec::new();
@@ -54,6 +57,8 @@ fn main() {
             ttft.push(g.time_to_first_token.as_secs_f64());
         }
         let t = median(ttft);
+        out.insert(format!("{label}_prompt"), serde_json::json!(prepared.prompt));
+        out.insert(format!("{label}_prompt_tok_s"), serde_json::json!(prepared.prompt.len() as f64 / t));
         rows.push(format!("| prompt processing, {label} prompt ({} tokens) | {:.1} tok/s | TTFT {:.0} ms |", prepared.prompt.len(), prepared.prompt.len() as f64 / t, t * 1000.0));
     }
 
@@ -69,14 +74,22 @@ fn main() {
         tokens = g.completion_tokens;
         decode.push((g.completion_tokens.saturating_sub(1)) as f64 / (total - g.time_to_first_token.as_secs_f64()));
     }
-    rows.push(format!("| decode ({tokens} tokens, greedy) | {:.1} tok/s | |", median(decode)));
+    let decode = median(decode);
+    out.insert("decode_prompt".into(), serde_json::json!(prepared.prompt));
+    out.insert("decode_tokens".into(), serde_json::json!(tokens));
+    out.insert("decode_tok_s".into(), serde_json::json!(decode));
+    rows.push(format!("| decode ({tokens} tokens, greedy) | {decode:.1} tok/s | |"));
 
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default (all cores)".into());
-    println!("engine: candle {} quantized llama, model {}, threads {threads}, {RUNS} runs, medians", "0.11.1", model_path().display());
+    println!("engine: rbee's forward pass and Q4_1 kernel, model {}, threads {threads}, {RUNS} runs, medians", model_path().display());
     println!("| measure | value | |\n|---|---|---|");
     for row in rows {
         println!("{row}");
     }
     println!("| model load | {:.2} s | |", load_s);
     println!("| peak RSS | {:.0} MiB | |", peak_rss_mib());
+    out.insert("peak_rss_mib".into(), serde_json::json!(peak_rss_mib()));
+    if let Some(file) = std::env::var_os("RBEE_BENCH_OUT") {
+        std::fs::write(file, serde_json::Value::Object(out).to_string()).expect("write the bench results");
+    }
 }
