@@ -120,8 +120,10 @@ impl Llama {
         }
         let mut x = self.embeddings.index_select(&tokens.flatten_all()?, 0)?.unsqueeze(0)?;
         let (cos, sin) = (self.cos.narrow(0, start, n)?, self.sin.narrow(0, start, n)?);
-        let mask = (n > 1).then(|| causal_mask(n, start, x.device())).transpose()?;
         let (heads, kv_heads, head_dim, eps) = (self.heads, self.kv_heads, self.head_dim, self.eps);
+        let group = heads / kv_heads;
+        // One mask row per (query head of a group, position).
+        let mask = (n > 1).then(|| causal_mask(n, start, x.device())?.repeat((group, 1))).transpose()?;
         for layer in &mut self.layers {
             let h = candle_nn::ops::rms_norm(&x, &layer.attn_norm, eps as f32)?;
             let split = |t: Tensor, count: usize| t.reshape((1, n, count, head_dim))?.transpose(1, 2)?.contiguous();
@@ -133,17 +135,15 @@ impl Llama {
                 None => (k, v),
             };
             layer.cache = Some((k.clone(), v.clone()));
-            let repeat = |t: &Tensor| -> Result<Tensor> {
-                let (b, kvh, len, d) = t.dims4()?;
-                t.unsqueeze(2)?.expand((b, kvh, heads / kvh, len, d))?.reshape((b, heads, len, d))
-            };
-            let (k, v) = (repeat(&k)?, repeat(&v)?);
+            // Grouped-query attention without copying keys and values per head: the query heads
+            // sharing a kv head are stacked as rows ([1, kv heads, group * n, head dim]).
+            let q = q.reshape((1, kv_heads, group * n, head_dim))?;
             let mut scores = (q.matmul(&k.t()?.contiguous()?)? / (head_dim as f64).sqrt())?;
             if let Some(mask) = &mask {
                 scores = scores.broadcast_add(mask)?;
             }
-            let attended = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.contiguous()?)?;
-            let attended = attended.transpose(1, 2)?.reshape((1, n, heads * head_dim))?;
+            let attended = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v)?;
+            let attended = attended.reshape((1, heads, n, head_dim))?.transpose(1, 2)?.reshape((1, n, heads * head_dim))?;
             x = (x + layer.wo.forward(&attended)?)?;
             let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps as f32)?;
             let gated = (candle_nn::ops::silu(&layer.gate.forward(&h)?)? * layer.up.forward(&h)?)?;
