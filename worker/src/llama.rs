@@ -138,7 +138,7 @@ impl Llama {
             // Grouped-query attention without copying keys and values per head: the query heads
             // sharing a kv head are stacked as rows ([1, kv heads, group * n, head dim]).
             let q = q.reshape((1, kv_heads, group * n, head_dim))?;
-            let mut scores = (q.matmul(&k.t()?.contiguous()?)? / (head_dim as f64).sqrt())?;
+            let mut scores = (q.matmul(&k.t()?)? / (head_dim as f64).sqrt())?;
             if let Some(mask) = &mask {
                 scores = scores.broadcast_add(mask)?;
             }
