@@ -8,19 +8,8 @@ use std::time::Instant;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use rbee_worker::kernels::candle_q4_1::FastQ4_1;
+use rbee_worker::kernels::noise;
 use rbee_worker::kernels::q4_1;
-
-fn noise(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
-}
 
 fn median_us(mut f: impl FnMut(), runs: usize) -> f64 {
     let mut xs: Vec<f64> = (0..runs)

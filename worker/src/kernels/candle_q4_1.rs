@@ -122,20 +122,10 @@ impl QuantizedType for FastQ4_1 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::noise;
     use candle_core::quantized::QMatMul;
     use candle_core::{Device, Module, Tensor};
 
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// The same weights through candle's own Q4_1 and through rbee's kernel give the same product
     /// (up to the activations' quantization, which both do with 8 bits), for decode (m = 1) and a

@@ -3,3 +3,16 @@
 
 pub mod candle_q4_1;
 pub mod q4_1;
+
+/// Deterministic pseudo-random floats in [-1, 1) (xorshift): test and benchmark data.
+pub fn noise(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}

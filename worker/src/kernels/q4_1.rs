@@ -155,19 +155,8 @@ pub fn matvec(w: &[BlockQ4_1], rows: usize, cols: usize, x: &[f32], y: &mut [f32
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::noise;
 
-    /// Deterministic pseudo-random floats in [-1, 1).
-    fn noise(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     fn quantize_weights(xs: &[f32]) -> Vec<BlockQ4_1> {
         xs.chunks_exact(BLOCK).map(|c| BlockQ4_1::quantize(c.try_into().unwrap())).collect()
