@@ -173,7 +173,7 @@ Feature: Workers live and die cleanly under their hive
   @Gap-R7
   Scenario: A busy disk is warned about before the model loads
     Given a running cluster without workers
-    And a hive of its own on a new node
+    And a hive of its own on a new node, with RBEE_DISK_BUSY_WARN_PERCENT=25
     And the disk holding its models is kept busy
     When a worker is started on that node
     Then the hive warned that the models' disk is busy before it spawned the worker

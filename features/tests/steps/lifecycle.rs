@@ -441,8 +441,10 @@ fn start_showed_download(w: &mut RbeeWorld) {
 #[given("the disk holding its models is kept busy")]
 fn keep_disk_busy(w: &mut RbeeWorld) {
     use std::os::unix::process::CommandExt;
-    let file = w.dl.hive_dir.join("disk-load");
-    let script = format!("while :; do dd if=/dev/zero of='{}' bs=1M count=256 oflag=direct conv=notrunc status=none; done", file.display());
+    // Two writers bypassing the page cache, so the device is busy whatever else the machine does.
+    let (a, b) = (w.dl.hive_dir.join("disk-load-a"), w.dl.hive_dir.join("disk-load-b"));
+    let writer = |f: &std::path::Path| format!("while :; do dd if=/dev/zero of='{}' bs=4M count=64 oflag=direct conv=notrunc status=none; done", f.display());
+    let script = format!("{} & {} & wait", writer(&a), writer(&b));
     let mut cmd = std::process::Command::new("sh");
     cmd.args(["-c", &script]);
     // SAFETY: setsid is async-signal-safe; the loop gets a process group of its own to be killed by.
