@@ -44,3 +44,14 @@ pub fn hostname() -> String {
 pub fn use_ring_for_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
+
+/// Whether `pid` is a live process: it exists and is not a zombie.
+pub fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    pid > 0 && !stat.is_empty() && !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
+}
+
+/// Whether `pid` is a live process whose command line mentions `program` (guards against pid reuse).
+pub fn runs(pid: u32, program: &str) -> bool {
+    alive(pid) && String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(program)
+}

@@ -7,7 +7,7 @@ use rbee_bus::{Event, EventLog, Expected, Meta, WorkerExited, WorkerState};
 use rbee_projections::LiveView;
 use tokio_util::sync::CancellationToken;
 
-use crate::supervisor::{process_alive, Supervisor, WorkerSpec};
+use crate::supervisor::{Supervisor, WorkerSpec};
 use crate::Config;
 
 /// Waits until a spawned worker is ready. Past `timeout` it is killed (`LOADING_TIMEOUT`); a worker
@@ -96,8 +96,8 @@ pub async fn adopt_running_workers(log: &EventLog, view: &LiveView, supervisor: 
 fn is_worker_process(pid: u32, worker: &str) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    process_alive(pid)
-        && args.first().is_some_and(|a| a.ends_with(b"rbee-worker") || String::from_utf8_lossy(a).contains("rbee-worker"))
+    rbee_bus::process::alive(pid)
+        && args.first().is_some_and(|a| String::from_utf8_lossy(a).contains("rbee-worker"))
         && args.windows(2).any(|p| p[0] == b"--worker-id" && p[1] == worker.as_bytes())
 }
 
@@ -105,8 +105,5 @@ fn is_worker_process(pid: u32, worker: &str) -> bool {
 fn supervised_by_live_hive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
-    ppid.is_some_and(|ppid| {
-        let cmdline = std::fs::read(format!("/proc/{ppid}/cmdline")).unwrap_or_default();
-        ppid != std::process::id() && String::from_utf8_lossy(&cmdline).contains("rbee-hive")
-    })
+    ppid.is_some_and(|ppid| ppid != std::process::id() && rbee_bus::process::runs(ppid, "rbee-hive"))
 }

@@ -159,7 +159,7 @@ impl Supervisor {
         self.lock().insert(worker.clone(), Tracked { pid, spec, stopping: None, restarts: 0 });
         let this = self.clone();
         self.watchers.spawn(async move {
-            while process_alive(pid) {
+            while rbee_bus::process::alive(pid) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             // Not our child: its exit status went to init.
@@ -296,12 +296,6 @@ fn pin_to(cores: &[usize]) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// Whether a process is alive (not gone, not a zombie).
-pub fn process_alive(pid: u32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
 }
 
 fn send_signal(pid: u32, sig: i32) {

@@ -13,8 +13,7 @@ use super::downloads::own_hive;
 use super::{RbeeWorld, DEADLINE};
 
 fn alive(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    !stat.is_empty() && !stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z'))
+    rbee_bus::process::alive(pid as u32)
 }
 
 fn text(out: &std::process::Output) -> String {

@@ -235,8 +235,7 @@ impl Downloader {
         if d.owner == self.owner {
             return true;
         }
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", d.pid)).unwrap_or_default();
-        d.pid != std::process::id() && String::from_utf8_lossy(&cmdline).contains("rbee-hive")
+        d.pid != std::process::id() && rbee_bus::process::runs(d.pid, "rbee-hive")
     }
 
     /// Waits for another holder's outcome: `Some` when the model got registered or the download

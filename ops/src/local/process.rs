@@ -36,13 +36,7 @@ pub fn spawn_detached(program: &Path, args: &[String], log: &Path, envs: &[(&str
 
 /// Whether `pid` is alive and its command line mentions `expected` (guards against PID reuse).
 pub fn is_ours(pid: u32, expected: &str) -> bool {
-    if pid == 0 {
-        return false;
-    }
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let zombie = stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'));
-    !zombie && String::from_utf8_lossy(&cmdline).contains(expected)
+    rbee_bus::process::runs(pid, expected)
 }
 
 /// SIGTERM, then SIGKILL after `grace`. Returns once the process is gone. Only for PIDs we started.
