@@ -26,9 +26,21 @@ pub struct Remote {
     pub size: Option<u64>,
 }
 
-/// An HTTP client using rustls with the ring provider (the one async-nats already brings).
-pub fn client() -> Result<reqwest::Client, Failure> {
-    client_builder().build().map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("cannot create an HTTP client: {e}")))
+/// The HTTP clients a downloader needs, built once (rustls with the ring provider, the one
+/// async-nats already brings): one that follows redirects, for files and file lists, and one that
+/// does not, for the hub's answers to HEAD (its LFS headers come on the redirect itself).
+#[derive(Clone)]
+pub struct Clients {
+    pub fetch: reqwest::Client,
+    probe: reqwest::Client,
+}
+
+pub fn clients() -> Result<Clients, Failure> {
+    let unusable = |e: reqwest::Error| Failure::fatal("DOWNLOAD_FAILED", format!("cannot create an HTTP client: {e}"));
+    Ok(Clients {
+        fetch: client_builder().build().map_err(unusable)?,
+        probe: client_builder().redirect(reqwest::redirect::Policy::none()).build().map_err(unusable)?,
+    })
 }
 
 fn client_builder() -> reqwest::ClientBuilder {
@@ -49,11 +61,11 @@ impl HubSettings {
     }
 
     /// The URL and published checksum of what `reference` names.
-    pub async fn resolve(&self, client: &reqwest::Client, reference: &ModelRef) -> Result<Remote, Failure> {
+    pub async fn resolve(&self, clients: &Clients, reference: &ModelRef) -> Result<Remote, Failure> {
         match reference {
             ModelRef::Url(url) => {
                 // Only the size is asked for; a server that refuses HEAD still serves the GET.
-                let size = match self.authorized(client.head(url)).send().await {
+                let size = match self.authorized(clients.fetch.head(url)).send().await {
                     Ok(resp) if resp.status().is_success() => resp.content_length(),
                     _ => None,
                 };
@@ -63,10 +75,10 @@ impl HubSettings {
             ModelRef::Hub { repo, file, revision } => {
                 let file = match file {
                     Some(f) => f.clone(),
-                    None => self.only_gguf_file(client, repo, revision).await?,
+                    None => self.only_gguf_file(&clients.fetch, repo, revision).await?,
                 };
                 let url = format!("{}/{repo}/resolve/{revision}/{file}", self.endpoint.trim_end_matches('/'));
-                let (sha256, size) = self.published(client, &url).await?;
+                let (sha256, size) = self.published(&clients.probe, &url).await?;
                 Ok(Remote { url, sha256, size })
             }
         }
@@ -99,9 +111,7 @@ impl HubSettings {
 
     /// The sha256 and size the hub publishes for an LFS file (`X-Linked-Etag`, `X-Linked-Size` on a
     /// HEAD that is not followed: the hub answers LFS files with a redirect carrying them).
-    async fn published(&self, _client: &reqwest::Client, url: &str) -> Result<(Option<String>, Option<u64>), Failure> {
-        let no_redirects = client_builder().redirect(reqwest::redirect::Policy::none()).build();
-        let client = no_redirects.map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("cannot create an HTTP client: {e}")))?;
+    async fn published(&self, client: &reqwest::Client, url: &str) -> Result<(Option<String>, Option<u64>), Failure> {
         let resp = self
             .authorized(client.head(url))
             .send()

@@ -88,7 +88,7 @@ pub struct Downloader {
     node: String,
     models_dir: PathBuf,
     settings: DownloadSettings,
-    client: reqwest::Client,
+    clients: hub::Clients,
     /// This hive run: tells its own claims from those of earlier runs.
     owner: String,
 }
@@ -106,9 +106,9 @@ enum Claim {
 impl Downloader {
     pub fn new(log: EventLog, view: LiveView, node: String, models_dir: PathBuf, mut settings: DownloadSettings) -> Result<Self, Failure> {
         settings.chunk_bytes = settings.chunk_bytes.max(64) / 64 * 64;
-        let client = hub::client()?;
+        let clients = hub::clients()?;
         let owner = uuid::Uuid::now_v7().to_string();
-        Ok(Downloader { log, view, node, models_dir, settings, client, owner })
+        Ok(Downloader { log, view, node, models_dir, settings, clients, owner })
     }
 
     /// Makes `model` present in the store from `reference`, downloading (or waiting for another
@@ -145,13 +145,13 @@ impl Downloader {
 
     /// The size the source announces for `reference` (a HEAD on the hub), if it does.
     pub async fn announced_size(&self, reference: &ModelRef) -> Option<u64> {
-        self.settings.hub.resolve(&self.client, reference).await.ok().and_then(|r| r.size)
+        self.settings.hub.resolve(&self.clients, reference).await.ok().and_then(|r| r.size)
     }
 
     async fn resolve_with_retries(&self, reference: &ModelRef) -> Result<hub::Remote, Failure> {
         let mut attempt = 0;
         loop {
-            match self.settings.hub.resolve(&self.client, reference).await {
+            match self.settings.hub.resolve(&self.clients, reference).await {
                 Err(f) if f.retryable && attempt < self.settings.retries => {
                     attempt += 1;
                     let delay = self.delay(attempt, &f);
@@ -346,7 +346,7 @@ impl Downloader {
 
     async fn receive(&self, job: &Job, t: &mut Transfer, recorder: &tokio::task::JoinHandle<Result<Position, Failure>>) -> Result<(), Failure> {
         let stall = self.settings.stall;
-        let mut request = self.settings.hub.get(&self.client, &job.url);
+        let mut request = self.settings.hub.get(&self.clients.fetch, &job.url);
         if t.offset > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={}-", t.offset));
         }
