@@ -233,6 +233,8 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
         refetched.push((hive_twice, hub_twice));
         println!("round {round}: killed with {received_at_kill} bytes on disk ({first_get_sent} sent), resumed from {resumed_from}: the hive fetched {hive_twice} twice, the hub sent {hub_twice} twice");
     }
+    drop(hive);
+    let _ = std::fs::remove_dir_all(&dir);
     let median = |mut v: Vec<u64>| {
         v.sort();
         (v[v.len() / 2], v[v.len() - 1])

@@ -38,6 +38,8 @@ pub struct Dl {
     pub(super) disk_load: Option<std::process::Child>,
     /// Memory the scenario holds on purpose (freed at its end).
     pub(super) hog: Vec<u8>,
+    /// Scratch directories the scenario made (removed at its end).
+    pub(super) scratch: Vec<PathBuf>,
     /// A worker binary the scenario made.
     pub(super) worker_bin: PathBuf,
     /// A filesystem mounted for the scenario (unmounted at the end).
@@ -63,6 +65,13 @@ impl Drop for Dl {
         }
         if let Some(mount) = &self.mount {
             let _ = Command::new("umount").arg(mount).status();
+        }
+        // The scenario's hive directory holds model copies and disk-load files: gone with it.
+        if !self.hive_dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.hive_dir);
+        }
+        for dir in &self.scratch {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
@@ -278,7 +287,9 @@ fn pull_corrupt(w: &mut RbeeWorld) {
     let mut bytes = std::fs::read(rbee_features::default_model_file()).expect("model");
     bytes.truncate(8 << 20);
     bytes[..4].copy_from_slice(b"GGUX");
-    let path = rbee_features::scratch_dir("corrupt").join("corrupt.gguf");
+    let dir = rbee_features::scratch_dir("corrupt");
+    w.dl.scratch.push(dir.clone());
+    let path = dir.join("corrupt.gguf");
     std::fs::write(&path, &bytes).unwrap();
     w.dl.file = ("rbee-test/bad-GGUF".into(), "corrupt-header.gguf".into());
     hub().publish(&w.dl.file.0, &w.dl.file.1, path.clone(), &sha256_of(&path));

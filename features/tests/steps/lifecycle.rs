@@ -87,7 +87,9 @@ async fn own_hive_with(w: &mut RbeeWorld, key: String, value: String) {
 #[given("a copy of the worker binary in a directory of its own, not executable")]
 fn copy_worker_binary(w: &mut RbeeWorld, step: &cucumber::gherkin::Step) {
     use std::os::unix::fs::PermissionsExt;
-    let copy = rbee_features::scratch_dir("worker-bin").join("rbee-worker");
+    let dir = rbee_features::scratch_dir("worker-bin");
+    w.dl.scratch.push(dir.clone());
+    let copy = dir.join("rbee-worker");
     std::fs::copy(rbee_features::bin("rbee-worker"), &copy).expect("copy the worker binary");
     let mode = if step.value.ends_with("not executable") { 0o644 } else { 0o755 };
     std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(mode)).unwrap();
@@ -482,7 +484,9 @@ async fn hive_with_gpus(w: &mut RbeeWorld, step: &cucumber::gherkin::Step) {
             })
         })
         .collect();
-    let file = rbee_features::scratch_dir("gpus").join("gpus.json");
+    let dir = rbee_features::scratch_dir("gpus");
+    w.dl.scratch.push(dir.clone());
+    let file = dir.join("gpus.json");
     std::fs::write(&file, serde_json::to_string(&gpus).unwrap()).unwrap();
     let env = vec![
         ("RBEE_GPU_INVENTORY_FILE".to_string(), file.display().to_string()),
