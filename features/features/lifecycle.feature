@@ -153,13 +153,14 @@ Feature: Workers live and die cleanly under their hive
     And the pull's error mentions "rbee models rm"
     And the model is not catalogued and no file of it is left on the node
 
-  @PRE-3
+  # Alone (@serial): the RAM other scenarios take and free would blur the margin.
+  @PRE-3 @serial
   Scenario: RAM that drops while the model downloads fails the check just before the spawn
     Given a cluster whose hives download from the model hub double
-    And a hive of its own on a new node whose RAM factor leaves 1 GiB of the RAM free now to spare
-    And the hub serves at most 25 MB/s
+    And a hive of its own on a new node whose RAM factor leaves 2 GiB of the RAM free now to spare
+    And the hub stalls the default model at 30% until released
     When a worker for the default model is started on that node from the hub, in the background
-    And 2 GiB of RAM are taken once the download passed 30%
+    And 4 GiB of RAM are taken while the download stalls, and then the hub goes on
     Then the background start fails with exit code 1 and "INSUFFICIENT_RAM"
     And the start showed the download's progress up to its verified end
     And no worker was spawned on that node
@@ -170,7 +171,8 @@ Feature: Workers live and die cleanly under their hive
     When I run rbee down
     Then rbee down exits 0 and no process the cluster started is left, workers included
 
-  @Gap-R7
+  # Alone (@serial): the scenario's own writers keep the disk busy, not the CPU load of others.
+  @Gap-R7 @serial
   Scenario: A busy disk is warned about before the model loads
     Given a running cluster without workers
     And a hive of its own on a new node, with RBEE_DISK_BUSY_WARN_PERCENT=25

@@ -27,7 +27,7 @@ pub enum Fault {
     ServerError { times: u32 },
     /// The connection is dropped when this absolute offset is reached.
     CutAt { offset: u64, times: u32 },
-    /// Bytes stop (the connection stays open) at this absolute offset.
+    /// Bytes stop (the connection stays open) at this absolute offset, until [`Hub::release_stalls`].
     StallAt { offset: u64, times: u32 },
 }
 
@@ -56,13 +56,14 @@ struct HubFile {
     sha256: String,
 }
 
-#[derive(Default)]
 struct Inner {
     /// `org/repo` -> file name -> file.
     repos: HashMap<String, HashMap<String, HubFile>>,
     faults: HashMap<String, Fault>,
     throttle_bytes_per_sec: u64,
     seen: Vec<Seen>,
+    /// Bumped to let stalled transfers go on.
+    releases: tokio::sync::watch::Sender<u64>,
 }
 
 #[derive(Clone)]
@@ -74,7 +75,13 @@ pub struct Hub {
 impl Hub {
     /// Starts the hub on a free loopback port.
     pub fn start() -> Hub {
-        let inner = Arc::new(Mutex::new(Inner::default()));
+        let inner = Arc::new(Mutex::new(Inner {
+            repos: HashMap::new(),
+            faults: HashMap::new(),
+            throttle_bytes_per_sec: 0,
+            seen: Vec::new(),
+            releases: tokio::sync::watch::Sender::new(0),
+        }));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the hub double");
         let url = format!("http://{}", listener.local_addr().expect("hub address"));
         listener.set_nonblocking(true).expect("non-blocking listener");
@@ -113,6 +120,11 @@ impl Hub {
         inner.throttle_bytes_per_sec = 0;
     }
 
+    /// Transfers stalled by [`Fault::StallAt`] go on.
+    pub fn release_stalls(&self) {
+        self.lock().releases.send_modify(|n| *n += 1);
+    }
+
     /// Every file is served at most this fast (0: unlimited).
     pub fn throttle(&self, bytes_per_sec: u64) {
         self.lock().throttle_bytes_per_sec = bytes_per_sec;
@@ -148,6 +160,7 @@ async fn serve_file(
     let mut inner = state.lock().unwrap_or_else(|p| p.into_inner());
     let found = inner.repos.get(&format!("{org}/{repo}")).and_then(|f| f.get(&file)).cloned();
     let throttle = inner.throttle_bytes_per_sec;
+    let releases = inner.releases.subscribe();
     // Faults apply to GETs; a HEAD sees what a GET would (except transient ones).
     let fault = inner.faults.get_mut(&key).and_then(|f| {
         let take = |times: &mut u32| if is_get && *times > 0 { *times -= 1; true } else { false };
@@ -213,7 +226,7 @@ async fn serve_file(
         Some(Fault::StallAt { offset, .. }) => (None, Some(offset)),
         _ => (None, None),
     };
-    let body = file_stream(hub_file.path, from, size, cut, stall, throttle).inspect(move |piece| {
+    let body = file_stream(hub_file.path, from, size, cut, stall.map(|at| (at, releases)), throttle).inspect(move |piece| {
         if let Ok(bytes) = piece {
             sent.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
         }
@@ -223,17 +236,21 @@ async fn serve_file(
 
 const PIECE: u64 = 64 * 1024;
 
-/// The file from `from`, in pieces; ends with an error at `cut`, hangs at `stall`, paced by `throttle`.
+/// A transfer stalled at `at` until the hub's releases counter moves.
+type Stall = (u64, tokio::sync::watch::Receiver<u64>);
+
+/// The file from `from`, in pieces; ends with an error at `cut`, hangs at `stall` (until released),
+/// paced by `throttle`.
 fn file_stream(
     path: PathBuf,
     from: u64,
     size: u64,
     cut: Option<u64>,
-    stall: Option<u64>,
+    stall: Option<Stall>,
     throttle: u64,
 ) -> impl futures::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     let started = Instant::now();
-    futures::stream::unfold((from, None::<tokio::fs::File>), move |(offset, file)| {
+    futures::stream::unfold((from, None::<tokio::fs::File>, stall), move |(offset, file, mut stall)| {
         let path = path.clone();
         async move {
             use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -241,10 +258,13 @@ fn file_stream(
                 return None;
             }
             if cut.is_some_and(|c| offset >= c) {
-                return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut by the hub double")), (size, None)));
+                return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut by the hub double")), (size, None, None)));
             }
-            if stall.is_some_and(|s| offset >= s) {
-                tokio::time::sleep(Duration::from_secs(3600)).await;
+            if let Some((at, release)) = stall.as_mut() {
+                if offset >= *at {
+                    let _ = tokio::time::timeout(Duration::from_secs(3600), release.changed()).await;
+                    stall = None;
+                }
             }
             let mut file = match file {
                 Some(f) => f,
@@ -255,7 +275,7 @@ fn file_stream(
                 }
             };
             let mut end = (offset + PIECE).min(size);
-            for limit in [cut, stall].into_iter().flatten() {
+            for limit in [cut, stall.as_ref().map(|(at, _)| *at)].into_iter().flatten() {
                 if limit > offset {
                     end = end.min(limit);
                 }
@@ -268,7 +288,7 @@ fn file_stream(
                     tokio::time::sleep(wait).await;
                 }
             }
-            Some((Ok(buf), (end, Some(file))))
+            Some((Ok(buf), (end, Some(file), stall)))
         }
     })
     .boxed()

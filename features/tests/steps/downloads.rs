@@ -38,6 +38,8 @@ pub struct Dl {
     pub(super) disk_load: Option<std::process::Child>,
     /// Memory the scenario holds on purpose (freed at its end).
     pub(super) hog: Vec<u8>,
+    /// Where the hub stalls the scenario's download.
+    pub(super) stall_at: u64,
     /// Scratch directories the scenario made (removed at its end).
     pub(super) scratch: Vec<PathBuf>,
     /// A worker binary the scenario made.
@@ -141,7 +143,7 @@ fn sha256_of(path: &Path) -> String {
     hex::encode(hasher.finalize())
 }
 
-fn hub_gets(w: &RbeeWorld) -> Vec<rbee_features::hub::Seen> {
+pub(super) fn hub_gets(w: &RbeeWorld) -> Vec<rbee_features::hub::Seen> {
     let needle = format!("{}/{}", w.dl.file.0, w.dl.file.1);
     hub().seen("")[w.dl.mark..].iter().filter(|s| s.method == "GET" && s.path == needle).cloned().collect()
 }

@@ -368,12 +368,14 @@ fn mem_available() -> u64 {
     kib * 1024
 }
 
-#[given("a hive of its own on a new node whose RAM factor leaves 1 GiB of the RAM free now to spare")]
-async fn hive_with_tight_ram(w: &mut RbeeWorld) {
+#[given(expr = "a hive of its own on a new node whose RAM factor leaves {int} GiB of the RAM free now to spare")]
+async fn hive_with_tight_ram(w: &mut RbeeWorld, spare_gib: u64) {
     let needed = rbee_bus::estimated_memory_bytes(super::downloads::model_size());
-    let percent = (mem_available() - (1 << 30)) * 100 / needed;
+    let percent = (mem_available() - (spare_gib << 30)) * 100 / needed;
     let mut env: Vec<(String, String)> = crate::download_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     env.push(("RBEE_RAM_FACTOR_PERCENT".into(), percent.to_string()));
+    // The hub's stall lasts while the test takes RAM: the hive must not reconnect around it meanwhile.
+    env.push(("RBEE_DOWNLOAD_STALL_SECS".into(), "120".into()));
     own_hive(w, env, None).await;
 }
 
@@ -388,15 +390,28 @@ fn start_from_hub_in_background(w: &mut RbeeWorld) {
     w.dl.background.push(tokio::task::spawn_blocking(move || (child.wait_with_output().expect("start output"), started.elapsed())));
 }
 
-#[when(expr = "{int} GiB of RAM are taken once the download passed {int}%")]
-async fn take_ram(w: &mut RbeeWorld, gib: usize, percent: u64) {
-    super::downloads::wait_for_progress(w, percent).await;
+#[given(expr = "the hub stalls the default model at {int}% until released")]
+fn hub_stalls_until_released(w: &mut RbeeWorld, percent: u64) {
+    let offset = super::downloads::model_size() * percent / 100;
+    w.dl.stall_at = offset;
+    crate::hub().set_fault(&w.dl.file.0, &w.dl.file.1, rbee_features::hub::Fault::StallAt { offset, times: 1 });
+}
+
+#[when(expr = "{int} GiB of RAM are taken while the download stalls, and then the hub goes on")]
+async fn take_ram_while_stalled(w: &mut RbeeWorld, gib: usize) {
+    let offset = w.dl.stall_at;
+    eventually("the hub stalls the transfer", Duration::from_secs(60), || async {
+        let sent = super::downloads::hub_gets(w).iter().map(|s| s.sent()).max().unwrap_or(0);
+        if sent >= offset { Ok(()) } else { Err(sent) }
+    })
+    .await;
     let mut hog = vec![0u8; gib << 30];
     // Touch every page, so the memory is really taken.
     for page in hog.chunks_mut(4096) {
         page[0] = 1;
     }
     w.dl.hog = hog;
+    crate::hub().release_stalls();
 }
 
 #[then(expr = "the background start fails with exit code {int} and {string}")]
