@@ -1,5 +1,7 @@
 //! The inference engine: a quantized llama model from a GGUF file, its tokenizer and chat template,
-//! and the generation loop. Synchronous and CPU-bound: it runs on its own thread, never on the runtime.
+//! and continuous batching: sequences are admitted at any time, every step advances all of them in
+//! one forward pass (prompts in chunks, decoding sequences by one token), and each leaves as soon as
+//! it ends. Synchronous and CPU-bound: it runs on its own thread, never on the runtime.
 
 use std::fs::File;
 use std::path::Path;
@@ -11,14 +13,13 @@ use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use candle_transformers::models::quantized_llama;
 use rbee_bus::frames::{self, ChatMessage};
 use rbee_bus::FinishReason;
-use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence};
+use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence as PreTokenizers};
 use tokenizers::Tokenizer;
 
 use crate::chat_template::ChatTemplate;
-use crate::llama::{Kernels, Llama};
+use crate::llama::{Kernels, KvCache, Llama, Step};
 use crate::text_stream::TextStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -76,16 +77,56 @@ pub struct Prompter {
     context_length: usize,
 }
 
-/// The model with its prompter. Owned by the generation thread.
+/// The longest context served, whatever the model was trained for.
+pub const MAX_CONTEXT: usize = 4096;
+
+/// Prompt tokens processed per step over all sequences still reading their prompts, so a long
+/// prompt delays the others' next tokens by one bounded step, not by the whole prompt.
+const PROMPT_TOKENS_PER_STEP: usize = 256;
+
+pub type SequenceId = u64;
+
+/// What a step produced for one sequence.
+#[derive(Debug)]
+pub enum Output {
+    /// New whole-character text.
+    Text(String),
+    /// The sequence ended (and left the batch).
+    Done(Result<Generation, EngineError>),
+}
+
+/// A sequence in the batch.
+struct Sequence {
+    id: SequenceId,
+    cache: KvCache,
+    /// Tokens to feed next: what is left of the prompt, then the last sampled token.
+    pending: Vec<u32>,
+    sampler: LogitsProcessor,
+    text: TextStream,
+    cancel: Arc<AtomicBool>,
+    prompt_tokens: u32,
+    completion_tokens: u32,
+    max_new_tokens: usize,
+    admitted: Instant,
+    time_to_first_token: Duration,
+}
+
+/// The model with its prompter and the sequences in flight. Owned by the generation thread.
 pub struct Engine {
     model: Llama,
     prompter: Arc<Prompter>,
-    device: Device,
+    sequences: Vec<Sequence>,
+    next_id: SequenceId,
 }
 
 impl Engine {
-    /// Loads a GGUF llama model with its tokenizer and chat template.
+    /// Loads a GGUF llama model with its tokenizer and chat template, on rbee's kernels.
     pub fn load(path: &Path) -> Result<Self, EngineError> {
+        Self::load_with(path, Kernels::Quantized)
+    }
+
+    /// As [`Engine::load`], multiplying with `kernels` (the f32 reference is for tests).
+    pub fn load_with(path: &Path, kernels: Kernels) -> Result<Self, EngineError> {
         let shown = path.display().to_string();
         let invalid = |reason: String| EngineError::ModelInvalid { path: shown.clone(), reason };
         let mut file = File::open(path).map_err(|e| EngineError::ModelUnreadable { path: shown.clone(), reason: e.to_string() })?;
@@ -96,14 +137,14 @@ impl Engine {
         if arch != "llama" {
             return Err(invalid(format!("architecture {arch:?} is not supported (llama only)")));
         }
-        let trained_context = meta_u32("llama.context_length").unwrap_or(quantized_llama::MAX_SEQ_LEN as u32) as usize;
-        let context_length = trained_context.min(quantized_llama::MAX_SEQ_LEN);
+        let trained_context = meta_u32("llama.context_length").unwrap_or(MAX_CONTEXT as u32) as usize;
+        let context_length = trained_context.min(MAX_CONTEXT);
 
         let mut tokenizer = Tokenizer::from_gguf(&content).map_err(|e| invalid(format!("tokenizer: {e}")))?;
         if meta_str("tokenizer.ggml.pre").as_deref() == Some("smollm") {
             // candle falls back to ByteLevel with a prefix space for "smollm"; SmolLM2's own pre-tokenizer
             // splits digits one by one, then applies ByteLevel without a prefix space.
-            tokenizer.with_pre_tokenizer(Some(Sequence::new(vec![
+            tokenizer.with_pre_tokenizer(Some(PreTokenizers::new(vec![
                 Digits::new(true).into(),
                 ByteLevel::new(false, true, true).into(),
             ])));
@@ -128,10 +169,9 @@ impl Engine {
             }
         }
 
-        let device = Device::Cpu;
-        let model = Llama::from_gguf(&content, &mut file, &device, Kernels::Rbee).map_err(|e| invalid(e.to_string()))?;
+        let model = Llama::from_gguf(&content, &mut file, kernels).map_err(invalid)?;
         let prompter = Arc::new(Prompter { tokenizer, template, eos, context_length });
-        Ok(Engine { model, prompter, device })
+        Ok(Engine { model, prompter, sequences: Vec::new(), next_id: 0 })
     }
 
     pub fn prompter(&self) -> Arc<Prompter> {
@@ -180,66 +220,152 @@ impl Prompter {
 }
 
 impl Engine {
-    /// Generates until end of sequence, `max_new_tokens`, or `cancel`; `on_text` receives each
-    /// piece of whole-character text as soon as it exists. Cancellation is checked between tokens.
-    pub fn generate(
-        &mut self,
-        prepared: &Prepared,
-        sampling: &frames::Sampling,
-        cancel: &AtomicBool,
-        on_text: impl FnMut(&str),
-    ) -> Result<Generation, EngineError> {
-        let generation = self.generate_sequence(prepared, sampling, cancel, on_text);
-        // The sequence's KV cache is freed as soon as it ends, not when the next one starts.
-        self.model.clear_cache();
-        generation
+    /// Sequences in the batch.
+    pub fn active(&self) -> usize {
+        self.sequences.len()
     }
 
-    fn generate_sequence(
+    /// Adds a sequence to the batch; it takes part from the next step. Its KV cache has room for
+    /// its prompt and the tokens it may generate, and is freed when it ends.
+    pub fn admit(&mut self, prepared: Prepared, sampling: &frames::Sampling, cancel: Arc<AtomicBool>) -> SequenceId {
+        let id = self.next_id;
+        self.next_id += 1;
+        let positions = prepared.prompt.len() + prepared.max_new_tokens;
+        self.sequences.push(Sequence {
+            id,
+            cache: self.model.new_cache(positions),
+            prompt_tokens: prepared.prompt.len() as u32,
+            pending: prepared.prompt,
+            sampler: LogitsProcessor::from_sampling(sampling.seed.unwrap_or(299_792_458), to_candle(sampling)),
+            text: TextStream::default(),
+            cancel,
+            completion_tokens: 0,
+            max_new_tokens: prepared.max_new_tokens,
+            admitted: Instant::now(),
+            time_to_first_token: Duration::ZERO,
+        });
+        id
+    }
+
+    /// One forward pass over every sequence in the batch (cancelled ones leave first), then one
+    /// sampled token for each sequence whose prompt is all read. Returns what each produced.
+    pub fn step(&mut self) -> Vec<(SequenceId, Output)> {
+        let mut outputs = Vec::new();
+        let finish = |seq: &Sequence, reason| Generation {
+            finish_reason: reason,
+            prompt_tokens: seq.prompt_tokens,
+            completion_tokens: seq.completion_tokens,
+            time_to_first_token: seq.time_to_first_token,
+        };
+        self.sequences.retain(|seq| {
+            let cancelled = seq.cancel.load(Ordering::Relaxed);
+            if cancelled {
+                outputs.push((seq.id, Output::Done(Ok(finish(seq, FinishReason::Cancelled)))));
+            }
+            !cancelled
+        });
+        // Each sequence's share: decoding ones their one token, prompts what the budget leaves.
+        let mut budget = PROMPT_TOKENS_PER_STEP;
+        let fed: Vec<usize> = self
+            .sequences
+            .iter()
+            .map(|seq| {
+                let n = if seq.pending.len() == 1 { 1 } else { seq.pending.len().min(budget.max(1)) };
+                if seq.pending.len() > 1 {
+                    budget = budget.saturating_sub(n);
+                }
+                n
+            })
+            .collect();
+        let mut batch: Vec<Step> =
+            self.sequences.iter_mut().zip(&fed).map(|(seq, &n)| Step { cache: &mut seq.cache, tokens: &seq.pending[..n] }).collect();
+        if batch.is_empty() {
+            return outputs;
+        }
+        let logits = match self.model.forward(&mut batch) {
+            Ok(logits) => logits,
+            Err(e) => {
+                // Nothing is known of any sequence's state after a failed pass: all of them end.
+                for seq in self.sequences.drain(..) {
+                    outputs.push((seq.id, Output::Done(Err(EngineError::Inference(e.clone())))));
+                }
+                return outputs;
+            }
+        };
+        let prompter = self.prompter.clone();
+        let mut ended = Vec::new();
+        for ((seq, n), logits) in self.sequences.iter_mut().zip(fed).zip(logits) {
+            seq.pending.drain(..n);
+            if !seq.pending.is_empty() {
+                continue;
+            }
+            match sample(seq, &prompter, logits) {
+                Ok(Sampled::Next(token, text)) => {
+                    seq.pending.push(token);
+                    if let Some(text) = text {
+                        outputs.push((seq.id, Output::Text(text)));
+                    }
+                    if seq.completion_tokens as usize >= seq.max_new_tokens {
+                        ended.push((seq.id, Ok(finish(seq, FinishReason::Length))));
+                    }
+                }
+                Ok(Sampled::End) => ended.push((seq.id, Ok(finish(seq, FinishReason::Stop)))),
+                Err(e) => ended.push((seq.id, Err(e))),
+            }
+        }
+        for (id, outcome) in ended {
+            self.sequences.retain(|seq| seq.id != id);
+            outputs.push((id, Output::Done(outcome)));
+        }
+        outputs
+    }
+
+    /// Generates one sequence alone (the batch must be empty) until end of sequence,
+    /// `max_new_tokens`, or `cancel`; `on_text` receives each piece of whole-character text as soon
+    /// as it exists.
+    pub fn generate(
         &mut self,
         prepared: &Prepared,
         sampling: &frames::Sampling,
         cancel: &AtomicBool,
         mut on_text: impl FnMut(&str),
     ) -> Result<Generation, EngineError> {
-        let started = Instant::now();
-        let mut sampler = LogitsProcessor::from_sampling(sampling.seed.unwrap_or(299_792_458), to_candle(sampling));
-        let prompter = self.prompter.clone();
-        let mut text = TextStream::new(&prompter.tokenizer);
-        let prompt_tokens = prepared.prompt.len() as u32;
-        let mut completion_tokens = 0u32;
-        let mut time_to_first_token = Duration::ZERO;
-        let done = |finish_reason, completion_tokens, time_to_first_token| {
-            Ok(Generation { finish_reason, prompt_tokens, completion_tokens, time_to_first_token })
-        };
-
-        let input = Tensor::new(prepared.prompt.as_slice(), &self.device).and_then(|t| t.unsqueeze(0)).map_err(inference)?;
-        // Position 0 also clears the model's KV cache from any previous request.
-        let mut logits = self.model.forward(&input, 0).map_err(inference)?;
-        let mut position = prepared.prompt.len();
+        assert_eq!(self.active(), 0, "generate runs a sequence alone");
+        let flag = Arc::new(AtomicBool::new(false));
+        let id = self.admit(Prepared { prompt: prepared.prompt.clone(), max_new_tokens: prepared.max_new_tokens }, sampling, flag.clone());
         loop {
-            if cancel.load(Ordering::Relaxed) {
-                return done(FinishReason::Cancelled, completion_tokens, time_to_first_token);
+            flag.store(cancel.load(Ordering::Relaxed), Ordering::Relaxed);
+            for (of, output) in self.step() {
+                match output {
+                    Output::Text(text) if of == id => on_text(&text),
+                    Output::Done(outcome) if of == id => return outcome,
+                    _ => {}
+                }
             }
-            let next = sampler.sample(&logits).map_err(inference)?;
-            if completion_tokens == 0 {
-                time_to_first_token = started.elapsed();
-            }
-            if prompter.eos.contains(&next) {
-                return done(FinishReason::Stop, completion_tokens, time_to_first_token);
-            }
-            completion_tokens += 1;
-            if let Some(piece) = text.push(next).map_err(inference)? {
-                on_text(&piece);
-            }
-            if completion_tokens as usize >= prepared.max_new_tokens {
-                return done(FinishReason::Length, completion_tokens, time_to_first_token);
-            }
-            let input = Tensor::new(&[next], &self.device).and_then(|t| t.unsqueeze(0)).map_err(inference)?;
-            logits = self.model.forward(&input, position).map_err(inference)?;
-            position += 1;
         }
     }
+}
+
+enum Sampled {
+    /// A token and the text it completes.
+    Next(u32, Option<String>),
+    /// End of sequence.
+    End,
+}
+
+fn sample(seq: &mut Sequence, prompter: &Prompter, logits: Vec<f32>) -> Result<Sampled, EngineError> {
+    let vocab = logits.len();
+    let logits = Tensor::from_vec(logits, vocab, &Device::Cpu).map_err(inference)?;
+    let next = seq.sampler.sample(&logits).map_err(inference)?;
+    if seq.completion_tokens == 0 {
+        seq.time_to_first_token = seq.admitted.elapsed();
+    }
+    if prompter.eos.contains(&next) {
+        return Ok(Sampled::End);
+    }
+    seq.completion_tokens += 1;
+    let text = seq.text.push(&prompter.tokenizer, next).map_err(inference)?;
+    Ok(Sampled::Next(next, text))
 }
 
 fn to_candle(s: &frames::Sampling) -> Sampling {

@@ -1,6 +1,7 @@
 //! The worker process: registration, heartbeats, taking work, generation on its own thread,
 //! and the events that record each request's outcome.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +15,7 @@ use rbee_bus::{
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{Engine, EngineError, Generation, Prepared, Prompter};
+use crate::engine::{Engine, EngineError, Generation, Output, Prepared, Prompter, SequenceId};
 use crate::{Config, WorkerError};
 
 /// One request handed to the generation thread.
@@ -275,13 +276,37 @@ async fn finish(
     let _ = frames.send(last_frame);
 }
 
-/// Runs jobs one at a time on a dedicated thread: the forward pass never blocks the runtime.
+/// Runs the engine on a dedicated thread (the forward pass never blocks the runtime): jobs join
+/// the batch as they arrive, every step advances all of them, each ends on its own.
 fn generation_thread(mut engine: Engine, jobs: std::sync::mpsc::Receiver<Job>) {
-    while let Ok(job) = jobs.recv() {
-        let frames = job.frames;
-        let result = engine.generate(&job.prepared, &job.sampling, &job.cancel, |text| {
-            let _ = frames.send(TokenFrame::Delta { text: text.to_string() });
-        });
-        let _ = job.done.send(result);
+    let mut running: HashMap<SequenceId, (mpsc::UnboundedSender<TokenFrame>, oneshot::Sender<Result<Generation, EngineError>>)> = HashMap::new();
+    loop {
+        // Idle: wait for work. Busy: take whatever arrived since the last step, without waiting.
+        let arrived = if engine.active() == 0 {
+            match jobs.recv() {
+                Ok(job) => Some(job),
+                Err(_) => return,
+            }
+        } else {
+            jobs.try_recv().ok()
+        };
+        for job in arrived.into_iter().chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
+            let id = engine.admit(job.prepared, &job.sampling, job.cancel);
+            running.insert(id, (job.frames, job.done));
+        }
+        for (id, output) in engine.step() {
+            match output {
+                Output::Text(text) => {
+                    if let Some((frames, _)) = running.get(&id) {
+                        let _ = frames.send(TokenFrame::Delta { text });
+                    }
+                }
+                Output::Done(outcome) => {
+                    if let Some((_, done)) = running.remove(&id) {
+                        let _ = done.send(outcome);
+                    }
+                }
+            }
+        }
     }
 }

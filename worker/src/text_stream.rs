@@ -5,8 +5,8 @@
 
 use tokenizers::Tokenizer;
 
-pub struct TextStream<'a> {
-    tokenizer: &'a Tokenizer,
+#[derive(Default)]
+pub struct TextStream {
     ids: Vec<u32>,
     /// Start of the window re-decoded on every step (keeps decoding cost constant per token).
     window_start: usize,
@@ -14,15 +14,11 @@ pub struct TextStream<'a> {
     emitted_in_window: usize,
 }
 
-impl<'a> TextStream<'a> {
-    pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        TextStream { tokenizer, ids: Vec::new(), window_start: 0, emitted_in_window: 0 }
-    }
-
+impl TextStream {
     /// Adds a token; returns the new text it completes, if any.
-    pub fn push(&mut self, id: u32) -> Result<Option<String>, tokenizers::Error> {
+    pub fn push(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>, tokenizers::Error> {
         self.ids.push(id);
-        let text = self.tokenizer.decode(&self.ids[self.window_start..], true)?;
+        let text = tokenizer.decode(&self.ids[self.window_start..], true)?;
         if text.ends_with('\u{FFFD}') || text.len() <= self.emitted_in_window {
             return Ok(None);
         }
@@ -33,7 +29,7 @@ impl<'a> TextStream<'a> {
         // Keep a few tokens of context so word-boundary rules of the decoder stay right.
         if self.ids.len() - self.window_start > 8 {
             self.window_start = self.ids.len() - 4;
-            self.emitted_in_window = self.tokenizer.decode(&self.ids[self.window_start..], true)?.len();
+            self.emitted_in_window = tokenizer.decode(&self.ids[self.window_start..], true)?.len();
         } else {
             self.emitted_in_window = text.len();
         }

@@ -92,10 +92,10 @@ fn streamed_text_is_whole_characters_and_equals_the_full_decode() {
     let prompter = engine().prompter();
     let text = "Bees 🐝 love café crème, naïve ünïcödé and 漢字!";
     let ids = prompter.encode(text).unwrap();
-    let mut stream = TextStream::new(prompter.tokenizer());
+    let mut stream = TextStream::default();
     let mut out = String::new();
     for id in &ids {
-        if let Some(piece) = stream.push(*id).unwrap() {
+        if let Some(piece) = stream.push(prompter.tokenizer(), *id).unwrap() {
             assert!(!piece.contains('\u{FFFD}'), "a piece split a character: {piece:?}");
             out.push_str(&piece);
         }

@@ -1,8 +1,8 @@
 //! Quantized compute kernels for the formats the default model uses, each with a portable
 //! reference and a SIMD path chosen at run time.
 
-pub mod candle_q4_1;
 pub mod q4_1;
+pub mod q8_0;
 
 /// Deterministic pseudo-random floats in [-1, 1) (xorshift): test and benchmark data.
 pub fn noise(n: usize, seed: u64) -> Vec<f32> {

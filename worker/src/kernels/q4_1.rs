@@ -137,19 +137,121 @@ unsafe fn dot_avx2(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(sums), acc);
         mins += m * x.s;
     }
-    let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
-    let single = _mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1));
-    _mm_cvtss_f32(single) + mins
+    unsafe { horizontal_sum(acc) + mins }
 }
 
-/// `y = W x` for a row-major Q4_1 matrix of `rows` rows of `cols` weights.
-pub fn matvec(w: &[BlockQ4_1], rows: usize, cols: usize, x: &[f32], y: &mut [f32]) {
-    assert!(cols % BLOCK == 0 && w.len() == rows * cols / BLOCK && x.len() == cols && y.len() == rows);
-    let xq = quantize_row(x);
-    for (yi, row) in y.iter_mut().zip(w.chunks_exact(cols / BLOCK)) {
-        *yi = dot(row, &xq);
+/// Which SIMD path this CPU takes: AVX-512 VNNI (one instruction per block's integer sums), AVX2,
+/// or none. Detected once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Simd {
+    Vnni,
+    Avx2,
+    Portable,
+}
+
+pub fn simd() -> Simd {
+    static SIMD: std::sync::OnceLock<Simd> = std::sync::OnceLock::new();
+    *SIMD.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() && std::arch::is_x86_feature_detected!("avx512vnni") && std::arch::is_x86_feature_detected!("avx512vl") {
+            return Simd::Vnni;
+        }
+        if avx2() { Simd::Avx2 } else { Simd::Portable }
+    })
+}
+
+/// `out[r * m + i] = Σ w[r] · x[i]` for `rows` weight rows of `per_row` blocks and `m` activation
+/// rows: each weight row is unpacked once for up to four activation rows. Every product is
+/// computed exactly as [`dot`] computes it, whatever `m` is and however the rows are grouped.
+pub fn rows_times(w: &[BlockQ4_1], per_row: usize, x: &[BlockQ8_1], m: usize, out: &mut [f32]) {
+    let rows = w.len() / per_row;
+    assert!(w.len() == rows * per_row && x.len() == m * per_row && out.len() == rows * m);
+    let simd = simd();
+    for (row, out) in w.chunks_exact(per_row).zip(out.chunks_exact_mut(m)) {
+        let mut i = 0;
+        while i + 4 <= m {
+            let xs: [&[BlockQ8_1]; 4] = std::array::from_fn(|j| &x[(i + j) * per_row..(i + j + 1) * per_row]);
+            let sums = match simd {
+                // SAFETY: the CPU has the features of each path (detected at run time).
+                #[cfg(target_arch = "x86_64")]
+                Simd::Vnni => unsafe { dot4_vnni(row, xs) },
+                #[cfg(target_arch = "x86_64")]
+                Simd::Avx2 => unsafe { dot4_avx2(row, xs) },
+                _ => xs.map(|x| dot_portable(row, x)),
+            };
+            out[i..i + 4].copy_from_slice(&sums);
+            i += 4;
+        }
+        for (j, y) in out.iter_mut().enumerate().skip(i) {
+            let x = &x[j * per_row..(j + 1) * per_row];
+            // The VNNI and AVX2 paths compute the same integer sums, then the same float steps.
+            *y = dot(row, x);
+        }
     }
+}
+
+/// Four dot products sharing one weight row, each summed as [`dot_avx2`] sums it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot4_avx2(w: &[BlockQ4_1], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let low_nibbles = _mm_set1_epi8(0x0F);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = [0f32; 4];
+    for (b, w) in w.iter().enumerate() {
+        // SAFETY: as in `dot_avx2`.
+        let packed = unsafe { _mm_loadu_si128(w.qs.as_ptr().cast()) };
+        let lo = _mm_and_si128(packed, low_nibbles);
+        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
+        let weights = _mm256_set_m128i(hi, lo);
+        let scales = _mm_cvtph_ps(_mm_cvtsi32_si128((w.d.to_bits() as u32 | ((w.m.to_bits() as u32) << 16)) as i32));
+        let (d, m) = (_mm_cvtss_f32(scales), _mm_cvtss_f32(_mm_shuffle_ps(scales, scales, 1)));
+        for r in 0..4 {
+            let x = &x[r][b];
+            let acts = unsafe { _mm256_loadu_si256(x.qs.as_ptr().cast()) };
+            let sums = _mm256_madd_epi16(_mm256_maddubs_epi16(weights, acts), ones);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(sums), acc[r]);
+            mins[r] += m * x.s;
+        }
+    }
+    std::array::from_fn(|r| unsafe { horizontal_sum(acc[r]) } + mins[r])
+}
+
+/// As [`dot4_avx2`], with the integer sums of a block in one VNNI instruction (same integers).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn dot4_vnni(w: &[BlockQ4_1], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let low_nibbles = _mm_set1_epi8(0x0F);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut mins = [0f32; 4];
+    for (b, w) in w.iter().enumerate() {
+        // SAFETY: as in `dot_avx2`.
+        let packed = unsafe { _mm_loadu_si128(w.qs.as_ptr().cast()) };
+        let lo = _mm_and_si128(packed, low_nibbles);
+        let hi = _mm_and_si128(_mm_srli_epi16(packed, 4), low_nibbles);
+        let weights = _mm256_set_m128i(hi, lo);
+        let scales = _mm_cvtph_ps(_mm_cvtsi32_si128((w.d.to_bits() as u32 | ((w.m.to_bits() as u32) << 16)) as i32));
+        let (d, m) = (_mm_cvtss_f32(scales), _mm_cvtss_f32(_mm_shuffle_ps(scales, scales, 1)));
+        for r in 0..4 {
+            let x = &x[r][b];
+            let acts = unsafe { _mm256_loadu_si256(x.qs.as_ptr().cast()) };
+            let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), weights, acts);
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(sums), acc[r]);
+            mins[r] += m * x.s;
+        }
+    }
+    std::array::from_fn(|r| unsafe { horizontal_sum(acc[r]) } + mins[r])
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn horizontal_sum(v: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let half = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+    _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)))
 }
 
 #[cfg(test)]
@@ -213,16 +315,21 @@ mod tests {
         assert_eq!(dot(&w, &neg), 4.0 * 32.0 * 15.0 * -128.0);
     }
 
+    /// Grouping activation rows by four changes nothing: every product equals [`dot`] bit for bit.
     #[test]
-    fn matvec_is_row_by_row_dots() {
-        let (rows, cols) = (8, 64);
-        let w = quantize_weights(&noise(rows * cols, 11));
-        let x = noise(cols, 12);
-        let mut y = vec![0f32; rows];
-        matvec(&w, rows, cols, &x, &mut y);
-        let xq = quantize_row(&x);
-        for (r, yr) in y.iter().enumerate() {
-            assert_eq!(*yr, dot(&w[r * 2..r * 2 + 2], &xq));
+    fn rows_times_equals_row_by_row_dots_for_any_number_of_rows() {
+        let (rows, per_row) = (5, 18);
+        let w = quantize_weights(&noise(rows * per_row * BLOCK, 11));
+        for m in [1, 3, 4, 5, 9] {
+            let x: Vec<BlockQ8_1> = (0..m).flat_map(|i| quantize_row(&noise(per_row * BLOCK, 20 + i as u64))).collect();
+            let mut out = vec![0f32; rows * m];
+            rows_times(&w, per_row, &x, m, &mut out);
+            for r in 0..rows {
+                for i in 0..m {
+                    let expected = dot(&w[r * per_row..(r + 1) * per_row], &x[i * per_row..(i + 1) * per_row]);
+                    assert_eq!(out[r * m + i].to_bits(), expected.to_bits(), "row {r}, activation row {i} of {m}");
+                }
+            }
         }
     }
 }

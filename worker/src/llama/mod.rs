@@ -1,0 +1,262 @@
+//! rbee's forward pass for GGUF llama models, on rbee's kernels and its own buffers. One pass
+//! advances a batch of sequences: each brings its next tokens (a whole prompt, or one token while
+//! decoding) and its own KV cache; the products run once for all their rows together, attention per
+//! sequence. A row's result depends only on its own sequence, never on what else is in the batch.
+//!
+//! Standard llama: RMSNorm, interleaved RoPE (GGUF's layout), grouped-query attention, SwiGLU
+//! feed-forward, the output head tied to the embeddings when the file has none.
+
+mod cache;
+mod weights;
+
+use std::io::{Read, Seek};
+
+use candle_core::quantized::gguf_file;
+use candle_core::Device;
+use rayon::prelude::*;
+
+pub use cache::KvCache;
+pub use weights::{Kernels, Result, Weight};
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    /// Queries, keys and values stacked: one product per layer.
+    qkv: Weight,
+    output: Weight,
+    ffn_norm: Vec<f32>,
+    /// Gate and up projections stacked.
+    gate_up: Weight,
+    down: Weight,
+}
+
+pub struct Llama {
+    embeddings: Weight,
+    layers: Vec<Layer>,
+    norm: Vec<f32>,
+    /// None: the head is the embedding matrix.
+    head: Option<Weight>,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    ffn: usize,
+    eps: f32,
+    /// cos and sin of every position's RoPE angles: `[position][rope dim / 2]`.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    rope_pairs: usize,
+    context: usize,
+}
+
+/// One sequence's part of a batch: its next tokens, at the positions after those in its cache.
+pub struct Step<'a> {
+    pub cache: &'a mut KvCache,
+    pub tokens: &'a [u32],
+}
+
+impl Llama {
+    pub fn from_gguf<R: Read + Seek>(ct: &gguf_file::Content, reader: &mut R, kernels: Kernels) -> Result<Llama> {
+        let meta = |key: &str| ct.metadata.get(key).ok_or_else(|| format!("GGUF metadata {key} missing"));
+        let number = |key: &str| meta(key)?.to_u32().map(|v| v as usize).map_err(|e| e.to_string());
+        let heads = number("llama.attention.head_count")?;
+        let kv_heads = number("llama.attention.head_count_kv").unwrap_or(heads);
+        let blocks = number("llama.block_count")?;
+        let width = number("llama.embedding_length")?;
+        let context = number("llama.context_length")?;
+        let eps = meta("llama.attention.layer_norm_rms_epsilon")?.to_f32().map_err(|e| e.to_string())?;
+        let base = meta("llama.rope.freq_base").and_then(|v| v.to_f32().map_err(|e| e.to_string())).unwrap_or(10_000.0);
+        if heads == 0 || kv_heads == 0 || !width.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
+            return Err(format!("unusable attention shape: {heads} heads, {kv_heads} kv heads, width {width}"));
+        }
+        let head_dim = width / heads;
+        let rope_dim = number("llama.rope.dimension_count").unwrap_or(head_dim).min(head_dim);
+        let device = Device::Cpu;
+        let mut tensor = |name: &str| ct.tensor(reader, name, &device).map_err(|e| format!("{name}: {e}"));
+        let vector = |qt: candle_core::quantized::QTensor| qt.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).map_err(|e| e.to_string());
+        let norm = vector(tensor("output_norm.weight")?)?;
+        let mut layers = Vec::with_capacity(blocks);
+        for i in 0..blocks {
+            let attn_norm = vector(tensor(&format!("blk.{i}.attn_norm.weight"))?)?;
+            let ffn_norm = vector(tensor(&format!("blk.{i}.ffn_norm.weight"))?)?;
+            let mut weight = |part: &str| Weight::from_qtensor(tensor(&format!("blk.{i}.{part}.weight"))?, kernels);
+            let qkv = Weight::stack(vec![weight("attn_q")?, weight("attn_k")?, weight("attn_v")?])?;
+            let output = weight("attn_output")?;
+            let gate_up = Weight::stack(vec![weight("ffn_gate")?, weight("ffn_up")?])?;
+            let down = weight("ffn_down")?;
+            layers.push(Layer { attn_norm, qkv, output, ffn_norm, gate_up, down });
+        }
+        let embeddings = Weight::from_qtensor(tensor("token_embd.weight")?, kernels)?;
+        let head = match tensor("output.weight") {
+            Ok(qt) => Some(Weight::from_qtensor(qt, kernels)?),
+            Err(_) => None,
+        };
+        let ffn = layers.first().map_or(0, |l| l.gate_up.rows() / 2);
+        if embeddings.cols() != width || layers.iter().any(|l| l.qkv.rows() != width + 2 * kv_heads * head_dim || l.down.cols() != ffn) {
+            return Err("the tensors' shapes do not match the model's metadata".into());
+        }
+        // RoPE angles: position * base^(-2i / rope_dim).
+        let rope_pairs = rope_dim / 2;
+        let (mut cos, mut sin) = (Vec::with_capacity(context * rope_pairs), Vec::with_capacity(context * rope_pairs));
+        for position in 0..context {
+            for i in 0..rope_pairs {
+                let angle = position as f32 / base.powf(2.0 * i as f32 / rope_dim as f32);
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Ok(Llama { embeddings, layers, norm, head, heads, kv_heads, head_dim, ffn, eps, cos, sin, rope_pairs, context })
+    }
+
+    /// The longest sequence the model knows positions for.
+    pub fn context_length(&self) -> usize {
+        self.context
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.embeddings.rows()
+    }
+
+    /// An empty cache with room for `positions` positions.
+    pub fn new_cache(&self, positions: usize) -> KvCache {
+        KvCache::new(self.layers.len(), self.kv_heads * self.head_dim, positions.min(self.context))
+    }
+
+    /// Advances every sequence of the batch by its tokens (stored in its cache) and returns, per
+    /// sequence, the logits after its last token.
+    pub fn forward(&self, batch: &mut [Step]) -> Result<Vec<Vec<f32>>> {
+        let width = self.heads * self.head_dim;
+        let kv_width = self.kv_heads * self.head_dim;
+        // Every row of the batch: which sequence, at which position.
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        for (s, step) in batch.iter().enumerate() {
+            let start = step.cache.len();
+            if step.tokens.is_empty() || start + step.tokens.len() > self.context {
+                return Err(format!("positions {start}..{} are outside the model's context of {}", start + step.tokens.len(), self.context));
+            }
+            if let Some(t) = step.tokens.iter().find(|&&t| t as usize >= self.vocab_size()) {
+                return Err(format!("token {t} is outside the vocabulary of {}", self.vocab_size()));
+            }
+            rows.extend((0..step.tokens.len()).map(|j| (s, start + j)));
+        }
+        let m = rows.len();
+        let mut x = vec![0f32; m * width];
+        for (row, token) in x.chunks_exact_mut(width).zip(batch.iter().flat_map(|s| s.tokens)) {
+            self.embeddings.row(*token as usize, row)?;
+        }
+        let mut h = vec![0f32; m * width];
+        let mut qkv = vec![0f32; m * (width + 2 * kv_width)];
+        let mut attended = vec![0f32; m * width];
+        let mut projected = vec![0f32; m * width];
+        let mut gate_up = vec![0f32; m * 2 * self.ffn];
+        let mut activated = vec![0f32; m * self.ffn];
+        for (l, layer) in self.layers.iter().enumerate() {
+            rms_norm(&x, &layer.attn_norm, self.eps, &mut h);
+            layer.qkv.matmul(&h, m, &mut qkv)?;
+            for (row, &(s, position)) in qkv.chunks_exact_mut(width + 2 * kv_width).zip(&rows) {
+                let (q, kv) = row.split_at_mut(width);
+                let (k, v) = kv.split_at_mut(kv_width);
+                self.rope(q, position);
+                self.rope(k, position);
+                batch[s].cache.push(l, k, v);
+            }
+            self.attention(batch, l, &rows, &qkv, &mut attended);
+            layer.output.matmul(&attended, m, &mut projected)?;
+            add(&mut x, &projected);
+            rms_norm(&x, &layer.ffn_norm, self.eps, &mut h);
+            layer.gate_up.matmul(&h, m, &mut gate_up)?;
+            for (out, gu) in activated.chunks_exact_mut(self.ffn).zip(gate_up.chunks_exact(2 * self.ffn)) {
+                let (gate, up) = gu.split_at(self.ffn);
+                for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
+                    *o = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            layer.down.matmul(&activated, m, &mut projected)?;
+            add(&mut x, &projected);
+        }
+        // The head, for each sequence's last row only.
+        let mut last = Vec::with_capacity(batch.len() * width);
+        let mut end = 0;
+        for step in batch.iter() {
+            end += step.tokens.len();
+            last.extend_from_slice(&x[(end - 1) * width..end * width]);
+        }
+        let mut normed = vec![0f32; last.len()];
+        rms_norm(&last, &self.norm, self.eps, &mut normed);
+        let head = self.head.as_ref().unwrap_or(&self.embeddings);
+        let mut logits = vec![0f32; batch.len() * head.rows()];
+        head.matmul(&normed, batch.len(), &mut logits)?;
+        Ok(logits.chunks_exact(head.rows()).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Rotates each head's interleaved pairs by the position's angles.
+    fn rope(&self, heads: &mut [f32], position: usize) {
+        let angles = position * self.rope_pairs..(position + 1) * self.rope_pairs;
+        let (cos, sin) = (&self.cos[angles.clone()], &self.sin[angles]);
+        for head in heads.chunks_exact_mut(self.head_dim) {
+            for ((pair, c), s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+                let (a, b) = (pair[0], pair[1]);
+                pair[0] = a * c - b * s;
+                pair[1] = a * s + b * c;
+            }
+        }
+    }
+
+    /// Causal attention of every row's query heads over its own sequence's cache, up to its position.
+    fn attention(&self, batch: &[Step], layer: usize, rows: &[(usize, usize)], qkv: &[f32], out: &mut [f32]) {
+        let (head_dim, kv_width) = (self.head_dim, self.kv_heads * self.head_dim);
+        let qkv_width = qkv.len() / rows.len();
+        let group = self.heads / self.kv_heads;
+        let scale = 1.0 / (head_dim as f32).sqrt();
+        out.par_chunks_mut(head_dim).enumerate().with_min_len(4).for_each(|(i, out)| {
+            let (row, head) = (i / self.heads, i % self.heads);
+            let (s, position) = rows[row];
+            let q = &qkv[row * qkv_width + head * head_dim..][..head_dim];
+            let (keys, values) = batch[s].cache.layer(layer);
+            let kv_offset = (head / group) * head_dim;
+            let mut scores: Vec<f32> = (0..=position)
+                .map(|p| dot(q, &keys[p * kv_width + kv_offset..][..head_dim]) * scale)
+                .collect();
+            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut total = 0.0;
+            for score in &mut scores {
+                *score = (*score - max).exp();
+                total += *score;
+            }
+            out.fill(0.0);
+            for (p, weight) in scores.iter().enumerate() {
+                let value = &values[p * kv_width + kv_offset..][..head_dim];
+                for (o, v) in out.iter_mut().zip(value) {
+                    *o += weight / total * v;
+                }
+            }
+        });
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight independent sums, so the compiler keeps them in one vector register.
+    let mut sums = [0f32; 8];
+    for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        for i in 0..8 {
+            sums[i] += a[i] * b[i];
+        }
+    }
+    let tail: f32 = a.chunks_exact(8).remainder().iter().zip(b.chunks_exact(8).remainder()).map(|(x, y)| x * y).sum();
+    sums.iter().sum::<f32>() + tail
+}
+
+fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let width = weight.len();
+    for (row, out) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let mean_square = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let scale = 1.0 / (mean_square + eps).sqrt();
+        for ((o, v), w) in out.iter_mut().zip(row).zip(weight) {
+            *o = v * scale * w;
+        }
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
