@@ -122,6 +122,7 @@ unsafe fn dot_avx2(w: &[BlockQ4_1], x: &[BlockQ8_1]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut mins = 0f32;
     for (w, x) in w.iter().zip(x) {
+        prefetch_ahead(w);
         // SAFETY: 16 bytes read from `qs` ([u8; 16]) and 32 from `x.qs` ([i8; 32]), unaligned loads.
         let packed = unsafe { _mm_loadu_si128(w.qs.as_ptr().cast()) };
         let lo = _mm_and_si128(packed, low_nibbles);
@@ -200,6 +201,7 @@ unsafe fn dot4_avx2(w: &[BlockQ4_1], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut mins = [0f32; 4];
     for (b, w) in w.iter().enumerate() {
+        prefetch_ahead(w);
         // SAFETY: as in `dot_avx2`.
         let packed = unsafe { _mm_loadu_si128(w.qs.as_ptr().cast()) };
         let lo = _mm_and_si128(packed, low_nibbles);
@@ -227,6 +229,7 @@ unsafe fn dot4_vnni(w: &[BlockQ4_1], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut mins = [0f32; 4];
     for (b, w) in w.iter().enumerate() {
+        prefetch_ahead(w);
         // SAFETY: as in `dot_avx2`.
         let packed = unsafe { _mm_loadu_si128(w.qs.as_ptr().cast()) };
         let lo = _mm_and_si128(packed, low_nibbles);
@@ -243,6 +246,20 @@ unsafe fn dot4_vnni(w: &[BlockQ4_1], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
         }
     }
     std::array::from_fn(|r| unsafe { horizontal_sum(acc[r]) } + mins[r])
+}
+
+/// How far ahead of the block being multiplied its weights are asked for: streaming a model's
+/// weights from memory, the hardware prefetcher alone left the kernel at a third of its speed.
+pub const PREFETCH_BYTES: usize = 4096;
+
+/// Asks for the cache line `PREFETCH_BYTES` after `block` (a hint: never faults, past the end too).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+pub fn prefetch_ahead<T>(block: &T) {
+    use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+    let ahead = (block as *const T).cast::<i8>().wrapping_add(PREFETCH_BYTES);
+    // SAFETY: prefetching is a hint with no effect on memory, whatever the address.
+    unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead) }
 }
 
 #[cfg(target_arch = "x86_64")]

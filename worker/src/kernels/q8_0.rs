@@ -75,6 +75,7 @@ unsafe fn dot_avx2(w: &[BlockQ8_0], x: &[BlockQ8_1]) -> f32 {
     let ones = _mm256_set1_epi16(1);
     let mut acc = _mm256_setzero_ps();
     for (w, x) in w.iter().zip(x) {
+        super::q4_1::prefetch_ahead(w);
         // SAFETY: 32 bytes read from each `qs` ([i8; 32]), unaligned loads.
         let (ws, xs) = unsafe { (_mm256_loadu_si256(w.qs.as_ptr().cast()), _mm256_loadu_si256(x.qs.as_ptr().cast())) };
         // maddubs multiplies unsigned by signed: |w| times x with w's sign (at most 2 * 127 * 128 per pair).
@@ -88,6 +89,58 @@ unsafe fn dot_avx2(w: &[BlockQ8_0], x: &[BlockQ8_1]) -> f32 {
     _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)))
 }
 
+/// `out[r * m + i] = Σ w[r] · x[i]`, as [`super::q4_1::rows_times`] does for Q4_1: each weight row
+/// is read once for up to four activation rows, every product exactly as [`dot`] computes it.
+pub fn rows_times(w: &[BlockQ8_0], per_row: usize, x: &[BlockQ8_1], m: usize, out: &mut [f32]) {
+    let rows = w.len() / per_row;
+    assert!(w.len() == rows * per_row && x.len() == m * per_row && out.len() == rows * m);
+    let simd = super::q4_1::simd();
+    for (row, out) in w.chunks_exact(per_row).zip(out.chunks_exact_mut(m)) {
+        let mut i = 0;
+        while i + 4 <= m {
+            let xs: [&[BlockQ8_1]; 4] = std::array::from_fn(|j| &x[(i + j) * per_row..(i + j + 1) * per_row]);
+            let sums = match simd {
+                // SAFETY: the CPU has the features of each path (detected at run time).
+                #[cfg(target_arch = "x86_64")]
+                super::q4_1::Simd::Vnni => unsafe { dot4_vnni(row, xs) },
+                _ => xs.map(|x| dot(row, x)),
+            };
+            out[i..i + 4].copy_from_slice(&sums);
+            i += 4;
+        }
+        for (j, y) in out.iter_mut().enumerate().skip(i) {
+            *y = dot(row, &x[j * per_row..(j + 1) * per_row]);
+        }
+    }
+}
+
+/// Four dot products sharing one weight row; the integer sums are those of [`dot_avx2`], the
+/// float steps the same.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn dot4_vnni(w: &[BlockQ8_0], x: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (b, w) in w.iter().enumerate() {
+        super::q4_1::prefetch_ahead(w);
+        // SAFETY: 32 bytes read from each `qs` ([i8; 32]), unaligned loads.
+        let ws = unsafe { _mm256_loadu_si256(w.qs.as_ptr().cast()) };
+        let magnitudes = _mm256_sign_epi8(ws, ws);
+        let d = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(w.d.to_bits() as i32)));
+        for r in 0..4 {
+            let x = &x[r][b];
+            let xs = unsafe { _mm256_loadu_si256(x.qs.as_ptr().cast()) };
+            let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), magnitudes, _mm256_sign_epi8(xs, ws));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(sums), acc[r]);
+        }
+    }
+    std::array::from_fn(|r| {
+        let half = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));
+        let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +149,23 @@ mod tests {
 
     fn quantize_weights(xs: &[f32]) -> Vec<BlockQ8_0> {
         xs.chunks_exact(BLOCK).map(|c| BlockQ8_0::quantize(c.try_into().unwrap())).collect()
+    }
+
+    #[test]
+    fn rows_times_equals_row_by_row_dots_for_any_number_of_rows() {
+        let (rows, per_row) = (5, 18);
+        let w = quantize_weights(&noise(rows * per_row * BLOCK, 11));
+        for m in [1, 4, 7] {
+            let x: Vec<BlockQ8_1> = (0..m).flat_map(|i| quantize_row(&noise(per_row * BLOCK, 20 + i as u64))).collect();
+            let mut out = vec![0f32; rows * m];
+            rows_times(&w, per_row, &x, m, &mut out);
+            for r in 0..rows {
+                for i in 0..m {
+                    let expected = dot(&w[r * per_row..(r + 1) * per_row], &x[i * per_row..(i + 1) * per_row]);
+                    assert_eq!(out[r * m + i].to_bits(), expected.to_bits(), "row {r}, activation row {i} of {m}");
+                }
+            }
+        }
     }
 
     #[test]

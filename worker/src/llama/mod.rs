@@ -45,6 +45,9 @@ pub struct Llama {
     sin: Vec<f32>,
     rope_pairs: usize,
     context: usize,
+    /// The threads every product and the attention are split over. A pass runs inside the pool,
+    /// so its many parallel sections are handed between pool threads, never to a sleeping caller.
+    pool: rayon::ThreadPool,
 }
 
 /// One sequence's part of a batch: its next tokens, at the positions after those in its cache.
@@ -103,7 +106,9 @@ impl Llama {
                 sin.push(angle.sin());
             }
         }
-        Ok(Llama { embeddings, layers, norm, head, heads, kv_heads, head_dim, ffn, eps, cos, sin, rope_pairs, context })
+        // RAYON_NUM_THREADS (set from the worker's --threads) or every core.
+        let pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("inference-{i}")).build().map_err(|e| e.to_string())?;
+        Ok(Llama { embeddings, layers, norm, head, heads, kv_heads, head_dim, ffn, eps, cos, sin, rope_pairs, context, pool })
     }
 
     /// The longest sequence the model knows positions for.
@@ -123,6 +128,10 @@ impl Llama {
     /// Advances every sequence of the batch by its tokens (stored in its cache) and returns, per
     /// sequence, the logits after its last token.
     pub fn forward(&self, batch: &mut [Step]) -> Result<Vec<Vec<f32>>> {
+        self.pool.install(|| self.forward_in_pool(batch))
+    }
+
+    fn forward_in_pool(&self, batch: &mut [Step]) -> Result<Vec<Vec<f32>>> {
         let width = self.heads * self.head_dim;
         let kv_width = self.kv_heads * self.head_dim;
         // Every row of the batch: which sequence, at which position.
@@ -200,48 +209,94 @@ impl Llama {
         }
     }
 
-    /// Causal attention of every row's query heads over its own sequence's cache, up to its position.
+    /// Causal attention of every row's query heads over its own sequence's cache, up to its
+    /// position; one task per row and query head.
     fn attention(&self, batch: &[Step], layer: usize, rows: &[(usize, usize)], qkv: &[f32], out: &mut [f32]) {
         let (head_dim, kv_width) = (self.head_dim, self.kv_heads * self.head_dim);
         let qkv_width = qkv.len() / rows.len();
         let group = self.heads / self.kv_heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        out.par_chunks_mut(head_dim).enumerate().with_min_len(4).for_each(|(i, out)| {
+        out.par_chunks_mut(head_dim).enumerate().for_each(|(i, out)| {
             let (row, head) = (i / self.heads, i % self.heads);
             let (s, position) = rows[row];
             let q = &qkv[row * qkv_width + head * head_dim..][..head_dim];
             let (keys, values) = batch[s].cache.layer(layer);
             let kv_offset = (head / group) * head_dim;
-            let mut scores: Vec<f32> = (0..=position)
-                .map(|p| dot(q, &keys[p * kv_width + kv_offset..][..head_dim]) * scale)
-                .collect();
-            let max = scores.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut weights: Vec<f32> = (0..=position).map(|p| dot(q, &keys[p * kv_width + kv_offset..][..head_dim]) * scale).collect();
+            let max = weights.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
             let mut total = 0.0;
-            for score in &mut scores {
-                *score = (*score - max).exp();
-                total += *score;
+            for w in &mut weights {
+                *w = (*w - max).exp();
+                total += *w;
             }
             out.fill(0.0);
-            for (p, weight) in scores.iter().enumerate() {
-                let value = &values[p * kv_width + kv_offset..][..head_dim];
-                for (o, v) in out.iter_mut().zip(value) {
-                    *o += weight / total * v;
-                }
+            for (p, w) in weights.iter().enumerate() {
+                add_scaled(out, w / total, &values[p * kv_width + kv_offset..][..head_dim]);
             }
         });
     }
 }
 
+/// `Σ a·b`: eight lanes with fused multiply-adds where the CPU has them.
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent sums, so the compiler keeps them in one vector register.
-    let mut sums = [0f32; 8];
-    for (a, b) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
-        for i in 0..8 {
-            sums[i] += a[i] * b[i];
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::q4_1::avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
+        return unsafe { simd::dot(a, b) };
+    }
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// `out += w · v`.
+fn add_scaled(out: &mut [f32], w: f32, v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernels::q4_1::avx2() {
+        // SAFETY: as in `dot`.
+        return unsafe { simd::add_scaled(out, w, v) };
+    }
+    out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+}
+
+#[cfg(target_arch = "x86_64")]
+mod simd {
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= both lengths.
+            acc = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc) };
+            i += 8;
+        }
+        let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+        let mut sum = _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)));
+        for j in i..n {
+            sum += a[j] * b[j];
+        }
+        sum
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn add_scaled(out: &mut [f32], w: f32, v: &[f32]) {
+        let n = out.len().min(v.len());
+        let weight = _mm256_set1_ps(w);
+        let mut i = 0;
+        while i + 8 <= n {
+            // SAFETY: i + 8 <= both lengths.
+            unsafe {
+                let o = out.as_mut_ptr().add(i);
+                _mm256_storeu_ps(o, _mm256_fmadd_ps(weight, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)));
+            }
+            i += 8;
+        }
+        for j in i..n {
+            out[j] += w * v[j];
         }
     }
-    let tail: f32 = a.chunks_exact(8).remainder().iter().zip(b.chunks_exact(8).remainder()).map(|(x, y)| x * y).sum();
-    sums.iter().sum::<f32>() + tail
 }
 
 fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {

@@ -120,13 +120,8 @@ impl Weight {
                 let xq: Vec<BlockQ8_1> = x.par_chunks(k).flat_map_iter(q4_1::quantize_row).collect();
                 let per_row = k / BLOCK;
                 chunks.for_each(|(t, out)| {
-                    for (j, y) in out.chunks_exact_mut(m).enumerate() {
-                        let r = t * rows_per_task + j;
-                        let row = &w[r * per_row..(r + 1) * per_row];
-                        for (i, y) in y.iter_mut().enumerate() {
-                            *y = q8_0::dot(row, &xq[i * per_row..(i + 1) * per_row]);
-                        }
-                    }
+                    let first = t * rows_per_task * per_row;
+                    q8_0::rows_times(&w[first..first + out.len() / m * per_row], per_row, &xq, m, out)
                 });
             }
             Data::F32(w) => chunks.for_each(|(t, out)| {
