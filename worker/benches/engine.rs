@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use rbee_bus::frames::{ChatMessage, Sampling};
-use rbee_worker::engine::Engine;
+use rbee_worker::engine::{Engine, Output};
 
 const RUNS: usize = 5;
 
@@ -31,6 +31,34 @@ fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0.0);
     kib / 1024.0
+}
+
+/// Aggregate decode tok/s of `streams` copies of `prepared` in one batch, and the tokens made.
+fn concurrent_decode(engine: &mut Engine, prepared: &rbee_worker::engine::Prepared, streams: usize) -> (f64, usize) {
+    let ids: Vec<_> = (0..streams)
+        .map(|_| {
+            let copy = rbee_worker::engine::Prepared { prompt: prepared.prompt.clone(), max_new_tokens: prepared.max_new_tokens };
+            engine.admit(copy, &Sampling::default(), std::sync::Arc::new(AtomicBool::new(false)))
+        })
+        .collect();
+    let mut started = vec![false; streams];
+    let mut decoding_since = None;
+    let mut tokens = 0;
+    while engine.active() > 0 {
+        for (id, output) in engine.step() {
+            let i = ids.iter().position(|&x| x == id).expect("a known sequence");
+            match output {
+                Output::Text(_) if started[i] => {}
+                Output::Text(_) => started[i] = true,
+                Output::Done(g) => tokens += g.expect("generates").completion_tokens.saturating_sub(1) as usize,
+            }
+        }
+        if decoding_since.is_none() && started.iter().all(|&s| s) {
+            decoding_since = Some(Instant::now());
+        }
+    }
+    let seconds = decoding_since.map_or(f64::INFINITY, |t| t.elapsed().as_secs_f64());
+    (tokens as f64 / seconds, tokens)
 }
 
 fn user(text: &str) -> Vec<ChatMessage> {
@@ -59,6 +87,7 @@ fn main() {
         let t = median(ttft);
         out.insert(format!("{label}_prompt"), serde_json::json!(prepared.prompt));
         out.insert(format!("{label}_prompt_tok_s"), serde_json::json!(prepared.prompt.len() as f64 / t));
+        out.insert(format!("{label}_ttft_ms"), serde_json::json!(t * 1000.0));
         rows.push(format!("| prompt processing, {label} prompt ({} tokens) | {:.1} tok/s | TTFT {:.0} ms |", prepared.prompt.len(), prepared.prompt.len() as f64 / t, t * 1000.0));
     }
 
@@ -80,8 +109,26 @@ fn main() {
     out.insert("decode_tok_s".into(), serde_json::json!(decode));
     rows.push(format!("| decode ({tokens} tokens, greedy) | {decode:.1} tok/s | |"));
 
+    // Concurrent streams: n sequences admitted together, decoding side by side in one batch.
+    // Aggregate decode rate: tokens after each one's first, over the time from the last first
+    // token to the end.
+    let mut single = 0.0;
+    for streams in [1usize, 2, 4, 8] {
+        let mut rates = Vec::new();
+        for _ in 0..3 {
+            let (rate, _) = concurrent_decode(&mut engine, &prepared, streams);
+            rates.push(rate);
+        }
+        let rate = median(rates);
+        if streams == 1 {
+            single = rate;
+        }
+        out.insert(format!("streams_{streams}_tok_s"), serde_json::json!(rate));
+        rows.push(format!("| aggregate decode, {streams} concurrent stream(s) | {rate:.1} tok/s | {:.2}x one stream |", rate / single));
+    }
+
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default (all cores)".into());
-    println!("engine: rbee's forward pass and Q4_1 kernel, model {}, threads {threads}, {RUNS} runs, medians", model_path().display());
+    println!("engine: rbee's forward pass and kernels, model {}, threads {threads}, {RUNS} runs, medians", model_path().display());
     println!("| measure | value | |\n|---|---|---|");
     for row in rows {
         println!("{row}");

@@ -1,6 +1,7 @@
 //! Quantized compute kernels for the formats the default model uses, each with a portable
 //! reference and a SIMD path chosen at run time.
 
+pub mod packed;
 pub mod q4_1;
 pub mod q8_0;
 

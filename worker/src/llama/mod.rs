@@ -80,11 +80,11 @@ impl Llama {
         for i in 0..blocks {
             let attn_norm = vector(tensor(&format!("blk.{i}.attn_norm.weight"))?)?;
             let ffn_norm = vector(tensor(&format!("blk.{i}.ffn_norm.weight"))?)?;
-            let mut weight = |part: &str| Weight::from_qtensor(tensor(&format!("blk.{i}.{part}.weight"))?, kernels);
-            let qkv = Weight::stack(vec![weight("attn_q")?, weight("attn_k")?, weight("attn_v")?])?;
-            let output = weight("attn_output")?;
-            let gate_up = Weight::stack(vec![weight("ffn_gate")?, weight("ffn_up")?])?;
-            let down = weight("ffn_down")?;
+            let mut tensors = |parts: &[&str]| parts.iter().map(|part| tensor(&format!("blk.{i}.{part}.weight"))).collect::<Result<Vec<_>>>();
+            let qkv = Weight::stacked(tensors(&["attn_q", "attn_k", "attn_v"])?, kernels)?;
+            let output = Weight::stacked(tensors(&["attn_output"])?, kernels)?;
+            let gate_up = Weight::stacked(tensors(&["ffn_gate", "ffn_up"])?, kernels)?;
+            let down = Weight::stacked(tensors(&["ffn_down"])?, kernels)?;
             layers.push(Layer { attn_norm, qkv, output, ffn_norm, gate_up, down });
         }
         let embeddings = Weight::from_qtensor(tensor("token_embd.weight")?, kernels)?;
@@ -222,79 +222,80 @@ impl Llama {
             let q = &qkv[row * qkv_width + head * head_dim..][..head_dim];
             let (keys, values) = batch[s].cache.layer(layer);
             let kv_offset = (head / group) * head_dim;
-            let mut weights: Vec<f32> = (0..=position).map(|p| dot(q, &keys[p * kv_width + kv_offset..][..head_dim]) * scale).collect();
-            let max = weights.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut total = 0.0;
-            for w in &mut weights {
-                *w = (*w - max).exp();
-                total += *w;
-            }
-            out.fill(0.0);
-            for (p, w) in weights.iter().enumerate() {
-                add_scaled(out, w / total, &values[p * kv_width + kv_offset..][..head_dim]);
-            }
+            attend(q, &keys[kv_offset..], &values[kv_offset..], kv_width, position + 1, scale, out);
         });
     }
 }
 
-/// `Σ a·b`: eight lanes with fused multiply-adds where the CPU has them.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// One query head over `positions` keys and values (rows `stride` apart): softmax-weighted sum.
+fn attend(q: &[f32], keys: &[f32], values: &[f32], stride: usize, positions: usize, scale: f32, out: &mut [f32]) {
+    let head_dim = q.len();
+    assert!(out.len() == head_dim && keys.len() >= (positions - 1) * stride + head_dim && values.len() >= (positions - 1) * stride + head_dim);
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::q4_1::avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        return unsafe { simd::dot(a, b) };
+        // SAFETY: the CPU has AVX2 and FMA (checked at run time); the lengths are checked above.
+        match head_dim {
+            64 => return unsafe { simd::attend::<8>(q, keys, values, stride, positions, scale, out) },
+            128 => return unsafe { simd::attend::<16>(q, keys, values, stride, positions, scale, out) },
+            _ => {}
+        }
     }
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut weights: Vec<f32> = (0..positions).map(|p| q.iter().zip(&keys[p * stride..][..head_dim]).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+    let total = softmax_in_place(&mut weights);
+    out.fill(0.0);
+    for (p, w) in weights.iter().enumerate() {
+        let w = w / total;
+        out.iter_mut().zip(&values[p * stride..][..head_dim]).for_each(|(o, v)| *o += w * v);
+    }
 }
 
-/// `out += w · v`.
-fn add_scaled(out: &mut [f32], w: f32, v: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::q4_1::avx2() {
-        // SAFETY: as in `dot`.
-        return unsafe { simd::add_scaled(out, w, v) };
+/// `w <- exp(w - max)`; returns the sum.
+fn softmax_in_place(weights: &mut [f32]) -> f32 {
+    let max = weights.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut total = 0.0;
+    for w in weights.iter_mut() {
+        *w = (*w - max).exp();
+        total += *w;
     }
-    out.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+    total
 }
 
 #[cfg(target_arch = "x86_64")]
 mod simd {
     use std::arch::x86_64::*;
 
+    /// [`super::attend`] for a head of `8 * V` floats: the query and the output stay in registers.
+    /// SAFETY (callers): AVX2 and FMA; `keys` and `values` hold `positions` rows `stride` apart.
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        let n = a.len().min(b.len());
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= both lengths.
-            acc = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i)), acc) };
-            i += 8;
-        }
-        let half = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
-        let mut sum = _mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1)));
-        for j in i..n {
-            sum += a[j] * b[j];
-        }
-        sum
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn add_scaled(out: &mut [f32], w: f32, v: &[f32]) {
-        let n = out.len().min(v.len());
-        let weight = _mm256_set1_ps(w);
-        let mut i = 0;
-        while i + 8 <= n {
-            // SAFETY: i + 8 <= both lengths.
-            unsafe {
-                let o = out.as_mut_ptr().add(i);
-                _mm256_storeu_ps(o, _mm256_fmadd_ps(weight, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)));
+    pub unsafe fn attend<const V: usize>(q: &[f32], keys: &[f32], values: &[f32], stride: usize, positions: usize, scale: f32, out: &mut [f32]) {
+        // SAFETY: every load below is within the rows checked by the caller.
+        unsafe {
+            let query: [__m256; V] = std::array::from_fn(|i| _mm256_loadu_ps(q.as_ptr().add(8 * i)));
+            let mut weights = Vec::with_capacity(positions);
+            for p in 0..positions {
+                let key = keys.as_ptr().add(p * stride);
+                let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+                for i in (0..V).step_by(2) {
+                    even = _mm256_fmadd_ps(query[i], _mm256_loadu_ps(key.add(8 * i)), even);
+                    odd = _mm256_fmadd_ps(query[i + 1], _mm256_loadu_ps(key.add(8 * i + 8)), odd);
+                }
+                let sum = _mm256_add_ps(even, odd);
+                let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
+                let quad = _mm_add_ps(half, _mm_movehl_ps(half, half));
+                weights.push(_mm_cvtss_f32(_mm_add_ss(quad, _mm_shuffle_ps(quad, quad, 1))) * scale);
             }
-            i += 8;
-        }
-        for j in i..n {
-            out[j] += w * v[j];
+            let total = super::softmax_in_place(&mut weights);
+            let mut acc = [_mm256_setzero_ps(); V];
+            for (p, w) in weights.iter().enumerate() {
+                let weight = _mm256_set1_ps(w / total);
+                let value = values.as_ptr().add(p * stride);
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    *acc = _mm256_fmadd_ps(weight, _mm256_loadu_ps(value.add(8 * i)), *acc);
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(8 * i), *acc);
+            }
         }
     }
 }

@@ -1,13 +1,15 @@
 //! Weight matrices and their products with a batch of activation rows. Q4_1 and Q8_0 run on rbee's
-//! kernels with the blocks exactly as the file has them; f32 is the reference (weights dequantized,
-//! activations not quantized); any other format keeps candle's storage and kernels.
+//! kernels, their blocks repacked eight rows side by side (`kernels::packed`); f32 is the reference
+//! (weights dequantized, activations not quantized); any other format keeps candle's storage and
+//! kernels.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 
+use crate::kernels::packed::{self, PackedQ4_1, PackedQ8_0, ROWS};
 use crate::kernels::q4_1::{self, BlockQ4_1, BlockQ8_1, BLOCK};
-use crate::kernels::q8_0::{self, BlockQ8_0};
+use crate::kernels::q8_0::BlockQ8_0;
 
 /// How the matrices of a model are multiplied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +21,8 @@ pub enum Kernels {
 }
 
 enum Data {
-    Q4_1(Vec<BlockQ4_1>),
-    Q8_0(Vec<BlockQ8_0>),
+    Q4_1(Vec<PackedQ4_1>),
+    Q8_0(Vec<PackedQ8_0>),
     F32(Vec<f32>),
     /// Formats without an rbee kernel, one candle matrix per stacked part (with its row count).
     Candle(Vec<(QMatMul, usize)>),
@@ -41,18 +43,43 @@ fn candle(e: candle_core::Error) -> String {
 
 impl Weight {
     pub fn from_qtensor(qt: QTensor, kernels: Kernels) -> Result<Weight> {
-        let (rows, cols) = match qt.shape().dims() {
-            [rows, cols] => (*rows, *cols),
-            [n] => (1, *n),
-            dims => return Err(format!("a weight matrix has two dimensions, not {dims:?}")),
-        };
-        let data = match (qt.dtype(), kernels) {
-            (GgmlDType::Q4_1, Kernels::Quantized) => Data::Q4_1(parse_q4_1(&qt.data().map_err(candle)?).ok_or("Q4_1 data is not whole blocks")?),
-            (GgmlDType::Q8_0, Kernels::Quantized) => Data::Q8_0(BlockQ8_0::parse(&qt.data().map_err(candle)?).ok_or("Q8_0 data is not whole blocks")?),
-            (GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16, _) | (_, Kernels::Reference) => {
-                Data::F32(qt.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).map_err(candle)?)
+        Self::stacked(vec![qt], kernels)
+    }
+
+    /// One matrix whose rows are those of `parts` in order (one product instead of several).
+    pub fn stacked(parts: Vec<QTensor>, kernels: Kernels) -> Result<Weight> {
+        let mut shapes = Vec::new();
+        for qt in &parts {
+            shapes.push(match qt.shape().dims() {
+                [rows, cols] => (*rows, *cols),
+                [n] => (1, *n),
+                dims => return Err(format!("a weight matrix has two dimensions, not {dims:?}")),
+            });
+        }
+        let cols = shapes[0].1;
+        if shapes.iter().any(|s| s.1 != cols) || parts.iter().any(|p| p.dtype() != parts[0].dtype()) {
+            return Err("stacked matrices differ in width or format".into());
+        }
+        let rows = shapes.iter().map(|s| s.0).sum();
+        let bytes = || -> Result<Vec<u8>> {
+            let mut all = Vec::new();
+            for qt in &parts {
+                all.extend_from_slice(&qt.data().map_err(candle)?);
             }
-            _ => Data::Candle(vec![(QMatMul::from_qtensor(qt).map_err(candle)?, rows)]),
+            Ok(all)
+        };
+        let per_row = cols / BLOCK;
+        let data = match (parts[0].dtype(), kernels) {
+            (GgmlDType::Q4_1, Kernels::Quantized) => Data::Q4_1(packed::pack_q4_1(&parse_q4_1(&bytes()?).ok_or("Q4_1 data is not whole blocks")?, per_row)),
+            (GgmlDType::Q8_0, Kernels::Quantized) => Data::Q8_0(packed::pack_q8_0(&BlockQ8_0::parse(&bytes()?).ok_or("Q8_0 data is not whole blocks")?, per_row)),
+            (GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16, _) | (_, Kernels::Reference) => {
+                let mut values = Vec::with_capacity(rows * cols);
+                for qt in &parts {
+                    values.extend(qt.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).map_err(candle)?);
+                }
+                Data::F32(values)
+            }
+            _ => Data::Candle(parts.into_iter().zip(&shapes).map(|(qt, s)| Ok((QMatMul::from_qtensor(qt).map_err(candle)?, s.0))).collect::<Result<_>>()?),
         };
         Ok(Weight { rows, cols, data })
     }
@@ -65,28 +92,12 @@ impl Weight {
         self.cols
     }
 
-    /// One matrix whose rows are those of `parts` in order (one product instead of several).
-    pub fn stack(parts: Vec<Weight>) -> Result<Weight> {
-        let cols = parts[0].cols;
-        if parts.iter().any(|p| p.cols != cols) {
-            return Err("stacked matrices differ in width".into());
-        }
-        let rows = parts.iter().map(|p| p.rows).sum();
-        let data = match parts[0].data {
-            Data::Q4_1(_) => Data::Q4_1(concat(parts, |d| if let Data::Q4_1(v) = d { Some(v) } else { None })?),
-            Data::Q8_0(_) => Data::Q8_0(concat(parts, |d| if let Data::Q8_0(v) = d { Some(v) } else { None })?),
-            Data::F32(_) => Data::F32(concat(parts, |d| if let Data::F32(v) = d { Some(v) } else { None })?),
-            Data::Candle(_) => Data::Candle(concat(parts, |d| if let Data::Candle(v) = d { Some(v) } else { None })?),
-        };
-        Ok(Weight { rows, cols, data })
-    }
-
     /// Row `r` as f32 (an embedding).
     pub fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
         let blocks = self.cols / BLOCK;
         match &self.data {
-            Data::Q4_1(w) => w[r * blocks..(r + 1) * blocks].iter().zip(out.chunks_exact_mut(BLOCK)).for_each(|(b, o)| o.copy_from_slice(&b.dequantize())),
-            Data::Q8_0(w) => w[r * blocks..(r + 1) * blocks].iter().zip(out.chunks_exact_mut(BLOCK)).for_each(|(b, o)| o.copy_from_slice(&b.dequantize())),
+            Data::Q4_1(w) => packed::q4_1_row(&w[(r / ROWS) * blocks..][..blocks], r % ROWS, out),
+            Data::Q8_0(w) => packed::q8_0_row(&w[(r / ROWS) * blocks..][..blocks], r % ROWS, out),
             Data::F32(w) => out.copy_from_slice(&w[r * self.cols..(r + 1) * self.cols]),
             Data::Candle(_) => return Err("rows of this format cannot be read".into()),
         }
@@ -102,31 +113,37 @@ impl Weight {
         if let Data::Candle(parts) = &self.data {
             return candle_matmul(parts, x, m, k, out);
         }
-        // Each task writes the products of its weight rows for every activation row (row-major by
-        // weight row), then they are laid out by activation row.
-        let rows_per_task = n.div_ceil(rayon::current_num_threads() * 4).max(16);
-        let mut by_weight_row = vec![0f32; n * m];
-        let chunks = by_weight_row.par_chunks_mut(rows_per_task * m).enumerate();
+        // Each task writes the products of its weight rows (whole groups of eight) for every
+        // activation row, row-major by weight row; then they are laid out by activation row.
+        let groups = n.div_ceil(ROWS);
+        let groups_per_task = groups.div_ceil(rayon::current_num_threads() * 4).max(2);
+        let mut by_weight_row = vec![0f32; groups * ROWS * m];
+        let chunks = by_weight_row.par_chunks_mut(groups_per_task * ROWS * m).enumerate();
+        let per_row = k / BLOCK;
+        let quantized = || -> Vec<BlockQ8_1> { x.par_chunks(k).flat_map_iter(q4_1::quantize_row).collect() };
         match &self.data {
             Data::Q4_1(w) => {
-                let xq: Vec<BlockQ8_1> = x.par_chunks(k).flat_map_iter(q4_1::quantize_row).collect();
-                let per_row = k / BLOCK;
+                let xq = quantized();
                 chunks.for_each(|(t, out)| {
-                    let first = t * rows_per_task * per_row;
-                    q4_1::rows_times(&w[first..first + out.len() / m * per_row], per_row, &xq, m, out)
+                    for (g, out) in out.chunks_exact_mut(ROWS * m).enumerate() {
+                        packed::q4_1_times(&w[(t * groups_per_task + g) * per_row..][..per_row], &xq, m, out);
+                    }
                 });
             }
             Data::Q8_0(w) => {
-                let xq: Vec<BlockQ8_1> = x.par_chunks(k).flat_map_iter(q4_1::quantize_row).collect();
-                let per_row = k / BLOCK;
+                let xq = quantized();
                 chunks.for_each(|(t, out)| {
-                    let first = t * rows_per_task * per_row;
-                    q8_0::rows_times(&w[first..first + out.len() / m * per_row], per_row, &xq, m, out)
+                    for (g, out) in out.chunks_exact_mut(ROWS * m).enumerate() {
+                        packed::q8_0_times(&w[(t * groups_per_task + g) * per_row..][..per_row], &xq, m, out);
+                    }
                 });
             }
             Data::F32(w) => chunks.for_each(|(t, out)| {
                 for (j, y) in out.chunks_exact_mut(m).enumerate() {
-                    let r = t * rows_per_task + j;
+                    let r = t * groups_per_task * ROWS + j;
+                    if r >= n {
+                        break;
+                    }
                     let row = &w[r * k..(r + 1) * k];
                     for (i, y) in y.iter_mut().enumerate() {
                         *y = row.iter().zip(&x[i * k..(i + 1) * k]).map(|(a, b)| a * b).sum();
@@ -135,7 +152,7 @@ impl Weight {
             }),
             Data::Candle(_) => unreachable!("handled above"),
         }
-        for (r, products) in by_weight_row.chunks_exact(m).enumerate() {
+        for (r, products) in by_weight_row.chunks_exact(m).take(n).enumerate() {
             for (i, &p) in products.iter().enumerate() {
                 out[i * n + r] = p;
             }
@@ -158,14 +175,6 @@ fn parse_q4_1(bytes: &[u8]) -> Option<Vec<BlockQ4_1>> {
             })
             .collect(),
     )
-}
-
-fn concat<T>(parts: Vec<Weight>, take: impl Fn(Data) -> Option<Vec<T>>) -> Result<Vec<T>> {
-    let mut all = Vec::new();
-    for part in parts {
-        all.extend(take(part.data).ok_or("stacked matrices differ in format")?);
-    }
-    Ok(all)
 }
 
 fn candle_matmul(parts: &[(QMatMul, usize)], x: &[f32], m: usize, k: usize, out: &mut [f32]) -> Result<()> {
