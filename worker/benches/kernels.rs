@@ -1,5 +1,5 @@
-//! Q4_1 products at the default model's shapes on one thread (rbee's kernel, for 1 activation row
-//! and for 64), and whole forward passes on the default model: candle's quantized llama vs rbee's
+//! Q4_1 products at the default model's shapes on one thread (rbee's packed kernel, for 1, 4 and
+//! 64 activation rows), and whole forward passes on the default model: candle's quantized llama vs rbee's
 //! forward pass, on every core. Medians of repeated runs.
 //! `cargo bench -p rbee-worker --bench kernels`
 
@@ -9,6 +9,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use rbee_worker::kernels::noise;
+use rbee_worker::kernels::packed;
 use rbee_worker::kernels::q4_1::{self, BlockQ4_1, BlockQ8_1};
 use rbee_worker::llama::{Kernels, Llama, Step};
 
@@ -33,10 +34,19 @@ fn main() -> candle_core::Result<()> {
             .chunks_exact(20)
             .map(|b| BlockQ4_1 { d: half::f16::from_le_bytes([b[0], b[1]]), m: half::f16::from_le_bytes([b[2], b[3]]), qs: b[4..20].try_into().unwrap() })
             .collect();
-        for m in [1usize, 64] {
+        let per_row = k / 32;
+        let packed = packed::pack_q4_1(&blocks, per_row);
+        for m in [1usize, 4, 64] {
             let x: Vec<BlockQ8_1> = q4_1::quantize_row(&noise(m * k, 2));
             let mut out = vec![0f32; n * m];
-            let us = median_us(|| q4_1::rows_times(&blocks, k / 32, &x, m, &mut out), if m == 1 { 201 } else { 31 });
+            let us = median_us(
+                || {
+                    for (group, out) in packed.chunks_exact(per_row).zip(out.chunks_exact_mut(packed::ROWS * m)) {
+                        packed::q4_1_times(group, &x, m, out);
+                    }
+                },
+                if m == 64 { 31 } else { 201 },
+            );
             let gmacs = (n * k * m) as f64 / us / 1e3;
             println!("  {what:<22} {m:>2} row(s): {us:>8.1} us  ({gmacs:.1} GMAC/s)");
         }

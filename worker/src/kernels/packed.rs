@@ -35,14 +35,14 @@ pub struct PackedQ8_0 {
     d: [f16; ROWS],
 }
 
-/// Packs row-major blocks (`per_row` per row) into groups of eight rows; missing rows are zero.
-pub fn pack_q4_1(blocks: &[BlockQ4_1], per_row: usize) -> Vec<PackedQ4_1> {
-    let rows = blocks.len() / per_row;
+/// Packs `rows` rows of `per_row` blocks (`block(i)`: the `i`-th block in row-major order) into
+/// groups of eight rows; missing rows are zero.
+pub fn pack_q4_1(block: impl Fn(usize) -> BlockQ4_1, rows: usize, per_row: usize) -> Vec<PackedQ4_1> {
     let zero = BlockQ4_1 { d: f16::ZERO, m: f16::ZERO, qs: [0; 16] };
     let mut packed = Vec::with_capacity(rows.div_ceil(ROWS) * per_row);
     for group in 0..rows.div_ceil(ROWS) {
         for b in 0..per_row {
-            let block = |r: usize| if group * ROWS + r < rows { &blocks[(group * ROWS + r) * per_row + b] } else { &zero };
+            let block = |r: usize| if group * ROWS + r < rows { block((group * ROWS + r) * per_row + b) } else { zero };
             let mut p = PackedQ4_1 { qs: [[0; 32]; 4], d: [f16::ZERO; ROWS], m: [f16::ZERO; ROWS] };
             for r in 0..ROWS {
                 let w = block(r);
@@ -57,13 +57,12 @@ pub fn pack_q4_1(blocks: &[BlockQ4_1], per_row: usize) -> Vec<PackedQ4_1> {
     packed
 }
 
-pub fn pack_q8_0(blocks: &[BlockQ8_0], per_row: usize) -> Vec<PackedQ8_0> {
-    let rows = blocks.len() / per_row;
+pub fn pack_q8_0(block: impl Fn(usize) -> BlockQ8_0, rows: usize, per_row: usize) -> Vec<PackedQ8_0> {
     let zero = BlockQ8_0 { d: f16::ZERO, qs: [0; BLOCK] };
     let mut packed = Vec::with_capacity(rows.div_ceil(ROWS) * per_row);
     for group in 0..rows.div_ceil(ROWS) {
         for b in 0..per_row {
-            let block = |r: usize| if group * ROWS + r < rows { &blocks[(group * ROWS + r) * per_row + b] } else { &zero };
+            let block = |r: usize| if group * ROWS + r < rows { block((group * ROWS + r) * per_row + b) } else { zero };
             let mut p = PackedQ8_0 { qs: [[0; 32]; 8], d: [f16::ZERO; ROWS] };
             for r in 0..ROWS {
                 let w = block(r);
@@ -307,7 +306,7 @@ mod tests {
     fn packed_rows_read_back_as_the_original_rows() {
         let per_row = 3;
         let blocks = q4_1_rows(11, per_row, 1);
-        let packed = pack_q4_1(&blocks, per_row);
+        let packed = pack_q4_1(|i| blocks[i], 11, per_row);
         assert_eq!(packed.len(), 2 * per_row, "11 rows take two groups");
         let mut row = vec![0f32; per_row * BLOCK];
         for r in 0..11 {
@@ -316,7 +315,7 @@ mod tests {
             assert_eq!(row, expected, "row {r}");
         }
         let blocks = q8_0_rows(9, per_row, 2);
-        let packed = pack_q8_0(&blocks, per_row);
+        let packed = pack_q8_0(|i| blocks[i], 9, per_row);
         for r in 0..9 {
             q8_0_row(&packed[(r / ROWS) * per_row..][..per_row], r % ROWS, &mut row);
             let expected: Vec<f32> = blocks[r * per_row..(r + 1) * per_row].iter().flat_map(|b| b.dequantize()).collect();
@@ -329,7 +328,7 @@ mod tests {
     fn packed_products_match_the_row_major_dots() {
         let per_row = 18;
         let (w4, w8) = (q4_1_rows(ROWS, per_row, 3), q8_0_rows(ROWS, per_row, 4));
-        let (p4, p8) = (pack_q4_1(&w4, per_row), pack_q8_0(&w8, per_row));
+        let (p4, p8) = (pack_q4_1(|i| w4[i], ROWS, per_row), pack_q8_0(|i| w8[i], ROWS, per_row));
         for m in [1, 3, 4, 6] {
             let x = activations(m, per_row);
             let (mut out4, mut out8) = (vec![0f32; ROWS * m], vec![0f32; ROWS * m]);
@@ -351,8 +350,8 @@ mod tests {
     #[test]
     fn a_product_does_not_depend_on_the_other_rows() {
         let per_row = 18;
-        let p4 = pack_q4_1(&q4_1_rows(ROWS, per_row, 5), per_row);
-        let p8 = pack_q8_0(&q8_0_rows(ROWS, per_row, 6), per_row);
+        let (w4, w8) = (q4_1_rows(ROWS, per_row, 5), q8_0_rows(ROWS, per_row, 6));
+        let (p4, p8) = (pack_q4_1(|i| w4[i], ROWS, per_row), pack_q8_0(|i| w8[i], ROWS, per_row));
         let x = activations(7, per_row);
         let (mut all4, mut all8) = (vec![0f32; ROWS * 7], vec![0f32; ROWS * 7]);
         q4_1_times(&p4, &x, 7, &mut all4);

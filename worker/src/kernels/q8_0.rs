@@ -17,20 +17,12 @@ pub struct BlockQ8_0 {
 const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
 
 impl BlockQ8_0 {
-    /// Blocks from GGUF bytes (34 per block), or `None` when the bytes are not whole blocks.
-    pub fn parse(bytes: &[u8]) -> Option<Vec<BlockQ8_0>> {
-        if !bytes.len().is_multiple_of(34) {
-            return None;
-        }
-        Some(
-            bytes
-                .chunks_exact(34)
-                .map(|b| BlockQ8_0 {
-                    d: f16::from_bits(u16::from_le_bytes([b[0], b[1]])),
-                    qs: std::array::from_fn(|i| b[2 + i] as i8),
-                })
-                .collect(),
-        )
+    /// Bytes in GGUF's layout.
+    pub const BYTES: usize = 34;
+
+    /// The block at the start of `bytes` (at least [`Self::BYTES`] long), as GGUF stores it.
+    pub fn read(bytes: &[u8]) -> BlockQ8_0 {
+        BlockQ8_0 { d: f16::from_le_bytes([bytes[0], bytes[1]]), qs: std::array::from_fn(|i| bytes[2 + i] as i8) }
     }
 
     pub fn quantize(xs: &[f32; BLOCK]) -> BlockQ8_0 {
@@ -172,10 +164,9 @@ mod tests {
     fn parsing_reads_ggufs_layout() {
         let mut bytes = f16::from_f32(0.5).to_bits().to_le_bytes().to_vec();
         bytes.extend((0..32).map(|i| (i as i8 - 16) as u8));
-        let blocks = BlockQ8_0::parse(&bytes).unwrap();
-        assert_eq!(blocks[0].dequantize()[0], -8.0);
-        assert_eq!(blocks[0].dequantize()[31], 7.5);
-        assert!(BlockQ8_0::parse(&bytes[..33]).is_none());
+        let block = BlockQ8_0::read(&bytes);
+        assert_eq!(block.dequantize()[0], -8.0);
+        assert_eq!(block.dequantize()[31], 7.5);
     }
 
     /// Against a dequantized f32 dot product, within half an activation step per element.

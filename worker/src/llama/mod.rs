@@ -73,24 +73,25 @@ impl Llama {
         let head_dim = width / heads;
         let rope_dim = number("llama.rope.dimension_count").unwrap_or(head_dim).min(head_dim);
         let device = Device::Cpu;
-        let mut tensor = |name: &str| ct.tensor(reader, name, &device).map_err(|e| format!("{name}: {e}"));
-        let vector = |qt: candle_core::quantized::QTensor| qt.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).map_err(|e| e.to_string());
-        let norm = vector(tensor("output_norm.weight")?)?;
+        let vector = |reader: &mut R, name: &str| {
+            ct.tensor(reader, name, &device).and_then(|qt| qt.dequantize(&device)?.flatten_all()?.to_vec1::<f32>()).map_err(|e| format!("{name}: {e}"))
+        };
+        let norm = vector(reader, "output_norm.weight")?;
         let mut layers = Vec::with_capacity(blocks);
         for i in 0..blocks {
-            let attn_norm = vector(tensor(&format!("blk.{i}.attn_norm.weight"))?)?;
-            let ffn_norm = vector(tensor(&format!("blk.{i}.ffn_norm.weight"))?)?;
-            let mut tensors = |parts: &[&str]| parts.iter().map(|part| tensor(&format!("blk.{i}.{part}.weight"))).collect::<Result<Vec<_>>>();
-            let qkv = Weight::stacked(tensors(&["attn_q", "attn_k", "attn_v"])?, kernels)?;
-            let output = Weight::stacked(tensors(&["attn_output"])?, kernels)?;
-            let gate_up = Weight::stacked(tensors(&["ffn_gate", "ffn_up"])?, kernels)?;
-            let down = Weight::stacked(tensors(&["ffn_down"])?, kernels)?;
+            let attn_norm = vector(reader, &format!("blk.{i}.attn_norm.weight"))?;
+            let ffn_norm = vector(reader, &format!("blk.{i}.ffn_norm.weight"))?;
+            let names = |parts: &[&str]| parts.iter().map(|part| format!("blk.{i}.{part}.weight")).collect::<Vec<_>>();
+            let qkv = Weight::read(ct, reader, &names(&["attn_q", "attn_k", "attn_v"]), kernels)?;
+            let output = Weight::read(ct, reader, &names(&["attn_output"]), kernels)?;
+            let gate_up = Weight::read(ct, reader, &names(&["ffn_gate", "ffn_up"]), kernels)?;
+            let down = Weight::read(ct, reader, &names(&["ffn_down"]), kernels)?;
             layers.push(Layer { attn_norm, qkv, output, ffn_norm, gate_up, down });
         }
-        let embeddings = Weight::from_qtensor(tensor("token_embd.weight")?, kernels)?;
-        let head = match tensor("output.weight") {
-            Ok(qt) => Some(Weight::from_qtensor(qt, kernels)?),
-            Err(_) => None,
+        let embeddings = Weight::read(ct, reader, &["token_embd.weight".into()], kernels)?;
+        let head = match ct.tensor_infos.contains_key("output.weight") {
+            true => Some(Weight::read(ct, reader, &["output.weight".into()], kernels)?),
+            false => None,
         };
         let ffn = layers.first().map_or(0, |l| l.gate_up.rows() / 2);
         if embeddings.cols() != width || layers.iter().any(|l| l.qkv.rows() != width + 2 * kv_heads * head_dim || l.down.cols() != ffn) {

@@ -3,7 +3,9 @@
 //! (weights dequantized, activations not quantized); any other format keeps candle's storage and
 //! kernels.
 
-use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use std::io::{Read, Seek, SeekFrom};
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
 use rayon::prelude::*;
 
@@ -42,44 +44,48 @@ fn candle(e: candle_core::Error) -> String {
 }
 
 impl Weight {
-    pub fn from_qtensor(qt: QTensor, kernels: Kernels) -> Result<Weight> {
-        Self::stacked(vec![qt], kernels)
-    }
-
-    /// One matrix whose rows are those of `parts` in order (one product instead of several).
-    pub fn stacked(parts: Vec<QTensor>, kernels: Kernels) -> Result<Weight> {
+    /// The tensors `names` of a GGUF file as one matrix, their rows in order (one product instead
+    /// of several). Q4_1 and Q8_0 bytes go from the file straight into the packed layout.
+    pub fn read<R: Read + Seek>(ct: &gguf_file::Content, reader: &mut R, names: &[String], kernels: Kernels) -> Result<Weight> {
         let mut shapes = Vec::new();
-        for qt in &parts {
-            shapes.push(match qt.shape().dims() {
-                [rows, cols] => (*rows, *cols),
-                [n] => (1, *n),
-                dims => return Err(format!("a weight matrix has two dimensions, not {dims:?}")),
+        for name in names {
+            let info = ct.tensor_infos.get(name).ok_or_else(|| format!("tensor {name} missing"))?;
+            shapes.push(match info.shape.dims() {
+                [rows, cols] => (*rows, *cols, info.ggml_dtype, info.offset),
+                [n] => (1, *n, info.ggml_dtype, info.offset),
+                dims => return Err(format!("{name}: a weight matrix has two dimensions, not {dims:?}")),
             });
         }
-        let cols = shapes[0].1;
-        if shapes.iter().any(|s| s.1 != cols) || parts.iter().any(|p| p.dtype() != parts[0].dtype()) {
-            return Err("stacked matrices differ in width or format".into());
+        let (cols, dtype) = (shapes[0].1, shapes[0].2);
+        if shapes.iter().any(|s| s.1 != cols || s.2 != dtype) {
+            return Err(format!("{names:?} differ in width or format"));
         }
         let rows = shapes.iter().map(|s| s.0).sum();
-        let bytes = || -> Result<Vec<u8>> {
-            let mut all = Vec::new();
-            for qt in &parts {
-                all.extend_from_slice(&qt.data().map_err(candle)?);
-            }
-            Ok(all)
-        };
         let per_row = cols / BLOCK;
-        let data = match (parts[0].dtype(), kernels) {
-            (GgmlDType::Q4_1, Kernels::Quantized) => Data::Q4_1(packed::pack_q4_1(&parse_q4_1(&bytes()?).ok_or("Q4_1 data is not whole blocks")?, per_row)),
-            (GgmlDType::Q8_0, Kernels::Quantized) => Data::Q8_0(packed::pack_q8_0(&BlockQ8_0::parse(&bytes()?).ok_or("Q8_0 data is not whole blocks")?, per_row)),
+        let data = match (dtype, kernels) {
+            (GgmlDType::Q4_1, Kernels::Quantized) => {
+                let bytes = read_blocks(ct, reader, &shapes, BlockQ4_1::BYTES)?;
+                Data::Q4_1(packed::pack_q4_1(|i| BlockQ4_1::read(&bytes[i * BlockQ4_1::BYTES..]), rows, per_row))
+            }
+            (GgmlDType::Q8_0, Kernels::Quantized) => {
+                let bytes = read_blocks(ct, reader, &shapes, BlockQ8_0::BYTES)?;
+                Data::Q8_0(packed::pack_q8_0(|i| BlockQ8_0::read(&bytes[i * BlockQ8_0::BYTES..]), rows, per_row))
+            }
             (GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16, _) | (_, Kernels::Reference) => {
                 let mut values = Vec::with_capacity(rows * cols);
-                for qt in &parts {
+                for name in names {
+                    let qt = ct.tensor(reader, name, &Device::Cpu).map_err(candle)?;
                     values.extend(qt.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).map_err(candle)?);
                 }
                 Data::F32(values)
             }
-            _ => Data::Candle(parts.into_iter().zip(&shapes).map(|(qt, s)| Ok((QMatMul::from_qtensor(qt).map_err(candle)?, s.0))).collect::<Result<_>>()?),
+            _ => {
+                let mut parts = Vec::new();
+                for (name, shape) in names.iter().zip(&shapes) {
+                    parts.push((QMatMul::from_qtensor(ct.tensor(reader, name, &Device::Cpu).map_err(candle)?).map_err(candle)?, shape.0));
+                }
+                Data::Candle(parts)
+            }
         };
         Ok(Weight { rows, cols, data })
     }
@@ -161,20 +167,17 @@ impl Weight {
     }
 }
 
-fn parse_q4_1(bytes: &[u8]) -> Option<Vec<BlockQ4_1>> {
-    if !bytes.len().is_multiple_of(20) {
-        return None;
+/// The tensors' blocks, read one after the other from the file into one buffer.
+fn read_blocks<R: Read + Seek>(ct: &gguf_file::Content, reader: &mut R, shapes: &[(usize, usize, GgmlDType, u64)], block_bytes: usize) -> Result<Vec<u8>> {
+    let size = |&(rows, cols, _, _): &(usize, usize, GgmlDType, u64)| rows * cols / BLOCK * block_bytes;
+    let mut bytes = vec![0u8; shapes.iter().map(size).sum()];
+    let mut at = 0;
+    for shape in shapes {
+        reader.seek(SeekFrom::Start(ct.tensor_data_offset + shape.3)).map_err(|e| e.to_string())?;
+        reader.read_exact(&mut bytes[at..at + size(shape)]).map_err(|e| format!("the model file ends inside a tensor: {e}"))?;
+        at += size(shape);
     }
-    Some(
-        bytes
-            .chunks_exact(20)
-            .map(|b| BlockQ4_1 {
-                d: half::f16::from_bits(u16::from_le_bytes([b[0], b[1]])),
-                m: half::f16::from_bits(u16::from_le_bytes([b[2], b[3]])),
-                qs: b[4..20].try_into().expect("16 bytes"),
-            })
-            .collect(),
-    )
+    Ok(bytes)
 }
 
 fn candle_matmul(parts: &[(QMatMul, usize)], x: &[f32], m: usize, k: usize, out: &mut [f32]) -> Result<()> {
