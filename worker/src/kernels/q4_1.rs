@@ -76,7 +76,9 @@ impl BlockQ8_1 {
         let mut qs = [0i8; BLOCK];
         let mut sum = 0i32;
         for (q, &x) in qs.iter_mut().zip(xs) {
-            *q = (x * inv).round() as i8;
+            // Half away from zero, as `round` (but inline, not a libm call); |v| <= 127.
+            let v = x * inv;
+            *q = (v + 0.5f32.copysign(v)) as i8;
             sum += *q as i32;
         }
         BlockQ8_1 { qs, d, s: d * sum as f32 }

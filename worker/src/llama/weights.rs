@@ -126,7 +126,11 @@ impl Weight {
         let mut by_weight_row = vec![0f32; groups * ROWS * m];
         let chunks = by_weight_row.par_chunks_mut(groups_per_task * ROWS * m).enumerate();
         let per_row = k / BLOCK;
-        let quantized = || -> Vec<BlockQ8_1> { x.par_chunks(k).flat_map_iter(q4_1::quantize_row).collect() };
+        // Activations quantized once per product; in parallel only when there are many rows (a
+        // parallel section costs more than quantizing a few rows).
+        let quantized = || -> Vec<BlockQ8_1> {
+            if m >= 32 { x.par_chunks(k).flat_map_iter(q4_1::quantize_row).collect() } else { x.chunks(k).flat_map(q4_1::quantize_row).collect() }
+        };
         match &self.data {
             Data::Q4_1(w) => {
                 let xq = quantized();
