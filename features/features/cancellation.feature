@@ -17,3 +17,14 @@ Feature: Cancelled requests stop the worker and free its slot
     Then rbee infer exits with code 130
     And the worker's slot is free again in rbee workers
     And the log shows request.cancelled, then request.finished as cancelled, then slot.released
+
+  # The worker has four slots: the four requests are advanced together in one batch by its engine.
+  @Gap-G12g
+  Scenario: Requests batched on one worker all stop when cancelled, and every slot is freed
+    Given a cluster of my own whose worker has 4 slots
+    When 4 streaming requests of "Write a long story about a bee." with max_tokens 400 run at once
+    Then all 4 stream text at the same time, from the one worker
+    When all 4 are cancelled with DELETE /v1/requests/{id}
+    Then each of them ends with request.cancelled, then request.finished as cancelled, then slot.released
+    And the worker's 4 slots are free again in rbee workers
+    And a new request is answered with finish_reason "length"

@@ -34,6 +34,9 @@ pub struct UpArgs {
     /// Start the cluster without a worker.
     #[arg(long)]
     pub no_worker: bool,
+    /// Requests the worker serves at once, advanced together in one batch.
+    #[arg(long, env = "RBEE_WORKER_SLOTS", default_value_t = 1)]
+    pub slots: u32,
     /// Seconds without a heartbeat before a worker is marked stale (passed to the queen).
     #[arg(long, env = "RBEE_HEARTBEAT_TIMEOUT_SECS", default_value_t = 10)]
     pub heartbeat_timeout_secs: u64,
@@ -74,7 +77,7 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
         }
     };
     if !args.no_worker {
-        ensure_worker(&cluster, &source, Duration::from_secs(args.timeout_secs)).await?;
+        ensure_worker(&cluster, &source, args.slots.max(1), Duration::from_secs(args.timeout_secs)).await?;
     }
     println!("rbee is up: {}/v1  (model {})", cluster.queen_url, source.name);
     println!("try: curl {}/v1/chat/completions -H 'Content-Type: application/json' \\", cluster.queen_url);
@@ -176,7 +179,7 @@ const FRESH_HEARTBEAT_MS: u64 = 10_000;
 
 /// Makes sure a live worker serves the model on this node: reuses one, or asks the hive for one and
 /// waits until it is ready.
-async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, timeout: Duration) -> CliResult<()> {
+async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, slots: u32, timeout: Duration) -> CliResult<()> {
     let crate::live::Connected { log, view, .. } = &crate::live::connect(&cf.nats_url).await?;
     let now = rbee_bus::envelope::now_ms();
     let existing = view.read(|v| {
@@ -196,7 +199,7 @@ async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, timeout: D
         Some((id, _)) => id,
         None => new_worker_id(&cf.node),
     };
-    let request = (!reusing).then_some(StartRequest { node: &cf.node, source, slots: 1, backend: "cpu", device: None });
+    let request = (!reusing).then_some(StartRequest { node: &cf.node, source, slots, backend: "cpu", device: None });
     start_and_wait(log, view, &worker, request, timeout).await
 }
 

@@ -3,7 +3,7 @@
 use std::io::Read;
 use std::process::Stdio;
 
-use cucumber::{then, when};
+use cucumber::{given, then, when};
 use futures::StreamExt;
 use rbee_features::poll::eventually;
 
@@ -88,4 +88,97 @@ async fn infer_then_ctrl_c(w: &mut RbeeWorld, prompt: String) {
 #[then(expr = "rbee infer exits with code {int}")]
 fn infer_exit_code(w: &mut RbeeWorld, code: i32) {
     assert_eq!(w.output.as_ref().unwrap().status.code(), Some(code));
+}
+
+#[given(expr = "a cluster of my own whose worker has {int} slots")]
+async fn own_cluster_with_slots(w: &mut RbeeWorld, slots: u32) {
+    let cluster = tokio::task::spawn_blocking(move || rbee_features::cluster::Cluster::up(&["--slots", &slots.to_string()])).await.unwrap();
+    w.own = Some(cluster.expect("rbee up succeeds"));
+    let workers = w.cluster().workers();
+    assert_eq!((workers.len(), workers[0]["slots"].as_u64()), (1, Some(slots as u64)), "{workers:?}");
+}
+
+#[when(expr = "{int} streaming requests of {string} with max_tokens {int} run at once")]
+async fn streams_at_once(w: &mut RbeeWorld, n: usize, prompt: String, max_tokens: u32) {
+    let responses = futures::future::join_all((0..n).map(|_| w.post_chat(&prompt, max_tokens, true))).await;
+    for response in responses {
+        assert_eq!(response.status().as_u16(), 200);
+        let id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+        let received = std::sync::Arc::new(std::sync::Mutex::new((String::new(), false)));
+        let sink = received.clone();
+        tokio::spawn(async move {
+            let mut bytes = response.bytes_stream();
+            while let Some(Ok(chunk)) = bytes.next().await {
+                sink.lock().unwrap().0.push_str(&String::from_utf8_lossy(&chunk));
+            }
+            sink.lock().unwrap().1 = true;
+        });
+        w.streams.push((id, received));
+    }
+}
+
+/// Chunks carrying generated text so far.
+fn text_chunks(received: &str) -> usize {
+    received.matches("\"content\":\"").count()
+}
+
+#[then(expr = "all {int} stream text at the same time, from the one worker")]
+async fn streaming_together(w: &mut RbeeWorld, n: usize) {
+    assert_eq!(w.streams.len(), n);
+    let streams = w.streams.clone();
+    // Every stream has produced several pieces of text while none has ended: they run side by side
+    // (one at a time, the others would wait without a token).
+    eventually("every stream has text", DEADLINE, || async {
+        let counts: Vec<usize> = streams.iter().map(|(_, r)| text_chunks(&r.lock().unwrap().0)).collect();
+        if counts.iter().all(|&c| c >= 3) { Ok(()) } else { Err(counts) }
+    })
+    .await;
+    for (id, received) in &streams {
+        assert!(!received.lock().unwrap().1, "request {id} ended before the others streamed");
+    }
+    let workers = w.cluster().workers();
+    let busy = workers[0]["busy"].as_object().map_or(0, |b| b.len());
+    assert_eq!((workers.len(), busy), (1, n), "one worker, all its slots busy: {workers:?}");
+    let worker = workers[0]["id"].as_str().unwrap().to_string();
+    for (id, _) in &streams {
+        let claimed = w.cluster().events_of("slot.claimed").into_iter().find(|e| e["data"]["request"] == id.as_str()).expect("claimed");
+        assert_eq!(claimed["data"]["worker"], worker.as_str());
+    }
+}
+
+#[when(expr = "all {int} are cancelled with DELETE \\/v1\\/requests\\/\\{id\\}")]
+async fn cancel_all(w: &mut RbeeWorld, n: usize) {
+    assert_eq!(w.streams.len(), n);
+    let queen = w.cluster().queen_url.clone();
+    let deletes = w.streams.iter().map(|(id, _)| rbee_features::http().delete(format!("{queen}/v1/requests/{id}")).send());
+    for answer in futures::future::join_all(deletes).await {
+        assert_eq!(answer.expect("the queen answers").status().as_u16(), 204);
+    }
+}
+
+#[then("each of them ends with request.cancelled, then request.finished as cancelled, then slot.released")]
+async fn each_cancelled(w: &mut RbeeWorld) {
+    for (id, received) in w.streams.clone() {
+        w.request_id = id;
+        cancelled_in_log(w).await;
+        eventually("the stream ended", DEADLINE, || async { if received.lock().unwrap().1 { Ok(()) } else { Err(()) } }).await;
+    }
+}
+
+#[then(expr = "the worker's {int} slots are free again in rbee workers")]
+async fn all_slots_free(w: &mut RbeeWorld, slots: u64) {
+    let c = w.cluster();
+    eventually("the worker shows all its slots free", DEADLINE, || async {
+        let workers = c.workers();
+        let free = workers.len() == 1 && workers[0]["slots"] == slots && workers[0]["busy"].as_object().is_some_and(|b| b.is_empty());
+        if free { Ok(()) } else { Err(workers.clone()) }
+    })
+    .await;
+}
+
+#[then(expr = "a new request is answered with finish_reason {string}")]
+async fn new_request_answered(w: &mut RbeeWorld, reason: String) {
+    w.ask("Say hello.", 3).await;
+    assert_eq!(w.status, 200, "{}", w.body);
+    assert_eq!(w.body["choices"][0]["finish_reason"], reason.as_str(), "{}", w.body);
 }

@@ -53,6 +53,8 @@ pub struct RbeeWorld {
     second_queen: String,
     /// Answers to a batch of concurrent requests: (status, request id, body).
     batch: Vec<(u16, String, Value)>,
+    /// Streams running side by side: request id, the bytes received so far, whether it ended.
+    streams: Vec<(String, std::sync::Arc<std::sync::Mutex<(String, bool)>>)>,
     /// The first sequence JetStream kept after a purge.
     purged_below: u64,
     /// Path of a catalogued model file.
@@ -93,6 +95,7 @@ impl RbeeWorld {
             stop_at_end: Vec::new(),
             second_queen: String::new(),
             batch: Vec::new(),
+            streams: Vec::new(),
             purged_below: 0,
             model_path: String::new(),
             catalog_prefix: String::new(),
