@@ -27,11 +27,12 @@ pub struct PackedQ4_1 {
     m: [f16; ROWS],
 }
 
-/// One block of eight Q8_0 rows: `qs[g]` holds weights `4g..4g + 4` of each row.
+/// One block of eight Q8_0 rows: `qs[g]` holds weights `4g..4g + 4` of each row, offset by 128
+/// (`q + 128` as unsigned: what VNNI multiplies; the offset is taken off with the activations' sum).
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
 pub struct PackedQ8_0 {
-    qs: [[i8; 32]; 8],
+    qs: [[u8; 32]; 8],
     d: [f16; ROWS],
 }
 
@@ -63,11 +64,13 @@ pub fn pack_q8_0(block: impl Fn(usize) -> BlockQ8_0, rows: usize, per_row: usize
     for group in 0..rows.div_ceil(ROWS) {
         for b in 0..per_row {
             let block = |r: usize| if group * ROWS + r < rows { block((group * ROWS + r) * per_row + b) } else { zero };
-            let mut p = PackedQ8_0 { qs: [[0; 32]; 8], d: [f16::ZERO; ROWS] };
+            let mut p = PackedQ8_0 { qs: [[0x80; 32]; 8], d: [f16::ZERO; ROWS] };
             for r in 0..ROWS {
                 let w = block(r);
                 for g in 0..8 {
-                    p.qs[g][4 * r..4 * r + 4].copy_from_slice(&w.qs[4 * g..4 * g + 4]);
+                    for j in 0..4 {
+                        p.qs[g][4 * r + j] = (w.qs[4 * g + j] as u8) ^ 0x80;
+                    }
                 }
                 p.d[r] = w.d;
             }
@@ -97,7 +100,7 @@ pub fn q8_0_row(group: &[PackedQ8_0], r: usize, out: &mut [f32]) {
         let d = p.d[r].to_f32();
         for g in 0..8 {
             for j in 0..4 {
-                out[4 * g + j] = d * p.qs[g][4 * r + j] as f32;
+                out[4 * g + j] = d * (p.qs[g][4 * r + j] ^ 0x80) as i8 as f32;
             }
         }
     }
@@ -187,7 +190,7 @@ fn q8_0_portable(group: &[PackedQ8_0], xs: &[BlockQ8_1], n: usize, sums: &mut [[
                 let mut isum = 0i32;
                 for g in 0..8 {
                     for k in 0..4 {
-                        isum += p.qs[g][4 * r + k] as i32 * x.qs[4 * g + k] as i32;
+                        isum += (p.qs[g][4 * r + k] ^ 0x80) as i8 as i32 * x.qs[4 * g + k] as i32;
                     }
                 }
                 acc = (p.d[r].to_f32() * x.d).mul_add(isum as f32, acc);
@@ -208,13 +211,15 @@ mod x86 {
     macro_rules! broadcast {
         ($x:expr, $g:expr) => {{
             let (x, g): (&BlockQ8_1, usize) = ($x, $g);
-            _mm256_set1_epi32(i32::from_le_bytes([x.qs[4 * g] as u8, x.qs[4 * g + 1] as u8, x.qs[4 * g + 2] as u8, x.qs[4 * g + 3] as u8]))
+            debug_assert!(g < 8);
+            // SAFETY: bytes 4g..4g + 4 of the 32 in `qs`; an unaligned read.
+            _mm256_set1_epi32(unsafe { x.qs.as_ptr().add(4 * g).cast::<i32>().read_unaligned() })
         }};
     }
 
     /// The kernels for up to four activation rows; `dp(acc, u8s, i8s)` adds four products per lane.
     macro_rules! kernels {
-        ($q4:ident, $q8:ident, $features:literal, |$acc:ident, $u:ident, $s:ident| $dp:expr) => {
+        ($q4:ident, $q8:ident, $features:literal, |$acc:ident, $u:ident, $s:ident| $dp:expr, $q8_products:ident, $q8_offset:ident) => {
             #[target_feature(enable = $features)]
             pub unsafe fn $q4(group: &[PackedQ4_1], xs: &[BlockQ8_1], n: usize, sums: &mut [[f32; ROWS]; 4]) {
                 let per_row = group.len();
@@ -263,11 +268,9 @@ mod x86 {
                         let x = &xs[j * per_row + b];
                         let mut isum = _mm256_setzero_si256();
                         for (g, w) in w.iter().enumerate() {
-                            // Unsigned |w| against x carrying w's sign (activations are within ±127).
-                            let ($acc, $u, $s) = (isum, _mm256_sign_epi8(*w, *w), _mm256_sign_epi8(broadcast!(x, g), *w));
-                            isum = $dp;
+                            isum = $q8_products(isum, *w, broadcast!(x, g));
                         }
-                        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), _mm256_cvtepi32_ps(isum), acc[j]);
+                        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), _mm256_cvtepi32_ps($q8_offset(isum, x.sum)), acc[j]);
                     }
                 }
                 for j in 0..n {
@@ -278,10 +281,38 @@ mod x86 {
         };
     }
 
-    kernels!(q4_1_vnni, q8_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", |acc, u, s| _mm256_dpbusd_epi32(acc, u, s));
-    // Without VNNI: pairs of u8 x i8 summed in i16 (at most 2 * 128 * 127 for Q8_0, 2 * 15 * 127
-    // for Q4_1: no saturation), then pairs of those in i32 — the same integers.
-    kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma,f16c", |acc, u, s| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))));
+    // VNNI: the offset weights (0..=255) times the activations in one instruction; Σ (w + 128) x
+    // less 128 Σ x is Σ w x.
+    #[inline(always)]
+    fn q8_products_vnni(acc: __m256i, offset_weights: __m256i, acts: __m256i) -> __m256i {
+        // SAFETY: only called from kernels compiled with AVX-512 VNNI (inlined into them).
+        unsafe { _mm256_dpbusd_epi32(acc, offset_weights, acts) }
+    }
+    #[inline(always)]
+    fn q8_offset_vnni(isum: __m256i, act_sum: i32) -> __m256i {
+        // SAFETY: as above.
+        unsafe { _mm256_sub_epi32(isum, _mm256_set1_epi32(128 * act_sum)) }
+    }
+    // AVX2: maddubs would saturate on 255 x 127 pairs, so the weights get their sign back and the
+    // unsigned |w| meets x carrying w's sign (at most 2 * 128 * 127 per pair: no saturation).
+    #[inline(always)]
+    fn q8_products_avx2(acc: __m256i, offset_weights: __m256i, acts: __m256i) -> __m256i {
+        // SAFETY: only called from kernels compiled with AVX2 (inlined into them).
+        unsafe {
+            let w = _mm256_xor_si256(offset_weights, _mm256_set1_epi8(-128));
+            let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(acts, w));
+            _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+        }
+    }
+    #[inline(always)]
+    fn q8_offset_avx2(isum: __m256i, _act_sum: i32) -> __m256i {
+        isum
+    }
+
+    kernels!(q4_1_vnni, q8_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", |acc, u, s| _mm256_dpbusd_epi32(acc, u, s), q8_products_vnni, q8_offset_vnni);
+    // Without VNNI: pairs of u8 x i8 summed in i16 (at most 2 * 15 * 127 for Q4_1: no saturation),
+    // then pairs of those in i32 — the same integers.
+    kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma,f16c", |acc, u, s| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))), q8_products_avx2, q8_offset_avx2);
 }
 
 #[cfg(test)]

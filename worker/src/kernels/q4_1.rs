@@ -21,13 +21,14 @@ pub struct BlockQ4_1 {
 
 const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
 
-/// 32 activations quantized to 8 bits, with their scale and `scale * Σ q`.
+/// 32 activations quantized to 8 bits, with their scale, `scale * Σ q` and `Σ q`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[repr(C, align(32))]
 pub struct BlockQ8_1 {
     pub qs: [i8; BLOCK],
     pub d: f32,
     pub s: f32,
+    pub sum: i32,
 }
 
 impl BlockQ4_1 {
@@ -81,7 +82,7 @@ impl BlockQ8_1 {
             *q = (v + 0.5f32.copysign(v)) as i8;
             sum += *q as i32;
         }
-        BlockQ8_1 { qs, d, s: d * sum as f32 }
+        BlockQ8_1 { qs, d, s: d * sum as f32, sum }
     }
 }
 
@@ -340,9 +341,9 @@ mod tests {
     #[test]
     fn extreme_values_do_not_overflow() {
         let w = vec![BlockQ4_1 { d: f16::from_f32(1.0), m: f16::from_f32(0.0), qs: [0xFF; 16] }; 4];
-        let xq = vec![BlockQ8_1 { qs: [127; 32], d: 1.0, s: 127.0 * 32.0 }; 4];
+        let xq = vec![BlockQ8_1 { qs: [127; 32], d: 1.0, s: 127.0 * 32.0, sum: 127 * 32 }; 4];
         assert_eq!(dot(&w, &xq), 4.0 * 32.0 * 15.0 * 127.0);
-        let neg = vec![BlockQ8_1 { qs: [-128; 32], d: 1.0, s: -128.0 * 32.0 }; 4];
+        let neg = vec![BlockQ8_1 { qs: [-128; 32], d: 1.0, s: -128.0 * 32.0, sum: -128 * 32 }; 4];
         assert_eq!(dot(&w, &neg), 4.0 * 32.0 * 15.0 * -128.0);
     }
 

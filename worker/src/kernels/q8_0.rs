@@ -194,7 +194,7 @@ mod tests {
         }
         // Activations are quantized to ±127; a weight may be -128.
         let w = vec![BlockQ8_0 { d: f16::from_f32(1.0), qs: [-128; 32] }; 2];
-        let x = vec![BlockQ8_1 { qs: [-127; 32], d: 1.0, s: 0.0 }; 2];
+        let x = vec![BlockQ8_1 { qs: [-127; 32], d: 1.0, s: -127.0 * 32.0, sum: -127 * 32 }; 2];
         assert_eq!(dot(&w, &x), dot_portable(&w, &x));
     }
 }
