@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 use rbee_worker::kernels::noise;
@@ -26,7 +26,7 @@ fn median_us(mut f: impl FnMut(), runs: usize) -> f64 {
 }
 
 fn main() -> candle_core::Result<()> {
-    println!("Q4_1 x Q8_1 products, one thread; SIMD path: {:?}", q4_1::simd());
+    println!("Q4_1 x Q8_1 products, one thread; SIMD path: {:?}", rbee_worker::kernels::simd());
     for (n, k, what) in [(3072, 576, "ffn gate+up 576->3072"), (576, 1536, "ffn down 1536->576"), (960, 576, "attn qkv 576->960")] {
         let w = Tensor::from_vec(noise(n * k, 1), (n, k), &Device::Cpu)?;
         let bytes = QTensor::quantize(&w, GgmlDType::Q4_1)?.data()?.to_vec();

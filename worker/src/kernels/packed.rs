@@ -11,8 +11,9 @@
 
 use half::f16;
 
-use super::q4_1::{prefetch_ahead, BlockQ4_1, BlockQ8_1, Simd, BLOCK};
+use super::q4_1::{BLOCK, BlockQ4_1, BlockQ8_1};
 use super::q8_0::BlockQ8_0;
+use super::{Simd, prefetch_ahead, simd};
 
 /// Rows per packed group.
 pub const ROWS: usize = 8;
@@ -43,7 +44,9 @@ pub fn pack_q4_1(block: impl Fn(usize) -> BlockQ4_1, rows: usize, per_row: usize
     let mut packed = Vec::with_capacity(rows.div_ceil(ROWS) * per_row);
     for group in 0..rows.div_ceil(ROWS) {
         for b in 0..per_row {
-            let block = |r: usize| if group * ROWS + r < rows { block((group * ROWS + r) * per_row + b) } else { zero };
+            let block = |r: usize| {
+                if group * ROWS + r < rows { block((group * ROWS + r) * per_row + b) } else { zero }
+            };
             let mut p = PackedQ4_1 { qs: [[0; 32]; 4], d: [f16::ZERO; ROWS], m: [f16::ZERO; ROWS] };
             for r in 0..ROWS {
                 let w = block(r);
@@ -63,7 +66,9 @@ pub fn pack_q8_0(block: impl Fn(usize) -> BlockQ8_0, rows: usize, per_row: usize
     let mut packed = Vec::with_capacity(rows.div_ceil(ROWS) * per_row);
     for group in 0..rows.div_ceil(ROWS) {
         for b in 0..per_row {
-            let block = |r: usize| if group * ROWS + r < rows { block((group * ROWS + r) * per_row + b) } else { zero };
+            let block = |r: usize| {
+                if group * ROWS + r < rows { block((group * ROWS + r) * per_row + b) } else { zero }
+            };
             let mut p = PackedQ8_0 { qs: [[0x80; 32]; 8], d: [f16::ZERO; ROWS] };
             for r in 0..ROWS {
                 let w = block(r);
@@ -109,6 +114,11 @@ pub fn q8_0_row(group: &[PackedQ8_0], r: usize, out: &mut [f32]) {
 /// `out[r * m + i] = Σ w[r] · x[i]` for the eight rows of one packed group (`per_row` blocks each)
 /// and `m` activation rows.
 pub fn q4_1_times(group: &[PackedQ4_1], x: &[BlockQ8_1], m: usize, out: &mut [f32]) {
+    q4_1_times_on(simd(), group, x, m, out)
+}
+
+/// [`q4_1_times`] on a given path (which the CPU must have).
+fn q4_1_times_on(path: Simd, group: &[PackedQ4_1], x: &[BlockQ8_1], m: usize, out: &mut [f32]) {
     let per_row = group.len();
     assert!(x.len() == m * per_row && out.len() == ROWS * m);
     let mut i = 0;
@@ -116,7 +126,7 @@ pub fn q4_1_times(group: &[PackedQ4_1], x: &[BlockQ8_1], m: usize, out: &mut [f3
         let n = (m - i).min(4);
         let xs = &x[i * per_row..(i + n) * per_row];
         let mut sums = [[0f32; ROWS]; 4];
-        match super::q4_1::simd() {
+        match path {
             // SAFETY: the CPU has the features of each path (detected at run time).
             #[cfg(target_arch = "x86_64")]
             Simd::Vnni => unsafe { x86::q4_1_vnni(group, xs, n, &mut sums) },
@@ -130,6 +140,10 @@ pub fn q4_1_times(group: &[PackedQ4_1], x: &[BlockQ8_1], m: usize, out: &mut [f3
 }
 
 pub fn q8_0_times(group: &[PackedQ8_0], x: &[BlockQ8_1], m: usize, out: &mut [f32]) {
+    q8_0_times_on(simd(), group, x, m, out)
+}
+
+fn q8_0_times_on(path: Simd, group: &[PackedQ8_0], x: &[BlockQ8_1], m: usize, out: &mut [f32]) {
     let per_row = group.len();
     assert!(x.len() == m * per_row && out.len() == ROWS * m);
     let mut i = 0;
@@ -137,7 +151,7 @@ pub fn q8_0_times(group: &[PackedQ8_0], x: &[BlockQ8_1], m: usize, out: &mut [f3
         let n = (m - i).min(4);
         let xs = &x[i * per_row..(i + n) * per_row];
         let mut sums = [[0f32; ROWS]; 4];
-        match super::q4_1::simd() {
+        match path {
             // SAFETY: as above.
             #[cfg(target_arch = "x86_64")]
             Simd::Vnni => unsafe { x86::q8_0_vnni(group, xs, n, &mut sums) },
@@ -312,7 +326,14 @@ mod x86 {
     kernels!(q4_1_vnni, q8_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", |acc, u, s| _mm256_dpbusd_epi32(acc, u, s), q8_products_vnni, q8_offset_vnni);
     // Without VNNI: pairs of u8 x i8 summed in i16 (at most 2 * 15 * 127 for Q4_1: no saturation),
     // then pairs of those in i32 — the same integers.
-    kernels!(q4_1_avx2, q8_0_avx2, "avx2,fma,f16c", |acc, u, s| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))), q8_products_avx2, q8_offset_avx2);
+    kernels!(
+        q4_1_avx2,
+        q8_0_avx2,
+        "avx2,fma,f16c",
+        |acc, u, s| _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1))),
+        q8_products_avx2,
+        q8_offset_avx2
+    );
 }
 
 #[cfg(test)]
@@ -320,6 +341,15 @@ mod tests {
     use super::*;
     use crate::kernels::noise;
     use crate::kernels::q4_1::quantize_row;
+
+    /// The paths this CPU can run: the fastest, and every slower one.
+    fn paths() -> Vec<Simd> {
+        match simd() {
+            Simd::Vnni => vec![Simd::Vnni, Simd::Avx2, Simd::Portable],
+            Simd::Avx2 => vec![Simd::Avx2, Simd::Portable],
+            Simd::Portable => vec![Simd::Portable],
+        }
+    }
 
     fn q4_1_rows(rows: usize, per_row: usize, seed: u64) -> Vec<BlockQ4_1> {
         noise(rows * per_row * BLOCK, seed).chunks_exact(BLOCK).map(|c| BlockQ4_1::quantize(c.try_into().unwrap())).collect()
@@ -360,20 +390,37 @@ mod tests {
         let per_row = 18;
         let (w4, w8) = (q4_1_rows(ROWS, per_row, 3), q8_0_rows(ROWS, per_row, 4));
         let (p4, p8) = (pack_q4_1(|i| w4[i], ROWS, per_row), pack_q8_0(|i| w8[i], ROWS, per_row));
-        for m in [1, 3, 4, 6] {
+        for (path, m) in paths().into_iter().flat_map(|p| [1, 3, 4, 6].map(|m| (p, m))) {
             let x = activations(m, per_row);
             let (mut out4, mut out8) = (vec![0f32; ROWS * m], vec![0f32; ROWS * m]);
-            q4_1_times(&p4, &x, m, &mut out4);
-            q8_0_times(&p8, &x, m, &mut out8);
+            q4_1_times_on(path, &p4, &x, m, &mut out4);
+            q8_0_times_on(path, &p8, &x, m, &mut out8);
             for r in 0..ROWS {
                 for i in 0..m {
                     let xi = &x[i * per_row..(i + 1) * per_row];
-                    let e4 = crate::kernels::q4_1::dot_portable(&w4[r * per_row..(r + 1) * per_row], xi);
-                    let e8 = crate::kernels::q8_0::dot_portable(&w8[r * per_row..(r + 1) * per_row], xi);
-                    assert!((out4[r * m + i] - e4).abs() <= 1e-4 * (1.0 + e4.abs()), "Q4_1 row {r}, m {m}: {} vs {e4}", out4[r * m + i]);
-                    assert!((out8[r * m + i] - e8).abs() <= 1e-4 * (1.0 + e8.abs()), "Q8_0 row {r}, m {m}: {} vs {e8}", out8[r * m + i]);
+                    let e4 = crate::kernels::q4_1::dot(&w4[r * per_row..(r + 1) * per_row], xi);
+                    let e8 = crate::kernels::q8_0::dot(&w8[r * per_row..(r + 1) * per_row], xi);
+                    assert!((out4[r * m + i] - e4).abs() <= 1e-4 * (1.0 + e4.abs()), "{path:?} Q4_1 row {r}, m {m}: {} vs {e4}", out4[r * m + i]);
+                    assert!((out8[r * m + i] - e8).abs() <= 1e-4 * (1.0 + e8.abs()), "{path:?} Q8_0 row {r}, m {m}: {} vs {e8}", out8[r * m + i]);
                 }
             }
+        }
+    }
+
+    /// The largest magnitudes: no lane saturates or overflows on any path.
+    #[test]
+    fn extreme_values_do_not_overflow() {
+        let per_row = 4;
+        let w4 = vec![BlockQ4_1 { d: f16::from_f32(1.0), m: f16::ZERO, qs: [0xFF; 16] }; ROWS * per_row];
+        let w8 = vec![BlockQ8_0 { d: f16::from_f32(1.0), qs: [-128; BLOCK] }; ROWS * per_row];
+        let (p4, p8) = (pack_q4_1(|i| w4[i], ROWS, per_row), pack_q8_0(|i| w8[i], ROWS, per_row));
+        for (path, q) in paths().into_iter().flat_map(|p| [(p, 127i8), (p, -127)]) {
+            let x = vec![BlockQ8_1 { qs: [q; BLOCK], d: 1.0, s: q as f32 * 32.0, sum: q as i32 * 32 }; per_row];
+            let (mut out4, mut out8) = ([0f32; ROWS], [0f32; ROWS]);
+            q4_1_times_on(path, &p4, &x, 1, &mut out4);
+            q8_0_times_on(path, &p8, &x, 1, &mut out8);
+            assert_eq!(out4, [(per_row * BLOCK) as f32 * 15.0 * q as f32; ROWS], "{path:?}");
+            assert_eq!(out8, [(per_row * BLOCK) as f32 * -128.0 * q as f32; ROWS], "{path:?}");
         }
     }
 
@@ -384,17 +431,19 @@ mod tests {
         let (w4, w8) = (q4_1_rows(ROWS, per_row, 5), q8_0_rows(ROWS, per_row, 6));
         let (p4, p8) = (pack_q4_1(|i| w4[i], ROWS, per_row), pack_q8_0(|i| w8[i], ROWS, per_row));
         let x = activations(7, per_row);
-        let (mut all4, mut all8) = (vec![0f32; ROWS * 7], vec![0f32; ROWS * 7]);
-        q4_1_times(&p4, &x, 7, &mut all4);
-        q8_0_times(&p8, &x, 7, &mut all8);
-        for i in 0..7 {
-            let xi = &x[i * per_row..(i + 1) * per_row];
-            let (mut one4, mut one8) = (vec![0f32; ROWS], vec![0f32; ROWS]);
-            q4_1_times(&p4, xi, 1, &mut one4);
-            q8_0_times(&p8, xi, 1, &mut one8);
-            for r in 0..ROWS {
-                assert_eq!(one4[r].to_bits(), all4[r * 7 + i].to_bits());
-                assert_eq!(one8[r].to_bits(), all8[r * 7 + i].to_bits());
+        for path in paths() {
+            let (mut all4, mut all8) = (vec![0f32; ROWS * 7], vec![0f32; ROWS * 7]);
+            q4_1_times_on(path, &p4, &x, 7, &mut all4);
+            q8_0_times_on(path, &p8, &x, 7, &mut all8);
+            for i in 0..7 {
+                let xi = &x[i * per_row..(i + 1) * per_row];
+                let (mut one4, mut one8) = (vec![0f32; ROWS], vec![0f32; ROWS]);
+                q4_1_times_on(path, &p4, xi, 1, &mut one4);
+                q8_0_times_on(path, &p8, xi, 1, &mut one8);
+                for r in 0..ROWS {
+                    assert_eq!(one4[r].to_bits(), all4[r * 7 + i].to_bits(), "{path:?}");
+                    assert_eq!(one8[r].to_bits(), all8[r * 7 + i].to_bits(), "{path:?}");
+                }
             }
         }
     }

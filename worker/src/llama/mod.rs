@@ -11,8 +11,8 @@ mod weights;
 
 use std::io::{Read, Seek};
 
-use candle_core::quantized::gguf_file;
 use candle_core::Device;
+use candle_core::quantized::gguf_file;
 use rayon::prelude::*;
 
 pub use cache::KvCache;
@@ -233,11 +233,15 @@ fn attend(q: &[f32], keys: &[f32], values: &[f32], stride: usize, positions: usi
     let head_dim = q.len();
     assert!(out.len() == head_dim && keys.len() >= (positions - 1) * stride + head_dim && values.len() >= (positions - 1) * stride + head_dim);
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::q4_1::avx2() {
+    if crate::kernels::simd() != crate::kernels::Simd::Portable {
         // SAFETY: the CPU has AVX2 and FMA (checked at run time); the lengths are checked above.
         match head_dim {
-            64 => return unsafe { simd::attend::<8>(q, keys, values, stride, positions, scale, out) },
-            128 => return unsafe { simd::attend::<16>(q, keys, values, stride, positions, scale, out) },
+            64 => {
+                return unsafe { simd::attend::<8>(q, keys, values, stride, positions, scale, out) };
+            }
+            128 => {
+                return unsafe { simd::attend::<16>(q, keys, values, stride, positions, scale, out) };
+            }
             _ => {}
         }
     }
