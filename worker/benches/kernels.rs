@@ -30,12 +30,9 @@ fn main() -> candle_core::Result<()> {
     for (n, k, what) in [(3072, 576, "ffn gate+up 576->3072"), (576, 1536, "ffn down 1536->576"), (960, 576, "attn qkv 576->960")] {
         let w = Tensor::from_vec(noise(n * k, 1), (n, k), &Device::Cpu)?;
         let bytes = QTensor::quantize(&w, GgmlDType::Q4_1)?.data()?.to_vec();
-        let blocks: Vec<BlockQ4_1> = bytes
-            .chunks_exact(20)
-            .map(|b| BlockQ4_1 { d: half::f16::from_le_bytes([b[0], b[1]]), m: half::f16::from_le_bytes([b[2], b[3]]), qs: b[4..20].try_into().unwrap() })
-            .collect();
+        let blocks: Vec<BlockQ4_1> = bytes.chunks_exact(BlockQ4_1::BYTES).map(BlockQ4_1::read).collect();
         let per_row = k / 32;
-        let packed = packed::pack_q4_1(&blocks, per_row);
+        let packed = packed::pack_q4_1(|i| blocks[i], n, per_row);
         for m in [1usize, 4, 64] {
             let x: Vec<BlockQ8_1> = q4_1::quantize_row(&noise(m * k, 2));
             let mut out = vec![0f32; n * m];
