@@ -13,6 +13,7 @@ use std::io::{Read, Seek};
 
 use candle_core::Device;
 use candle_core::quantized::gguf_file;
+use half::f16;
 use rayon::prelude::*;
 
 pub use cache::KvCache;
@@ -229,12 +230,12 @@ impl Llama {
 }
 
 /// One query head over `positions` keys and values (rows `stride` apart): softmax-weighted sum.
-fn attend(q: &[f32], keys: &[f32], values: &[f32], stride: usize, positions: usize, scale: f32, out: &mut [f32]) {
+fn attend(q: &[f32], keys: &[f16], values: &[f16], stride: usize, positions: usize, scale: f32, out: &mut [f32]) {
     let head_dim = q.len();
     assert!(out.len() == head_dim && keys.len() >= (positions - 1) * stride + head_dim && values.len() >= (positions - 1) * stride + head_dim);
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd() != crate::kernels::Simd::Portable {
-        // SAFETY: the CPU has AVX2 and FMA (checked at run time); the lengths are checked above.
+        // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time); the lengths are checked above.
         match head_dim {
             64 => {
                 return unsafe { simd::attend::<8>(q, keys, values, stride, positions, scale, out) };
@@ -245,12 +246,12 @@ fn attend(q: &[f32], keys: &[f32], values: &[f32], stride: usize, positions: usi
             _ => {}
         }
     }
-    let mut weights: Vec<f32> = (0..positions).map(|p| q.iter().zip(&keys[p * stride..][..head_dim]).map(|(a, b)| a * b).sum::<f32>() * scale).collect();
+    let mut weights: Vec<f32> = (0..positions).map(|p| q.iter().zip(&keys[p * stride..][..head_dim]).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale).collect();
     let total = softmax_in_place(&mut weights);
     out.fill(0.0);
     for (p, w) in weights.iter().enumerate() {
         let w = w / total;
-        out.iter_mut().zip(&values[p * stride..][..head_dim]).for_each(|(o, v)| *o += w * v);
+        out.iter_mut().zip(&values[p * stride..][..head_dim]).for_each(|(o, v)| *o += w * v.to_f32());
     }
 }
 
@@ -270,9 +271,15 @@ mod simd {
     use std::arch::x86_64::*;
 
     /// [`super::attend`] for a head of `8 * V` floats: the query and the output stay in registers.
-    /// SAFETY (callers): AVX2 and FMA; `keys` and `values` hold `positions` rows `stride` apart.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn attend<const V: usize>(q: &[f32], keys: &[f32], values: &[f32], stride: usize, positions: usize, scale: f32, out: &mut [f32]) {
+    /// SAFETY (callers): AVX2, FMA and F16C; `keys` and `values` hold `positions` rows `stride` apart.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn attend<const V: usize>(q: &[f32], keys: &[half::f16], values: &[half::f16], stride: usize, positions: usize, scale: f32, out: &mut [f32]) {
+        // Eight half-precision floats from `at`, widened.
+        macro_rules! load {
+            ($at:expr) => {
+                _mm256_cvtph_ps(_mm_loadu_si128($at.cast()))
+            };
+        }
         // SAFETY: every load below is within the rows checked by the caller.
         unsafe {
             let query: [__m256; V] = std::array::from_fn(|i| _mm256_loadu_ps(q.as_ptr().add(8 * i)));
@@ -281,8 +288,8 @@ mod simd {
                 let key = keys.as_ptr().add(p * stride);
                 let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
                 for i in (0..V).step_by(2) {
-                    even = _mm256_fmadd_ps(query[i], _mm256_loadu_ps(key.add(8 * i)), even);
-                    odd = _mm256_fmadd_ps(query[i + 1], _mm256_loadu_ps(key.add(8 * i + 8)), odd);
+                    even = _mm256_fmadd_ps(query[i], load!(key.add(8 * i)), even);
+                    odd = _mm256_fmadd_ps(query[i + 1], load!(key.add(8 * i + 8)), odd);
                 }
                 let sum = _mm256_add_ps(even, odd);
                 let half = _mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1));
@@ -295,7 +302,7 @@ mod simd {
                 let weight = _mm256_set1_ps(w / total);
                 let value = values.as_ptr().add(p * stride);
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    *acc = _mm256_fmadd_ps(weight, _mm256_loadu_ps(value.add(8 * i)), *acc);
+                    *acc = _mm256_fmadd_ps(weight, load!(value.add(8 * i)), *acc);
                 }
             }
             for (i, acc) in acc.iter().enumerate() {
