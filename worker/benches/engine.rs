@@ -1,6 +1,6 @@
 //! Engine baseline on this machine: prompt processing and decode speed of the worker's engine on
 //! the default model, medians of several runs. `cargo bench -p rbee-worker --bench engine`
-//! (RBEE_TEST_MODEL or the shared cache names the GGUF file; RAYON_NUM_THREADS the threads).
+//! (RBEE_TEST_MODEL or the shared cache names the GGUF file; RBEE_WORKER_THREADS the threads).
 //! With RBEE_BENCH_OUT=<file> it also writes the prompts' token ids and its results as JSON, which
 //! `scripts/bench-engine` hands to llama.cpp so both run the very same tokens.
 
@@ -127,7 +127,7 @@ fn main() {
         rows.push(format!("| aggregate decode, {streams} concurrent stream(s) | {rate:.1} tok/s | {:.2}x one stream |", rate / single));
     }
 
-    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "default (all cores)".into());
+    let threads = std::env::var("RBEE_WORKER_THREADS").unwrap_or_else(|_| "default (physical cores)".into());
     println!("engine: rbee's forward pass and kernels, model {}, threads {threads}, {RUNS} runs, medians", model_path().display());
     println!("| measure | value | |\n|---|---|---|");
     for row in rows {

@@ -76,7 +76,7 @@ fn forward_passes() -> candle_core::Result<()> {
 
         let mut file = std::fs::File::open(&path)?;
         let content = gguf_file::Content::read(&mut file)?;
-        let model = Llama::from_gguf(&content, &mut file, Kernels::Quantized).expect("model");
+        let model = Llama::from_gguf(&content, &mut file, Kernels::Quantized, rbee_worker::config::physical_cores()).expect("model");
         let mut cache = model.new_cache(prompt.len() + 64);
         let t0 = Instant::now();
         let logits = model.forward(&mut [Step { cache: &mut cache, tokens: &prompt }]).expect("forward").remove(0);

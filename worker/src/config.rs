@@ -36,6 +36,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Threads for the forward pass: `--threads`, or the physical cores.
+    pub fn inference_threads(&self) -> usize {
+        self.threads.unwrap_or_else(physical_cores).max(1)
+    }
+
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(self.heartbeat_secs.max(1))
     }

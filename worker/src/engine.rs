@@ -120,13 +120,15 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Loads a GGUF llama model with its tokenizer and chat template, on rbee's kernels.
+    /// Loads a GGUF llama model with its tokenizer and chat template, on rbee's kernels, with
+    /// RBEE_WORKER_THREADS threads (default: the physical cores).
     pub fn load(path: &Path) -> Result<Self, EngineError> {
-        Self::load_with(path, Kernels::Quantized)
+        let threads = std::env::var("RBEE_WORKER_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or_else(crate::config::physical_cores);
+        Self::load_with(path, Kernels::Quantized, threads)
     }
 
-    /// As [`Engine::load`], multiplying with `kernels` (the f32 reference is for tests).
-    pub fn load_with(path: &Path, kernels: Kernels) -> Result<Self, EngineError> {
+    /// As [`Engine::load`], multiplying with `kernels` (the f32 reference is for tests) on `threads`.
+    pub fn load_with(path: &Path, kernels: Kernels, threads: usize) -> Result<Self, EngineError> {
         let shown = path.display().to_string();
         let invalid = |reason: String| EngineError::ModelInvalid { path: shown.clone(), reason };
         let mut file = File::open(path).map_err(|e| EngineError::ModelUnreadable { path: shown.clone(), reason: e.to_string() })?;
@@ -169,7 +171,7 @@ impl Engine {
             }
         }
 
-        let model = Llama::from_gguf(&content, &mut file, kernels).map_err(invalid)?;
+        let model = Llama::from_gguf(&content, &mut file, kernels, threads).map_err(invalid)?;
         let prompter = Arc::new(Prompter { tokenizer, template, eos, context_length });
         Ok(Engine { model, prompter, sequences: Vec::new(), next_id: 0 })
     }

@@ -2,8 +2,9 @@ use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let config = rbee_worker::Config::parse();
-    // Before any thread starts: rayon's and candle's pools both size themselves from this.
-    let threads = config.threads.unwrap_or_else(rbee_worker::config::physical_cores).max(1);
+    // Before any thread starts: candle's pool (models in formats without an rbee kernel) sizes
+    // itself from this; rbee's own inference threads are started by the engine.
+    let threads = config.inference_threads();
     // SAFETY: single-threaded here; the runtime and the pools start below.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -64,8 +64,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         Err(e) => return Err(e.into()),
     }
 
-    let path = config.model_path.clone();
-    let loaded = tokio::task::spawn_blocking(move || Engine::load(&path))
+    let (path, threads) = (config.model_path.clone(), config.inference_threads());
+    let loaded = tokio::task::spawn_blocking(move || Engine::load_with(&path, crate::llama::Kernels::Quantized, threads))
         .await
         .map_err(|e| WorkerError::Bus(format!("model loader panicked: {e}")))?;
     let engine = match loaded {

@@ -24,7 +24,7 @@ fn model_path() -> PathBuf {
 fn load(path: &Path, kernels: Kernels) -> Llama {
     let mut file = std::fs::File::open(path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
-    Llama::from_gguf(&content, &mut file, kernels).unwrap()
+    Llama::from_gguf(&content, &mut file, kernels, 2).unwrap()
 }
 
 fn argmax(logits: &[f32]) -> u32 {

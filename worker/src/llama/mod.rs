@@ -7,6 +7,7 @@
 //! feed-forward, the output head tied to the embeddings when the file has none.
 
 mod cache;
+mod team;
 mod weights;
 
 use std::io::{Read, Seek};
@@ -14,9 +15,9 @@ use std::io::{Read, Seek};
 use candle_core::Device;
 use candle_core::quantized::gguf_file;
 use half::f16;
-use rayon::prelude::*;
 
 pub use cache::KvCache;
+pub use team::Team;
 pub use weights::{Kernels, Result, Weight};
 
 struct Layer {
@@ -46,9 +47,8 @@ pub struct Llama {
     sin: Vec<f32>,
     rope_pairs: usize,
     context: usize,
-    /// The threads every product and the attention are split over. A pass runs inside the pool,
-    /// so its many parallel sections are handed between pool threads, never to a sleeping caller.
-    pool: rayon::ThreadPool,
+    /// The threads every product and the attention are split over.
+    team: Team,
 }
 
 /// One sequence's part of a batch: its next tokens, at the positions after those in its cache.
@@ -58,7 +58,8 @@ pub struct Step<'a> {
 }
 
 impl Llama {
-    pub fn from_gguf<R: Read + Seek>(ct: &gguf_file::Content, reader: &mut R, kernels: Kernels) -> Result<Llama> {
+    /// The model of a GGUF file, multiplying with `kernels` on `threads` threads.
+    pub fn from_gguf<R: Read + Seek>(ct: &gguf_file::Content, reader: &mut R, kernels: Kernels, threads: usize) -> Result<Llama> {
         let meta = |key: &str| ct.metadata.get(key).ok_or_else(|| format!("GGUF metadata {key} missing"));
         let number = |key: &str| meta(key)?.to_u32().map(|v| v as usize).map_err(|e| e.to_string());
         let heads = number("llama.attention.head_count")?;
@@ -109,8 +110,8 @@ impl Llama {
             }
         }
         // RAYON_NUM_THREADS (set from the worker's --threads) or every core.
-        let pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("inference-{i}")).build().map_err(|e| e.to_string())?;
-        Ok(Llama { embeddings, layers, norm, head, heads, kv_heads, head_dim, ffn, eps, cos, sin, rope_pairs, context, pool })
+        let team = Team::new(threads).map_err(|e| format!("cannot start the inference threads: {e}"))?;
+        Ok(Llama { embeddings, layers, norm, head, heads, kv_heads, head_dim, ffn, eps, cos, sin, rope_pairs, context, team })
     }
 
     /// The longest sequence the model knows positions for.
@@ -130,10 +131,10 @@ impl Llama {
     /// Advances every sequence of the batch by its tokens (stored in its cache) and returns, per
     /// sequence, the logits after its last token.
     pub fn forward(&self, batch: &mut [Step]) -> Result<Vec<Vec<f32>>> {
-        self.pool.install(|| self.forward_in_pool(batch))
+        self.team.pass(|| self.forward_pass(batch))
     }
 
-    fn forward_in_pool(&self, batch: &mut [Step]) -> Result<Vec<Vec<f32>>> {
+    fn forward_pass(&self, batch: &mut [Step]) -> Result<Vec<Vec<f32>>> {
         let width = self.heads * self.head_dim;
         let kv_width = self.kv_heads * self.head_dim;
         // Every row of the batch: which sequence, at which position.
@@ -161,7 +162,7 @@ impl Llama {
         let mut activated = vec![0f32; m * self.ffn];
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, self.eps, &mut h);
-            layer.qkv.matmul(&h, m, &mut qkv)?;
+            layer.qkv.matmul(&self.team, &h, m, &mut qkv)?;
             for (row, &(s, position)) in qkv.chunks_exact_mut(width + 2 * kv_width).zip(&rows) {
                 let (q, kv) = row.split_at_mut(width);
                 let (k, v) = kv.split_at_mut(kv_width);
@@ -170,17 +171,17 @@ impl Llama {
                 batch[s].cache.push(l, k, v);
             }
             self.attention(batch, l, &rows, &qkv, &mut attended);
-            layer.output.matmul(&attended, m, &mut projected)?;
+            layer.output.matmul(&self.team, &attended, m, &mut projected)?;
             add(&mut x, &projected);
             rms_norm(&x, &layer.ffn_norm, self.eps, &mut h);
-            layer.gate_up.matmul(&h, m, &mut gate_up)?;
+            layer.gate_up.matmul(&self.team, &h, m, &mut gate_up)?;
             for (out, gu) in activated.chunks_exact_mut(self.ffn).zip(gate_up.chunks_exact(2 * self.ffn)) {
                 let (gate, up) = gu.split_at(self.ffn);
                 for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
                     *o = g / (1.0 + (-g).exp()) * u;
                 }
             }
-            layer.down.matmul(&activated, m, &mut projected)?;
+            layer.down.matmul(&self.team, &activated, m, &mut projected)?;
             add(&mut x, &projected);
         }
         // The head, for each sequence's last row only.
@@ -194,7 +195,7 @@ impl Llama {
         rms_norm(&last, &self.norm, self.eps, &mut normed);
         let head = self.head.as_ref().unwrap_or(&self.embeddings);
         let mut logits = vec![0f32; batch.len() * head.rows()];
-        head.matmul(&normed, batch.len(), &mut logits)?;
+        head.matmul(&self.team, &normed, batch.len(), &mut logits)?;
         Ok(logits.chunks_exact(head.rows()).map(<[f32]>::to_vec).collect())
     }
 
@@ -218,7 +219,7 @@ impl Llama {
         let qkv_width = qkv.len() / rows.len();
         let group = self.heads / self.kv_heads;
         let scale = 1.0 / (head_dim as f32).sqrt();
-        out.par_chunks_mut(head_dim).enumerate().for_each(|(i, out)| {
+        self.team.for_each_chunk(out, head_dim, |i, out| {
             let (row, head) = (i / self.heads, i % self.heads);
             let (s, position) = rows[row];
             let q = &qkv[row * qkv_width + head * head_dim..][..head_dim];

@@ -7,10 +7,10 @@ use std::io::{Read, Seek, SeekFrom};
 
 use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
 use candle_core::{Device, Module, Tensor};
-use rayon::prelude::*;
+use super::team::Team;
 
 use crate::kernels::packed::{self, PackedQ4_1, PackedQ8_0, ROWS};
-use crate::kernels::q4_1::{self, BlockQ4_1, BlockQ8_1, BLOCK};
+use crate::kernels::q4_1::{BlockQ4_1, BlockQ8_1, BLOCK};
 use crate::kernels::q8_0::BlockQ8_0;
 
 /// How the matrices of a model are multiplied.
@@ -110,8 +110,8 @@ impl Weight {
         Ok(())
     }
 
-    /// `out (m x rows) = x (m x cols) · Wᵀ`, split over the threads by weight rows.
-    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
+    /// `out (m x rows) = x (m x cols) · Wᵀ`, split over the team's threads by weight rows.
+    pub fn matmul(&self, team: &Team, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
         let (n, k) = (self.rows, self.cols);
         if x.len() != m * k || out.len() != m * n {
             return Err(format!("product shapes do not fit: {m} x {k} activations, {n} x {k} weights, {} outputs", out.len()));
@@ -122,19 +122,28 @@ impl Weight {
         // Each task writes the products of its weight rows (whole groups of eight) for every
         // activation row, row-major by weight row; then they are laid out by activation row.
         let groups = n.div_ceil(ROWS);
-        let groups_per_task = groups.div_ceil(rayon::current_num_threads() * 4).max(2);
+        let groups_per_task = groups.div_ceil(team.size() * 4).max(2);
         let mut by_weight_row = vec![0f32; groups * ROWS * m];
-        let chunks = by_weight_row.par_chunks_mut(groups_per_task * ROWS * m).enumerate();
+        let task_len = groups_per_task * ROWS * m;
         let per_row = k / BLOCK;
-        // Activations quantized once per product; in parallel only when there are many rows (a
+        // Activations quantized once per product; by the team only when there are many rows (a
         // parallel section costs more than quantizing a few rows).
         let quantized = || -> Vec<BlockQ8_1> {
-            if m >= 32 { x.par_chunks(k).flat_map_iter(q4_1::quantize_row).collect() } else { x.chunks(k).flat_map(q4_1::quantize_row).collect() }
+            let mut xq = vec![BlockQ8_1 { qs: [0; BLOCK], d: 0.0, s: 0.0, sum: 0 }; m * per_row];
+            let rows_per_task = if m >= 32 { m.div_ceil(team.size() * 2) } else { m };
+            let quantize = |i: usize, blocks: &mut [BlockQ8_1]| {
+                for (j, row) in blocks.chunks_exact_mut(per_row).enumerate() {
+                    let r = i * rows_per_task + j;
+                    row.iter_mut().zip(x[r * k..(r + 1) * k].chunks_exact(BLOCK)).for_each(|(b, xs)| *b = BlockQ8_1::quantize(xs));
+                }
+            };
+            if rows_per_task < m { team.for_each_chunk(&mut xq, rows_per_task * per_row, quantize) } else { quantize(0, &mut xq) }
+            xq
         };
         match &self.data {
             Data::Q4_1(w) => {
                 let xq = quantized();
-                chunks.for_each(|(t, out)| {
+                team.for_each_chunk(&mut by_weight_row, task_len, |t, out| {
                     for (g, out) in out.chunks_exact_mut(ROWS * m).enumerate() {
                         packed::q4_1_times(&w[(t * groups_per_task + g) * per_row..][..per_row], &xq, m, out);
                     }
@@ -142,13 +151,13 @@ impl Weight {
             }
             Data::Q8_0(w) => {
                 let xq = quantized();
-                chunks.for_each(|(t, out)| {
+                team.for_each_chunk(&mut by_weight_row, task_len, |t, out| {
                     for (g, out) in out.chunks_exact_mut(ROWS * m).enumerate() {
                         packed::q8_0_times(&w[(t * groups_per_task + g) * per_row..][..per_row], &xq, m, out);
                     }
                 });
             }
-            Data::F32(w) => chunks.for_each(|(t, out)| {
+            Data::F32(w) => team.for_each_chunk(&mut by_weight_row, task_len, |t, out| {
                 for (j, y) in out.chunks_exact_mut(m).enumerate() {
                     let r = t * groups_per_task * ROWS + j;
                     if r >= n {
