@@ -119,24 +119,14 @@ pub fn q4_1_times(group: &[PackedQ4_1], x: &[BlockQ8_1], m: usize, out: &mut [f3
 
 /// [`q4_1_times`] on a given path (which the CPU must have).
 fn q4_1_times_on(path: Simd, group: &[PackedQ4_1], x: &[BlockQ8_1], m: usize, out: &mut [f32]) {
-    let per_row = group.len();
-    assert!(x.len() == m * per_row && out.len() == ROWS * m);
-    let mut i = 0;
-    while i < m {
-        let n = (m - i).min(4);
-        let xs = &x[i * per_row..(i + n) * per_row];
-        let mut sums = [[0f32; ROWS]; 4];
-        match path {
-            // SAFETY: the CPU has the features of each path (detected at run time).
-            #[cfg(target_arch = "x86_64")]
-            Simd::Vnni => unsafe { x86::q4_1_vnni(group, xs, n, &mut sums) },
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { x86::q4_1_avx2(group, xs, n, &mut sums) },
-            _ => q4_1_portable(group, xs, n, &mut sums),
-        }
-        scatter(&sums, n, i, m, out);
-        i += n;
-    }
+    by_fours(group.len(), x, m, out, |xs, n, sums| match path {
+        // SAFETY: the CPU has the features of each path (detected at run time).
+        #[cfg(target_arch = "x86_64")]
+        Simd::Vnni => unsafe { x86::q4_1_vnni(group, xs, n, sums) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { x86::q4_1_avx2(group, xs, n, sums) },
+        _ => q4_1_portable(group, xs, n, sums),
+    })
 }
 
 pub fn q8_0_times(group: &[PackedQ8_0], x: &[BlockQ8_1], m: usize, out: &mut [f32]) {
@@ -144,21 +134,25 @@ pub fn q8_0_times(group: &[PackedQ8_0], x: &[BlockQ8_1], m: usize, out: &mut [f3
 }
 
 fn q8_0_times_on(path: Simd, group: &[PackedQ8_0], x: &[BlockQ8_1], m: usize, out: &mut [f32]) {
-    let per_row = group.len();
+    by_fours(group.len(), x, m, out, |xs, n, sums| match path {
+        // SAFETY: as above.
+        #[cfg(target_arch = "x86_64")]
+        Simd::Vnni => unsafe { x86::q8_0_vnni(group, xs, n, sums) },
+        #[cfg(target_arch = "x86_64")]
+        Simd::Avx2 => unsafe { x86::q8_0_avx2(group, xs, n, sums) },
+        _ => q8_0_portable(group, xs, n, sums),
+    })
+}
+
+/// Hands the activation rows to `kernel` up to four at a time (`kernel(rows, n, sums)`), then lays
+/// the sums out by weight row.
+fn by_fours(per_row: usize, x: &[BlockQ8_1], m: usize, out: &mut [f32], kernel: impl Fn(&[BlockQ8_1], usize, &mut [[f32; ROWS]; 4])) {
     assert!(x.len() == m * per_row && out.len() == ROWS * m);
     let mut i = 0;
     while i < m {
         let n = (m - i).min(4);
-        let xs = &x[i * per_row..(i + n) * per_row];
         let mut sums = [[0f32; ROWS]; 4];
-        match path {
-            // SAFETY: as above.
-            #[cfg(target_arch = "x86_64")]
-            Simd::Vnni => unsafe { x86::q8_0_vnni(group, xs, n, &mut sums) },
-            #[cfg(target_arch = "x86_64")]
-            Simd::Avx2 => unsafe { x86::q8_0_avx2(group, xs, n, &mut sums) },
-            _ => q8_0_portable(group, xs, n, &mut sums),
-        }
+        kernel(&x[i * per_row..(i + n) * per_row], n, &mut sums);
         scatter(&sums, n, i, m, out);
         i += n;
     }
