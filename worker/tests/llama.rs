@@ -181,3 +181,38 @@ fn the_engines_continuous_batching_gives_each_request_what_it_gets_alone() {
     }
     assert_eq!(engine.active(), 0, "every sequence left the batch");
 }
+
+/// A model whose weights are partly in a format rbee has no kernel for (here Q5_0: the embeddings,
+/// tied head and the first layer's products) runs those on candle's kernels and still answers as
+/// its f32 reference does.
+#[test]
+fn weights_in_other_formats_run_on_candles_kernels() {
+    use candle_core::quantized::{GgmlDType, QTensor};
+    let path = model_path();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let device = Device::Cpu;
+    let mut tensors = Vec::new();
+    for name in content.tensor_infos.keys() {
+        let qt = content.tensor(&mut file, name, &device).unwrap();
+        let convert = name == "token_embd.weight" || (name.starts_with("blk.0.") && qt.dtype() == GgmlDType::Q4_1);
+        let qt = if convert { QTensor::quantize(&qt.dequantize(&device).unwrap(), GgmlDType::Q5_0).unwrap() } else { qt };
+        tensors.push((name.clone(), qt));
+    }
+    let dir = std::env::temp_dir().join(format!("rbee-q5-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let converted = dir.join("model-q5_0.gguf");
+    {
+        let mut out = std::fs::File::create(&converted).unwrap();
+        let metadata: Vec<(&str, &gguf_file::Value)> = content.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let tensors: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        gguf_file::write(&mut out, &metadata, &tensors).unwrap();
+    }
+    let prompt = prompt(&path, FRANCE);
+    let (reference, reference_tokens) = greedy(&load(&converted, Kernels::Reference), &prompt);
+    let (logits, tokens) = greedy(&load(&converted, Kernels::Quantized), &prompt);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+    assert!(max_diff(&logits, &reference) <= 0.06 * scale, "logits differ from the f32 reference by {}", max_diff(&logits, &reference));
+    assert_eq!(tokens, reference_tokens);
+}

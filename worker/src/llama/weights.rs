@@ -98,6 +98,11 @@ impl Weight {
         self.cols
     }
 
+    /// Whether [`Weight::row`] can read this matrix's rows.
+    pub fn has_rows(&self) -> bool {
+        !matches!(self.data, Data::Candle(_))
+    }
+
     /// Row `r` as f32 (an embedding).
     pub fn row(&self, r: usize, out: &mut [f32]) -> Result<()> {
         let blocks = self.cols / BLOCK;
