@@ -1,6 +1,7 @@
-//! rbee's inference worker: loads one GGUF model with candle, registers itself and heartbeats as
-//! events, takes requests on `rbee.work.<id>`, streams tokens on `rbee.tok.<request>`, and stops
-//! within one token when its request is cancelled.
+//! rbee's inference worker: loads one GGUF model into rbee's engine, registers itself and
+//! heartbeats as events, takes requests on `rbee.work.<id>` (up to its slots, decoded together in
+//! one batch), streams tokens on `rbee.tok.<request>`, and stops a request within one token when it
+//! is cancelled.
 
 pub mod chat_template;
 pub mod config;

@@ -66,7 +66,9 @@ impl Llama {
         let kv_heads = number("llama.attention.head_count_kv").unwrap_or(heads);
         let blocks = number("llama.block_count")?;
         let width = number("llama.embedding_length")?;
-        let context = number("llama.context_length")?;
+        // Positions beyond what the engine serves get no RoPE table (131072-position models would
+        // spend 67 MB on it).
+        let context = number("llama.context_length")?.min(crate::engine::MAX_CONTEXT);
         let eps = meta("llama.attention.layer_norm_rms_epsilon")?.to_f32().map_err(|e| e.to_string())?;
         let base = meta("llama.rope.freq_base").and_then(|v| v.to_f32().map_err(|e| e.to_string())).unwrap_or(10_000.0);
         if heads == 0 || kv_heads == 0 || !width.is_multiple_of(heads) || !heads.is_multiple_of(kv_heads) {
@@ -118,7 +120,7 @@ impl Llama {
         Ok(Llama { embeddings, layers, norm, head, heads, kv_heads, head_dim, ffn, eps, cos, sin, rope_pairs, context, team })
     }
 
-    /// The longest sequence the model knows positions for.
+    /// The longest sequence this engine runs: the trained context, at most `engine::MAX_CONTEXT`.
     pub fn context_length(&self) -> usize {
         self.context
     }
