@@ -131,11 +131,15 @@ impl Weight {
         let mut by_weight_row = vec![0f32; groups * ROWS * m];
         let task_len = groups_per_task * ROWS * m;
         let per_row = k / BLOCK;
-        // Activations quantized once per product; by the team only when there are many rows (a
-        // parallel section costs more than quantizing a few rows).
+        // Activations quantized once per product, split over the team from two rows on (one row:
+        // a parallel section would cost more than it saves).
         let quantized = || -> Vec<BlockQ8_1> {
             let mut xq = vec![BlockQ8_1 { qs: [0; BLOCK], d: 0.0, s: 0.0, sum: 0 }; m * per_row];
-            let rows_per_task = if m >= 32 { m.div_ceil(team.size() * 2) } else { m };
+            let rows_per_task = match m {
+                0..2 => m.max(1),
+                2..32 => m.div_ceil(team.size()),
+                _ => m.div_ceil(team.size() * 2),
+            };
             let quantize = |i: usize, blocks: &mut [BlockQ8_1]| {
                 for (j, row) in blocks.chunks_exact_mut(per_row).enumerate() {
                     let r = i * rows_per_task + j;
