@@ -115,7 +115,6 @@ impl Llama {
                 sin.push(angle.sin());
             }
         }
-        // RAYON_NUM_THREADS (set from the worker's --threads) or every core.
         let team = Team::new(threads).map_err(|e| format!("cannot start the inference threads: {e}"))?;
         Ok(Llama { embeddings, layers, norm, head, heads, kv_heads, head_dim, ffn, eps, cos, sin, rope_pairs, context, team })
     }
