@@ -25,7 +25,9 @@ fn note_digest(w: &mut RbeeWorld) {
 
 #[when("I back up its log to a file")]
 fn back_up(w: &mut RbeeWorld) {
-    let file = rbee_features::scratch_dir("backup").join("rbee.backup");
+    let dir = rbee_features::scratch_dir("backup");
+    w.dl.scratch.push(dir.clone());
+    let file = dir.join("rbee.backup");
     let out = w.cluster().rbee(&["backup", file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("backed up "));
