@@ -37,8 +37,7 @@ fn peak_rss_mib() -> f64 {
 fn concurrent_decode(engine: &mut Engine, prepared: &rbee_worker::engine::Prepared, streams: usize) -> (f64, usize) {
     let ids: Vec<_> = (0..streams)
         .map(|_| {
-            let copy = rbee_worker::engine::Prepared { prompt: prepared.prompt.clone(), max_new_tokens: prepared.max_new_tokens };
-            engine.admit(copy, &Sampling::default(), std::sync::Arc::new(AtomicBool::new(false)))
+            engine.admit(prepared.clone(), &Sampling::default(), std::sync::Arc::new(AtomicBool::new(false)))
         })
         .collect();
     let mut started = vec![false; streams];

@@ -54,6 +54,7 @@ fn inference(e: impl std::fmt::Display) -> EngineError {
 }
 
 /// A prepared request: prompt tokens and the number of tokens it may generate.
+#[derive(Debug, Clone)]
 pub struct Prepared {
     pub prompt: Vec<u32>,
     pub max_new_tokens: usize,
@@ -334,7 +335,7 @@ impl Engine {
     ) -> Result<Generation, EngineError> {
         assert_eq!(self.active(), 0, "generate runs a sequence alone");
         let flag = Arc::new(AtomicBool::new(false));
-        let id = self.admit(Prepared { prompt: prepared.prompt.clone(), max_new_tokens: prepared.max_new_tokens }, sampling, flag.clone());
+        let id = self.admit(prepared.clone(), sampling, flag.clone());
         loop {
             flag.store(cancel.load(Ordering::Relaxed), Ordering::Relaxed);
             for (of, output) in self.step() {

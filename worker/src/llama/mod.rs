@@ -92,11 +92,7 @@ impl Llama {
             let down = Weight::read(ct, reader, &names(&["ffn_down"]), kernels)?;
             layers.push(Layer { attn_norm, qkv, output, ffn_norm, gate_up, down });
         }
-        // Embeddings are read row by row: a format without an rbee kernel is dequantized for that.
-        let mut embeddings = Weight::read(ct, reader, &["token_embd.weight".into()], kernels)?;
-        if !embeddings.has_rows() {
-            embeddings = Weight::read(ct, reader, &["token_embd.weight".into()], Kernels::Reference)?;
-        }
+        let embeddings = Weight::read_with_rows(ct, reader, "token_embd.weight", kernels)?;
         let head = match ct.tensor_infos.contains_key("output.weight") {
             true => Some(Weight::read(ct, reader, &["output.weight".into()], kernels)?),
             false => None,

@@ -90,17 +90,20 @@ impl Weight {
         Ok(Weight { rows, cols, data })
     }
 
+    /// As [`Weight::read`], for a matrix whose rows are also read one by one (the embeddings):
+    /// formats without an rbee kernel are dequantized, since candle's storage gives no single rows.
+    pub fn read_with_rows<R: Read + Seek>(ct: &gguf_file::Content, reader: &mut R, name: &str, kernels: Kernels) -> Result<Weight> {
+        let dtype = ct.tensor_infos.get(name).map(|info| info.ggml_dtype);
+        let kernels = if matches!(dtype, Some(GgmlDType::Q4_1 | GgmlDType::Q8_0)) { kernels } else { Kernels::Reference };
+        Self::read(ct, reader, &[name.to_string()], kernels)
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
 
     pub fn cols(&self) -> usize {
         self.cols
-    }
-
-    /// Whether [`Weight::row`] can read this matrix's rows.
-    pub fn has_rows(&self) -> bool {
-        !matches!(self.data, Data::Candle(_))
     }
 
     /// Row `r` as f32 (an embedding).
