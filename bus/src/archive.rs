@@ -8,13 +8,13 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy};
+use async_nats::jetstream::consumer::{AckPolicy, pull};
 use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::envelope::HEADER_SCHEMA;
-use crate::log::{decode_message, header_pairs, EventLog};
+use crate::log::{EventLog, decode_message, header_pairs};
 use crate::subjects;
 
 pub const ARCHIVER_CONSUMER: &str = "archiver";
@@ -50,7 +50,10 @@ const ARCHIVER_LOCK: i64 = 0x7262_6565_6172_6368;
 pub async fn run_archiver(log: EventLog, pool: PgPool, shutdown: CancellationToken) -> Result<(), ArchiveError> {
     let mut lock_holder = pool.acquire().await?;
     loop {
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(ARCHIVER_LOCK).fetch_one(&mut *lock_holder).await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(ARCHIVER_LOCK)
+            .fetch_one(&mut *lock_holder)
+            .await?;
         if locked {
             break;
         }

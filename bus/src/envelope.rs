@@ -99,10 +99,7 @@ impl Envelope {
 }
 
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -148,7 +145,9 @@ mod tests {
         assert_eq!(m.memory_required_bytes, estimated_memory_bytes(98_362_432));
         assert_eq!(m.sha256, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
         // The same bytes are not valid today's schema: the version header is what makes them readable.
-        assert!(Envelope::decode_schema("3", fixture).map(|e| e.event != Event::ModelRegistered(m.clone())).unwrap_or(true));
+        assert!(
+            Envelope::decode_schema("3", fixture).map(|e| e.event != Event::ModelRegistered(m.clone())).unwrap_or(true)
+        );
     }
 
     /// Schema 1 bytes as written by rbee 0.1: they must decode forever.

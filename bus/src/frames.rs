@@ -38,7 +38,10 @@ pub struct WorkItem {
 pub enum WorkAccepted {
     Accepted,
     /// Refused before any work, with a stable code (e.g. `CONTEXT_LENGTH_EXCEEDED`).
-    Refused { code: String, message: String },
+    Refused {
+        code: String,
+        message: String,
+    },
 }
 
 /// What streams back on `rbee.tok.<request>`, in order.

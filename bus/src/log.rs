@@ -6,10 +6,10 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 use async_nats::HeaderMap;
+use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 
-use crate::envelope::{DecodeError, Envelope, Meta, HEADER_EXPECTED_LAST_SUBJECT_SEQ};
+use crate::envelope::{DecodeError, Envelope, HEADER_EXPECTED_LAST_SUBJECT_SEQ, Meta};
 use crate::event::{AggregateKind, Event};
 use crate::subjects;
 
@@ -69,7 +69,10 @@ impl StreamSettings {
                 Err(_) => Ok(None),
                 Ok(v) => match v.trim().parse::<u64>() {
                     Ok(n) if n > 0 => Ok(Some(n)),
-                    _ => Err(AppendError::Unavailable(format!("{name} must be a positive integer, got {:?}", v.chars().take(20).collect::<String>()))),
+                    _ => Err(AppendError::Unavailable(format!(
+                        "{name} must be a positive integer, got {:?}",
+                        v.chars().take(20).collect::<String>()
+                    ))),
                 },
             }
         };
@@ -194,7 +197,13 @@ impl EventLog {
         }
     }
 
-    async fn publish(&self, subject: &str, event: Event, after: Position, meta: &Meta) -> Result<Position, AppendError> {
+    async fn publish(
+        &self,
+        subject: &str,
+        event: Event,
+        after: Position,
+        meta: &Meta,
+    ) -> Result<Position, AppendError> {
         let envelope = Envelope::new(event, after.version + 1, meta);
         self.publish_envelope(subject, &envelope, after.seq).await
     }
@@ -205,7 +214,12 @@ impl EventLog {
     /// dedups it by `Nats-Msg-Id`, or (nats-server 2.15 checks the expected sequence first) refuses
     /// it as a conflict; a conflict whose winner is this very event is our own earlier write, and
     /// counts as success.
-    pub async fn publish_envelope(&self, subject: &str, envelope: &Envelope, after_seq: u64) -> Result<Position, AppendError> {
+    pub async fn publish_envelope(
+        &self,
+        subject: &str,
+        envelope: &Envelope,
+        after_seq: u64,
+    ) -> Result<Position, AppendError> {
         let (mut headers, body) = envelope.encode();
         headers.insert(HEADER_EXPECTED_LAST_SUBJECT_SEQ, after_seq.to_string().as_str());
         let body = bytes::Bytes::from(body);
@@ -236,7 +250,9 @@ impl EventLog {
                     };
                     return Err(AppendError::Conflict { subject: subject.to_string(), expected });
                 }
-                Err(e) if matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe) => last_error = e.to_string(),
+                Err(e) if matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe) => {
+                    last_error = e.to_string()
+                }
                 Err(e) => return Err(AppendError::Unavailable(e.to_string())),
             }
         }

@@ -6,7 +6,11 @@ use std::path::PathBuf;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ModelRef {
     /// A repository on the model hub (`HF_ENDPOINT`), and optionally the file in it.
-    Hub { repo: String, file: Option<String>, revision: String },
+    Hub {
+        repo: String,
+        file: Option<String>,
+        revision: String,
+    },
     Url(String),
     File(PathBuf),
 }
@@ -31,7 +35,12 @@ impl ModelRef {
             };
             let (repo, revision) = repo_rev.split_once('@').unwrap_or((repo_rev, "main"));
             let parts: Vec<&str> = repo.split('/').collect();
-            let token_ok = |t: &str| !t.is_empty() && t != "." && t != ".." && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+            let token_ok = |t: &str| {
+                !t.is_empty()
+                    && t != "."
+                    && t != ".."
+                    && t.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            };
             if parts.len() != 2 || !parts.iter().all(|p| token_ok(p)) || !token_ok(revision) {
                 return Err(invalid("a hub repository is org/name"));
             }
@@ -55,12 +64,20 @@ impl ModelRef {
     pub fn default_name(&self) -> String {
         let base = match self {
             ModelRef::Hub { repo, file: Some(f), .. } => f.rsplit('/').next().unwrap_or(repo).to_string(),
-            ModelRef::Hub { repo, file: None, .. } => repo.rsplit('/').next().unwrap_or(repo).trim_end_matches("-GGUF").to_string(),
-            ModelRef::Url(u) => u.split(['?', '#']).next().unwrap_or(u).rsplit('/').next().unwrap_or("model").to_string(),
+            ModelRef::Hub { repo, file: None, .. } => {
+                repo.rsplit('/').next().unwrap_or(repo).trim_end_matches("-GGUF").to_string()
+            }
+            ModelRef::Url(u) => {
+                u.split(['?', '#']).next().unwrap_or(u).rsplit('/').next().unwrap_or("model").to_string()
+            }
             ModelRef::File(p) => p.file_name().and_then(|s| s.to_str()).unwrap_or("model").to_string(),
         };
         let stem = base.split('.').next().unwrap_or(&base);
-        let name: String = stem.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(crate::subjects::MAX_NAME_LEN).collect();
+        let name: String = stem
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+            .take(crate::subjects::MAX_NAME_LEN)
+            .collect();
         if name.is_empty() { "model".into() } else { name }
     }
 }
@@ -73,9 +90,16 @@ mod tests {
     fn references_parse_to_their_kind() {
         assert_eq!(
             ModelRef::parse("hf:HuggingFaceTB/SmolLM2-135M-Instruct-GGUF:SmolLM2-135M-Instruct.Q4_1.gguf").unwrap(),
-            ModelRef::Hub { repo: "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF".into(), file: Some("SmolLM2-135M-Instruct.Q4_1.gguf".into()), revision: "main".into() }
+            ModelRef::Hub {
+                repo: "HuggingFaceTB/SmolLM2-135M-Instruct-GGUF".into(),
+                file: Some("SmolLM2-135M-Instruct.Q4_1.gguf".into()),
+                revision: "main".into()
+            }
         );
-        assert_eq!(ModelRef::parse("hf:o/r@v2").unwrap(), ModelRef::Hub { repo: "o/r".into(), file: None, revision: "v2".into() });
+        assert_eq!(
+            ModelRef::parse("hf:o/r@v2").unwrap(),
+            ModelRef::Hub { repo: "o/r".into(), file: None, revision: "v2".into() }
+        );
         assert_eq!(ModelRef::parse("file:///m/x.gguf").unwrap(), ModelRef::File("/m/x.gguf".into()));
         assert_eq!(ModelRef::parse("/m/x.gguf").unwrap(), ModelRef::File("/m/x.gguf".into()));
         assert!(matches!(ModelRef::parse("https://h/x.gguf").unwrap(), ModelRef::Url(_)));
@@ -83,7 +107,9 @@ mod tests {
 
     #[test]
     fn malformed_references_are_refused() {
-        for bad in ["", "hf:", "hf:norepo", "hf:a/b/c", "hf:../x", "hf:o/r:../../etc/passwd", "hf:o/r:", "ftp://x", "hf:o/r\n"] {
+        for bad in
+            ["", "hf:", "hf:norepo", "hf:a/b/c", "hf:../x", "hf:o/r:../../etc/passwd", "hf:o/r:", "ftp://x", "hf:o/r\n"]
+        {
             assert!(ModelRef::parse(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -35,7 +35,8 @@ pub fn shutdown_on_signals() -> CancellationToken {
 /// This machine's name as rbee accepts names: the host name with other characters replaced by `_`.
 pub fn hostname() -> String {
     let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "localhost".into());
-    let name: String = raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(64).collect();
+    let name: String =
+        raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).take(64).collect();
     if name.is_empty() { "localhost".into() } else { name }
 }
 
@@ -53,5 +54,6 @@ pub fn alive(pid: u32) -> bool {
 
 /// Whether `pid` is a live process whose command line mentions `program` (guards against pid reuse).
 pub fn runs(pid: u32, program: &str) -> bool {
-    alive(pid) && String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(program)
+    alive(pid)
+        && String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(program)
 }

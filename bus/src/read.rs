@@ -1,9 +1,9 @@
 //! Reading the log in order: from the start, from a sequence, or the last message per subject.
 
-use async_nats::jetstream::consumer::{pull, DeliverPolicy};
+use async_nats::jetstream::consumer::{DeliverPolicy, pull};
 use futures::{Stream, StreamExt};
 
-use crate::log::{decode_message, EventLog, ReadError, Recorded};
+use crate::log::{EventLog, ReadError, Recorded, decode_message};
 
 /// Where a reader starts.
 #[derive(Debug, Clone, Copy)]
@@ -39,7 +39,9 @@ pub async fn follow(
     };
     // The server wants an explicit filter with "last per subject".
     let filter_subject = match from {
-        From::LastPerSubject => format!("{}", stream.cached_info().config.subjects.first().map(String::as_str).unwrap_or(">")),
+        From::LastPerSubject => {
+            format!("{}", stream.cached_info().config.subjects.first().map(String::as_str).unwrap_or(">"))
+        }
         _ => String::new(),
     };
     let consumer = stream
@@ -63,7 +65,11 @@ pub async fn last_sequence(log: &EventLog, stream: &str) -> Result<u64, ReadErro
 
 /// Reads a stream from `from` up to the last event present when called, then stops.
 /// Undecodable events are returned as errors in place, never dropped silently.
-pub async fn read_to_end(log: &EventLog, stream: &str, from: From) -> Result<Vec<Result<Recorded, ReadError>>, ReadError> {
+pub async fn read_to_end(
+    log: &EventLog,
+    stream: &str,
+    from: From,
+) -> Result<Vec<Result<Recorded, ReadError>>, ReadError> {
     let end = last_sequence(log, stream).await?;
     let mut out = Vec::new();
     if end == 0 {

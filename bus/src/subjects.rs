@@ -59,11 +59,7 @@ pub fn validate_name(field: &'static str, value: &str) -> Result<(), InvalidName
     let ok = !value.is_empty()
         && value.len() <= MAX_NAME_LEN
         && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    if ok {
-        Ok(())
-    } else {
-        Err(InvalidName { field, rule, value: format!("{:?}", truncate_chars(value, 80)) })
-    }
+    if ok { Ok(()) } else { Err(InvalidName { field, rule, value: format!("{:?}", truncate_chars(value, 80)) }) }
 }
 
 fn truncate_chars(s: &str, max: usize) -> String {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use rbee_bus::frames::{self, ChatMessage, Sampling, TokenFrame, WorkAccepted, WorkItem};
-use rbee_bus::{subjects, Event, EventLog, Expected, Meta, SlotClaimed, WorkerRegistered};
+use rbee_bus::{Event, EventLog, Expected, Meta, SlotClaimed, WorkerRegistered, subjects};
 use rbee_features::cluster::Cluster;
 use rbee_features::infra::Nats;
 use serde_json::json;
@@ -24,7 +24,12 @@ fn median(mut xs: Vec<f64>) -> f64 {
 async fn ttft_queen(cluster: &Cluster) -> f64 {
     let body = json!({"model": "SmolLM2-135M-Instruct", "stream": true, "max_tokens": 2, "messages": [{"role": "user", "content": PROMPT}]});
     let t0 = Instant::now();
-    let response = rbee_features::http().post(format!("{}/v1/chat/completions", cluster.queen_url)).json(&body).send().await.unwrap();
+    let response = rbee_features::http()
+        .post(format!("{}/v1/chat/completions", cluster.queen_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let mut bytes = response.bytes_stream();
     let mut seen = String::new();
     let mut first = None;
@@ -68,7 +73,12 @@ async fn ttft_direct(log: &EventLog, worker: &str, n: usize) -> f64 {
 /// Milliseconds from `request.cancelled` to `slot.released`, from the log's own timestamps.
 async fn cancel_to_release_ms(cluster: &Cluster) -> f64 {
     let body = json!({"model": "SmolLM2-135M-Instruct", "stream": true, "max_tokens": 400, "messages": [{"role": "user", "content": "Write a long story about a bee."}]});
-    let response = rbee_features::http().post(format!("{}/v1/chat/completions", cluster.queen_url)).json(&body).send().await.unwrap();
+    let response = rbee_features::http()
+        .post(format!("{}/v1/chat/completions", cluster.queen_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let request = response.headers()["x-request-id"].to_str().unwrap().to_string();
     let mut bytes = response.bytes_stream();
     let mut chunks = 0;
@@ -78,7 +88,8 @@ async fn cancel_to_release_ms(cluster: &Cluster) -> f64 {
     drop(bytes);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let events: Vec<_> = cluster.events(false).into_iter().filter(|e| e["data"]["request"] == request.as_str()).collect();
+        let events: Vec<_> =
+            cluster.events(false).into_iter().filter(|e| e["data"]["request"] == request.as_str()).collect();
         let at = |kind: &str| events.iter().find(|e| e["type"] == kind).and_then(|e| e["at_ms"].as_u64());
         if let (Some(c), Some(r)) = (at("request.cancelled"), at("slot.released")) {
             return (r - c) as f64;
@@ -94,7 +105,9 @@ async fn appends_per_second(n: usize) -> (f64, f64, f64, f64, f64) {
     let nats = Nats::start().await;
     let log = EventLog::connect(&nats.url).await.unwrap();
     log.ensure_streams(&Default::default()).await.unwrap();
-    let claim = |i: usize, worker: &str| Event::SlotClaimed(SlotClaimed { worker: worker.into(), slot: 0, request: format!("r{i}") });
+    let claim = |i: usize, worker: &str| {
+        Event::SlotClaimed(SlotClaimed { worker: worker.into(), slot: 0, request: format!("r{i}") })
+    };
     let raw_payload = frames::encode(&claim(0, "raw"));
 
     // Sequential: each waits for its ack.
@@ -142,7 +155,11 @@ async fn appends_per_second(n: usize) -> (f64, f64, f64, f64, f64) {
                 let mut headers = async_nats::HeaderMap::new();
                 headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
                 headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
-                js.publish_with_headers(format!("rbee.ev.worker.rawh{i}"), headers, payload.into()).await.unwrap().await.unwrap()
+                js.publish_with_headers(format!("rbee.ev.worker.rawh{i}"), headers, payload.into())
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap()
             }
         })
         .buffer_unordered(256)
@@ -153,7 +170,14 @@ async fn appends_per_second(n: usize) -> (f64, f64, f64, f64, f64) {
 }
 
 fn register(worker: &str) -> Event {
-    Event::WorkerRegistered(WorkerRegistered { worker: worker.into(), node: "n".into(), model: "m".into(), slots: 1, pid: 1, backend: "cpu".into() })
+    Event::WorkerRegistered(WorkerRegistered {
+        worker: worker.into(),
+        node: "n".into(),
+        model: "m".into(),
+        slots: 1,
+        pid: 1,
+        backend: "cpu".into(),
+    })
 }
 
 #[tokio::main]
@@ -182,9 +206,21 @@ async fn main() {
     let (rs, raws, rp, rawp, rawh) = (pick(|r| r.0), pick(|r| r.1), pick(|r| r.2), pick(|r| r.3), pick(|r| r.4));
     println!("cluster: release build, {RUNS} runs (appends: 3 runs of 2000), medians");
     println!("| measure | value | baseline | ratio |\n|---|---|---|---|");
-    println!("| time to first token, short prompt | {q:.0} ms through the queen (HTTP+SSE) | {d:.0} ms straight from the worker (NATS) | {:.2} |", q / d);
+    println!(
+        "| time to first token, short prompt | {q:.0} ms through the queen (HTTP+SSE) | {d:.0} ms straight from the worker (NATS) | {:.2} |",
+        q / d
+    );
     println!("| client disconnect to slot released | {cancel:.0} ms (request.cancelled -> slot.released) | | |");
-    println!("| acked appends/s, one at a time | {rs:.0} rbee append with expected version | {raws:.0} raw JetStream publish | {:.2} |", rs / raws);
-    println!("| acked appends/s, 256 in flight | {rp:.0} rbee append (new aggregates) | {rawp:.0} raw JetStream publish | {:.2} |", rp / rawp);
-    println!("| acked appends/s, 256 in flight | {rp:.0} rbee append (new aggregates) | {rawh:.0} raw publish with Msg-Id + expected-sequence headers | {:.2} |", rp / rawh);
+    println!(
+        "| acked appends/s, one at a time | {rs:.0} rbee append with expected version | {raws:.0} raw JetStream publish | {:.2} |",
+        rs / raws
+    );
+    println!(
+        "| acked appends/s, 256 in flight | {rp:.0} rbee append (new aggregates) | {rawp:.0} raw JetStream publish | {:.2} |",
+        rp / rawp
+    );
+    println!(
+        "| acked appends/s, 256 in flight | {rp:.0} rbee append (new aggregates) | {rawh:.0} raw publish with Msg-Id + expected-sequence headers | {:.2} |",
+        rp / rawh
+    );
 }

@@ -7,7 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rbee_features::cluster::{unique_node, Cluster};
+use rbee_features::cluster::{Cluster, unique_node};
 use rbee_features::hub::Hub;
 
 const RUNS: usize = 5;
@@ -21,13 +21,21 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn run_ok(mut cmd: Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    assert!(out.status.success(), "{what}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Seconds from `download.started` to `download.finished` of a download, by the events' clocks.
 fn transfer_secs(cluster: &Cluster, node: &str, model: &str) -> f64 {
     let id = rbee_bus::download_id(node, model);
-    let out = cluster.rbee_command_for(&["events", "tail", "--no-follow", "--no-heartbeats", "--type", "download."]).output().unwrap();
+    let out = cluster
+        .rbee_command_for(&["events", "tail", "--no-follow", "--no-heartbeats", "--type", "download."])
+        .output()
+        .unwrap();
     let at = |kind: &str| {
         String::from_utf8_lossy(&out.stdout)
             .lines()
@@ -50,7 +58,15 @@ fn pulls(cluster: &Cluster, hub: &Hub, chunk: u64) -> Vec<(f64, f64)> {
     let times = (0..RUNS)
         .map(|i| {
             let name = format!("bench{chunk}x{i}");
-            let cmd = cluster.rbee_command_for(&["models", "pull", &format!("hf:{REPO}:{FILE}"), "--name", &name, "--node", &node]);
+            let cmd = cluster.rbee_command_for(&[
+                "models",
+                "pull",
+                &format!("hf:{REPO}:{FILE}"),
+                "--name",
+                &name,
+                "--node",
+                &node,
+            ]);
             let t0 = Instant::now();
             run_ok(cmd, "rbee models pull");
             let took = t0.elapsed().as_secs_f64();
@@ -112,17 +128,40 @@ fn main() {
     println!("download of {:.1} MB from a loopback hub double, medians of {} runs:", size / 1e6, RUNS * 2);
     println!("  curl                                  {curl:.3} s  {:.0} MB/s", mbs(curl));
     println!("  curl, then fsync of the file          {curl_synced:.3} s  {:.0} MB/s", mbs(curl_synced));
-    println!("  rbee models pull, 8 MiB chunks        {chunked:.3} s  {:.0} MB/s  ratio to curl {:.2}", mbs(chunked), curl / chunked);
-    println!("    of which the transfer (claim->verified) {chunked_transfer:.3} s  {:.0} MB/s  ratio to curl {:.2}, to curl+fsync {:.2}", mbs(chunked_transfer), curl / chunked_transfer, curl_synced / chunked_transfer);
-    println!("  rbee models pull, one chunk           {unchunked:.3} s  {:.0} MB/s  ratio to curl {:.2}", mbs(unchunked), curl / unchunked);
-    println!("    of which the transfer               {unchunked_transfer:.3} s  {:.0} MB/s  ratio to curl {:.2}, to curl+fsync {:.2}", mbs(unchunked_transfer), curl / unchunked_transfer, curl_synced / unchunked_transfer);
-    println!("  chunk events + fsync cost             {:.3} s per download ({} events)", chunked_transfer - unchunked_transfer, (size as u64) >> 23);
+    println!(
+        "  rbee models pull, 8 MiB chunks        {chunked:.3} s  {:.0} MB/s  ratio to curl {:.2}",
+        mbs(chunked),
+        curl / chunked
+    );
+    println!(
+        "    of which the transfer (claim->verified) {chunked_transfer:.3} s  {:.0} MB/s  ratio to curl {:.2}, to curl+fsync {:.2}",
+        mbs(chunked_transfer),
+        curl / chunked_transfer,
+        curl_synced / chunked_transfer
+    );
+    println!(
+        "  rbee models pull, one chunk           {unchunked:.3} s  {:.0} MB/s  ratio to curl {:.2}",
+        mbs(unchunked),
+        curl / unchunked
+    );
+    println!(
+        "    of which the transfer               {unchunked_transfer:.3} s  {:.0} MB/s  ratio to curl {:.2}, to curl+fsync {:.2}",
+        mbs(unchunked_transfer),
+        curl / unchunked_transfer,
+        curl_synced / unchunked_transfer
+    );
+    println!(
+        "  chunk events + fsync cost             {:.3} s per download ({} events)",
+        chunked_transfer - unchunked_transfer,
+        (size as u64) >> 23
+    );
     println!("  sha256 of the file alone   {sha:.3} s  {:.0} MB/s", mbs(sha));
 
     // Worker start to ready, and stopping 5 workers.
     let node = unique_node();
     let dir = rbee_features::scratch_dir("bench-life");
-    let mut hive = rbee_features::KillOnDrop(cluster.spawn_hive(&node, &dir, &[("RBEE_WORKER_GRACE_SECS", "10".to_string())]));
+    let mut hive =
+        rbee_features::KillOnDrop(cluster.spawn_hive(&node, &dir, &[("RBEE_WORKER_GRACE_SECS", "10".to_string())]));
     std::thread::sleep(Duration::from_secs(1));
     let start = || {
         let cmd = cluster.rbee_command_for(&["workers", "start", "--node", &node, "--timeout-secs", "120"]);
@@ -131,7 +170,11 @@ fn main() {
         t0.elapsed().as_secs_f64()
     };
     let ready = (0..5).map(|_| start()).collect::<Vec<_>>();
-    println!("rbee workers start -> ready (default model, model already on the node): median {:.3} s of 5 (one after another: {:?})", median(ready.clone()), ready.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>());
+    println!(
+        "rbee workers start -> ready (default model, model already on the node): median {:.3} s of 5 (one after another: {:?})",
+        median(ready.clone()),
+        ready.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>()
+    );
     let t0 = Instant::now();
     // SAFETY: the hive this benchmark started; it stops its 5 workers.
     unsafe { libc::kill(hive.0.id() as i32, libc::SIGTERM) };

@@ -23,7 +23,14 @@ fn event(i: u64) -> Event {
     let (worker, request) = (format!("w{}", i / 4 % 100), format!("r{}", i / 4));
     match i % 4 {
         0 => Event::SlotClaimed(SlotClaimed { worker, slot: 0, request }),
-        1 => Event::RequestAccepted(RequestAccepted { request, model: "m".into(), worker, slot: 0, max_tokens: Some(64), stream: true }),
+        1 => Event::RequestAccepted(RequestAccepted {
+            request,
+            model: "m".into(),
+            worker,
+            slot: 0,
+            max_tokens: Some(64),
+            stream: true,
+        }),
         2 => Event::RequestFinished(RequestFinished {
             request,
             worker,
@@ -40,7 +47,14 @@ fn event(i: u64) -> Event {
 
 async fn fill(log: &EventLog, n: u64) {
     let registrations = (0..100).map(|w| {
-        Event::WorkerRegistered(WorkerRegistered { worker: format!("w{w}"), node: "n".into(), model: "m".into(), slots: 1, pid: 1, backend: "cpu".into() })
+        Event::WorkerRegistered(WorkerRegistered {
+            worker: format!("w{w}"),
+            node: "n".into(),
+            model: "m".into(),
+            slots: 1,
+            pid: 1,
+            backend: "cpu".into(),
+        })
     });
     for e in registrations {
         log.append(e, Expected::Any, &Meta::default()).await.unwrap();
@@ -169,7 +183,11 @@ async fn main() {
             sha256: "00".into(),
             memory_required_bytes: i,
         });
-        catalog.apply(&Recorded { stream_seq: i + 1, subject: subjects::for_event(&e), envelope: Envelope::new(e, 1, &Meta::default()) });
+        catalog.apply(&Recorded {
+            stream_seq: i + 1,
+            subject: subjects::for_event(&e),
+            envelope: Envelope::new(e, 1, &Meta::default()),
+        });
     }
     let mut lat = Vec::new();
     let mut after: Option<(String, String)> = None;
@@ -184,11 +202,18 @@ async fn main() {
     lat.sort_by(f64::total_cmp);
     let p99 = lat[lat.len() * 99 / 100];
 
-    println!("log: {n} events (100 workers; claim/accept/finish/release per request), nats-server 2.15.1 file storage, Postgres 15; medians of 3");
+    println!(
+        "log: {n} events (100 workers; claim/accept/finish/release per request), nats-server 2.15.1 file storage, Postgres 15; medians of 3"
+    );
     println!("| measure | value | aim |\n|---|---|---|");
     println!("| fill (raw publishes, 512 in flight) | {fill_rate:.0} events/s | |");
-    println!("| archive into Postgres (UNNEST batches of 2000) | {archive_rate:.0} events/s | keeps up with pipelined appends (57k/s) |");
-    println!("| rebuild registry + catalog from JetStream | {js_secs:.2} s ({:.0} events/s) | < 5 s for 1M |", n as f64 / js_secs);
+    println!(
+        "| archive into Postgres (UNNEST batches of 2000) | {archive_rate:.0} events/s | keeps up with pipelined appends (57k/s) |"
+    );
+    println!(
+        "| rebuild registry + catalog from JetStream | {js_secs:.2} s ({:.0} events/s) | < 5 s for 1M |",
+        n as f64 / js_secs
+    );
     println!("| rebuild from the Postgres archive | {pg_secs:.2} s ({:.0} events/s) | |", n as f64 / pg_secs);
     println!("| queen start to caught up, no checkpoint | {cold:.2} s | |");
     println!("| queen restart to caught up, from its checkpoint | {warm:.3} s | < 1 s |");

@@ -31,7 +31,8 @@ impl Cluster {
         let out = rbee_command(&data_dir, &args).envs(env.iter().map(|(k, v)| (k, v))).output().expect("run rbee");
         let up_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let file = data_dir.join("cluster.json");
-        let cluster_file: Value = std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
+        let cluster_file: Value =
+            std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
         let cluster = Cluster {
             queen_url: cluster_file["queen_url"].as_str().unwrap_or_default().to_string(),
             nats_url: cluster_file["nats_url"].as_str().unwrap_or_default().to_string(),
@@ -46,7 +47,10 @@ impl Cluster {
             for name in ["queen.log", "hive.log", "nats.log"] {
                 let text = cluster.log_file(name);
                 let lines: Vec<&str> = text.lines().collect();
-                logs.push_str(&format!("--- last lines of {name}\n{}\n", lines[lines.len().saturating_sub(20)..].join("\n")));
+                logs.push_str(&format!(
+                    "--- last lines of {name}\n{}\n",
+                    lines[lines.len().saturating_sub(20)..].join("\n")
+                ));
             }
             anyhow::bail!("rbee up failed ({}):\n{}\n{logs}", out.status, cluster.up_output);
         }
@@ -71,7 +75,10 @@ impl Cluster {
         }
         let out = self.rbee(&args);
         assert!(out.status.success(), "rbee events tail failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
     }
 
     /// Events of one type.
@@ -87,7 +94,12 @@ impl Cluster {
     }
 
     /// Starts one more hive on this cluster's log, as another node with its own data directory.
-    pub fn spawn_hive<K: AsRef<std::ffi::OsStr>>(&self, node: &str, data_dir: &std::path::Path, env: &[(K, String)]) -> std::process::Child {
+    pub fn spawn_hive<K: AsRef<std::ffi::OsStr>>(
+        &self,
+        node: &str,
+        data_dir: &std::path::Path,
+        env: &[(K, String)],
+    ) -> std::process::Child {
         std::fs::create_dir_all(data_dir.join("logs")).expect("hive data dir");
         let log = std::fs::File::create(data_dir.join("logs").join(format!("hive-{node}.log"))).expect("hive log");
         Command::new(crate::bin("rbee-hive"))

@@ -23,12 +23,23 @@ use futures::StreamExt;
 pub enum Fault {
     NotFound,
     Forbidden,
-    RateLimited { retry_after_secs: u64, times: u32 },
-    ServerError { times: u32 },
+    RateLimited {
+        retry_after_secs: u64,
+        times: u32,
+    },
+    ServerError {
+        times: u32,
+    },
     /// The connection is dropped when this absolute offset is reached.
-    CutAt { offset: u64, times: u32 },
+    CutAt {
+        offset: u64,
+        times: u32,
+    },
     /// Bytes stop (the connection stays open) at this absolute offset, until [`Hub::release_stalls`].
-    StallAt { offset: u64, times: u32 },
+    StallAt {
+        offset: u64,
+        times: u32,
+    },
 }
 
 /// A request the hub saw.
@@ -136,7 +147,10 @@ impl Hub {
     }
 }
 
-async fn list_files(State(state): State<Arc<Mutex<Inner>>>, Path((org, repo, _rev)): Path<(String, String, String)>) -> Response {
+async fn list_files(
+    State(state): State<Arc<Mutex<Inner>>>,
+    Path((org, repo, _rev)): Path<(String, String, String)>,
+) -> Response {
     let inner = state.lock().unwrap_or_else(|p| p.into_inner());
     match inner.repos.get(&format!("{org}/{repo}")) {
         Some(files) => {
@@ -163,17 +177,33 @@ async fn serve_file(
     let releases = inner.releases.subscribe();
     // Faults apply to GETs; a HEAD sees what a GET would (except transient ones).
     let fault = inner.faults.get_mut(&key).and_then(|f| {
-        let take = |times: &mut u32| if is_get && *times > 0 { *times -= 1; true } else { false };
+        let take = |times: &mut u32| {
+            if is_get && *times > 0 {
+                *times -= 1;
+                true
+            } else {
+                false
+            }
+        };
         match f {
             Fault::NotFound | Fault::Forbidden => Some(f.clone()),
-            Fault::RateLimited { times, .. } | Fault::ServerError { times } | Fault::CutAt { times, .. } | Fault::StallAt { times, .. } => {
-                take(times).then(|| f.clone())
-            }
+            Fault::RateLimited { times, .. }
+            | Fault::ServerError { times }
+            | Fault::CutAt { times, .. }
+            | Fault::StallAt { times, .. } => take(times).then(|| f.clone()),
         }
     });
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut record = |status: u16| {
-        let seen = Seen { method: method.to_string(), path: key.clone(), range: range.clone(), authorization: authorization.clone(), status, at: Instant::now(), sent: sent.clone() };
+        let seen = Seen {
+            method: method.to_string(),
+            path: key.clone(),
+            range: range.clone(),
+            authorization: authorization.clone(),
+            status,
+            at: Instant::now(),
+            sent: sent.clone(),
+        };
         inner.seen.push(seen);
     };
     let Some(hub_file) = found else {
@@ -191,7 +221,8 @@ async fn serve_file(
         }
         Some(Fault::RateLimited { retry_after_secs, .. }) => {
             record(429);
-            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", retry_after_secs.to_string())], "slow down").into_response();
+            return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", retry_after_secs.to_string())], "slow down")
+                .into_response();
         }
         Some(Fault::ServerError { .. }) => {
             record(500);
@@ -200,7 +231,11 @@ async fn serve_file(
         _ => {}
     }
     let size = std::fs::metadata(&hub_file.path).map(|m| m.len()).unwrap_or(0);
-    let start = range.as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-')).and_then(|s| s.parse::<u64>().ok());
+    let start = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|s| s.parse::<u64>().ok());
     if start.is_some_and(|s| s >= size) {
         record(416);
         return (StatusCode::RANGE_NOT_SATISFIABLE, [("content-range", format!("bytes */{size}"))]).into_response();
@@ -226,11 +261,12 @@ async fn serve_file(
         Some(Fault::StallAt { offset, .. }) => (None, Some(offset)),
         _ => (None, None),
     };
-    let body = file_stream(hub_file.path, from, size, cut, stall.map(|at| (at, releases)), throttle).inspect(move |piece| {
-        if let Ok(bytes) = piece {
-            sent.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        }
-    });
+    let body =
+        file_stream(hub_file.path, from, size, cut, stall.map(|at| (at, releases)), throttle).inspect(move |piece| {
+            if let Ok(bytes) = piece {
+                sent.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
     response.body(Body::from_stream(body)).expect("valid response")
 }
 
@@ -258,7 +294,10 @@ fn file_stream(
                 return None;
             }
             if cut.is_some_and(|c| offset >= c) {
-                return Some((Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut by the hub double")), (size, None, None)));
+                return Some((
+                    Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "cut by the hub double")),
+                    (size, None, None),
+                ));
             }
             if let Some((at, release)) = stall.as_mut() {
                 if offset >= *at {

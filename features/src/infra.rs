@@ -20,9 +20,21 @@ impl Nats {
         let dir = crate::scratch_dir("nats");
         let ports = process::free_ports(2).unwrap();
         let (port, monitor_port) = (ports[0], ports[1]);
-        let plan = nats::NatsPlan { binary: &binary, port, monitor_port, store_dir: &dir.join("store"), log: &dir.join("nats.log"), sync_interval: "2m" };
+        let plan = nats::NatsPlan {
+            binary: &binary,
+            port,
+            monitor_port,
+            store_dir: &dir.join("store"),
+            log: &dir.join("nats.log"),
+            sync_interval: "2m",
+        };
         let pid = nats::start(&plan).await.expect("nats-server starts");
-        Nats { url: format!("nats://127.0.0.1:{port}"), monitor_url: format!("http://127.0.0.1:{monitor_port}"), pid, dir }
+        Nats {
+            url: format!("nats://127.0.0.1:{port}"),
+            monitor_url: format!("http://127.0.0.1:{monitor_port}"),
+            pid,
+            dir,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use rbee_features::KillOnDrop;
 use std::time::Duration;
 
 use rbee_bus::read::raw_to_end;
-use rbee_bus::{subjects, Event, EventLog, Expected, Meta, RequestCancelled};
+use rbee_bus::{Event, EventLog, Expected, Meta, RequestCancelled, subjects};
 use rbee_features::infra::{Nats, Postgres};
 use rbee_features::poll::eventually;
 
@@ -18,12 +18,14 @@ fn queen(nats: &Nats, pg: &Postgres) -> KillOnDrop {
 }
 
 fn queen_on(nats: &Nats, pg: &Postgres, port: u16) -> KillOnDrop {
-    KillOnDrop(Command::new(rbee_features::bin("rbee-queen"))
-        .args(["--nats-url", &nats.url, "--database-url", &pg.url, "--bind", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rbee-queen starts"))
+    KillOnDrop(
+        Command::new(rbee_features::bin("rbee-queen"))
+            .args(["--nats-url", &nats.url, "--database-url", &pg.url, "--bind", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rbee-queen starts"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -89,9 +91,16 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
     .await;
     drop(last);
 
-    let seqs: Vec<i64> = sqlx::query_scalar("SELECT stream_seq FROM events ORDER BY stream_seq").fetch_all(&pool).await.unwrap();
+    let seqs: Vec<i64> =
+        sqlx::query_scalar("SELECT stream_seq FROM events ORDER BY stream_seq").fetch_all(&pool).await.unwrap();
     assert_eq!(seqs, (1..=expected).collect::<Vec<_>>(), "no gap, no duplicate");
-    let archived: BTreeSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT event_id FROM events").fetch_all(&pool).await.unwrap().into_iter().map(|u| u.to_string()).collect();
+    let archived: BTreeSet<String> = sqlx::query_scalar::<_, uuid::Uuid>("SELECT event_id FROM events")
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.to_string())
+        .collect();
     let logged: BTreeSet<String> = in_log
         .iter()
         .map(|e| e.headers.iter().find(|(k, _)| k == "Nats-Msg-Id").map(|(_, v)| v.clone()).unwrap())
@@ -106,7 +115,8 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
 async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     use rbee_bus::{AggregateKind, WorkerStartRequested};
     let cluster = rbee_features::cluster::Cluster::up(&["--no-worker"]).expect("rbee up");
-    let file: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(cluster.data_dir.join("cluster.json")).unwrap()).unwrap();
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(cluster.data_dir.join("cluster.json")).unwrap()).unwrap();
     let up_hive = file["hive_pid"].as_i64().unwrap() as i32;
     // SAFETY: the hive this test's `rbee up` started; from now on the test runs its own.
     unsafe { libc::kill(up_hive, libc::SIGKILL) };
@@ -146,25 +156,35 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     }
     let ready = eventually("every requested worker is ready", Duration::from_secs(90), || async {
         let mut view = rbee_projections::ClusterView::default();
-        for item in rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::From::Start).await.unwrap() {
+        for item in
+            rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::From::Start).await.unwrap()
+        {
             view.apply(&item.unwrap());
         }
         let states: Vec<_> = workers.iter().map(|w| view.registry.workers.get(w).map(|x| (x.state, x.pid))).collect();
-        if states.iter().all(|s| matches!(s, Some((rbee_bus::WorkerState::Ready, _)))) { Ok((states, view)) } else { Err(states) }
+        if states.iter().all(|s| matches!(s, Some((rbee_bus::WorkerState::Ready, _)))) {
+            Ok((states, view))
+        } else {
+            Err(states)
+        }
     })
     .await;
     let (states, _) = ready;
     for w in &workers {
-        let registrations = rbee_bus::read::read_subject(&log, &subjects::aggregate(AggregateKind::Worker, w)).await.unwrap();
+        let registrations =
+            rbee_bus::read::read_subject(&log, &subjects::aggregate(AggregateKind::Worker, w)).await.unwrap();
         let count = registrations.iter().filter(|r| matches!(r.envelope.event, Event::WorkerRegistered(_))).count();
         assert_eq!(count, 1, "{w} registered once");
     }
     eventually("the queen's view equals a fresh fold of the same log", Duration::from_secs(10), || async {
         let mut fresh = rbee_projections::ClusterView::default();
-        for item in rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::From::Start).await.unwrap() {
+        for item in
+            rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::From::Start).await.unwrap()
+        {
             fresh.apply(&item.unwrap());
         }
-        let h: serde_json::Value = reqwest::get(format!("{}/health", cluster.queen_url)).await.unwrap().json().await.unwrap();
+        let h: serde_json::Value =
+            reqwest::get(format!("{}/health", cluster.queen_url)).await.unwrap().json().await.unwrap();
         if h["digest"] == fresh.digest().as_str() { Ok(()) } else { Err((h, fresh.last_seq)) }
     })
     .await;
@@ -203,7 +223,17 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
         let model = format!("crash{round}");
         let seen_before = hub.seen("").len();
         let pull = cluster
-            .rbee_command_for(&["models", "pull", &format!("hf:{repo}:{file}"), "--name", &model, "--node", &node, "--timeout-secs", "120"])
+            .rbee_command_for(&[
+                "models",
+                "pull",
+                &format!("hf:{repo}:{file}"),
+                "--name",
+                &model,
+                "--node",
+                &node,
+                "--timeout-secs",
+                "120",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -215,7 +245,8 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
         });
         progressed.await;
         tokio::time::sleep(Duration::from_millis(next(600))).await;
-        let first_get_sent = hub.seen("")[seen_before..].iter().filter(|s| s.method == "GET").map(|s| s.sent()).sum::<u64>();
+        let first_get_sent =
+            hub.seen("")[seen_before..].iter().filter(|s| s.method == "GET").map(|s| s.sent()).sum::<u64>();
         drop(hive);
         let partial = dir.join("models").join(format!("{model}.gguf.partial"));
         let received_at_kill = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
@@ -226,12 +257,21 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
         let stored = dir.join("models").join(format!("{model}.gguf"));
         assert_eq!(sha256_file(&stored), sha, "round {round}: the file is verified");
         let gets: Vec<_> = hub.seen("")[seen_before..].iter().filter(|s| s.method == "GET").cloned().collect();
-        let resumed_from: u64 = gets.last().and_then(|s| s.range.as_deref()).and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok()).unwrap_or(0);
+        let resumed_from: u64 = gets
+            .last()
+            .and_then(|s| s.range.as_deref())
+            .and_then(|r| r.strip_prefix("bytes=")?.strip_suffix('-')?.parse().ok())
+            .unwrap_or(0);
         let hive_twice = received_at_kill.saturating_sub(resumed_from);
-        assert!(hive_twice <= CHUNK, "round {round}: the hive had {received_at_kill} bytes at the kill and resumed from {resumed_from}");
+        assert!(
+            hive_twice <= CHUNK,
+            "round {round}: the hive had {received_at_kill} bytes at the kill and resumed from {resumed_from}"
+        );
         let hub_twice = gets.iter().map(|s| s.sent()).sum::<u64>().saturating_sub(size);
         refetched.push((hive_twice, hub_twice));
-        println!("round {round}: killed with {received_at_kill} bytes on disk ({first_get_sent} sent), resumed from {resumed_from}: the hive fetched {hive_twice} twice, the hub sent {hub_twice} twice");
+        println!(
+            "round {round}: killed with {received_at_kill} bytes on disk ({first_get_sent} sent), resumed from {resumed_from}: the hive fetched {hive_twice} twice, the hub sent {hub_twice} twice"
+        );
     }
     drop(hive);
     let _ = std::fs::remove_dir_all(&dir);
@@ -239,8 +279,11 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
         v.sort();
         (v[v.len() / 2], v[v.len() - 1])
     };
-    let (hive, hub) = (median(refetched.iter().map(|r| r.0).collect()), median(refetched.iter().map(|r| r.1).collect()));
-    println!("bytes fetched twice per kill (median, max): by the hive {hive:?}, sent by the hub {hub:?}; chunk {CHUNK}");
+    let (hive, hub) =
+        (median(refetched.iter().map(|r| r.0).collect()), median(refetched.iter().map(|r| r.1).collect()));
+    println!(
+        "bytes fetched twice per kill (median, max): by the hive {hive:?}, sent by the hub {hub:?}; chunk {CHUNK}"
+    );
 }
 
 fn sha256_file(path: &std::path::Path) -> String {

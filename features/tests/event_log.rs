@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rbee_bus::read::read_subject;
-use rbee_bus::{subjects, AggregateKind, AppendError, Event, EventLog, Expected, Meta, SlotClaimed, WorkerRegistered};
+use rbee_bus::{AggregateKind, AppendError, Event, EventLog, Expected, Meta, SlotClaimed, WorkerRegistered, subjects};
 use rbee_features::infra::{Nats, Postgres};
 use rbee_features::poll::eventually;
 use tokio_util::sync::CancellationToken;
@@ -92,7 +92,8 @@ async fn the_archiver_copies_every_event_once_even_when_restarted() {
         stop.cancel();
         archiver.await.unwrap().unwrap();
     }
-    let versions: Vec<i64> = sqlx::query_scalar("SELECT version FROM events ORDER BY stream_seq").fetch_all(&pool).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM events ORDER BY stream_seq").fetch_all(&pool).await.unwrap();
     assert_eq!(versions, (1..=50).collect::<Vec<i64>>());
     let refused = sqlx::query("UPDATE events SET version = 0").execute(&pool).await;
     assert!(refused.unwrap_err().to_string().contains("append-only"));

@@ -8,8 +8,8 @@ mod steps;
 
 use std::sync::OnceLock;
 
-use cucumber::writer::Stats as _;
 use cucumber::World as _;
+use cucumber::writer::Stats as _;
 use rbee_features::cluster::Cluster;
 use rbee_features::hub::Hub;
 
@@ -46,7 +46,9 @@ pub fn download_env() -> Vec<(&'static str, String)> {
 }
 
 pub fn downloads() -> &'static Cluster {
-    DOWNLOADS.get_or_init(|| Cluster::up_with_env(&["--no-worker"], &download_env()).expect("a cluster for downloads starts"))
+    DOWNLOADS.get_or_init(|| {
+        Cluster::up_with_env(&["--no-worker"], &download_env()).expect("a cluster for downloads starts")
+    })
 }
 
 pub fn serving() -> &'static Cluster {

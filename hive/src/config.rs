@@ -131,7 +131,10 @@ impl Config {
     }
 
     pub fn limits(&self) -> crate::preflight::Limits {
-        crate::preflight::Limits { ram_factor_percent: self.ram_factor_percent, max_gpu_temperature_c: self.max_gpu_temperature_c }
+        crate::preflight::Limits {
+            ram_factor_percent: self.ram_factor_percent,
+            max_gpu_temperature_c: self.max_gpu_temperature_c,
+        }
     }
 
     /// The worker binary for a backend: as configured, else beside this executable, else on PATH.

@@ -12,4 +12,4 @@ pub mod supervisor;
 pub mod upkeep;
 
 pub use config::Config;
-pub use service::{run, HiveError};
+pub use service::{HiveError, run};

@@ -7,12 +7,17 @@ use rbee_bus::{Event, EventLog, Expected, Meta, WorkerExited, WorkerState};
 use rbee_projections::LiveView;
 use tokio_util::sync::CancellationToken;
 
-use crate::supervisor::{Supervisor, WorkerSpec};
 use crate::Config;
+use crate::supervisor::{Supervisor, WorkerSpec};
 
 /// Waits until a spawned worker is ready. Past `timeout` it is killed (`LOADING_TIMEOUT`); a worker
 /// that exits while loading has its exit recorded by the supervisor.
-pub async fn wait_ready(view: &LiveView, supervisor: &Supervisor, worker: &str, timeout: Duration) -> Result<(), (&'static str, String)> {
+pub async fn wait_ready(
+    view: &LiveView,
+    supervisor: &Supervisor,
+    worker: &str,
+    timeout: Duration,
+) -> Result<(), (&'static str, String)> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if view.read(|v| v.registry.workers.get(worker).is_some_and(|w| w.state == WorkerState::Ready)) {
@@ -24,7 +29,10 @@ pub async fn wait_ready(view: &LiveView, supervisor: &Supervisor, worker: &str, 
         }
         if tokio::time::Instant::now() >= deadline {
             supervisor.kill(worker, "loading_timeout").await;
-            return Err(("LOADING_TIMEOUT", format!("worker {worker} was not ready within {:.1}s; killed", timeout.as_secs_f64())));
+            return Err((
+                "LOADING_TIMEOUT",
+                format!("worker {worker} was not ready within {:.1}s; killed", timeout.as_secs_f64()),
+            ));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -58,7 +66,14 @@ pub async fn stop_idle_workers(view: LiveView, supervisor: Supervisor, idle: Dur
 
 /// A restarted hive takes charge of the workers its node's registry lists: those still running
 /// unsupervised (their hive died) are adopted; those gone are recorded as exited.
-pub async fn adopt_running_workers(log: &EventLog, view: &LiveView, supervisor: &Supervisor, config: &Config, node: &str, cores: &Option<Vec<usize>>) {
+pub async fn adopt_running_workers(
+    log: &EventLog,
+    view: &LiveView,
+    supervisor: &Supervisor,
+    config: &Config,
+    node: &str,
+    cores: &Option<Vec<usize>>,
+) {
     let listed: Vec<(rbee_projections::Worker, Option<String>)> = view.read(|v| {
         v.registry
             .workers
@@ -84,7 +99,12 @@ pub async fn adopt_running_workers(log: &EventLog, view: &LiveView, supervisor: 
             supervisor.adopt(spec, w.pid);
         } else {
             tracing::warn!(worker = %w.id, pid = w.pid, "worker is gone while no hive watched it; recording its exit");
-            let exited = Event::WorkerExited(WorkerExited { worker: w.id.clone(), node: node.into(), exit_code: None, signal: None });
+            let exited = Event::WorkerExited(WorkerExited {
+                worker: w.id.clone(),
+                node: node.into(),
+                exit_code: None,
+                signal: None,
+            });
             if let Err(e) = log.append(exited, Expected::Any, &Meta::default()).await {
                 tracing::error!(worker = %w.id, error = %e, "exit not recorded");
             }
@@ -104,6 +124,7 @@ fn is_worker_process(pid: u32, worker: &str) -> bool {
 /// Whether the process's parent is a live hive other than this one (another hive on this node).
 fn supervised_by_live_hive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+    let ppid =
+        stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
     ppid.is_some_and(|ppid| ppid != std::process::id() && rbee_bus::process::runs(ppid, "rbee-hive"))
 }

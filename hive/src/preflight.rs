@@ -70,7 +70,13 @@ impl Inventory {
 }
 
 /// Decides where a worker for a model needing `memory_bytes` runs, or why it cannot.
-pub fn place(inv: &Inventory, backend: &str, device: Option<u32>, memory_bytes: u64, limits: &Limits) -> Result<Placement, Refusal> {
+pub fn place(
+    inv: &Inventory,
+    backend: &str,
+    device: Option<u32>,
+    memory_bytes: u64,
+    limits: &Limits,
+) -> Result<Placement, Refusal> {
     let requested: Vec<&str> = backend.split([',', '+']).map(str::trim).filter(|b| !b.is_empty()).collect();
     if requested.contains(&"cuda") && requested.contains(&"metal") {
         return Err(refuse(
@@ -89,17 +95,31 @@ pub fn place(inv: &Inventory, backend: &str, device: Option<u32>, memory_bytes: 
         "cpu" => "cpu",
         "cuda" => "cuda",
         "metal" => "metal",
-        other => return Err(refuse("INVALID_BACKEND", format!("unknown backend {:?}; use cpu, cuda, metal or auto", other.chars().take(32).collect::<String>()))),
+        other => {
+            return Err(refuse(
+                "INVALID_BACKEND",
+                format!(
+                    "unknown backend {:?}; use cpu, cuda, metal or auto",
+                    other.chars().take(32).collect::<String>()
+                ),
+            ));
+        }
     };
     if !available.contains(&chosen) {
-        return Err(refuse("BACKEND_UNAVAILABLE", format!("backend {chosen} is not available on this machine; available: {}", available.join(", "))));
+        return Err(refuse(
+            "BACKEND_UNAVAILABLE",
+            format!("backend {chosen} is not available on this machine; available: {}", available.join(", ")),
+        ));
     }
     let needed = memory_bytes.saturating_mul(limits.ram_factor_percent) / 100;
     match chosen {
         "cuda" => place_on_gpu(inv, device, needed, limits),
         _ => {
             if device.is_some_and(|d| d > 0) {
-                return Err(refuse("INVALID_DEVICE", format!("backend {chosen} has one device, 0; got {}", device.unwrap_or(0))));
+                return Err(refuse(
+                    "INVALID_DEVICE",
+                    format!("backend {chosen} has one device, 0; got {}", device.unwrap_or(0)),
+                ));
             }
             if needed > inv.ram_available_bytes {
                 return Err(refuse(
@@ -111,7 +131,11 @@ pub fn place(inv: &Inventory, backend: &str, device: Option<u32>, memory_bytes: 
                     ),
                 ));
             }
-            Ok(Placement { backend: chosen, device: None, reason: format!("{} MB of {} MB available RAM", mb(needed), mb(inv.ram_available_bytes)) })
+            Ok(Placement {
+                backend: chosen,
+                device: None,
+                reason: format!("{} MB of {} MB available RAM", mb(needed), mb(inv.ram_available_bytes)),
+            })
         }
     }
 }
@@ -120,22 +144,47 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
     let valid = || inv.gpus.iter().map(|g| g.index.to_string()).collect::<Vec<_>>().join(", ");
     let check = |g: &Gpu| -> Result<(), Refusal> {
         if g.temperature_c >= limits.max_gpu_temperature_c {
-            return Err(refuse("GPU_TOO_HOT", format!("GPU {} ({}) is at {} C, the limit is {} C", g.index, g.name, g.temperature_c, limits.max_gpu_temperature_c)));
+            return Err(refuse(
+                "GPU_TOO_HOT",
+                format!(
+                    "GPU {} ({}) is at {} C, the limit is {} C",
+                    g.index, g.name, g.temperature_c, limits.max_gpu_temperature_c
+                ),
+            ));
         }
         if g.vram_free_bytes < needed {
-            return Err(refuse("INSUFFICIENT_VRAM", format!("GPU {} has {} MB of VRAM free, the model needs {} MB", g.index, mb(g.vram_free_bytes), mb(needed))));
+            return Err(refuse(
+                "INSUFFICIENT_VRAM",
+                format!(
+                    "GPU {} has {} MB of VRAM free, the model needs {} MB",
+                    g.index,
+                    mb(g.vram_free_bytes),
+                    mb(needed)
+                ),
+            ));
         }
         Ok(())
     };
     if let Some(d) = device {
-        let gpu = inv.gpus.iter().find(|g| g.index == d).ok_or_else(|| refuse("INVALID_DEVICE", format!("GPU {d} does not exist; valid devices: {}", valid())))?;
+        let gpu =
+            inv.gpus.iter().find(|g| g.index == d).ok_or_else(|| {
+                refuse("INVALID_DEVICE", format!("GPU {d} does not exist; valid devices: {}", valid()))
+            })?;
         check(gpu)?;
-        return Ok(Placement { backend: "cuda", device: Some(d), reason: format!("GPU {d} as requested ({} MB free)", mb(gpu.vram_free_bytes)) });
+        return Ok(Placement {
+            backend: "cuda",
+            device: Some(d),
+            reason: format!("GPU {d} as requested ({} MB free)", mb(gpu.vram_free_bytes)),
+        });
     }
     let cool: Vec<&Gpu> = inv.gpus.iter().filter(|g| g.temperature_c < limits.max_gpu_temperature_c).collect();
     if cool.is_empty() {
-        let hottest = inv.gpus.iter().map(|g| format!("GPU {} at {} C", g.index, g.temperature_c)).collect::<Vec<_>>().join(", ");
-        return Err(refuse("GPU_TOO_HOT", format!("every GPU is at or above {} C: {hottest}", limits.max_gpu_temperature_c)));
+        let hottest =
+            inv.gpus.iter().map(|g| format!("GPU {} at {} C", g.index, g.temperature_c)).collect::<Vec<_>>().join(", ");
+        return Err(refuse(
+            "GPU_TOO_HOT",
+            format!("every GPU is at or above {} C: {hottest}", limits.max_gpu_temperature_c),
+        ));
     }
     let best = cool.iter().max_by_key(|g| (g.vram_free_bytes, std::cmp::Reverse(g.index))).expect("not empty");
     if best.vram_free_bytes < needed {
@@ -143,15 +192,34 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
         if total_free >= needed {
             return Err(refuse(
                 "VRAM_FRAGMENTED",
-                format!("the GPUs have {} MB free together but at most {} MB on one; the model needs {} MB on one GPU", mb(total_free), mb(best.vram_free_bytes), mb(needed)),
+                format!(
+                    "the GPUs have {} MB free together but at most {} MB on one; the model needs {} MB on one GPU",
+                    mb(total_free),
+                    mb(best.vram_free_bytes),
+                    mb(needed)
+                ),
             ));
         }
-        return Err(refuse("INSUFFICIENT_VRAM", format!("the most free VRAM on a GPU is {} MB (GPU {}); the model needs {} MB", mb(best.vram_free_bytes), best.index, mb(needed))));
+        return Err(refuse(
+            "INSUFFICIENT_VRAM",
+            format!(
+                "the most free VRAM on a GPU is {} MB (GPU {}); the model needs {} MB",
+                mb(best.vram_free_bytes),
+                best.index,
+                mb(needed)
+            ),
+        ));
     }
     Ok(Placement {
         backend: "cuda",
         device: Some(best.index),
-        reason: format!("GPU {} has the most free VRAM ({} MB of {} MB, {} C)", best.index, mb(best.vram_free_bytes), mb(best.vram_total_bytes), best.temperature_c),
+        reason: format!(
+            "GPU {} has the most free VRAM ({} MB of {} MB, {} C)",
+            best.index,
+            mb(best.vram_free_bytes),
+            mb(best.vram_total_bytes),
+            best.temperature_c
+        ),
     })
 }
 
@@ -160,10 +228,12 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
 pub fn read(data_dir: &std::path::Path, gpu_inventory: Option<&std::path::Path>) -> Inventory {
     let r = resources::read(data_dir);
     let gpus = match gpu_inventory {
-        Some(file) => std::fs::read_to_string(file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| {
-            tracing::error!(file = %file.display(), "unreadable GPU inventory file; no GPUs");
-            Vec::new()
-        }),
+        Some(file) => {
+            std::fs::read_to_string(file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_else(|| {
+                tracing::error!(file = %file.display(), "unreadable GPU inventory file; no GPUs");
+                Vec::new()
+            })
+        }
         None => nvml_gpus(),
     };
     Inventory { ram_available_bytes: r.ram_available_bytes, gpus, macos: cfg!(target_os = "macos") }
@@ -197,7 +267,13 @@ mod tests {
     const LIMITS: Limits = Limits { ram_factor_percent: 100, max_gpu_temperature_c: 85 };
 
     fn gpu(index: u32, free_gb: u64, temperature_c: u32) -> Gpu {
-        Gpu { index, name: format!("gpu{index}"), vram_total_bytes: 24 * GB, vram_free_bytes: free_gb * GB, temperature_c }
+        Gpu {
+            index,
+            name: format!("gpu{index}"),
+            vram_total_bytes: 24 * GB,
+            vram_free_bytes: free_gb * GB,
+            temperature_c,
+        }
     }
 
     fn machine(gpus: Vec<Gpu>) -> Inventory {
@@ -210,7 +286,11 @@ mod tests {
         assert_eq!((ok.backend, ok.device), ("cpu", None));
         let short = place(&machine(vec![]), "cpu", None, 20 * GB, &LIMITS).unwrap_err();
         assert_eq!(short.code, "INSUFFICIENT_RAM");
-        assert!(short.message.contains("20480 MB") && short.message.contains("16384 MB") && short.message.contains("smaller quantisation"));
+        assert!(
+            short.message.contains("20480 MB")
+                && short.message.contains("16384 MB")
+                && short.message.contains("smaller quantisation")
+        );
         let factor = Limits { ram_factor_percent: 1000, ..LIMITS };
         assert_eq!(place(&machine(vec![]), "cpu", None, 2 * GB, &factor).unwrap_err().code, "INSUFFICIENT_RAM");
     }

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use rbee_bus::model_ref::ModelRef;
 use rbee_bus::read::read_subject;
-use rbee_bus::{subjects, AggregateKind, Event, EventLog, Expected, Meta, ModelRegistered, ModelRemoved};
+use rbee_bus::{AggregateKind, Event, EventLog, Expected, Meta, ModelRegistered, ModelRemoved, subjects};
 use rbee_projections::LiveView;
 use sha2::{Digest, Sha256};
 
-use crate::fetch::{gguf_check, Downloader, Failure, Fetched};
+use crate::fetch::{Downloader, Failure, Fetched, gguf_check};
 
 #[derive(Clone)]
 pub struct Provisioner {
@@ -37,7 +37,13 @@ impl Provisioner {
     }
 
     /// Ensures `model` is on this node and in the catalog.
-    pub async fn ensure(&self, model: &str, source: &str, expected_sha256: Option<&str>, meta: &Meta) -> Result<Provisioned, Failure> {
+    pub async fn ensure(
+        &self,
+        model: &str,
+        source: &str,
+        expected_sha256: Option<&str>,
+        meta: &Meta,
+    ) -> Result<Provisioned, Failure> {
         subjects::validate_name("model", model).map_err(|e| Failure::fatal("INVALID_NAME", e.to_string()))?;
         if let Some(file) = self.catalogued(model, expected_sha256) {
             tracing::info!(path = %file.path.display(), "model already on this node; no download");
@@ -46,13 +52,17 @@ impl Provisioner {
         let reference = ModelRef::parse(source).map_err(|e| Failure::fatal("INVALID_MODEL_SOURCE", e.to_string()))?;
         let provisioned = match &reference {
             ModelRef::File(path) => {
-                let (dir, model, path, sha) = (self.models_dir.clone(), model.to_string(), path.clone(), expected_sha256.map(str::to_string));
+                let (dir, model, path, sha) =
+                    (self.models_dir.clone(), model.to_string(), path.clone(), expected_sha256.map(str::to_string));
                 let file = tokio::task::spawn_blocking(move || copy_into_store(&dir, &model, &path, sha.as_deref()))
                     .await
                     .map_err(|e| Failure::fatal("PROVISION_FAILED", e.to_string()))??;
                 Provisioned { file, how: "copied" }
             }
-            _ => Provisioned { file: self.downloader.fetch(model, source, &reference, expected_sha256, meta).await?, how: "downloaded" },
+            _ => Provisioned {
+                file: self.downloader.fetch(model, source, &reference, expected_sha256, meta).await?,
+                how: "downloaded",
+            },
         };
         self.register(model, &provisioned.file, meta).await.map_err(|e| Failure::fatal("EVENT_LOG_UNAVAILABLE", e))?;
         Ok(provisioned)
@@ -75,7 +85,8 @@ impl Provisioner {
     fn catalogued(&self, model: &str, expected_sha256: Option<&str>) -> Option<Fetched> {
         let entry = self.view.read(|v| v.catalog.get(model, &self.node).cloned())?;
         let on_disk = std::fs::metadata(&entry.path).map(|m| m.len()).ok();
-        let matches = on_disk == Some(entry.size_bytes) && expected_sha256.is_none_or(|s| s.eq_ignore_ascii_case(&entry.sha256));
+        let matches =
+            on_disk == Some(entry.size_bytes) && expected_sha256.is_none_or(|s| s.eq_ignore_ascii_case(&entry.sha256));
         matches.then(|| Fetched { path: entry.path.into(), size_bytes: entry.size_bytes, sha256: entry.sha256 })
     }
 
@@ -118,14 +129,21 @@ impl Provisioner {
     /// this node serves it.
     pub async fn remove(&self, model: &str, meta: &Meta) -> Result<u64, Failure> {
         let (entry, serving) = self.view.read(|v| {
-            let serving: Vec<String> = v.registry.workers_for(model).filter(|w| w.node == self.node).map(|w| w.id.clone()).collect();
+            let serving: Vec<String> =
+                v.registry.workers_for(model).filter(|w| w.node == self.node).map(|w| w.id.clone()).collect();
             (v.catalog.get(model, &self.node).cloned(), serving)
         });
         let Some(entry) = entry else {
-            return Err(Failure::fatal("MODEL_NOT_FOUND", format!("{model} is not in the catalog of node {}", self.node)));
+            return Err(Failure::fatal(
+                "MODEL_NOT_FOUND",
+                format!("{model} is not in the catalog of node {}", self.node),
+            ));
         };
         if !serving.is_empty() {
-            return Err(Failure::fatal("MODEL_IN_USE", format!("{model} is served by {}; stop those workers first", serving.join(", "))));
+            return Err(Failure::fatal(
+                "MODEL_IN_USE",
+                format!("{model} is served by {}; stop those workers first", serving.join(", ")),
+            ));
         }
         let freed = std::fs::metadata(&entry.path).map(|m| m.len()).unwrap_or(0);
         match std::fs::remove_file(&entry.path) {
@@ -133,8 +151,16 @@ impl Provisioner {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Failure::fatal("REMOVE_FAILED", format!("cannot delete {}: {e}", entry.path))),
         }
-        let position = self.log.aggregate_position(AggregateKind::Model, model).await.map_err(|e| Failure::fatal("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
-        let removed = Event::ModelRemoved(ModelRemoved { model: model.into(), node: self.node.clone(), reason: "removed on request (rbee models rm)".into() });
+        let position = self
+            .log
+            .aggregate_position(AggregateKind::Model, model)
+            .await
+            .map_err(|e| Failure::fatal("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+        let removed = Event::ModelRemoved(ModelRemoved {
+            model: model.into(),
+            node: self.node.clone(),
+            reason: "removed on request (rbee models rm)".into(),
+        });
         match self.log.append(removed, position.map_or(Expected::NoStream, Expected::At), meta).await {
             Ok(_) | Err(rbee_bus::AppendError::Conflict { .. }) => Ok(freed),
             Err(e) => Err(Failure::fatal("EVENT_LOG_UNAVAILABLE", e.to_string())),
@@ -144,7 +170,12 @@ impl Provisioner {
 
 /// Copies a local GGUF file into the store through a private partial file, hashing on the way and
 /// checking the checksum and header before it is renamed into place. Blocking.
-pub fn copy_into_store(models_dir: &Path, model: &str, from: &Path, expected_sha256: Option<&str>) -> Result<Fetched, Failure> {
+pub fn copy_into_store(
+    models_dir: &Path,
+    model: &str,
+    from: &Path,
+    expected_sha256: Option<&str>,
+) -> Result<Fetched, Failure> {
     let io = |e: std::io::Error| Failure::fatal("PROVISION_FAILED", format!("cannot copy {}: {e}", from.display()));
     let target = models_dir.join(format!("{model}.gguf"));
     if !from.is_file() {
@@ -154,13 +185,19 @@ pub fn copy_into_store(models_dir: &Path, model: &str, from: &Path, expected_sha
     remove_abandoned_partials(models_dir, model);
     // A partial file of our own: several hives (or starts) may copy the same model at once; each
     // copies and verifies its own, and the renames into place are atomic and identical.
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nonce =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let partial = models_dir.join(format!("{model}.gguf.partial.{}.{nonce}", std::process::id()));
     let result = copy_hashing(from, &partial).map_err(io).and_then(|(size_bytes, sha256)| {
         if let Some(expected) = expected_sha256.filter(|e| !e.eq_ignore_ascii_case(&sha256)) {
-            return Err(Failure::fatal("CHECKSUM_MISMATCH", format!("{} has sha256 {sha256}, expected {expected}", from.display())));
+            return Err(Failure::fatal(
+                "CHECKSUM_MISMATCH",
+                format!("{} has sha256 {sha256}, expected {expected}", from.display()),
+            ));
         }
-        gguf_check::check(&partial).map_err(|reason| Failure::fatal("MODEL_INVALID", format!("{} is not a usable GGUF model: {reason}", from.display())))?;
+        gguf_check::check(&partial).map_err(|reason| {
+            Failure::fatal("MODEL_INVALID", format!("{} is not a usable GGUF model: {reason}", from.display()))
+        })?;
         Ok((size_bytes, sha256))
     });
     match result {
@@ -181,7 +218,8 @@ fn remove_abandoned_partials(models_dir: &Path, model: &str) {
     let Ok(entries) = std::fs::read_dir(models_dir) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let owner = name.strip_prefix(&prefix).and_then(|rest| rest.split('.').next()).and_then(|pid| pid.parse::<u32>().ok());
+        let owner =
+            name.strip_prefix(&prefix).and_then(|rest| rest.split('.').next()).and_then(|pid| pid.parse::<u32>().ok());
         if owner.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()) {
             tracing::info!(file = %name, "removing a partial file its dead writer left");
             let _ = std::fs::remove_file(entry.path());
@@ -275,6 +313,9 @@ mod tests {
     #[test]
     fn a_missing_file_is_model_not_found() {
         let dir = scratch("missing");
-        assert_eq!(copy_into_store(&dir, "m", Path::new("/no/such/file.gguf"), None).unwrap_err().code, "MODEL_NOT_FOUND");
+        assert_eq!(
+            copy_into_store(&dir, "m", Path::new("/no/such/file.gguf"), None).unwrap_err().code,
+            "MODEL_NOT_FOUND"
+        );
     }
 }

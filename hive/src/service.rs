@@ -1,18 +1,18 @@
 //! The hive process: registers its node, reads the commands addressed to it through a durable
 //! consumer (so a restarted hive picks up what it missed), provisions models and starts workers.
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt;
 use rbee_bus::{
-    download_id, subjects, AggregateKind, DownloadFailed, Event, EventLog, Expected, Meta, ModelPullRequested,
-    ModelRemoveRequested, NodeRegistered, WorkerStartFailed, WorkerStartRequested,
+    AggregateKind, DownloadFailed, Event, EventLog, Expected, Meta, ModelPullRequested, ModelRemoveRequested,
+    NodeRegistered, WorkerStartFailed, WorkerStartRequested, download_id, subjects,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::fetch::Downloader;
 use crate::provision::Provisioner;
 use crate::supervisor::{Supervisor, WorkerSpec};
-use crate::{resources, Config};
+use crate::{Config, resources};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HiveError {
@@ -67,7 +67,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     let every = std::time::Duration::from_secs(config.catalog_check_secs.max(1));
     tokio::spawn(crate::upkeep::run(log.clone(), view.clone(), node.clone(), every, shutdown.clone()));
     let cores = config.cores().map_err(HiveError::Config)?;
-    let supervisor = Supervisor::new(log.clone(), node.clone(), config.nats_url.clone(), config.logs_dir(), config.supervisor_settings());
+    let supervisor = Supervisor::new(
+        log.clone(),
+        node.clone(),
+        config.nats_url.clone(),
+        config.logs_dir(),
+        config.supervisor_settings(),
+    );
     if let Err(e) = crate::supervisor::check_binary(&config.worker_binary("cpu")) {
         tracing::warn!(error = %e, "workers cannot be started until this is fixed");
     }
@@ -97,10 +103,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
         .await
         .map_err(bus)?;
     let mut commands = consumer.messages().await.map_err(bus)?;
-    let downloader = Downloader::new(log.clone(), view.clone(), node.clone(), config.models_dir(), config.download_settings())
-        .map_err(|f| HiveError::Bus(f.message))?;
+    let downloader =
+        Downloader::new(log.clone(), view.clone(), node.clone(), config.models_dir(), config.download_settings())
+            .map_err(|f| HiveError::Bus(f.message))?;
     let provisioner = Provisioner::new(log.clone(), view.clone(), node.clone(), config.models_dir(), downloader);
-    let hive = std::sync::Arc::new(Hive { log, node, config: config.clone(), supervisor: supervisor.clone(), view, provisioner, cores });
+    let hive = std::sync::Arc::new(Hive {
+        log,
+        node,
+        config: config.clone(),
+        supervisor: supervisor.clone(),
+        view,
+        provisioner,
+        cores,
+    });
     tokio::spawn(hive.clone().resume_abandoned_downloads());
     loop {
         let msg = tokio::select! {
@@ -180,7 +195,8 @@ impl Hive {
             tokio::spawn(async move {
                 let meta = Meta { correlation: Some(d.id.clone()), traceparent: None };
                 tracing::info!(model = %d.model, offset = d.offset, "resuming a download a previous hive left");
-                if let Err(f) = hive.provisioner.ensure(&d.model, &d.source, d.expected_sha256.as_deref(), &meta).await {
+                if let Err(f) = hive.provisioner.ensure(&d.model, &d.source, d.expected_sha256.as_deref(), &meta).await
+                {
                     tracing::error!(model = %d.model, code = f.code, error = %f.message, "resumed download failed");
                 }
             });
@@ -196,9 +212,16 @@ impl Hive {
             Ok(p) => tracing::info!(how = p.how, path = %p.file.path.display(), "model pulled"),
             Err(f) => {
                 tracing::error!(code = f.code, error = %f.message, "model not pulled");
-                let downloaded = !matches!(rbee_bus::model_ref::ModelRef::parse(&cmd.source), Ok(rbee_bus::model_ref::ModelRef::File(_)) | Err(_));
+                let downloaded = !matches!(
+                    rbee_bus::model_ref::ModelRef::parse(&cmd.source),
+                    Ok(rbee_bus::model_ref::ModelRef::File(_)) | Err(_)
+                );
                 if subjects::validate_name("model", &cmd.model).is_ok() && !downloaded {
-                    let failed = Event::DownloadFailed(DownloadFailed { download: download_id(&self.node, &cmd.model), code: f.code.into(), message: f.message });
+                    let failed = Event::DownloadFailed(DownloadFailed {
+                        download: download_id(&self.node, &cmd.model),
+                        code: f.code.into(),
+                        message: f.message,
+                    });
                     if let Err(e) = self.log.append(failed, Expected::Any, meta).await {
                         tracing::error!(error = %e, "failure not recorded");
                     }
@@ -273,7 +296,9 @@ impl Hive {
         if held >= limit {
             return Err((
                 "REGISTRY_FULL",
-                format!("the registry holds {held} workers, its limit (--max-workers {limit}); remove stale workers (rbee workers --state stale) or raise the limit"),
+                format!(
+                    "the registry holds {held} workers, its limit (--max-workers {limit}); remove stale workers (rbee workers --state stale) or raise the limit"
+                ),
             ));
         }
         let provisioned = self
@@ -286,10 +311,12 @@ impl Hive {
         let placement = self.preflight(cmd, rbee_bus::estimated_memory_bytes(provisioned.file.size_bytes))?;
         tracing::info!(backend = placement.backend, device = ?placement.device, reason = %placement.reason, "preflight passed");
         let models_dir = self.config.models_dir();
-        let busy = tokio::task::spawn_blocking(move || crate::resources::disk_busy_percent(&models_dir, std::time::Duration::from_millis(250)))
-            .await
-            .ok()
-            .flatten();
+        let busy = tokio::task::spawn_blocking(move || {
+            crate::resources::disk_busy_percent(&models_dir, std::time::Duration::from_millis(250))
+        })
+        .await
+        .ok()
+        .flatten();
         if let Some(busy) = busy.filter(|b| *b >= self.config.disk_busy_warn_percent) {
             tracing::warn!(busy_percent = busy, "the models' disk is busy: loading the model may be slow");
         }
@@ -306,8 +333,13 @@ impl Hive {
         crate::lifecycle::wait_ready(&self.view, &self.supervisor, &cmd.worker, self.config.loading_timeout()).await
     }
 
-    fn preflight(&self, cmd: &WorkerStartRequested, memory_bytes: u64) -> Result<crate::preflight::Placement, (&'static str, String)> {
+    fn preflight(
+        &self,
+        cmd: &WorkerStartRequested,
+        memory_bytes: u64,
+    ) -> Result<crate::preflight::Placement, (&'static str, String)> {
         let inventory = crate::preflight::read(&self.config.data_dir, self.config.gpu_inventory_file.as_deref());
-        crate::preflight::place(&inventory, &cmd.backend, cmd.device, memory_bytes, &self.config.limits()).map_err(|r| (r.code, r.message))
+        crate::preflight::place(&inventory, &cmd.backend, cmd.device, memory_bytes, &self.config.limits())
+            .map_err(|r| (r.code, r.message))
     }
 }

@@ -90,7 +90,15 @@ const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Supervisor {
     pub fn new(log: EventLog, node: String, nats_url: String, logs_dir: PathBuf, settings: SupervisorSettings) -> Self {
-        Supervisor { log, node, nats_url, logs_dir, settings, running: Default::default(), watchers: TaskTracker::new() }
+        Supervisor {
+            log,
+            node,
+            nats_url,
+            logs_dir,
+            settings,
+            running: Default::default(),
+            watchers: TaskTracker::new(),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
@@ -110,15 +118,24 @@ impl Supervisor {
     fn spawn_incarnation(&self, spec: WorkerSpec, restarts: u32) -> Result<u32, SpawnError> {
         let binary = check_binary(&spec.binary)?;
         std::fs::create_dir_all(&self.logs_dir)?;
-        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(self.logs_dir.join(format!("worker-{}.log", spec.worker)))?;
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs_dir.join(format!("worker-{}.log", spec.worker)))?;
         let mut command = tokio::process::Command::new(binary);
         command
-            .arg("--nats-url").arg(&self.nats_url)
-            .arg("--node").arg(&self.node)
-            .arg("--worker-id").arg(&spec.worker)
-            .arg("--model").arg(&spec.model)
-            .arg("--model-path").arg(&spec.model_path)
-            .arg("--slots").arg(spec.slots.to_string())
+            .arg("--nats-url")
+            .arg(&self.nats_url)
+            .arg("--node")
+            .arg(&self.node)
+            .arg("--worker-id")
+            .arg(&spec.worker)
+            .arg("--model")
+            .arg(&spec.model)
+            .arg("--model-path")
+            .arg(&spec.model_path)
+            .arg("--slots")
+            .arg(spec.slots.to_string())
             .stdin(Stdio::null())
             .stdout(log_file.try_clone()?)
             .stderr(log_file);
@@ -181,7 +198,8 @@ impl Supervisor {
             tracing::info!(%worker, pid, "the exited process never held this worker id (another incarnation does); nothing recorded");
             return;
         }
-        let exited = Event::WorkerExited(WorkerExited { worker: worker.into(), node: self.node.clone(), exit_code, signal });
+        let exited =
+            Event::WorkerExited(WorkerExited { worker: worker.into(), node: self.node.clone(), exit_code, signal });
         self.record(exited).await;
         let Some(t) = tracked else { return };
         let crashed = t.stopping.is_none() && exit_code != Some(0);
@@ -230,7 +248,13 @@ impl Supervisor {
     /// Sends `sig` to a tracked worker and records it with `reason`.
     async fn signal(&self, worker: &str, pid: u32, sig: i32, reason: &'static str) {
         send_signal(pid, sig);
-        let signalled = Event::WorkerSignalled(WorkerSignalled { worker: worker.into(), node: self.node.clone(), pid, signal: sig, reason: reason.into() });
+        let signalled = Event::WorkerSignalled(WorkerSignalled {
+            worker: worker.into(),
+            node: self.node.clone(),
+            pid,
+            signal: sig,
+            reason: reason.into(),
+        });
         self.record(signalled).await;
     }
 

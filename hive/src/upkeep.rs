@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rbee_bus::{subjects, AggregateKind, AppendError, Event, EventLog, Expected, Meta, ModelRemoved};
+use rbee_bus::{AggregateKind, AppendError, Event, EventLog, Expected, Meta, ModelRemoved, subjects};
 use rbee_projections::LiveView;
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,12 @@ pub async fn run(log: EventLog, view: LiveView, node: String, every: Duration, s
             _ = tick.tick() => {}
         }
         let missing: Vec<(String, String)> = view.read(|v| {
-            v.catalog.entries.values().filter(|e| e.node == node && !Path::new(&e.path).is_file()).map(|e| (e.model.clone(), e.path.clone())).collect()
+            v.catalog
+                .entries
+                .values()
+                .filter(|e| e.node == node && !Path::new(&e.path).is_file())
+                .map(|e| (e.model.clone(), e.path.clone()))
+                .collect()
         });
         for (model, path) in missing {
             if let Err(e) = remove(&log, &node, &model, &path).await {

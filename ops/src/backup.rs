@@ -12,9 +12,9 @@ use std::path::Path;
 use base64::Engine as _;
 use rbee_bus::envelope::HEADER_EXPECTED_LAST_SUBJECT_SEQ;
 use rbee_bus::read::{self, From, RawEvent};
-use rbee_bus::{subjects, EventLog};
+use rbee_bus::{EventLog, subjects};
 use rbee_projections::ClusterView;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use sha2::Digest;
 
 use crate::error::{CliError, CliResult};
@@ -39,23 +39,28 @@ pub async fn backup(nats_url: &str, path: &Path) -> CliResult<usize> {
     });
     writeln!(body, "{header}").expect("writing to a Vec cannot fail");
     for e in &events {
-        let headers: serde_json::Map<String, Value> = e.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let headers: serde_json::Map<String, Value> =
+            e.headers.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
         let line = json!({"seq": e.seq, "subject": e.subject, "headers": headers, "payload": base64::engine::general_purpose::STANDARD.encode(&e.payload)});
         writeln!(body, "{line}").expect("writing to a Vec cannot fail");
     }
     let checksum = hex::encode(sha2::Sha256::digest(&body));
     writeln!(body, "{}", json!({"sha256": checksum})).expect("writing to a Vec cannot fail");
     let partial = path.with_extension("partial");
-    std::fs::write(&partial, &body).and_then(|_| std::fs::rename(&partial, path)).map_err(|e| crate::local::process::io_error("write", path, e))?;
+    std::fs::write(&partial, &body)
+        .and_then(|_| std::fs::rename(&partial, path))
+        .map_err(|e| crate::local::process::io_error("write", path, e))?;
     Ok(events.len())
 }
 
 /// Reads and verifies a backup file.
 pub fn read_backup(path: &Path) -> CliResult<Vec<RawEvent>> {
     let file = std::fs::File::open(path).map_err(|e| crate::local::process::io_error("open", path, e))?;
-    let lines: Vec<String> = std::io::BufReader::new(file).lines().collect::<Result<_, _>>().map_err(|e| invalid(path, e))?;
+    let lines: Vec<String> =
+        std::io::BufReader::new(file).lines().collect::<Result<_, _>>().map_err(|e| invalid(path, e))?;
     let (last, rest) = lines.split_last().ok_or_else(|| invalid(path, "empty file"))?;
-    let recorded: Value = serde_json::from_str(last).map_err(|_| invalid(path, "no checksum line at the end (truncated?)"))?;
+    let recorded: Value =
+        serde_json::from_str(last).map_err(|_| invalid(path, "no checksum line at the end (truncated?)"))?;
     let mut hasher = sha2::Sha256::new();
     for line in rest {
         hasher.update(line.as_bytes());
@@ -79,7 +84,10 @@ pub fn read_backup(path: &Path) -> CliResult<Vec<RawEvent>> {
             let payload = base64::engine::general_purpose::STANDARD
                 .decode(v["payload"].as_str().unwrap_or_default())
                 .map_err(|e| invalid(path, e))?;
-            let headers = v["headers"].as_object().map(|h| h.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect()).unwrap_or_default();
+            let headers = v["headers"]
+                .as_object()
+                .map(|h| h.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
+                .unwrap_or_default();
             Ok(RawEvent {
                 seq: v["seq"].as_u64().unwrap_or(0),
                 subject: v["subject"].as_str().ok_or_else(|| invalid(path, "an event without subject"))?.to_string(),
@@ -96,7 +104,10 @@ pub async fn restore(nats_url: &str, path: &Path) -> CliResult<usize> {
     let log = EventLog::connect(nats_url).await.map_err(unavailable)?;
     log.ensure_streams(&rbee_bus::StreamSettings::from_env().map_err(unavailable)?).await.map_err(unavailable)?;
     if read::last_sequence(&log, subjects::EVENTS_STREAM).await.map_err(unavailable)? > 0 {
-        return Err(CliError::new("RESTORE_TARGET_NOT_EMPTY", "the event log already holds events; restore into a fresh cluster (empty JetStream)"));
+        return Err(CliError::new(
+            "RESTORE_TARGET_NOT_EMPTY",
+            "the event log already holds events; restore into a fresh cluster (empty JetStream)",
+        ));
     }
     // Each event goes after its subject's previous one, so the server checks the order as it did originally.
     let mut last_on_subject: HashMap<String, u64> = HashMap::new();
@@ -115,7 +126,9 @@ pub async fn restore(nats_url: &str, path: &Path) -> CliResult<usize> {
             .await
             .map_err(unavailable)?
             .await
-            .map_err(|err| CliError::new("RESTORE_FAILED", format!("event {} on {} refused: {err}", e.seq, e.subject)))?;
+            .map_err(|err| {
+                CliError::new("RESTORE_FAILED", format!("event {} on {} refused: {err}", e.seq, e.subject))
+            })?;
         last_on_subject.insert(e.subject.clone(), ack.sequence);
     }
     Ok(events.len())
@@ -137,7 +150,10 @@ pub fn parse_point(at: Option<&str>) -> CliResult<ReplayPoint> {
     }
     parse_utc_ms(at).map(ReplayPoint::TimeMs).ok_or_else(|| {
         let shown: String = at.chars().take(40).flat_map(char::escape_default).collect();
-        CliError::new("INVALID_ARGUMENT", format!("--at must be a sequence number or a UTC time like 2026-11-22T00:10:00Z, got \"{shown}\""))
+        CliError::new(
+            "INVALID_ARGUMENT",
+            format!("--at must be a sequence number or a UTC time like 2026-11-22T00:10:00Z, got \"{shown}\""),
+        )
     })
 }
 
@@ -147,7 +163,14 @@ fn parse_utc_ms(s: &str) -> Option<u64> {
     let d: Vec<i64> = date.split('-').map(|p| p.parse().ok()).collect::<Option<_>>()?;
     let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
     let t: Vec<i64> = hms.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    if d.len() != 3 || t.len() != 3 || !(1..=12).contains(&d[1]) || !(1..=31).contains(&d[2]) || t[0] > 23 || t[1] > 59 || t[2] > 60 {
+    if d.len() != 3
+        || t.len() != 3
+        || !(1..=12).contains(&d[1])
+        || !(1..=31).contains(&d[2])
+        || t[0] > 23
+        || t[1] > 59
+        || t[2] > 60
+    {
         return None;
     }
     // Days from 1970-01-01 (Howard Hinnant's days_from_civil).

@@ -3,8 +3,8 @@
 use futures::StreamExt;
 use rbee_bus::log::ReadError;
 use rbee_bus::read::{self, From};
-use rbee_bus::{subjects, EventLog, Recorded};
-use serde_json::{json, Value};
+use rbee_bus::{EventLog, Recorded, subjects};
+use serde_json::{Value, json};
 
 use crate::error::{CliError, CliResult};
 use crate::live::unavailable;
@@ -43,8 +43,8 @@ pub fn to_json(stream: &str, rec: &Recorded) -> Value {
 
 fn wanted(args: &TailArgs, since_ms: u64, rec: &Recorded) -> bool {
     let kind = rec.envelope.event.kind();
-    rec.envelope.at_ms >= since_ms &&
-    args.event_type.as_deref().is_none_or(|t| kind == t || (t.ends_with('.') && kind.starts_with(t)))
+    rec.envelope.at_ms >= since_ms
+        && args.event_type.as_deref().is_none_or(|t| kind == t || (t.ends_with('.') && kind.starts_with(t)))
         && args.aggregate.as_deref().is_none_or(|a| rec.envelope.event.aggregate().0.as_str() == a)
 }
 
@@ -58,7 +58,10 @@ pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
     };
     if let Some(kind) = args.aggregate.as_deref().filter(|a| !["node", "worker", "model", "request"].contains(a)) {
         let shown: String = kind.chars().take(40).flat_map(char::escape_default).collect();
-        return Err(CliError::new("INVALID_ARGUMENT", format!("--aggregate must be node, worker, model or request, got \"{shown}\"")));
+        return Err(CliError::new(
+            "INVALID_ARGUMENT",
+            format!("--aggregate must be node, worker, model or request, got \"{shown}\""),
+        ));
     }
     let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
     let mut streams = vec![subjects::EVENTS_STREAM];

@@ -4,7 +4,7 @@
 use std::io::Write;
 
 use futures::StreamExt;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::error::{CliError, CliResult};
 
@@ -33,19 +33,23 @@ pub async fn infer(args: InferArgs, queen_url: &str) -> CliResult<()> {
     }
     messages.push(json!({"role": "user", "content": args.prompt}));
     let mut body = json!({"model": args.model, "messages": messages, "stream": true});
-    for (key, value) in [("max_tokens", args.max_tokens.map(Value::from)), ("temperature", args.temperature.map(Value::from)), ("seed", args.seed.map(Value::from))] {
+    for (key, value) in [
+        ("max_tokens", args.max_tokens.map(Value::from)),
+        ("temperature", args.temperature.map(Value::from)),
+        ("seed", args.seed.map(Value::from)),
+    ] {
         if let Some(v) = value {
             body[key] = v;
         }
     }
     rbee_bus::process::use_ring_for_tls();
     let client = reqwest::Client::new();
-    let response = client
-        .post(format!("{queen_url}/v1/chat/completions"))
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| CliError::new("QUEEN_UNREACHABLE", format!("cannot reach the queen at {queen_url}: {e}; is the cluster up (rbee up)?")))?;
+    let response = client.post(format!("{queen_url}/v1/chat/completions")).json(&body).send().await.map_err(|e| {
+        CliError::new(
+            "QUEEN_UNREACHABLE",
+            format!("cannot reach the queen at {queen_url}: {e}; is the cluster up (rbee up)?"),
+        )
+    })?;
     let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     if !response.status().is_success() {
         let status = response.status();
@@ -67,7 +71,10 @@ pub async fn infer(args: InferArgs, queen_url: &str) -> CliResult<()> {
 
 fn api_error(status: u16, body: &Value) -> CliError {
     let code = body["error"]["code"].as_str().unwrap_or("HTTP_ERROR").to_string();
-    let message = body["error"]["message"].as_str().map(str::to_string).unwrap_or_else(|| format!("the queen answered HTTP {status}"));
+    let message = body["error"]["message"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("the queen answered HTTP {status}"));
     CliError::new(code, message)
 }
 

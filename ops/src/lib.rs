@@ -58,13 +58,9 @@ pub enum Command {
         json: bool,
     },
     /// Write every event of the log to a checksummed, self-describing file.
-    Backup {
-        file: PathBuf,
-    },
+    Backup { file: PathBuf },
     /// Load a backup into an empty cluster (a fresh JetStream); projections rebuild from it.
-    Restore {
-        file: PathBuf,
-    },
+    Restore { file: PathBuf },
     /// Fold the log up to a point and print the registry and catalog as they were then.
     Replay {
         /// A stream sequence (`1234`) or a UTC time (`2026-11-22T00:10:00Z`); default: now.
@@ -110,7 +106,8 @@ pub struct SetupArgs {
 fn setup(args: &SetupArgs, data_dir: &Path) -> CliResult<()> {
     let nats = local::nats::find_or_install(&args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools")))?;
     println!("nats-server: {}", nats.display());
-    let model = local::model::resolve(None, None, &args.cache_dir.clone().unwrap_or_else(local::model::default_cache_dir))?;
+    let model =
+        local::model::resolve(None, None, &args.cache_dir.clone().unwrap_or_else(local::model::default_cache_dir))?;
     println!("model {}: {}", model.name, model.source);
     let postgres = local::postgres::find_bin_dir()?;
     println!("postgres: {}", postgres.display());
@@ -132,9 +129,7 @@ pub enum WorkerAction {
     /// Ask a node's hive for one more worker, and wait until it is ready.
     Start(workers::StartArgs),
     /// Take no new requests on this worker; its current ones finish.
-    Drain {
-        worker: String,
-    },
+    Drain { worker: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -144,9 +139,7 @@ pub enum ModelAction {
     /// Download a model to a node (default: this cluster's node), with a progress bar.
     Pull(models::PullArgs),
     /// Delete a model's file from a node and the catalog.
-    Rm {
-        model: String,
-    },
+    Rm { model: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,12 +150,18 @@ pub enum EventsCommand {
 
 impl Cli {
     fn nats_url(&self) -> String {
-        self.nats_url.clone().or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.nats_url)).unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+        self.nats_url
+            .clone()
+            .or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.nats_url))
+            .unwrap_or_else(|| "nats://127.0.0.1:4222".into())
     }
 
     /// The node a command addresses: the one given, else this cluster's, else this host.
     fn node(&self, given: Option<&str>) -> String {
-        given.map(str::to_string).or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.node)).unwrap_or_else(rbee_bus::process::hostname)
+        given
+            .map(str::to_string)
+            .or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.node))
+            .unwrap_or_else(rbee_bus::process::hostname)
     }
 
     fn queen_url(&self) -> String {
@@ -203,14 +202,26 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
         Command::Projections { command: ProjectionsCommand::Rebuild { database_url } } => {
             let url = database_url.clone().or_else(|| ClusterFile::load(data_dir).and_then(|c| c.database_url));
-            let url = url.ok_or_else(|| error::CliError::new("EVENT_STORE_UNAVAILABLE", "no event store: pass --database-url or run rbee up"))?;
+            let url = url.ok_or_else(|| {
+                error::CliError::new("EVENT_STORE_UNAVAILABLE", "no event store: pass --database-url or run rbee up")
+            })?;
             projections_cmd::rebuild(&cli.nats_url(), &url).await
         }
-        Command::Models { action: None | Some(ModelAction::List), node, json } => models::list(&cli.nats_url(), node.as_deref(), *json).await,
-        Command::Models { action: Some(ModelAction::Pull(args)), node, .. } => models::pull(&cli.nats_url(), &cli.node(node.as_deref()), args).await,
-        Command::Models { action: Some(ModelAction::Rm { model }), node, .. } => models::remove(&cli.nats_url(), &cli.node(node.as_deref()), model).await,
-        Command::Workers { action: Some(WorkerAction::Start(args)), .. } => workers::start(&cli.nats_url(), &cli.node(args.node.as_deref()), args).await,
-        Command::Workers { action: Some(WorkerAction::Drain { worker }), .. } => workers::drain(&cli.nats_url(), worker).await,
+        Command::Models { action: None | Some(ModelAction::List), node, json } => {
+            models::list(&cli.nats_url(), node.as_deref(), *json).await
+        }
+        Command::Models { action: Some(ModelAction::Pull(args)), node, .. } => {
+            models::pull(&cli.nats_url(), &cli.node(node.as_deref()), args).await
+        }
+        Command::Models { action: Some(ModelAction::Rm { model }), node, .. } => {
+            models::remove(&cli.nats_url(), &cli.node(node.as_deref()), model).await
+        }
+        Command::Workers { action: Some(WorkerAction::Start(args)), .. } => {
+            workers::start(&cli.nats_url(), &cli.node(args.node.as_deref()), args).await
+        }
+        Command::Workers { action: Some(WorkerAction::Drain { worker }), .. } => {
+            workers::drain(&cli.nats_url(), worker).await
+        }
         Command::Workers { action: None, filter, json } => workers::workers(&cli.nats_url(), filter, *json).await,
         Command::Events { command: EventsCommand::Tail(args) } => events::tail(&cli.nats_url(), args.clone()).await,
     }

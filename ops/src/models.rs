@@ -7,7 +7,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use rbee_bus::model_ref::ModelRef;
-use rbee_bus::{download_id, subjects, AggregateKind, Event, Expected, Meta, ModelPullRequested, ModelRemoveRequested};
+use rbee_bus::{AggregateKind, Event, Expected, Meta, ModelPullRequested, ModelRemoveRequested, download_id, subjects};
 
 use crate::error::{CliError, CliResult};
 use crate::live::unavailable;
@@ -42,7 +42,14 @@ pub async fn list(nats_url: &str, node: Option<&str>, json: bool) -> CliResult<(
     }
     println!("{:<32} {:<16} {:>10} {:>10}  PATH", "MODEL", "NODE", "SIZE MB", "NEEDS MB");
     for e in &entries {
-        println!("{:<32} {:<16} {:>10} {:>10}  {}", e.model, e.node, mb(e.size_bytes), mb(e.memory_required_bytes), e.path);
+        println!(
+            "{:<32} {:<16} {:>10} {:>10}  {}",
+            e.model,
+            e.node,
+            mb(e.size_bytes),
+            mb(e.memory_required_bytes),
+            e.path
+        );
     }
     if entries.is_empty() {
         println!("(no models)");
@@ -55,13 +62,16 @@ pub async fn list(nats_url: &str, node: Option<&str>, json: bool) -> CliResult<(
 
 /// `rbee models pull`: asks the node's hive for the model and follows its download to the end.
 pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> {
-    let reference = ModelRef::parse(&args.reference).map_err(|e| CliError::new("INVALID_MODEL_SOURCE", e.to_string()))?;
+    let reference =
+        ModelRef::parse(&args.reference).map_err(|e| CliError::new("INVALID_MODEL_SOURCE", e.to_string()))?;
     let model = args.name.clone().unwrap_or_else(|| reference.default_name());
     for (field, value) in [("node", node), ("model", model.as_str())] {
         subjects::validate_name(field, value).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
     }
     let source = match &reference {
-        ModelRef::File(path) => format!("file://{}", std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display()),
+        ModelRef::File(path) => {
+            format!("file://{}", std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()).display())
+        }
         _ => args.reference.clone(),
     };
     let cluster = crate::live::connect(nats_url).await?;
@@ -71,10 +81,20 @@ pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> 
     }
     let client = cluster.log.client();
     let id = download_id(node, &model);
-    let mut downloads = client.subscribe(subjects::aggregate(AggregateKind::Download, &id)).await.map_err(unavailable)?;
+    let mut downloads =
+        client.subscribe(subjects::aggregate(AggregateKind::Download, &id)).await.map_err(unavailable)?;
     let mut models = client.subscribe(subjects::aggregate(AggregateKind::Model, &model)).await.map_err(unavailable)?;
-    let command = Event::ModelPullRequested(ModelPullRequested { node: node.into(), model: model.clone(), source, sha256: args.sha256.clone() });
-    cluster.log.append(command, Expected::Any, &Meta { correlation: Some(id.clone()), traceparent: None }).await.map_err(unavailable)?;
+    let command = Event::ModelPullRequested(ModelPullRequested {
+        node: node.into(),
+        model: model.clone(),
+        source,
+        sha256: args.sha256.clone(),
+    });
+    cluster
+        .log
+        .append(command, Expected::Any, &Meta { correlation: Some(id.clone()), traceparent: None })
+        .await
+        .map_err(unavailable)?;
     println!("pulling {model} to {node} from {}", args.reference);
     let bar = Bar::new();
     let follow = async {
@@ -112,7 +132,8 @@ pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
     let Some(entry) = cluster.view.read(|v| v.catalog.get(model, node).cloned()) else {
         return Err(CliError::new("MODEL_NOT_FOUND", format!("{model} is not on node {node} (rbee models list)")));
     };
-    let mut models = cluster.log.client().subscribe(subjects::aggregate(AggregateKind::Model, model)).await.map_err(unavailable)?;
+    let mut models =
+        cluster.log.client().subscribe(subjects::aggregate(AggregateKind::Model, model)).await.map_err(unavailable)?;
     let command = Event::ModelRemoveRequested(ModelRemoveRequested { node: node.into(), model: model.into() });
     cluster.log.append(command, Expected::Any, &Meta::default()).await.map_err(unavailable)?;
     let wait = async {
@@ -128,13 +149,19 @@ pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
         }
         Err(unavailable("event subscription ended"))
     };
-    tokio::time::timeout(Duration::from_secs(60), wait)
-        .await
-        .unwrap_or_else(|_| Err(CliError::new("HIVE_UNAVAILABLE", format!("the hive of {node} did not remove {model} within 60s; is it running?"))))
+    tokio::time::timeout(Duration::from_secs(60), wait).await.unwrap_or_else(|_| {
+        Err(CliError::new(
+            "HIVE_UNAVAILABLE",
+            format!("the hive of {node} did not remove {model} within 60s; is it running?"),
+        ))
+    })
 }
 
 /// The next decodable event from either subscription (the second may be absent).
-pub(crate) async fn next_event(a: &mut async_nats::Subscriber, b: Option<&mut async_nats::Subscriber>) -> CliResult<Event> {
+pub(crate) async fn next_event(
+    a: &mut async_nats::Subscriber,
+    b: Option<&mut async_nats::Subscriber>,
+) -> CliResult<Event> {
     let mut b = b;
     loop {
         let msg = tokio::select! {
@@ -162,7 +189,8 @@ impl Bar {
     pub(crate) fn new() -> Bar {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         Bar { bar, printed_tenth: std::cell::Cell::new(0) }
     }
@@ -183,7 +211,13 @@ impl Bar {
                 self.position(p.offset);
             }
             Event::DownloadRetried(r) => {
-                self.say(format!("attempt {} failed ({}: {}); retrying in {:.1}s", r.attempt, r.code, r.message, r.delay_ms as f64 / 1000.0));
+                self.say(format!(
+                    "attempt {} failed ({}: {}); retrying in {:.1}s",
+                    r.attempt,
+                    r.code,
+                    r.message,
+                    r.delay_ms as f64 / 1000.0
+                ));
             }
             Event::DownloadFinished(f) => {
                 self.length(f.size_bytes);

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rbee_bus::{subjects, AggregateKind, Event, EventLog, Expected, Meta, WorkerStartRequested, WorkerState};
+use rbee_bus::{AggregateKind, Event, EventLog, Expected, Meta, WorkerStartRequested, WorkerState, subjects};
 use rbee_projections::LiveView;
 
 use crate::cluster_file::ClusterFile;
@@ -81,7 +81,10 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
     }
     println!("rbee is up: {}/v1  (model {})", cluster.queen_url, source.name);
     println!("try: curl {}/v1/chat/completions -H 'Content-Type: application/json' \\", cluster.queen_url);
-    println!("       -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'", source.name);
+    println!(
+        "       -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'",
+        source.name
+    );
     Ok(())
 }
 
@@ -94,8 +97,9 @@ async fn is_running(cf: &ClusterFile) -> bool {
 }
 
 fn binary(name: &str) -> CliResult<PathBuf> {
-    process::find_binary(name)
-        .ok_or_else(|| CliError::new("BINARY_MISSING", format!("{name} not found beside rbee or on PATH; build it with `cargo build`")))
+    process::find_binary(name).ok_or_else(|| {
+        CliError::new("BINARY_MISSING", format!("{name} not found beside rbee or on PATH; build it with `cargo build`"))
+    })
 }
 
 async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult<ClusterFile> {
@@ -111,7 +115,10 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let (nats_port, monitor_port, pg_port) = (ports[0], ports[1], ports[2]);
     let queen_port = if args.port == 0 { ports[3] } else { args.port };
     if std::net::TcpListener::bind(("127.0.0.1", queen_port)).is_err() {
-        return Err(CliError::new("PORT_IN_USE", format!("port {queen_port} is taken; pass --port <free port> (or --port 0 for any)")));
+        return Err(CliError::new(
+            "PORT_IN_USE",
+            format!("port {queen_port} is taken; pass --port <free port> (or --port 0 for any)"),
+        ));
     }
     let mut cf = ClusterFile {
         nats_url: format!("nats://127.0.0.1:{nats_port}"),
@@ -169,7 +176,10 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     cf.save(data_dir)?;
     let queen = Some((cf.queen_pid, "rbee-queen"));
     local::wait_serving(&format!("{}/health", cf.queen_url), queen, Duration::from_secs(30)).await.map_err(|_| {
-        CliError::new("QUEEN_START_FAILED", format!("the queen did not answer on {}; see {}", cf.queen_url, logs.join("queen.log").display()))
+        CliError::new(
+            "QUEEN_START_FAILED",
+            format!("the queen did not answer on {}; see {}", cf.queen_url, logs.join("queen.log").display()),
+        )
     })?;
     Ok(cf)
 }
@@ -215,10 +225,20 @@ pub struct StartRequest<'a> {
 
 /// Asks the node's hive to start `worker` (unless `request` is None: it is already starting) and
 /// follows the worker's events until it is ready, failed or gone.
-pub async fn start_and_wait(log: &EventLog, view: &LiveView, worker: &str, request: Option<StartRequest<'_>>, timeout: Duration) -> CliResult<()> {
+pub async fn start_and_wait(
+    log: &EventLog,
+    view: &LiveView,
+    worker: &str,
+    request: Option<StartRequest<'_>>,
+    timeout: Duration,
+) -> CliResult<()> {
     let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", e);
     // Watch the worker's events before asking for it, so its readiness cannot be missed.
-    let mut events = log.client().subscribe(subjects::aggregate(AggregateKind::Worker, worker)).await.map_err(|e| unavailable(e.to_string()))?;
+    let mut events = log
+        .client()
+        .subscribe(subjects::aggregate(AggregateKind::Worker, worker))
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
     // A model the hive has to download first: its progress is shown too.
     let mut downloads = match &request {
         Some(r) => {
@@ -262,7 +282,10 @@ pub async fn start_and_wait(log: &EventLog, view: &LiveView, worker: &str, reque
                 Event::WorkerExited(x) => {
                     return Err(CliError::new(
                         "WORKER_EXITED",
-                        format!("worker {worker} exited during start (code {:?}, signal {:?}); see its log in logs/", x.exit_code, x.signal),
+                        format!(
+                            "worker {worker} exited during start (code {:?}, signal {:?}); see its log in logs/",
+                            x.exit_code, x.signal
+                        ),
                     ));
                 }
                 _ => {}

@@ -2,7 +2,6 @@
 
 use std::time::Duration;
 
-
 use crate::error::{CliError, CliResult};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -36,14 +35,31 @@ pub struct StartArgs {
 /// `rbee workers start`: a new worker, started by a hive through a command event.
 pub async fn start(nats_url: &str, node: &str, args: &StartArgs) -> CliResult<()> {
     rbee_bus::subjects::validate_name("node", node).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
-    let mut source = crate::local::model::resolve(args.model.as_deref(), args.model_name.as_deref(), &crate::local::model::default_cache_dir())?;
+    let mut source = crate::local::model::resolve(
+        args.model.as_deref(),
+        args.model_name.as_deref(),
+        &crate::local::model::default_cache_dir(),
+    )?;
     if args.sha256.is_some() {
         source.sha256 = args.sha256.clone();
     }
     let cluster = crate::live::connect(nats_url).await?;
     let worker = crate::up::new_worker_id(node);
-    let request = crate::up::StartRequest { node, source: &source, slots: args.slots.max(1), backend: &args.backend, device: args.device };
-    crate::up::start_and_wait(&cluster.log, &cluster.view, &worker, Some(request), Duration::from_secs(args.timeout_secs)).await
+    let request = crate::up::StartRequest {
+        node,
+        source: &source,
+        slots: args.slots.max(1),
+        backend: &args.backend,
+        device: args.device,
+    };
+    crate::up::start_and_wait(
+        &cluster.log,
+        &cluster.view,
+        &worker,
+        Some(request),
+        Duration::from_secs(args.timeout_secs),
+    )
+    .await
 }
 
 /// Which workers to show; every filter given must match.
@@ -71,21 +87,37 @@ impl WorkerFilter {
 pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliResult<()> {
     if let Some(state) = filter.state.as_deref().filter(|s| !["loading", "ready", "draining", "stale"].contains(s)) {
         let shown: String = state.chars().take(40).flat_map(char::escape_default).collect();
-        return Err(CliError::new("INVALID_FILTER", format!("--state must be loading, ready, draining or stale, got \"{shown}\"")));
+        return Err(CliError::new(
+            "INVALID_FILTER",
+            format!("--state must be loading, ready, draining or stale, got \"{shown}\""),
+        ));
     }
     let cluster = crate::live::connect(nats_url).await?;
-    let workers: Vec<_> = cluster.view.read(|v| v.registry.workers.values().filter(|w| filter.matches(w)).cloned().collect());
+    let workers: Vec<_> =
+        cluster.view.read(|v| v.registry.workers.values().filter(|w| filter.matches(w)).cloned().collect());
     if json {
         println!("{}", serde_json::to_string_pretty(&workers).expect("plain data serializes"));
         return Ok(());
     }
     let now = rbee_bus::envelope::now_ms();
-    println!("{:<32} {:<16} {:<24} {:<9} {:>5} {:>7} {:>9}", "WORKER", "NODE", "MODEL", "STATE", "BUSY", "CONTEXT", "HEARTBEAT");
+    println!(
+        "{:<32} {:<16} {:<24} {:<9} {:>5} {:>7} {:>9}",
+        "WORKER", "NODE", "MODEL", "STATE", "BUSY", "CONTEXT", "HEARTBEAT"
+    );
     for w in &workers {
-        let heartbeat = w.last_heartbeat_ms.map(|hb| format!("{:.1}s ago", now.saturating_sub(hb) as f64 / 1000.0)).unwrap_or_else(|| "-".into());
+        let heartbeat = w
+            .last_heartbeat_ms
+            .map(|hb| format!("{:.1}s ago", now.saturating_sub(hb) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
         println!(
             "{:<32} {:<16} {:<24} {:<9} {:>5} {:>7} {:>9}",
-            w.id, w.node, w.model, w.state.as_str(), format!("{}/{}", w.busy.len(), w.slots), w.context_length, heartbeat
+            w.id,
+            w.node,
+            w.model,
+            w.state.as_str(),
+            format!("{}/{}", w.busy.len(), w.slots),
+            w.context_length,
+            heartbeat
         );
     }
     if workers.is_empty() {
@@ -113,9 +145,18 @@ pub async fn drain(nats_url: &str, worker: &str) -> CliResult<()> {
                 return Ok(());
             }
             WorkerState::Loading | WorkerState::Ready => {}
-            other => return Err(CliError::new("INVALID_STATE", format!("worker {worker} is {}: only a loading or ready worker can drain", other.as_str()))),
+            other => {
+                return Err(CliError::new(
+                    "INVALID_STATE",
+                    format!("worker {worker} is {}: only a loading or ready worker can drain", other.as_str()),
+                ));
+            }
         }
-        let event = Event::WorkerStateChanged(WorkerStateChanged { worker: worker.into(), state: WorkerState::Draining, context_length: 0 });
+        let event = Event::WorkerStateChanged(WorkerStateChanged {
+            worker: worker.into(),
+            state: WorkerState::Draining,
+            context_length: 0,
+        });
         match cluster.log.append(event, Expected::At(w.position), &Meta::default()).await {
             Ok(_) => {
                 println!("worker {worker} is draining: it takes no new requests");

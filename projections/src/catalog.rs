@@ -79,7 +79,11 @@ mod tests {
             sha256: "ab".repeat(32),
             memory_required_bytes: estimated_memory_bytes(98_362_432),
         });
-        Recorded { stream_seq: 1, subject: subjects::for_event(&event), envelope: Envelope::new(event, 1, &Meta::default()) }
+        Recorded {
+            stream_seq: 1,
+            subject: subjects::for_event(&event),
+            envelope: Envelope::new(event, 1, &Meta::default()),
+        }
     }
 
     #[test]
@@ -119,8 +123,13 @@ mod tests {
         let mut catalog = Catalog::default();
         catalog.apply(&registered("m1", "n1"));
         catalog.apply(&registered("m1", "n2"));
-        let event = Event::ModelRemoved(ModelRemoved { model: "m1".into(), node: "n1".into(), reason: "file gone".into() });
-        catalog.apply(&Recorded { stream_seq: 3, subject: subjects::for_event(&event), envelope: Envelope::new(event, 3, &Meta::default()) });
+        let event =
+            Event::ModelRemoved(ModelRemoved { model: "m1".into(), node: "n1".into(), reason: "file gone".into() });
+        catalog.apply(&Recorded {
+            stream_seq: 3,
+            subject: subjects::for_event(&event),
+            envelope: Envelope::new(event, 3, &Meta::default()),
+        });
         assert!(catalog.get("m1", "n1").is_none());
         assert!(catalog.get("m1", "n2").is_some());
     }

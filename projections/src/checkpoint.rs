@@ -42,7 +42,9 @@ impl Rejected {
     pub fn code(&self) -> &'static str {
         match self {
             Rejected::Outdated { .. } => "CHECKPOINT_OUTDATED",
-            Rejected::HashMismatch | Rejected::Undecodable(_) | Rejected::SequenceMismatch { .. } => "CHECKPOINT_CORRUPT",
+            Rejected::HashMismatch | Rejected::Undecodable(_) | Rejected::SequenceMismatch { .. } => {
+                "CHECKPOINT_CORRUPT"
+            }
             Rejected::Foreign(_) => "CHECKPOINT_FOREIGN",
         }
     }
@@ -83,7 +85,11 @@ impl Checkpoint {
 
 /// Folds into `view` the archived events after `view.last_seq` and before `first_in_log`, the first
 /// sequence JetStream still holds. Returns how many were folded.
-pub async fn fill_from_archive(view: &mut ClusterView, pool: &PgPool, first_in_log: u64) -> Result<usize, rbee_bus::archive::ArchiveError> {
+pub async fn fill_from_archive(
+    view: &mut ClusterView,
+    pool: &PgPool,
+    first_in_log: u64,
+) -> Result<usize, rbee_bus::archive::ArchiveError> {
     if first_in_log <= view.last_seq + 1 {
         return Ok(0);
     }
@@ -96,11 +102,12 @@ pub async fn fill_from_archive(view: &mut ClusterView, pool: &PgPool, first_in_l
 
 /// The stored checkpoint called `name`, if any.
 pub async fn load(pool: &PgPool, name: &str) -> Result<Option<Checkpoint>, sqlx::Error> {
-    let row: Option<(i64, Option<Uuid>, i32, Vec<u8>, String)> =
-        sqlx::query_as("SELECT last_seq, last_event_id, schema_version, snapshot, sha256 FROM projection_checkpoints WHERE name = $1")
-            .bind(name)
-            .fetch_optional(pool)
-            .await?;
+    let row: Option<(i64, Option<Uuid>, i32, Vec<u8>, String)> = sqlx::query_as(
+        "SELECT last_seq, last_event_id, schema_version, snapshot, sha256 FROM projection_checkpoints WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
     Ok(row.map(|(last_seq, last_event_id, schema_version, snapshot, sha256)| Checkpoint {
         last_seq: last_seq as u64,
         last_event_id,
@@ -170,11 +177,34 @@ mod tests {
             .map(|seq| {
                 let w = format!("w{}", rng.next(4));
                 let event = match rng.next(9) {
-                    0 => Event::WorkerRegistered(WorkerRegistered { worker: w, node: "n".into(), model: format!("m{}", rng.next(2)), slots: 2, pid: 1, backend: "cpu".into() }),
-                    1 => Event::WorkerStateChanged(WorkerStateChanged { worker: w, state: WorkerState::Ready, context_length: 4096 }),
-                    2 => Event::WorkerStateChanged(WorkerStateChanged { worker: w, state: WorkerState::Stale, context_length: 0 }),
-                    3 | 4 => Event::SlotClaimed(SlotClaimed { worker: w, slot: rng.next(2) as u32, request: format!("r{}", rng.next(5)) }),
-                    5 | 6 => Event::SlotReleased(SlotReleased { worker: w, slot: rng.next(2) as u32, request: format!("r{}", rng.next(5)) }),
+                    0 => Event::WorkerRegistered(WorkerRegistered {
+                        worker: w,
+                        node: "n".into(),
+                        model: format!("m{}", rng.next(2)),
+                        slots: 2,
+                        pid: 1,
+                        backend: "cpu".into(),
+                    }),
+                    1 => Event::WorkerStateChanged(WorkerStateChanged {
+                        worker: w,
+                        state: WorkerState::Ready,
+                        context_length: 4096,
+                    }),
+                    2 => Event::WorkerStateChanged(WorkerStateChanged {
+                        worker: w,
+                        state: WorkerState::Stale,
+                        context_length: 0,
+                    }),
+                    3 | 4 => Event::SlotClaimed(SlotClaimed {
+                        worker: w,
+                        slot: rng.next(2) as u32,
+                        request: format!("r{}", rng.next(5)),
+                    }),
+                    5 | 6 => Event::SlotReleased(SlotReleased {
+                        worker: w,
+                        slot: rng.next(2) as u32,
+                        request: format!("r{}", rng.next(5)),
+                    }),
                     7 => Event::WorkerRemoved(WorkerRemoved { worker: w, reason: "test".into() }),
                     _ => Event::ModelRegistered(ModelRegistered {
                         model: format!("m{}", rng.next(2)),

@@ -72,24 +72,36 @@ impl Downloads {
             return;
         }
         let (id, change): (&str, Box<dyn FnOnce(&mut Download)>) = match &env.event {
-            Event::DownloadProgressed(e) => (&e.download, Box::new(|d| {
-                d.offset = e.offset;
-                d.total_bytes = e.total_bytes;
-                d.sha256_state = e.sha256_state.clone();
-            })),
-            Event::DownloadRetried(e) => (&e.download, Box::new(|d| {
-                d.attempts = e.attempt;
-                d.last_error = Some(e.code.clone());
-            })),
-            Event::DownloadFinished(e) => (&e.download, Box::new(|d| {
-                d.status = DownloadStatus::Finished;
-                d.offset = e.size_bytes;
-                d.verified_sha256 = Some(e.sha256.clone());
-            })),
-            Event::DownloadFailed(e) => (&e.download, Box::new(|d| {
-                d.status = DownloadStatus::Failed;
-                d.last_error = Some(e.code.clone());
-            })),
+            Event::DownloadProgressed(e) => (
+                &e.download,
+                Box::new(|d| {
+                    d.offset = e.offset;
+                    d.total_bytes = e.total_bytes;
+                    d.sha256_state = e.sha256_state.clone();
+                }),
+            ),
+            Event::DownloadRetried(e) => (
+                &e.download,
+                Box::new(|d| {
+                    d.attempts = e.attempt;
+                    d.last_error = Some(e.code.clone());
+                }),
+            ),
+            Event::DownloadFinished(e) => (
+                &e.download,
+                Box::new(|d| {
+                    d.status = DownloadStatus::Finished;
+                    d.offset = e.size_bytes;
+                    d.verified_sha256 = Some(e.sha256.clone());
+                }),
+            ),
+            Event::DownloadFailed(e) => (
+                &e.download,
+                Box::new(|d| {
+                    d.status = DownloadStatus::Failed;
+                    d.last_error = Some(e.code.clone());
+                }),
+            ),
             _ => return,
         };
         if let Some(d) = self.by_id.get_mut(id) {
@@ -118,15 +130,39 @@ mod tests {
     fn a_download_is_followed_from_claim_to_end() {
         let id = download_id("n1", "m1");
         let mut d = Downloads::default();
-        d.apply(&rec(1, Event::DownloadStarted(DownloadStarted {
-            download: id.clone(), node: "n1".into(), model: "m1".into(), source: "hf:o/r".into(),
-            total_bytes: 100, sha256: None, resume_from: 0, owner: "a".into(), pid: 7,
-        })));
-        d.apply(&rec(2, Event::DownloadProgressed(DownloadProgressed {
-            download: id.clone(), offset: 64, total_bytes: 100, sha256_state: vec![1; 32], bytes_per_sec: 1,
-        })));
+        d.apply(&rec(
+            1,
+            Event::DownloadStarted(DownloadStarted {
+                download: id.clone(),
+                node: "n1".into(),
+                model: "m1".into(),
+                source: "hf:o/r".into(),
+                total_bytes: 100,
+                sha256: None,
+                resume_from: 0,
+                owner: "a".into(),
+                pid: 7,
+            }),
+        ));
+        d.apply(&rec(
+            2,
+            Event::DownloadProgressed(DownloadProgressed {
+                download: id.clone(),
+                offset: 64,
+                total_bytes: 100,
+                sha256_state: vec![1; 32],
+                bytes_per_sec: 1,
+            }),
+        ));
         assert_eq!(d.active().map(|x| x.offset).collect::<Vec<_>>(), vec![64]);
-        d.apply(&rec(3, Event::DownloadFailed(DownloadFailed { download: id.clone(), code: "DISK_FULL".into(), message: String::new() })));
+        d.apply(&rec(
+            3,
+            Event::DownloadFailed(DownloadFailed {
+                download: id.clone(),
+                code: "DISK_FULL".into(),
+                message: String::new(),
+            }),
+        ));
         assert_eq!(d.active().count(), 0);
         assert_eq!(d.by_id[&id].last_error.as_deref(), Some("DISK_FULL"));
         assert_eq!(d.by_id[&id].position.seq, 3);

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use rbee_bus::read::{self, From};
-use rbee_bus::{subjects, EventLog, Recorded};
+use rbee_bus::{EventLog, Recorded, subjects};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -79,7 +79,11 @@ impl LiveView {
     }
 
     /// Starts from a view already folded up to `initial.last_seq` (a snapshot) and follows the rest.
-    pub async fn start_from(log: &EventLog, initial: ClusterView, shutdown: CancellationToken) -> Result<Self, rbee_bus::log::ReadError> {
+    pub async fn start_from(
+        log: &EventLog,
+        initial: ClusterView,
+        shutdown: CancellationToken,
+    ) -> Result<Self, rbee_bus::log::ReadError> {
         let from = if initial.last_seq == 0 { From::Start } else { From::Seq(initial.last_seq + 1) };
         let (seq_tx, seq) = watch::channel(initial.last_seq);
         let view = Arc::new(RwLock::new(initial));

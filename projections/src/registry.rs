@@ -250,7 +250,8 @@ mod tests {
 
     #[test]
     fn a_release_for_another_request_does_not_free_the_slot() {
-        let g = given([registered("w1", 1), state("w1", WorkerState::Ready), claim("w1", 0, "r2"), release("w1", 0, "r1")]);
+        let g =
+            given([registered("w1", 1), state("w1", WorkerState::Ready), claim("w1", 0, "r2"), release("w1", 0, "r1")]);
         assert_eq!(g.worker("w1").busy.get(&0).map(String::as_str), Some("r2"));
     }
 
@@ -258,7 +259,12 @@ mod tests {
     fn an_exited_worker_leaves_the_registry() {
         let g = given([
             registered("w1", 1),
-            Event::WorkerExited(WorkerExited { worker: "w1".into(), node: "n1".into(), exit_code: Some(1), signal: None }),
+            Event::WorkerExited(WorkerExited {
+                worker: "w1".into(),
+                node: "n1".into(),
+                exit_code: Some(1),
+                signal: None,
+            }),
         ]);
         assert!(g.registry.workers.is_empty());
     }

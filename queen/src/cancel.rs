@@ -2,7 +2,7 @@
 //! Both the HTTP `DELETE` and a client disconnect come here; the log decides between them.
 
 use rbee_bus::read::read_subject;
-use rbee_bus::{subjects, AggregateKind, AppendError, Event, EventLog, Expected, Meta, Position, RequestCancelled};
+use rbee_bus::{AggregateKind, AppendError, Event, EventLog, Expected, Meta, Position, RequestCancelled, subjects};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancelled {

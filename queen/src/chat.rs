@@ -7,26 +7,30 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
-use rbee_bus::{subjects, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, RequestCancelled};
+use rbee_bus::{Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, RequestCancelled, subjects};
 use serde_json::json;
 use tracing::Instrument;
 
+use crate::AppState;
 use crate::cancel::cancel;
 use crate::chat_request::{self, ValidatedChat};
 use crate::error::ApiError;
-use crate::scheduler::{claim_slot, release_slot, Claim};
-use crate::AppState;
+use crate::scheduler::{Claim, claim_slot, release_slot};
 
 const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-pub async fn chat_completions(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
     let request = format!("chatcmpl-{}", uuid::Uuid::now_v7().simple());
     let parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let meta = Meta { correlation: Some(request.clone()), traceparent: Some(rbee_bus::trace::child_of(parent)) };
@@ -43,7 +47,12 @@ async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, reque
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let limit = state.config.max_body_bytes;
-            return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "REQUEST_TOO_LARGE", format!("request body is over the {limit}-byte limit")).into_response();
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "REQUEST_TOO_LARGE",
+                format!("request body is over the {limit}-byte limit"),
+            )
+            .into_response();
         }
         Err(rejection) => return ApiError::invalid("body", rejection.body_text()).into_response(),
     };
@@ -111,10 +120,15 @@ impl Running {
 
     async fn receive(&mut self) -> Result<TokenFrame, ApiError> {
         match tokio::time::timeout(self.token_timeout, self.tokens.next()).await {
-            Ok(Some(msg)) => frames::decode(&msg.payload)
-                .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "INFERENCE_FAILED", format!("unreadable token frame: {e}"))),
+            Ok(Some(msg)) => frames::decode(&msg.payload).map_err(|e| {
+                ApiError::new(StatusCode::BAD_GATEWAY, "INFERENCE_FAILED", format!("unreadable token frame: {e}"))
+            }),
             Ok(None) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "INFERENCE_FAILED", "token stream closed")),
-            Err(_) => Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "GENERATION_STALLED", "the worker sent no token in time")),
+            Err(_) => Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "GENERATION_STALLED",
+                "the worker sent no token in time",
+            )),
         }
     }
 
@@ -158,7 +172,10 @@ impl Drop for RequestGuard {
                 // got it just never hears of it), then give the slot back.
                 tracing::info!(%request, "client went away during dispatch; cancelling and releasing the slot");
                 tokio::spawn(async move {
-                    let event = Event::RequestCancelled(RequestCancelled { request: request.clone(), reason: "client_disconnected".into() });
+                    let event = Event::RequestCancelled(RequestCancelled {
+                        request: request.clone(),
+                        reason: "client_disconnected".into(),
+                    });
                     if let Err(e) = log.append(event, Expected::Any, &meta).await {
                         tracing::error!(error = %e, "cancellation not recorded");
                     }
@@ -179,9 +196,16 @@ impl Drop for RequestGuard {
 
 async fn start(state: &Arc<AppState>, chat: &ValidatedChat, request: &str, meta: &Meta) -> Result<Running, ApiError> {
     let started = std::time::Instant::now();
-    let claim = claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, state.config.slot_wait(), meta).await?;
+    let claim =
+        claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, state.config.slot_wait(), meta)
+            .await?;
     state.metrics.slot_waited(&chat.model, started.elapsed().as_secs_f64());
-    let mut guard = RequestGuard { log: state.log.clone(), request: request.into(), meta: meta.clone(), stage: Stage::Claimed(claim.clone()) };
+    let mut guard = RequestGuard {
+        log: state.log.clone(),
+        request: request.into(),
+        meta: meta.clone(),
+        stage: Stage::Claimed(claim.clone()),
+    };
     match dispatch(state, chat, request, &claim, meta).await {
         Ok(tokens) => {
             let accepted = Event::RequestAccepted(RequestAccepted {
@@ -218,7 +242,13 @@ async fn start(state: &Arc<AppState>, chat: &ValidatedChat, request: &str, meta:
 }
 
 /// Hands the request to the worker; returns the subscription its tokens will arrive on.
-async fn dispatch(state: &AppState, chat: &ValidatedChat, request: &str, claim: &Claim, meta: &Meta) -> Result<async_nats::Subscriber, ApiError> {
+async fn dispatch(
+    state: &AppState,
+    chat: &ValidatedChat,
+    request: &str,
+    claim: &Claim,
+    meta: &Meta,
+) -> Result<async_nats::Subscriber, ApiError> {
     let client = state.log.client();
     // Subscribe before dispatching so the first token cannot be missed.
     let tokens = client.subscribe(subjects::tokens(request)).await.map_err(ApiError::log_unavailable)?;
@@ -231,12 +261,20 @@ async fn dispatch(state: &AppState, chat: &ValidatedChat, request: &str, claim: 
         traceparent: meta.traceparent.clone(),
     };
     let unreachable = |why: String| {
-        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "WORKER_UNREACHABLE", format!("worker {} did not take the request: {why}", claim.worker)).retry_after(1)
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "WORKER_UNREACHABLE",
+            format!("worker {} did not take the request: {why}", claim.worker),
+        )
+        .retry_after(1)
     };
-    let reply = tokio::time::timeout(DISPATCH_TIMEOUT, client.request(subjects::work(&claim.worker), frames::encode(&item).into()))
-        .await
-        .map_err(|_| unreachable("no answer in time".into()))?
-        .map_err(|e| unreachable(e.to_string()))?;
+    let reply = tokio::time::timeout(
+        DISPATCH_TIMEOUT,
+        client.request(subjects::work(&claim.worker), frames::encode(&item).into()),
+    )
+    .await
+    .map_err(|_| unreachable("no answer in time".into()))?
+    .map_err(|e| unreachable(e.to_string()))?;
     match frames::decode::<WorkAccepted>(&reply.payload) {
         Ok(WorkAccepted::Accepted) => Ok(tokens),
         Ok(WorkAccepted::Refused { code, message }) => Err(ApiError::from_worker(&code, message)),

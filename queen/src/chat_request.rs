@@ -34,8 +34,9 @@ pub struct ValidatedChat {
 const MAX_MESSAGES: usize = 1024;
 
 pub fn parse(body: &[u8]) -> Result<ValidatedChat, ApiError> {
-    let raw: RawChat = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid("body", format!("request body is not a JSON object of the chat completions API: {e}")))?;
+    let raw: RawChat = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid("body", format!("request body is not a JSON object of the chat completions API: {e}"))
+    })?;
     let model = match raw.model {
         Some(Value::String(m)) => m,
         Some(_) => return Err(ApiError::invalid("model", "model must be a string")),
@@ -54,12 +55,15 @@ pub fn parse(body: &[u8]) -> Result<ValidatedChat, ApiError> {
     if top_p == Some(0.0) {
         return Err(ApiError::invalid("top_p", "top_p must be greater than 0 and at most 1, got 0"));
     }
-    let top_k = raw.top_k.filter(|v| !v.is_null()).map(|v| uint("top_k", &v, 1, 1_000_000)).transpose()?.map(|k| k as u32);
+    let top_k =
+        raw.top_k.filter(|v| !v.is_null()).map(|v| uint("top_k", &v, 1, 1_000_000)).transpose()?.map(|k| k as u32);
     let seed = raw.seed.filter(|v| !v.is_null()).map(|v| uint("seed", &v, 0, u64::MAX)).transpose()?;
     let stream = match raw.stream {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => b,
-        Some(other) => return Err(ApiError::invalid("stream", format!("stream must be true or false, got {}", short(&other)))),
+        Some(other) => {
+            return Err(ApiError::invalid("stream", format!("stream must be true or false, got {}", short(&other))));
+        }
     };
     if let Some(n) = raw.n.filter(|v| !v.is_null()) {
         if uint("n", &n, 1, 1)? != 1 {
@@ -74,7 +78,10 @@ fn parse_messages(value: Option<Value>) -> Result<Vec<ChatMessage>, ApiError> {
         return Err(ApiError::invalid("messages", "messages must be a non-empty array"));
     };
     if items.is_empty() || items.len() > MAX_MESSAGES {
-        return Err(ApiError::invalid("messages", format!("messages must hold 1 to {MAX_MESSAGES} messages, got {}", items.len())));
+        return Err(ApiError::invalid(
+            "messages",
+            format!("messages must hold 1 to {MAX_MESSAGES} messages, got {}", items.len()),
+        ));
     }
     items
         .iter()
@@ -86,7 +93,10 @@ fn parse_messages(value: Option<Value>) -> Result<Vec<ChatMessage>, ApiError> {
                 }
                 other => {
                     let got = other.map(short).unwrap_or_else(|| "nothing".into());
-                    return Err(ApiError::invalid("messages", format!("messages[{i}].role must be system, user or assistant, got {got}")));
+                    return Err(ApiError::invalid(
+                        "messages",
+                        format!("messages[{i}].role must be system, user or assistant, got {got}"),
+                    ));
                 }
             };
             let content = match item.get("content") {
@@ -96,7 +106,10 @@ fn parse_messages(value: Option<Value>) -> Result<Vec<ChatMessage>, ApiError> {
                     .iter()
                     .map(|p| match (p.get("type"), p.get("text")) {
                         (Some(Value::String(t)), Some(Value::String(text))) if t == "text" => Ok(text.as_str()),
-                        _ => Err(ApiError::invalid("messages", format!("messages[{i}].content: only text parts are supported"))),
+                        _ => Err(ApiError::invalid(
+                            "messages",
+                            format!("messages[{i}].content: only text parts are supported"),
+                        )),
                     })
                     .collect::<Result<Vec<_>, _>>()?
                     .concat(),
@@ -119,7 +132,10 @@ fn opt_number(field: &'static str, v: Option<Value>, min: f64, max: f64) -> Resu
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_f64() {
             Some(x) if (min..=max).contains(&x) => Ok(Some(x)),
-            _ => Err(ApiError::invalid(field, format!("{field} must be a number from {min} to {max}, got {}", short(&v)))),
+            _ => Err(ApiError::invalid(
+                field,
+                format!("{field} must be a number from {min} to {max}, got {}", short(&v)),
+            )),
         },
     }
 }
@@ -158,10 +174,22 @@ mod tests {
             (serde_json::json!({"model": "../etc", "messages": [{"role": "user", "content": "x"}]}), "model"),
             (serde_json::json!({"model": "m", "messages": []}), "messages"),
             (serde_json::json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}), "messages"),
-            (serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}), "max_tokens"),
-            (serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": -3}), "max_tokens"),
-            (serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 9}), "temperature"),
-            (serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}), "stream"),
+            (
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}),
+                "max_tokens",
+            ),
+            (
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "max_tokens": -3}),
+                "max_tokens",
+            ),
+            (
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 9}),
+                "temperature",
+            ),
+            (
+                serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}),
+                "stream",
+            ),
             (serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "n": 2}), "n"),
         ];
         for (v, field) in cases {

@@ -1,7 +1,7 @@
 //! Errors as OpenAI clients expect them: `{"error":{"message","type","param","code"}}` with the
 //! matching HTTP status, and a stable code.
 
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -32,12 +32,21 @@ impl ApiError {
     pub fn model_not_found(model: &str) -> Self {
         ApiError {
             param: Some("model"),
-            ..Self::new(StatusCode::NOT_FOUND, "MODEL_NOT_FOUND", format!("model {model} is not served by this cluster; GET /v1/models lists the ones that are"))
+            ..Self::new(
+                StatusCode::NOT_FOUND,
+                "MODEL_NOT_FOUND",
+                format!("model {model} is not served by this cluster; GET /v1/models lists the ones that are"),
+            )
         }
     }
 
     pub fn log_unavailable(e: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "EVENT_LOG_UNAVAILABLE", format!("the event log is unavailable: {e}")).retry_after(1)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "EVENT_LOG_UNAVAILABLE",
+            format!("the event log is unavailable: {e}"),
+        )
+        .retry_after(1)
     }
 
     /// The status a worker's refusal code maps to.

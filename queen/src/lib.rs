@@ -15,9 +15,9 @@ pub mod scheduler;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use axum::Router;
 use rbee_bus::EventLog;
 use rbee_projections::LiveView;
 use tokio_util::sync::CancellationToken;
@@ -78,7 +78,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
         None => None,
     };
     let recovered = recovery::recover(&log, pool.as_ref()).await?;
-    let view = LiveView::start_from(&log, recovered.view, shutdown.clone()).await.map_err(|e| QueenError::Bus(e.to_string()))?;
+    let view = LiveView::start_from(&log, recovered.view, shutdown.clone())
+        .await
+        .map_err(|e| QueenError::Bus(e.to_string()))?;
     if let Some(pool) = pool {
         let (archive_log, archive_pool, stop) = (log.clone(), pool.clone(), shutdown.clone());
         tokio::spawn(async move {
@@ -88,11 +90,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
         });
         tokio::spawn(recovery::checkpoint_loop(pool, view.clone(), Duration::from_secs(2), shutdown.clone()));
     }
-    let liveness = reaper::Liveness { heartbeat_timeout: config.heartbeat_timeout(), stale_grace: config.stale_grace() };
+    let liveness =
+        reaper::Liveness { heartbeat_timeout: config.heartbeat_timeout(), stale_grace: config.stale_grace() };
     tokio::spawn(reaper::run(log.clone(), view.clone(), liveness, shutdown.clone()));
-    let listener = tokio::net::TcpListener::bind(config.bind).await.map_err(|source| QueenError::Bind { addr: config.bind, source })?;
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .map_err(|source| QueenError::Bind { addr: config.bind, source })?;
     tracing::info!(addr = %config.bind, "serving the OpenAI API on http://{}/v1", config.bind);
-    let app = router(Arc::new(AppState { log, view, config, recovery: recovered.report, metrics: metrics::QueenMetrics::new() }));
+    let app = router(Arc::new(AppState {
+        log,
+        view,
+        config,
+        recovery: recovered.report,
+        metrics: metrics::QueenMetrics::new(),
+    }));
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

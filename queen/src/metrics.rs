@@ -26,7 +26,8 @@ impl QueenMetrics {
             c
         };
         let histogram = |name: &str, help: &str| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), &["model"]).expect("valid metric");
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), &["model"])
+                .expect("valid metric");
             registry.register(Box::new(h.clone())).expect("registered once");
             h
         };
@@ -36,13 +37,24 @@ impl QueenMetrics {
             g
         };
         QueenMetrics {
-            requests: counter("rbee_queen_requests_total", "Chat completion requests by model and outcome code.", &["model", "code"]),
+            requests: counter(
+                "rbee_queen_requests_total",
+                "Chat completion requests by model and outcome code.",
+                &["model", "code"],
+            ),
             duration: histogram("rbee_queen_request_duration_seconds", "Time from request to its last byte."),
-            time_to_first_token: histogram("rbee_queen_time_to_first_token_seconds", "Time from request to the first token."),
+            time_to_first_token: histogram(
+                "rbee_queen_time_to_first_token_seconds",
+                "Time from request to the first token.",
+            ),
             slot_wait: histogram("rbee_queen_slot_wait_seconds", "Time a request waited for a slot (queue wait)."),
             completion_tokens: counter("rbee_queen_completion_tokens_total", "Tokens generated.", &["model"]),
             workers: gauge("rbee_queen_workers", "Workers in the registry by state.", &["state"]),
-            log_sequence: gauge("rbee_queen_log_sequence", "Last RBEE sequence folded into this queen's view.", &["stream"]),
+            log_sequence: gauge(
+                "rbee_queen_log_sequence",
+                "Last RBEE sequence folded into this queen's view.",
+                &["stream"],
+            ),
             registry,
         }
     }

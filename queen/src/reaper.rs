@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use rbee_bus::{AppendError, Event, EventLog, Expected, Meta, Position, WorkerRemoved, WorkerState, WorkerStateChanged};
+use rbee_bus::{
+    AppendError, Event, EventLog, Expected, Meta, Position, WorkerRemoved, WorkerState, WorkerStateChanged,
+};
 use rbee_projections::{ClusterView, LiveView, Worker};
 use tokio_util::sync::CancellationToken;
 
@@ -41,9 +43,10 @@ pub fn decide(view: &ClusterView, now_ms: u64, l: &Liveness) -> Vec<(String, Pos
                 WorkerState::Loading | WorkerState::Ready | WorkerState::Draining if silent => Decision::MarkStale,
                 WorkerState::Stale if !silent => Decision::Revive,
                 WorkerState::Stale if w.busy.is_empty() => Decision::Remove("no heartbeat".into()),
-                WorkerState::Stale if now_ms.saturating_sub(w.state_since_ms) > grace => {
-                    Decision::Remove(format!("no heartbeat; {} request(s) abandoned after the grace period", w.busy.len()))
-                }
+                WorkerState::Stale if now_ms.saturating_sub(w.state_since_ms) > grace => Decision::Remove(format!(
+                    "no heartbeat; {} request(s) abandoned after the grace period",
+                    w.busy.len()
+                )),
                 _ => return None,
             };
             Some((w.id.clone(), w.position, decision))
@@ -69,7 +72,9 @@ pub async fn run(log: EventLog, view: LiveView, liveness: Liveness, shutdown: Ca
             let event = match &decision {
                 Decision::MarkStale => state(&worker, WorkerState::Stale),
                 Decision::Revive => state(&worker, WorkerState::Ready),
-                Decision::Remove(reason) => Event::WorkerRemoved(WorkerRemoved { worker: worker.clone(), reason: reason.clone() }),
+                Decision::Remove(reason) => {
+                    Event::WorkerRemoved(WorkerRemoved { worker: worker.clone(), reason: reason.clone() })
+                }
             };
             match log.append(event, Expected::At(position), &Meta::default()).await {
                 Ok(_) => tracing::warn!(%worker, ?decision, "liveness"),
@@ -101,16 +106,36 @@ mod tests {
             envelope.at_ms = at_ms;
             v.apply(&Recorded { stream_seq: seq, subject: subjects::for_event(&event), envelope });
         };
-        let reg = WorkerRegistered { worker: "w1".into(), node: "n".into(), model: "m".into(), slots: 1, pid: 1, backend: "cpu".into() };
+        let reg = WorkerRegistered {
+            worker: "w1".into(),
+            node: "n".into(),
+            model: "m".into(),
+            slots: 1,
+            pid: 1,
+            backend: "cpu".into(),
+        };
         fold(Event::WorkerRegistered(reg), 0);
-        fold(Event::WorkerStateChanged(WorkerStateChanged { worker: "w1".into(), state: WorkerState::Ready, context_length: 4096 }), 0);
+        fold(
+            Event::WorkerStateChanged(WorkerStateChanged {
+                worker: "w1".into(),
+                state: WorkerState::Ready,
+                context_length: 4096,
+            }),
+            0,
+        );
         if busy {
             fold(Event::SlotClaimed(SlotClaimed { worker: "w1".into(), slot: 0, request: "r1".into() }), 0);
         }
         if state != WorkerState::Ready {
-            fold(Event::WorkerStateChanged(WorkerStateChanged { worker: "w1".into(), state, context_length: 0 }), state_since_ms);
+            fold(
+                Event::WorkerStateChanged(WorkerStateChanged { worker: "w1".into(), state, context_length: 0 }),
+                state_since_ms,
+            );
         }
-        fold(Event::WorkerHeartbeat(WorkerHeartbeat { worker: "w1".into(), node: "n".into(), busy_slots: 0 }), heartbeat_ms);
+        fold(
+            Event::WorkerHeartbeat(WorkerHeartbeat { worker: "w1".into(), node: "n".into(), busy_slots: 0 }),
+            heartbeat_ms,
+        );
         v
     }
 
@@ -131,7 +156,10 @@ mod tests {
 
     #[test]
     fn a_stale_idle_worker_is_removed_at_once() {
-        assert!(matches!(decisions(&view_with(WorkerState::Stale, 100_000, 111_000, false), 112_000)[..], [Decision::Remove(_)]));
+        assert!(matches!(
+            decisions(&view_with(WorkerState::Stale, 100_000, 111_000, false), 112_000)[..],
+            [Decision::Remove(_)]
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use rbee_bus::EventLog;
-use rbee_projections::checkpoint::{self, Checkpoint, Rejected, CLUSTER_VIEW};
+use rbee_projections::checkpoint::{self, CLUSTER_VIEW, Checkpoint, Rejected};
 use rbee_projections::{ClusterView, LiveView};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +24,10 @@ fn bus(e: impl std::fmt::Display) -> QueenError {
 
 pub async fn recover(log: &EventLog, pool: Option<&PgPool>) -> Result<Recovered, QueenError> {
     let Some(pool) = pool else {
-        return Ok(Recovered { view: ClusterView::default(), report: "folded from the log (no event store configured)".into() });
+        return Ok(Recovered {
+            view: ClusterView::default(),
+            report: "folded from the log (no event store configured)".into(),
+        });
     };
     let (first_in_log, last_in_log) = log.events_bounds().await.map_err(bus)?;
     let stored = checkpoint::load(pool, CLUSTER_VIEW).await.map_err(|e| QueenError::Store(e.into()))?;
@@ -37,7 +40,9 @@ pub async fn recover(log: &EventLog, pool: Option<&PgPool>) -> Result<Recovered,
             }
             Err(rejected) => {
                 let reason = format!("{}: {rejected}", rejected.code());
-                checkpoint::set_aside(pool, CLUSTER_VIEW, &cp, &reason).await.map_err(|e| QueenError::Store(e.into()))?;
+                checkpoint::set_aside(pool, CLUSTER_VIEW, &cp, &reason)
+                    .await
+                    .map_err(|e| QueenError::Store(e.into()))?;
                 tracing::warn!(%reason, "checkpoint set aside; rebuilding from the log");
                 (ClusterView::default(), format!("checkpoint set aside ({reason}); rebuilt from the log"))
             }
@@ -52,18 +57,28 @@ pub async fn recover(log: &EventLog, pool: Option<&PgPool>) -> Result<Recovered,
 }
 
 /// Whether a checkpoint may be used: intact and current, and tied to this very log.
-async fn trusted(log: &EventLog, cp: &Checkpoint, last_in_log: u64) -> Result<Result<ClusterView, Rejected>, QueenError> {
+async fn trusted(
+    log: &EventLog,
+    cp: &Checkpoint,
+    last_in_log: u64,
+) -> Result<Result<ClusterView, Rejected>, QueenError> {
     let view = match cp.restore() {
         Ok(v) => v,
         Err(r) => return Ok(Err(r)),
     };
     if view.last_seq > last_in_log {
-        return Ok(Err(Rejected::Foreign(format!("it reaches sequence {} but the log ends at {last_in_log}", view.last_seq))));
+        return Ok(Err(Rejected::Foreign(format!(
+            "it reaches sequence {} but the log ends at {last_in_log}",
+            view.last_seq
+        ))));
     }
     if view.last_seq > 0 {
         if let Some(actual) = log.event_id_at(view.last_seq).await.map_err(bus)? {
             if Some(actual) != view.last_event_id {
-                return Ok(Err(Rejected::Foreign(format!("the event at sequence {} is not the one it was folded from", view.last_seq))));
+                return Ok(Err(Rejected::Foreign(format!(
+                    "the event at sequence {} is not the one it was folded from",
+                    view.last_seq
+                ))));
             }
         }
     }

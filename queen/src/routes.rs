@@ -2,22 +2,24 @@
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
-use rbee_bus::{subjects, Meta, WorkerState};
+use rbee_bus::{Meta, WorkerState, subjects};
 use serde_json::json;
 
-use crate::cancel::{cancel, Cancelled};
-use crate::error::ApiError;
 use crate::AppState;
+use crate::cancel::{Cancelled, cancel};
+use crate::error::ApiError;
 
 pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let (last_seq, ready, digest) = state.view.read(|v| {
         (v.last_seq, v.registry.workers.values().filter(|w| w.state == WorkerState::Ready).count(), v.digest())
     });
-    Json(json!({"status": "ok", "last_seq": last_seq, "ready_workers": ready, "digest": digest, "recovery": state.recovery}))
+    Json(
+        json!({"status": "ok", "last_seq": last_seq, "ready_workers": ready, "digest": digest, "recovery": state.recovery}),
+    )
 }
 
 /// `GET /metrics`: Prometheus text format.
@@ -29,11 +31,17 @@ pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
 /// Every model a worker serves or a node holds, in OpenAI's list shape.
 pub async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     let mut names: Vec<String> = state.view.read(|v| {
-        v.registry.workers.values().map(|w| w.model.clone()).chain(v.catalog.entries.keys().map(|(m, _)| m.clone())).collect()
+        v.registry
+            .workers
+            .values()
+            .map(|w| w.model.clone())
+            .chain(v.catalog.entries.keys().map(|(m, _)| m.clone()))
+            .collect()
     });
     names.sort();
     names.dedup();
-    let data: Vec<_> = names.iter().map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "rbee"})).collect();
+    let data: Vec<_> =
+        names.iter().map(|id| json!({"id": id, "object": "model", "created": 0, "owned_by": "rbee"})).collect();
     Json(json!({"object": "list", "data": data}))
 }
 
@@ -68,10 +76,15 @@ pub async fn catalog(
     }
     let after = match q.after.as_deref().map(|a| a.split_once(':')) {
         None => None,
-        Some(Some((model, node))) if subjects::validate_name("model", model).is_ok() && subjects::validate_name("node", node).is_ok() => {
+        Some(Some((model, node)))
+            if subjects::validate_name("model", model).is_ok() && subjects::validate_name("node", node).is_ok() =>
+        {
             Some((model.to_string(), node.to_string()))
         }
-        Some(_) => return ApiError::invalid("after", "after must be the next token of a previous page (<model>:<node>)").into_response(),
+        Some(_) => {
+            return ApiError::invalid("after", "after must be the next token of a previous page (<model>:<node>)")
+                .into_response();
+        }
     };
     let (data, next) = state.view.read(|v| {
         let page = v.catalog.page(q.node.as_deref(), after.as_ref(), limit);
@@ -88,7 +101,9 @@ pub async fn cancel_request(State(state): State<Arc<AppState>>, Path(id): Path<S
     }
     let meta = Meta { correlation: Some(id.clone()), traceparent: None };
     match cancel(&state.log, &id, "deleted", &meta).await {
-        Ok(Cancelled::Unknown) => ApiError::new(StatusCode::NOT_FOUND, "REQUEST_NOT_FOUND", format!("no request {id}")).into_response(),
+        Ok(Cancelled::Unknown) => {
+            ApiError::new(StatusCode::NOT_FOUND, "REQUEST_NOT_FOUND", format!("no request {id}")).into_response()
+        }
         Ok(Cancelled::Now | Cancelled::AlreadyEnded) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => ApiError::log_unavailable(e).into_response(),
     }

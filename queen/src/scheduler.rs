@@ -30,7 +30,8 @@ pub fn choose(view: &ClusterView, model: &str) -> Option<(Claim, rbee_bus::Posit
             load(a).total_cmp(&load(b)).then_with(|| a.id.cmp(&b.id))
         })
         .and_then(|w| {
-            w.free_slot().map(|slot| (Claim { worker: w.id.clone(), slot, context_length: w.context_length }, w.position))
+            w.free_slot()
+                .map(|slot| (Claim { worker: w.id.clone(), slot, context_length: w.context_length }, w.position))
         })
 }
 
@@ -44,22 +45,38 @@ fn unavailable(view: &ClusterView, model: &str) -> ApiError {
     let mut workers = view.registry.workers_for(model).peekable();
     if workers.peek().is_none() {
         if view.catalog.knows(model) {
-            return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NO_READY_WORKER", format!("no worker serves {model} yet; start one (rbee up)"))
-                .retry_after(5);
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "NO_READY_WORKER",
+                format!("no worker serves {model} yet; start one (rbee up)"),
+            )
+            .retry_after(5);
         }
         return ApiError::model_not_found(model);
     }
     let states: Vec<WorkerState> = workers.map(|w| w.state).collect();
     if !states.iter().any(|s| matches!(s, WorkerState::Ready | WorkerState::Loading)) {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NO_READY_WORKER", format!("no live worker serves {model}: they are stale or draining"))
-            .retry_after(5);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NO_READY_WORKER",
+            format!("no live worker serves {model}: they are stale or draining"),
+        )
+        .retry_after(5);
     }
     if states.iter().all(|s| *s == WorkerState::Loading) {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "NO_READY_WORKER", format!("the workers for {model} are still loading"))
-            .retry_after(2);
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NO_READY_WORKER",
+            format!("the workers for {model} are still loading"),
+        )
+        .retry_after(2);
     }
-    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ALL_SLOTS_BUSY", format!("every slot serving {model} is busy; retry shortly"))
-        .retry_after(1)
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ALL_SLOTS_BUSY",
+        format!("every slot serving {model} is busy; retry shortly"),
+    )
+    .retry_after(1)
 }
 
 /// Claims a slot for `request`, waiting up to `wait` for one to free up.
@@ -99,23 +116,33 @@ pub async fn claim_slot(
                 )
             });
         }
-        let event = Event::SlotClaimed(SlotClaimed { worker: claim.worker.clone(), slot: claim.slot, request: request.into() });
+        let event =
+            Event::SlotClaimed(SlotClaimed { worker: claim.worker.clone(), slot: claim.slot, request: request.into() });
         match log.append(event, Expected::At(position), meta).await {
             Ok(_) => return Ok(claim),
             Err(AppendError::Conflict { .. }) => {
                 // Someone wrote to this worker first: catch up with the log and choose again.
-                let latest = log.aggregate_position(AggregateKind::Worker, &claim.worker).await.map_err(ApiError::log_unavailable)?;
+                let latest = log
+                    .aggregate_position(AggregateKind::Worker, &claim.worker)
+                    .await
+                    .map_err(ApiError::log_unavailable)?;
                 view.wait_for_seq(latest.map_or(0, |p| p.seq), Duration::from_secs(2)).await;
             }
             Err(e) => return Err(ApiError::log_unavailable(e)),
         }
     }
-    Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "ALL_SLOTS_BUSY", "too much contention for a slot; retry shortly").retry_after(1))
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ALL_SLOTS_BUSY",
+        "too much contention for a slot; retry shortly",
+    )
+    .retry_after(1))
 }
 
 /// Gives a claimed slot back (the worker never started on it).
 pub async fn release_slot(log: &EventLog, claim: &Claim, request: &str, meta: &Meta) {
-    let event = Event::SlotReleased(SlotReleased { worker: claim.worker.clone(), slot: claim.slot, request: request.into() });
+    let event =
+        Event::SlotReleased(SlotReleased { worker: claim.worker.clone(), slot: claim.slot, request: request.into() });
     if let Err(e) = log.append(event, Expected::Any, meta).await {
         tracing::error!(error = %e, worker = %claim.worker, "slot release not recorded");
     }

@@ -29,16 +29,19 @@ fn median(mut xs: Vec<f64>) -> f64 {
 
 fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap_or(0.0);
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0.0);
     kib / 1024.0
 }
 
 /// Aggregate decode tok/s of `streams` copies of `prepared` in one batch, and the tokens made.
 fn concurrent_decode(engine: &mut Engine, prepared: &rbee_worker::engine::Prepared, streams: usize) -> (f64, usize) {
     let ids: Vec<_> = (0..streams)
-        .map(|_| {
-            engine.admit(prepared.clone(), &Sampling::default(), std::sync::Arc::new(AtomicBool::new(false)))
-        })
+        .map(|_| engine.admit(prepared.clone(), &Sampling::default(), std::sync::Arc::new(AtomicBool::new(false))))
         .collect();
     let mut started = vec![false; streams];
     let mut decoding_since = None;
@@ -76,7 +79,9 @@ fn main() {
     let long_text = "Bees are flying insects closely related to wasps and ants, known for their roles in pollination and, in the case of the best-known bee species, the western honey bee, for producing honey. ".repeat(6);
     let mut rows = Vec::new();
     let mut out = serde_json::Map::new();
-    for (label, text) in [("long", long_text.as_str()), ("short", "What is the capital of France? Answer in one sentence.")] {
+    for (label, text) in
+        [("long", long_text.as_str()), ("short", "What is the capital of France? Answer in one sentence.")]
+    {
         let prepared = prompter.prepare(&user(text), Some(1)).unwrap();
         let mut ttft = Vec::new();
         for _ in 0..RUNS {
@@ -87,12 +92,18 @@ fn main() {
         out.insert(format!("{label}_prompt"), serde_json::json!(prepared.prompt));
         out.insert(format!("{label}_prompt_tok_s"), serde_json::json!(prepared.prompt.len() as f64 / t));
         out.insert(format!("{label}_ttft_ms"), serde_json::json!(t * 1000.0));
-        rows.push(format!("| prompt processing, {label} prompt ({} tokens) | {:.1} tok/s | TTFT {:.0} ms |", prepared.prompt.len(), prepared.prompt.len() as f64 / t, t * 1000.0));
+        rows.push(format!(
+            "| prompt processing, {label} prompt ({} tokens) | {:.1} tok/s | TTFT {:.0} ms |",
+            prepared.prompt.len(),
+            prepared.prompt.len() as f64 / t,
+            t * 1000.0
+        ));
     }
 
     // Decode: 128 new tokens after a short prompt; the model is asked for a long story so it does
     // not stop early; runs that stop early are measured on the tokens they made.
-    let prepared = prompter.prepare(&user("Write a very long story about a bee who travels the world."), Some(128)).unwrap();
+    let prepared =
+        prompter.prepare(&user("Write a very long story about a bee who travels the world."), Some(128)).unwrap();
     let mut decode = Vec::new();
     let mut tokens = 0;
     for _ in 0..RUNS {
@@ -123,11 +134,17 @@ fn main() {
             single = rate;
         }
         out.insert(format!("streams_{streams}_tok_s"), serde_json::json!(rate));
-        rows.push(format!("| aggregate decode, {streams} concurrent stream(s) | {rate:.1} tok/s | {:.2}x one stream |", rate / single));
+        rows.push(format!(
+            "| aggregate decode, {streams} concurrent stream(s) | {rate:.1} tok/s | {:.2}x one stream |",
+            rate / single
+        ));
     }
 
     let threads = std::env::var("RBEE_WORKER_THREADS").unwrap_or_else(|_| "default (physical cores)".into());
-    println!("engine: rbee's forward pass and kernels, model {}, threads {threads}, {RUNS} runs, medians", model_path().display());
+    println!(
+        "engine: rbee's forward pass and kernels, model {}, threads {threads}, {RUNS} runs, medians",
+        model_path().display()
+    );
     println!("| measure | value | |\n|---|---|---|");
     for row in rows {
         println!("{row}");

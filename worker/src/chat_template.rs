@@ -1,6 +1,6 @@
 //! Renders chat messages into a prompt with the model's own Jinja chat template (from the GGUF).
 
-use minijinja::{context, Environment, Error, ErrorKind};
+use minijinja::{Environment, Error, ErrorKind, context};
 use rbee_bus::frames::ChatMessage;
 
 /// ChatML, used when a model ships no template.

@@ -49,7 +49,11 @@ impl Config {
 /// Physical cores: distinct (package, core) pairs in sysfs; logical CPUs when sysfs does not say.
 pub fn physical_cores() -> usize {
     let logical = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let read = |cpu: usize, what: &str| std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{what}")).ok().map(|s| s.trim().to_string());
+    let read = |cpu: usize, what: &str| {
+        std::fs::read_to_string(format!("/sys/devices/system/cpu/cpu{cpu}/topology/{what}"))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
     let cores: std::collections::BTreeSet<(String, String)> =
         (0..logical).filter_map(|cpu| Some((read(cpu, "physical_package_id")?, read(cpu, "core_id")?))).collect();
     if cores.is_empty() { logical } else { cores.len() }

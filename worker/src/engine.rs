@@ -13,10 +13,10 @@ use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use rbee_bus::frames::{self, ChatMessage};
 use rbee_bus::FinishReason;
-use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence as PreTokenizers};
+use rbee_bus::frames::{self, ChatMessage};
 use tokenizers::Tokenizer;
+use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence as PreTokenizers};
 
 use crate::chat_template::ChatTemplate;
 use crate::llama::{Kernels, KvCache, Llama, Step};
@@ -124,7 +124,10 @@ impl Engine {
     /// Loads a GGUF llama model with its tokenizer and chat template, on rbee's kernels, with
     /// RBEE_WORKER_THREADS threads (default: the physical cores).
     pub fn load(path: &Path) -> Result<Self, EngineError> {
-        let threads = std::env::var("RBEE_WORKER_THREADS").ok().and_then(|t| t.parse().ok()).unwrap_or_else(crate::config::physical_cores);
+        let threads = std::env::var("RBEE_WORKER_THREADS")
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(crate::config::physical_cores);
         Self::load_with(path, Kernels::Quantized, threads)
     }
 
@@ -132,7 +135,8 @@ impl Engine {
     pub fn load_with(path: &Path, kernels: Kernels, threads: usize) -> Result<Self, EngineError> {
         let shown = path.display().to_string();
         let invalid = |reason: String| EngineError::ModelInvalid { path: shown.clone(), reason };
-        let mut file = File::open(path).map_err(|e| EngineError::ModelUnreadable { path: shown.clone(), reason: e.to_string() })?;
+        let mut file = File::open(path)
+            .map_err(|e| EngineError::ModelUnreadable { path: shown.clone(), reason: e.to_string() })?;
         let content = gguf_file::Content::read(&mut file).map_err(|e| invalid(e.to_string()))?;
         let meta_str = |key: &str| content.metadata.get(key).and_then(|v| v.to_string().ok()).cloned();
         let meta_u32 = |key: &str| content.metadata.get(key).and_then(|v| v.to_u32().ok());
@@ -280,8 +284,12 @@ impl Engine {
                 n
             })
             .collect();
-        let mut batch: Vec<Step> =
-            self.sequences.iter_mut().zip(&fed).map(|(seq, &n)| Step { cache: &mut seq.cache, tokens: &seq.pending[..n] }).collect();
+        let mut batch: Vec<Step> = self
+            .sequences
+            .iter_mut()
+            .zip(&fed)
+            .map(|(seq, &n)| Step { cache: &mut seq.cache, tokens: &seq.pending[..n] })
+            .collect();
         if batch.is_empty() {
             return outputs;
         }

@@ -31,12 +31,23 @@ mod tests {
         events
             .into_iter()
             .enumerate()
-            .map(|(i, e)| Recorded { stream_seq: 10 + i as u64, subject: subjects::for_event(&e), envelope: Envelope::new(e, i as u64 + 1, &Meta::default()) })
+            .map(|(i, e)| Recorded {
+                stream_seq: 10 + i as u64,
+                subject: subjects::for_event(&e),
+                envelope: Envelope::new(e, i as u64 + 1, &Meta::default()),
+            })
             .collect()
     }
 
     fn registered() -> Event {
-        Event::WorkerRegistered(WorkerRegistered { worker: "w".into(), node: "n".into(), model: "m".into(), slots: 1, pid: 1, backend: "cpu".into() })
+        Event::WorkerRegistered(WorkerRegistered {
+            worker: "w".into(),
+            node: "n".into(),
+            model: "m".into(),
+            slots: 1,
+            pid: 1,
+            backend: "cpu".into(),
+        })
     }
 
     #[test]
@@ -46,18 +57,34 @@ mod tests {
 
     #[test]
     fn a_live_registration_blocks_another() {
-        let ready = Event::WorkerStateChanged(WorkerStateChanged { worker: "w".into(), state: WorkerState::Ready, context_length: 1 });
+        let ready = Event::WorkerStateChanged(WorkerStateChanged {
+            worker: "w".into(),
+            state: WorkerState::Ready,
+            context_length: 1,
+        });
         assert_eq!(expectation(&history(vec![registered(), ready])), Err(()));
     }
 
     #[test]
     fn after_the_previous_incarnation_ended_the_id_registers_after_its_last_event() {
         for end in [
-            Event::WorkerStateChanged(WorkerStateChanged { worker: "w".into(), state: WorkerState::Stopped, context_length: 0 }),
-            Event::WorkerExited(WorkerExited { worker: "w".into(), node: "n".into(), exit_code: Some(0), signal: None }),
+            Event::WorkerStateChanged(WorkerStateChanged {
+                worker: "w".into(),
+                state: WorkerState::Stopped,
+                context_length: 0,
+            }),
+            Event::WorkerExited(WorkerExited {
+                worker: "w".into(),
+                node: "n".into(),
+                exit_code: Some(0),
+                signal: None,
+            }),
             Event::WorkerRemoved(WorkerRemoved { worker: "w".into(), reason: "no heartbeat".into() }),
         ] {
-            assert_eq!(expectation(&history(vec![registered(), end])), Ok(Expected::At(Position { seq: 11, version: 2 })));
+            assert_eq!(
+                expectation(&history(vec![registered(), end])),
+                Ok(Expected::At(Position { seq: 11, version: 2 }))
+            );
         }
     }
 }

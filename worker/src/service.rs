@@ -2,15 +2,15 @@
 //! and the events that record each request's outcome.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Instant;
 
 use futures::StreamExt;
 use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
 use rbee_bus::{
-    subjects, Event, EventLog, Expected, FinishReason, Meta, RequestFinished, SlotReleased, WorkerHeartbeat,
-    WorkerRegistered, WorkerState, WorkerStateChanged,
+    Event, EventLog, Expected, FinishReason, Meta, RequestFinished, SlotReleased, WorkerHeartbeat, WorkerRegistered,
+    WorkerState, WorkerStateChanged, subjects,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -52,9 +52,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         pid: std::process::id(),
         backend: "cpu".into(),
     });
-    let history = rbee_bus::read::read_subject(&log, &subjects::aggregate(rbee_bus::AggregateKind::Worker, &config.worker_id))
-        .await
-        .map_err(|e| WorkerError::Bus(e.to_string()))?;
+    let history =
+        rbee_bus::read::read_subject(&log, &subjects::aggregate(rbee_bus::AggregateKind::Worker, &config.worker_id))
+            .await
+            .map_err(|e| WorkerError::Bus(e.to_string()))?;
     let Ok(expected) = crate::registration::expectation(&history) else {
         return Err(WorkerError::AlreadyRegistered(config.worker_id));
     };
@@ -65,9 +66,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     }
 
     let (path, threads) = (config.model_path.clone(), config.inference_threads());
-    let loaded = tokio::task::spawn_blocking(move || Engine::load_with(&path, crate::llama::Kernels::Quantized, threads))
-        .await
-        .map_err(|e| WorkerError::Bus(format!("model loader panicked: {e}")))?;
+    let loaded =
+        tokio::task::spawn_blocking(move || Engine::load_with(&path, crate::llama::Kernels::Quantized, threads))
+            .await
+            .map_err(|e| WorkerError::Bus(format!("model loader panicked: {e}")))?;
     let engine = match loaded {
         Ok(engine) => engine,
         Err(e) => {
@@ -82,11 +84,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         .spawn(move || generation_thread(engine, job_rx))
         .map_err(|e| WorkerError::Bus(format!("cannot start generation thread: {e}")))?;
 
-    let mut work = log
-        .client()
-        .subscribe(subjects::work(&config.worker_id))
-        .await
-        .map_err(|e| WorkerError::Bus(e.to_string()))?;
+    let mut work =
+        log.client().subscribe(subjects::work(&config.worker_id)).await.map_err(|e| WorkerError::Bus(e.to_string()))?;
     let context_length = prompter.context_length() as u32;
     set_state(&log, &config.worker_id, WorkerState::Ready, context_length, &meta).await;
     tracing::info!(worker = %config.worker_id, context_length, "ready");
@@ -178,18 +177,25 @@ async fn accept(shared: Arc<Shared>, msg: async_nats::Message) {
     };
     // Listen for the request's cancellation before saying yes, so none can be missed.
     let cancel = Arc::new(AtomicBool::new(false));
-    let cancellations = match client.subscribe(subjects::aggregate(rbee_bus::AggregateKind::Request, &item.request)).await {
-        Ok(sub) => sub,
-        Err(e) => {
-            let _ = client.publish(reply, refuse("EVENT_LOG_UNAVAILABLE", e.to_string()).into()).await;
-            return;
-        }
-    };
+    let cancellations =
+        match client.subscribe(subjects::aggregate(rbee_bus::AggregateKind::Request, &item.request)).await {
+            Ok(sub) => sub,
+            Err(e) => {
+                let _ = client.publish(reply, refuse("EVENT_LOG_UNAVAILABLE", e.to_string()).into()).await;
+                return;
+            }
+        };
     let _ = client.flush().await;
     shared.busy.fetch_add(1, Ordering::SeqCst);
     let (frames_tx, frames_rx) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = oneshot::channel();
-    let job = Job { prepared, sampling: item.sampling.clone(), cancel: cancel.clone(), frames: frames_tx.clone(), done: done_tx };
+    let job = Job {
+        prepared,
+        sampling: item.sampling.clone(),
+        cancel: cancel.clone(),
+        frames: frames_tx.clone(),
+        done: done_tx,
+    };
     if shared.jobs.send(job).is_err() {
         shared.busy.fetch_sub(1, Ordering::SeqCst);
         let _ = client.publish(reply, refuse("INFERENCE_FAILED", "generation thread is gone".into()).into()).await;
@@ -279,7 +285,10 @@ async fn finish(
 /// Runs the engine on a dedicated thread (the forward pass never blocks the runtime): jobs join
 /// the batch as they arrive, every step advances all of them, each ends on its own.
 fn generation_thread(mut engine: Engine, jobs: std::sync::mpsc::Receiver<Job>) {
-    let mut running: HashMap<SequenceId, (mpsc::UnboundedSender<TokenFrame>, oneshot::Sender<Result<Generation, EngineError>>)> = HashMap::new();
+    let mut running: HashMap<
+        SequenceId,
+        (mpsc::UnboundedSender<TokenFrame>, oneshot::Sender<Result<Generation, EngineError>>),
+    > = HashMap::new();
     loop {
         // Idle: wait for work. Busy: take whatever arrived since the last step, without waiting.
         let arrived = if engine.active() == 0 {

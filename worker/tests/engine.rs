@@ -2,11 +2,11 @@
 //! the known greedy answer, stop reasons, cancellation, context limits and UTF-8-safe streaming.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::OnceLock;
+use std::sync::atomic::AtomicBool;
 
-use rbee_bus::frames::{ChatMessage, Sampling};
 use rbee_bus::FinishReason;
+use rbee_bus::frames::{ChatMessage, Sampling};
 use rbee_worker::engine::{Engine, Generation};
 use rbee_worker::text_stream::TextStream;
 
@@ -24,7 +24,10 @@ fn model_path() -> PathBuf {
 /// One loaded engine for all tests in this file (loading takes about a second).
 fn engine() -> std::sync::MutexGuard<'static, Engine> {
     static ENGINE: OnceLock<std::sync::Mutex<Engine>> = OnceLock::new();
-    ENGINE.get_or_init(|| std::sync::Mutex::new(Engine::load(&model_path()).expect("model loads"))).lock().unwrap_or_else(|p| p.into_inner())
+    ENGINE
+        .get_or_init(|| std::sync::Mutex::new(Engine::load(&model_path()).expect("model loads")))
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
 }
 
 fn user(text: &str) -> Vec<ChatMessage> {
@@ -35,7 +38,8 @@ fn run(messages: &[ChatMessage], max_tokens: Option<u32>, sampling: Sampling) ->
     let mut engine = engine();
     let prepared = engine.prompter().prepare(messages, max_tokens).expect("fits");
     let mut text = String::new();
-    let generation = engine.generate(&prepared, &sampling, &AtomicBool::new(false), |t| text.push_str(t)).expect("generates");
+    let generation =
+        engine.generate(&prepared, &sampling, &AtomicBool::new(false), |t| text.push_str(t)).expect("generates");
     (text, generation)
 }
 

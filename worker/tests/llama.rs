@@ -2,8 +2,8 @@
 //! llama and an f32 reference, the known greedy token ids, and rows that never depend on the batch.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use candle_core::quantized::gguf_file;
 use candle_core::{Device, Tensor};
@@ -16,7 +16,9 @@ fn model_path() -> PathBuf {
     let cache = std::env::var_os("RBEE_CACHE_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/rbee/models"));
-    let path = std::env::var_os("RBEE_TEST_MODEL").map(PathBuf::from).unwrap_or_else(|| cache.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
+    let path = std::env::var_os("RBEE_TEST_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache.join("SmolLM2-135M-Instruct.Q4_1.gguf"));
     assert!(path.is_file(), "{} missing: run `rbee setup` (scripts/test does)", path.display());
     path
 }
@@ -28,7 +30,8 @@ fn load(path: &Path, kernels: Kernels) -> Llama {
 }
 
 fn argmax(logits: &[f32]) -> u32 {
-    logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0 as u32
+    logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |best, (i, &v)| if v > best.1 { (i, v) } else { best }).0
+        as u32
 }
 
 /// Prompt logits and 16 greedy tokens, the sequence alone.
@@ -68,15 +71,27 @@ fn the_reference_forward_pass_is_candles_model() {
     let mut file = std::fs::File::open(&path).unwrap();
     let content = gguf_file::Content::read(&mut file).unwrap();
     let mut candle = ModelWeights::from_gguf(content, &mut file, &device).unwrap();
-    let first: Vec<f32> = candle.forward(&Tensor::new(prompt.as_slice(), &device).unwrap().unsqueeze(0).unwrap(), 0).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+    let first: Vec<f32> = candle
+        .forward(&Tensor::new(prompt.as_slice(), &device).unwrap().unsqueeze(0).unwrap(), 0)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
     let mut tokens = vec![argmax(&first)];
     for step in 0..15 {
         let input = Tensor::new(&[*tokens.last().unwrap()], &device).unwrap().unsqueeze(0).unwrap();
-        tokens.push(argmax(&candle.forward(&input, prompt.len() + step).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap()));
+        tokens.push(argmax(
+            &candle.forward(&input, prompt.len() + step).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap(),
+        ));
     }
     let (logits, ours) = greedy(&load(&path, Kernels::Reference), &prompt);
     let scale = first.iter().fold(0f32, |m, x| m.max(x.abs()));
-    assert!(max_diff(&logits, &first) <= 0.06 * scale, "logits differ from candle's by {} (largest {scale})", max_diff(&logits, &first));
+    assert!(
+        max_diff(&logits, &first) <= 0.06 * scale,
+        "logits differ from candle's by {} (largest {scale})",
+        max_diff(&logits, &first)
+    );
     assert_eq!(ours, tokens);
 }
 
@@ -112,11 +127,18 @@ fn a_sequence_gives_the_same_logits_alone_and_batched() {
     let mut caches: Vec<_> = prompts.iter().map(|p| model.new_cache(p.len() + 16)).collect();
     let split = prompts[2].len() / 2;
     let [a, b, c] = caches.get_disjoint_mut([0, 1, 2]).unwrap();
-    let first = model.forward(&mut [Step { cache: a, tokens: &prompts[0] }, Step { cache: c, tokens: &prompts[2][..split] }]).unwrap();
-    let second = model.forward(&mut [Step { cache: b, tokens: &prompts[1] }, Step { cache: c, tokens: &prompts[2][split..] }]).unwrap();
+    let first = model
+        .forward(&mut [Step { cache: a, tokens: &prompts[0] }, Step { cache: c, tokens: &prompts[2][..split] }])
+        .unwrap();
+    let second = model
+        .forward(&mut [Step { cache: b, tokens: &prompts[1] }, Step { cache: c, tokens: &prompts[2][split..] }])
+        .unwrap();
     let prompt_logits = [&first[0], &second[0], &second[1]];
     for (i, logits) in prompt_logits.iter().enumerate() {
-        assert!(logits.iter().zip(&alone[i].0).all(|(x, y)| x.to_bits() == y.to_bits()), "prompt {i}: logits differ when batched");
+        assert!(
+            logits.iter().zip(&alone[i].0).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "prompt {i}: logits differ when batched"
+        );
     }
     let mut tokens: Vec<Vec<u32>> = prompt_logits.iter().map(|l| vec![argmax(l)]).collect();
     for _ in 0..15 {
@@ -140,7 +162,11 @@ fn the_engines_continuous_batching_gives_each_request_what_it_gets_alone() {
     let prompter = engine.prompter();
     let requests = [
         (FRANCE, Some(16), Sampling::default()),
-        ("Write a long story about a bee.", Some(24), Sampling { temperature: Some(0.8), top_p: Some(0.9), top_k: Some(40), seed: Some(7) }),
+        (
+            "Write a long story about a bee.",
+            Some(24),
+            Sampling { temperature: Some(0.8), top_p: Some(0.9), top_k: Some(40), seed: Some(7) },
+        ),
         ("Name a flower.", Some(3), Sampling { temperature: Some(1.0), top_p: None, top_k: None, seed: Some(1) }),
     ];
     let alone: Vec<(String, u32)> = requests
@@ -158,13 +184,21 @@ fn the_engines_continuous_batching_gives_each_request_what_it_gets_alone() {
     let mut done = vec![None; 3];
     let mut ids = Vec::new();
     for (text, max, sampling) in &requests[..2] {
-        ids.push(engine.admit(prompter.prepare(&user(text), *max).unwrap(), sampling, Arc::new(AtomicBool::new(false))));
+        ids.push(engine.admit(
+            prompter.prepare(&user(text), *max).unwrap(),
+            sampling,
+            Arc::new(AtomicBool::new(false)),
+        ));
     }
     let mut steps = 0;
     while done.iter().any(Option::is_none) {
         if steps == 3 {
             let (text, max, sampling) = &requests[2];
-            ids.push(engine.admit(prompter.prepare(&user(text), *max).unwrap(), sampling, Arc::new(AtomicBool::new(false))));
+            ids.push(engine.admit(
+                prompter.prepare(&user(text), *max).unwrap(),
+                sampling,
+                Arc::new(AtomicBool::new(false)),
+            ));
         }
         for (id, output) in engine.step() {
             let i = ids.iter().position(|&x| x == id).unwrap();
@@ -196,7 +230,8 @@ fn weights_in_other_formats_run_on_candles_kernels() {
     for name in content.tensor_infos.keys() {
         let qt = content.tensor(&mut file, name, &device).unwrap();
         let convert = name == "token_embd.weight" || (name.starts_with("blk.0.") && qt.dtype() == GgmlDType::Q4_1);
-        let qt = if convert { QTensor::quantize(&qt.dequantize(&device).unwrap(), GgmlDType::Q5_0).unwrap() } else { qt };
+        let qt =
+            if convert { QTensor::quantize(&qt.dequantize(&device).unwrap(), GgmlDType::Q5_0).unwrap() } else { qt };
         tensors.push((name.clone(), qt));
     }
     let dir = std::env::temp_dir().join(format!("rbee-q5-{}", std::process::id()));
@@ -213,6 +248,10 @@ fn weights_in_other_formats_run_on_candles_kernels() {
     let (logits, tokens) = greedy(&load(&converted, Kernels::Quantized), &prompt);
     std::fs::remove_dir_all(&dir).unwrap();
     let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
-    assert!(max_diff(&logits, &reference) <= 0.06 * scale, "logits differ from the f32 reference by {}", max_diff(&logits, &reference));
+    assert!(
+        max_diff(&logits, &reference) <= 0.06 * scale,
+        "logits differ from the f32 reference by {}",
+        max_diff(&logits, &reference)
+    );
     assert_eq!(tokens, reference_tokens);
 }

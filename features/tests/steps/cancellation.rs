@@ -7,7 +7,7 @@ use cucumber::{given, then, when};
 use futures::StreamExt;
 use rbee_features::poll::eventually;
 
-use super::{RbeeWorld, DEADLINE};
+use super::{DEADLINE, RbeeWorld};
 
 #[when(expr = "I stream {string} with max_tokens {int} and disconnect after {int} chunks")]
 async fn stream_and_disconnect(w: &mut RbeeWorld, prompt: String, max_tokens: u32, after: usize) {
@@ -42,7 +42,11 @@ async fn cancelled_in_log(w: &mut RbeeWorld) {
         let events: Vec<_> = c
             .events(false)
             .into_iter()
-            .filter(|e| e["data"]["request"] == request.as_str() && e["type"] != "request.accepted" && e["type"] != "slot.claimed")
+            .filter(|e| {
+                e["data"]["request"] == request.as_str()
+                    && e["type"] != "request.accepted"
+                    && e["type"] != "slot.claimed"
+            })
             .collect();
         if events.len() >= 3 { Ok(events) } else { Err(events) }
     })
@@ -62,11 +66,12 @@ fn fewer_tokens(w: &mut RbeeWorld, limit: u64) {
 #[when(expr = "I run rbee infer {string} and press Ctrl+C once text appears")]
 async fn infer_then_ctrl_c(w: &mut RbeeWorld, prompt: String) {
     let before = w.cluster().events_of("request.accepted").len();
-    let mut child = rbee_features::cluster::rbee_command(&w.cluster().data_dir, &["infer", &prompt, "--max-tokens", "400"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("rbee infer starts");
+    let mut child =
+        rbee_features::cluster::rbee_command(&w.cluster().data_dir, &["infer", &prompt, "--max-tokens", "400"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("rbee infer starts");
     let mut stdout = child.stdout.take().unwrap();
     // Wait for the first bytes of the answer: the request is running and rbee infer listens for Ctrl+C.
     let first = tokio::task::spawn_blocking(move || {
@@ -92,7 +97,10 @@ fn infer_exit_code(w: &mut RbeeWorld, code: i32) {
 
 #[given(expr = "a cluster of my own whose worker has {int} slots")]
 async fn own_cluster_with_slots(w: &mut RbeeWorld, slots: u32) {
-    let cluster = tokio::task::spawn_blocking(move || rbee_features::cluster::Cluster::up(&["--slots", &slots.to_string()])).await.unwrap();
+    let cluster =
+        tokio::task::spawn_blocking(move || rbee_features::cluster::Cluster::up(&["--slots", &slots.to_string()]))
+            .await
+            .unwrap();
     w.own = Some(cluster.expect("rbee up succeeds"));
     let workers = w.cluster().workers();
     assert_eq!((workers.len(), workers[0]["slots"].as_u64()), (1, Some(slots as u64)), "{workers:?}");
@@ -141,7 +149,12 @@ async fn streaming_together(w: &mut RbeeWorld, n: usize) {
     assert_eq!((workers.len(), busy), (1, n), "one worker, all its slots busy: {workers:?}");
     let worker = workers[0]["id"].as_str().unwrap().to_string();
     for (id, _) in &streams {
-        let claimed = w.cluster().events_of("slot.claimed").into_iter().find(|e| e["data"]["request"] == id.as_str()).expect("claimed");
+        let claimed = w
+            .cluster()
+            .events_of("slot.claimed")
+            .into_iter()
+            .find(|e| e["data"]["request"] == id.as_str())
+            .expect("claimed");
         assert_eq!(claimed["data"]["worker"], worker.as_str());
     }
 }
@@ -150,7 +163,8 @@ async fn streaming_together(w: &mut RbeeWorld, n: usize) {
 async fn cancel_all(w: &mut RbeeWorld, n: usize) {
     assert_eq!(w.streams.len(), n);
     let queen = w.cluster().queen_url.clone();
-    let deletes = w.streams.iter().map(|(id, _)| rbee_features::http().delete(format!("{queen}/v1/requests/{id}")).send());
+    let deletes =
+        w.streams.iter().map(|(id, _)| rbee_features::http().delete(format!("{queen}/v1/requests/{id}")).send());
     for answer in futures::future::join_all(deletes).await {
         assert_eq!(answer.expect("the queen answers").status().as_u16(), 204);
     }
@@ -161,7 +175,10 @@ async fn each_cancelled(w: &mut RbeeWorld) {
     for (id, received) in w.streams.clone() {
         w.request_id = id;
         cancelled_in_log(w).await;
-        eventually("the stream ended", DEADLINE, || async { if received.lock().unwrap().1 { Ok(()) } else { Err(()) } }).await;
+        eventually("the stream ended", DEADLINE, || async {
+            if received.lock().unwrap().1 { Ok(()) } else { Err(()) }
+        })
+        .await;
     }
 }
 
@@ -170,7 +187,9 @@ async fn all_slots_free(w: &mut RbeeWorld, slots: u64) {
     let c = w.cluster();
     eventually("the worker shows all its slots free", DEADLINE, || async {
         let workers = c.workers();
-        let free = workers.len() == 1 && workers[0]["slots"] == slots && workers[0]["busy"].as_object().is_some_and(|b| b.is_empty());
+        let free = workers.len() == 1
+            && workers[0]["slots"] == slots
+            && workers[0]["busy"].as_object().is_some_and(|b| b.is_empty());
         if free { Ok(()) } else { Err(workers.clone()) }
     })
     .await;

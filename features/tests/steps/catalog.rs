@@ -6,7 +6,7 @@ use rbee_bus::{Event, EventLog, Expected, Meta, ModelRegistered};
 use rbee_features::poll::eventually;
 use serde_json::Value;
 
-use super::{RbeeWorld, DEADLINE};
+use super::{DEADLINE, RbeeWorld};
 
 #[when(expr = "{int} models on {int} nodes are registered in the catalog")]
 async fn register_models(w: &mut RbeeWorld, count: usize, nodes: usize) {
@@ -61,10 +61,13 @@ async fn page_through(w: &RbeeWorld, node: Option<&str>, limit: usize) -> Vec<(S
     }
 }
 
-#[then(expr = "paging through the queen's catalog for one node {int} at a time returns its {int} models once each, in order")]
+#[then(
+    expr = "paging through the queen's catalog for one node {int} at a time returns its {int} models once each, in order"
+)]
 async fn page_one_node(w: &mut RbeeWorld, limit: usize, expected: usize) {
     let node = format!("{}-node3", w.catalog_prefix);
-    let want: Vec<(String, String)> = (0..10_000).filter(|i| i % 10 == 3).map(|i| (format!("{}-{i:05}", w.catalog_prefix), node.clone())).collect();
+    let want: Vec<(String, String)> =
+        (0..10_000).filter(|i| i % 10 == 3).map(|i| (format!("{}-{i:05}", w.catalog_prefix), node.clone())).collect();
     assert_eq!(want.len(), expected);
     let w2 = &*w;
     let keys = eventually("the queen has folded every registration", DEADLINE, || async {
@@ -86,7 +89,10 @@ async fn page_all(w: &mut RbeeWorld, limit: usize, expected: usize) {
 
 #[then(expr = "a page size over the limit is refused with HTTP {int} naming {string}")]
 async fn page_too_big(w: &mut RbeeWorld, status: u16, param: String) {
-    for url in [format!("{}/v1/catalog?limit=1001", w.cluster().queen_url), format!("{}/v1/catalog?limit=lots", w.cluster().queen_url)] {
+    for url in [
+        format!("{}/v1/catalog?limit=1001", w.cluster().queen_url),
+        format!("{}/v1/catalog?limit=lots", w.cluster().queen_url),
+    ] {
         let response = reqwest::get(&url).await.unwrap();
         assert_eq!(response.status().as_u16(), status);
         let body: Value = response.json().await.unwrap();
@@ -118,7 +124,9 @@ fn own_cluster_extra_hives(w: &mut RbeeWorld, extra: usize) {
 async fn start_at_once(w: &mut RbeeWorld, n: usize) {
     let starts = (0..n).map(|_| {
         let data_dir = w.cluster().data_dir.clone();
-        tokio::task::spawn_blocking(move || rbee_features::cluster::rbee(&data_dir, &["workers", "start", "--timeout-secs", "120"]))
+        tokio::task::spawn_blocking(move || {
+            rbee_features::cluster::rbee(&data_dir, &["workers", "start", "--timeout-secs", "120"])
+        })
     });
     for out in futures::future::join_all(starts).await {
         let out = out.unwrap();
@@ -139,7 +147,8 @@ async fn all_ready(w: &mut RbeeWorld, n: usize) {
 #[then("the log holds exactly one model.registered for the model on that node")]
 fn one_model_registration(w: &mut RbeeWorld) {
     let node = w.cluster().node.clone();
-    let registered: Vec<Value> = w.cluster().events_of("model.registered").into_iter().filter(|e| e["data"]["node"] == node.as_str()).collect();
+    let registered: Vec<Value> =
+        w.cluster().events_of("model.registered").into_iter().filter(|e| e["data"]["node"] == node.as_str()).collect();
     assert_eq!(registered.len(), 1, "{registered:?}");
 }
 
@@ -147,6 +156,11 @@ fn one_model_registration(w: &mut RbeeWorld) {
 fn none_failed(w: &mut RbeeWorld) {
     let failed = w.cluster().events_of("worker.start_failed");
     assert!(failed.is_empty(), "{failed:?}");
-    let stray: Vec<_> = std::fs::read_dir(w.cluster().data_dir.join("models")).unwrap().flatten().map(|e| e.file_name()).filter(|n| n.to_string_lossy().contains(".partial")).collect();
+    let stray: Vec<_> = std::fs::read_dir(w.cluster().data_dir.join("models"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .filter(|n| n.to_string_lossy().contains(".partial"))
+        .collect();
     assert!(stray.is_empty(), "no partial file left: {stray:?}");
 }

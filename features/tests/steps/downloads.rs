@@ -12,7 +12,7 @@ use rbee_features::poll::eventually;
 use serde_json::Value;
 
 use super::RbeeWorld;
-use crate::{download_env, downloads, hub, HUB_FILE, HUB_REPO};
+use crate::{HUB_FILE, HUB_REPO, download_env, downloads, hub};
 
 const CHUNK: u64 = 4 << 20;
 
@@ -88,7 +88,10 @@ fn reference(dl: &Dl) -> String {
 
 fn pull_command(w: &RbeeWorld) -> Command {
     let dl = &w.dl;
-    let mut cmd = rbee_features::cluster::rbee_command(&w.cluster().data_dir, &["models", "pull", &reference(dl), "--name", &dl.model, "--node", &dl.node]);
+    let mut cmd = rbee_features::cluster::rbee_command(
+        &w.cluster().data_dir,
+        &["models", "pull", &reference(dl), "--name", &dl.model, "--node", &dl.node],
+    );
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd
 }
@@ -102,13 +105,15 @@ fn run_pull(w: &mut RbeeWorld) {
 fn pull_in_background(w: &mut RbeeWorld) {
     let child = pull_command(w).spawn().expect("rbee models pull runs");
     let started = Instant::now();
-    w.dl.background.push(tokio::task::spawn_blocking(move || (child.wait_with_output().expect("pull output"), started.elapsed())));
+    w.dl.background
+        .push(tokio::task::spawn_blocking(move || (child.wait_with_output().expect("pull output"), started.elapsed())));
 }
 
 pub(super) async fn background_pulls(w: &mut RbeeWorld) -> Vec<Output> {
     let mut outs = Vec::new();
     for handle in std::mem::take(&mut w.dl.background) {
-        let (out, took) = tokio::time::timeout(Duration::from_secs(120), handle).await.expect("the pull ends").expect("pull task");
+        let (out, took) =
+            tokio::time::timeout(Duration::from_secs(120), handle).await.expect("the pull ends").expect("pull task");
         w.dl.pull_took = took;
         outs.push(out);
     }
@@ -150,7 +155,11 @@ pub(super) fn hub_gets(w: &RbeeWorld) -> Vec<rbee_features::hub::Seen> {
 
 /// The models directory of the hive that serves the scenario's node.
 fn models_dir(w: &RbeeWorld) -> PathBuf {
-    if w.dl.hive_dir.as_os_str().is_empty() { w.cluster().data_dir.join("models") } else { w.dl.hive_dir.join("models") }
+    if w.dl.hive_dir.as_os_str().is_empty() {
+        w.cluster().data_dir.join("models")
+    } else {
+        w.dl.hive_dir.join("models")
+    }
 }
 
 pub(super) async fn wait_for_progress(w: &RbeeWorld, percent: u64) -> u64 {
@@ -200,12 +209,20 @@ fn times(how_often: &str) -> u32 {
 
 #[given(regex = r"^the hub stalls at (\d+)% of the default model (once|every time)$")]
 fn hub_stalls(_w: &mut RbeeWorld, percent: u64, how_often: String) {
-    hub().set_fault(HUB_REPO, HUB_FILE, Fault::StallAt { offset: model_size() * percent / 100, times: times(&how_often) });
+    hub().set_fault(
+        HUB_REPO,
+        HUB_FILE,
+        Fault::StallAt { offset: model_size() * percent / 100, times: times(&how_often) },
+    );
 }
 
 #[given(regex = r"^the hub cuts the connection at (\d+)% of the default model (once|every time)$")]
 fn hub_cuts(_w: &mut RbeeWorld, percent: u64, how_often: String) {
-    hub().set_fault(HUB_REPO, HUB_FILE, Fault::CutAt { offset: model_size() * percent / 100, times: times(&how_often) });
+    hub().set_fault(
+        HUB_REPO,
+        HUB_FILE,
+        Fault::CutAt { offset: model_size() * percent / 100, times: times(&how_often) },
+    );
 }
 
 #[given(expr = "the hub serves at most {int} MB\\/s")]
@@ -229,7 +246,11 @@ pub(super) async fn own_hive(w: &mut RbeeWorld, env: Vec<(String, String)>, mode
     if let Some(mb) = models_fs_mb {
         let models = w.dl.hive_dir.join("models");
         std::fs::create_dir_all(&models).unwrap();
-        let status = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"]).arg(&models).status().expect("run mount");
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(&models)
+            .status()
+            .expect("run mount");
         assert!(status.success(), "a small filesystem for the disk-full scenario needs mount (root): {status}");
         w.dl.mount = Some(models);
     }
@@ -414,7 +435,12 @@ fn ranged_after_reset(w: &mut RbeeWorld) {
     let last_chunk = cut / CHUNK * CHUNK;
     let ranges: Vec<Option<String>> = hub_gets(w).into_iter().map(|s| s.range).collect();
     assert_eq!(ranges.len(), 2, "a full GET, then one ranged: {ranges:?}");
-    let from: u64 = ranges[1].as_deref().and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.strip_suffix('-')).and_then(|n| n.parse().ok()).expect("a Range header");
+    let from: u64 = ranges[1]
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.strip_suffix('-'))
+        .and_then(|n| n.parse().ok())
+        .expect("a Range header");
     assert!((last_chunk..=cut).contains(&from), "resumed from {from}, not within [{last_chunk}, {cut}]");
 }
 
@@ -438,7 +464,14 @@ fn downloaded_once(w: &mut RbeeWorld) {
 
 #[then("the download took at least as long as the limit allows, and every chunk reported a rate under it")]
 fn under_the_limit(w: &mut RbeeWorld) {
-    let limit: u64 = w.dl.hive_env.iter().find(|(k, _)| k == "RBEE_DOWNLOAD_LIMIT_BYTES_PER_SEC").expect("a limit").1.parse().unwrap();
+    let limit: u64 =
+        w.dl.hive_env
+            .iter()
+            .find(|(k, _)| k == "RBEE_DOWNLOAD_LIMIT_BYTES_PER_SEC")
+            .expect("a limit")
+            .1
+            .parse()
+            .unwrap();
     let floor = Duration::from_secs_f64(model_size() as f64 / limit as f64);
     assert!(w.dl.pull_took >= floor, "took {:?}, the limit allows no less than {floor:?}", w.dl.pull_took);
     for e in download_events(w, "download.progressed") {
@@ -459,10 +492,18 @@ fn waited_retry_after(w: &mut RbeeWorld, secs: u64) {
 #[when("a worker for it is started from the hub reference")]
 fn worker_from_hub(w: &mut RbeeWorld) {
     let r = reference(&w.dl);
-    let args = ["workers", "start", "--node", &w.dl.node, "--model", &r, "--model-name", &w.dl.model, "--timeout-secs", "60"];
+    let args =
+        ["workers", "start", "--node", &w.dl.node, "--model", &r, "--model-name", &w.dl.model, "--timeout-secs", "60"];
     w.output = Some(w.cluster().rbee(&args));
     // The worker is this scenario's: stopped at its end, so the shared cluster stays without workers.
-    let pids: Vec<i32> = w.cluster().workers().iter().filter(|x| x["model"] == w.dl.model.as_str()).filter_map(|x| x["pid"].as_i64()).map(|p| p as i32).collect();
+    let pids: Vec<i32> = w
+        .cluster()
+        .workers()
+        .iter()
+        .filter(|x| x["model"] == w.dl.model.as_str())
+        .filter_map(|x| x["pid"].as_i64())
+        .map(|p| p as i32)
+        .collect();
     w.stop_at_end.extend(pids);
 }
 
@@ -477,8 +518,14 @@ fn worker_from_hub_started(w: &mut RbeeWorld) {
 async fn worker_answers(w: &mut RbeeWorld) {
     let out = w.output.as_ref().expect("workers start ran");
     assert!(out.status.success(), "{}", text(out));
-    let body = serde_json::json!({"model": w.dl.model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4});
-    let resp = rbee_features::http().post(format!("{}/v1/chat/completions", w.cluster().queen_url)).json(&body).send().await.expect("queen answers");
+    let body =
+        serde_json::json!({"model": w.dl.model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4});
+    let resp = rbee_features::http()
+        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
+        .json(&body)
+        .send()
+        .await
+        .expect("queen answers");
     assert_eq!(resp.status(), 200);
     let answer: Value = resp.json().await.unwrap();
     assert!(answer["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{answer}");
@@ -514,7 +561,12 @@ fn remove_failed(w: &mut RbeeWorld, code: i32, error: String) {
 
 #[then("the log records model.removed for the model, removed on request")]
 fn removed_on_request(w: &mut RbeeWorld) {
-    let removed: Vec<Value> = w.cluster().events_of("model.removed").into_iter().filter(|e| e["data"]["model"] == w.dl.model.as_str()).collect();
+    let removed: Vec<Value> = w
+        .cluster()
+        .events_of("model.removed")
+        .into_iter()
+        .filter(|e| e["data"]["model"] == w.dl.model.as_str())
+        .collect();
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert!(removed[0]["data"]["reason"].as_str().unwrap().contains("rbee models rm"));
 }

@@ -10,7 +10,7 @@ use rbee_features::poll::eventually;
 use serde_json::Value;
 
 use super::downloads::own_hive;
-use super::{RbeeWorld, DEADLINE};
+use super::{DEADLINE, RbeeWorld};
 
 fn alive(pid: i32) -> bool {
     rbee_bus::process::alive(pid as u32)
@@ -21,7 +21,8 @@ fn text(out: &std::process::Output) -> String {
 }
 
 fn start_args(node: &str, extra: &[String]) -> Vec<String> {
-    let mut args: Vec<String> = ["workers", "start", "--node", node, "--timeout-secs", "90"].iter().map(|s| s.to_string()).collect();
+    let mut args: Vec<String> =
+        ["workers", "start", "--node", node, "--timeout-secs", "90"].iter().map(|s| s.to_string()).collect();
     args.extend_from_slice(extra);
     args
 }
@@ -44,7 +45,11 @@ async fn start_worker(w: &mut RbeeWorld, extra: &[String]) {
 /// The pid the log records for the scenario's worker (its latest registration).
 fn worker_pid(w: &RbeeWorld) -> i32 {
     let registered = w.cluster().events_of("worker.registered");
-    let pid = registered.iter().rev().find(|e| e["data"]["worker"] == w.worker_id.as_str()).and_then(|e| e["data"]["pid"].as_i64());
+    let pid = registered
+        .iter()
+        .rev()
+        .find(|e| e["data"]["worker"] == w.worker_id.as_str())
+        .and_then(|e| e["data"]["pid"].as_i64());
     pid.expect("the worker registered") as i32
 }
 
@@ -54,7 +59,8 @@ fn worker_pids(w: &RbeeWorld) -> Vec<i32> {
     let mut pids = Vec::new();
     for kind in ["worker.registered", "worker.signalled"] {
         for e in w.cluster().events_of(kind) {
-            let ours = e["data"]["node"] == node || (!w.worker_id.is_empty() && e["data"]["worker"] == w.worker_id.as_str());
+            let ours =
+                e["data"]["node"] == node || (!w.worker_id.is_empty() && e["data"]["worker"] == w.worker_id.as_str());
             if ours {
                 pids.extend(e["data"]["pid"].as_i64().map(|p| p as i32));
             }
@@ -150,16 +156,22 @@ fn printed_loading_then_ready(w: &mut RbeeWorld) {
 
 #[then("the log holds worker.registered, then worker.state_changed to ready, for it")]
 fn registered_then_ready(w: &mut RbeeWorld) {
-    let events: Vec<Value> = w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let events: Vec<Value> =
+        w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
     let registered = events.iter().position(|e| e["type"] == "worker.registered").expect("registered");
-    let ready = events.iter().position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Ready").expect("ready");
+    let ready = events
+        .iter()
+        .position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Ready")
+        .expect("ready");
     assert!(registered < ready);
 }
 
 #[then("the hive logged that preflight passed with the RAM it found")]
 fn preflight_logged(w: &mut RbeeWorld) {
-    let log = std::fs::read_to_string(w.dl.hive_dir.join("logs").join(format!("hive-{}.log", w.dl.node))).unwrap_or_default();
-    let line = log.lines().find(|l| l.contains("preflight passed")).unwrap_or_else(|| panic!("no preflight line in:\n{log}"));
+    let log =
+        std::fs::read_to_string(w.dl.hive_dir.join("logs").join(format!("hive-{}.log", w.dl.node))).unwrap_or_default();
+    let line =
+        log.lines().find(|l| l.contains("preflight passed")).unwrap_or_else(|| panic!("no preflight line in:\n{log}"));
     assert!(line.contains("available RAM") && line.contains("cpu"), "{line}");
 }
 
@@ -180,7 +192,11 @@ fn start_error_mentions(w: &mut RbeeWorld, needle: String) {
 async fn signalled(w: &mut RbeeWorld, signal: i64, reason: String) {
     eventually(&format!("worker.signalled {signal} for {reason}"), DEADLINE, || async {
         let found = worker_events(w, "worker.signalled");
-        if found.iter().any(|e| e["data"]["signal"] == signal && e["data"]["reason"] == reason.as_str()) { Ok(()) } else { Err(found) }
+        if found.iter().any(|e| e["data"]["signal"] == signal && e["data"]["reason"] == reason.as_str()) {
+            Ok(())
+        } else {
+            Err(found)
+        }
     })
     .await;
 }
@@ -279,7 +295,12 @@ async fn hive_exit_within(w: &mut RbeeWorld, secs: u64) {
 
 #[then(expr = "the log records {int} worker exits with code 0")]
 fn exits_on_node(w: &mut RbeeWorld, n: usize) {
-    let exits = w.cluster().events_of("worker.exited").into_iter().filter(|e| e["data"]["node"] == w.dl.node.as_str() && e["data"]["exit_code"] == 0).count();
+    let exits = w
+        .cluster()
+        .events_of("worker.exited")
+        .into_iter()
+        .filter(|e| e["data"]["node"] == w.dl.node.as_str() && e["data"]["exit_code"] == 0)
+        .count();
     assert_eq!(exits, n);
 }
 
@@ -291,7 +312,10 @@ async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
 
 #[then(expr = "the request completes with finish_reason {string} and {int} tokens")]
 async fn request_completed(w: &mut RbeeWorld, reason: String, tokens: u64) {
-    let text = tokio::time::timeout(DEADLINE * 2, w.background.take().expect("a request")).await.expect("the stream ends").unwrap();
+    let text = tokio::time::timeout(DEADLINE * 2, w.background.take().expect("a request"))
+        .await
+        .expect("the stream ends")
+        .unwrap();
     assert!(text.contains(&format!("\"finish_reason\":\"{reason}\"")), "{text}");
     assert!(text.contains(&format!("\"completion_tokens\":{tokens}")), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
@@ -299,9 +323,16 @@ async fn request_completed(w: &mut RbeeWorld, reason: String, tokens: u64) {
 
 #[then("the log records the worker draining, then its exit with code 0")]
 fn drained_then_exited(w: &mut RbeeWorld) {
-    let events: Vec<Value> = w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
-    let draining = events.iter().position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Draining").expect("draining recorded");
-    let exited = events.iter().position(|e| e["type"] == "worker.exited" && e["data"]["exit_code"] == 0).expect("exit 0 recorded");
+    let events: Vec<Value> =
+        w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let draining = events
+        .iter()
+        .position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Draining")
+        .expect("draining recorded");
+    let exited = events
+        .iter()
+        .position(|e| e["type"] == "worker.exited" && e["data"]["exit_code"] == 0)
+        .expect("exit 0 recorded");
     assert!(draining < exited);
 }
 
@@ -344,7 +375,12 @@ async fn answers_once(w: &mut RbeeWorld) {
 #[then("the worker process may run on core 0 only")]
 fn pinned(w: &mut RbeeWorld) {
     let status = std::fs::read_to_string(format!("/proc/{}/status", worker_pid(w))).unwrap();
-    let cores = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).map(str::trim).unwrap_or_default().to_string();
+    let cores = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .map(str::trim)
+        .unwrap_or_default()
+        .to_string();
     assert_eq!(cores, "0");
 }
 
@@ -358,13 +394,23 @@ fn runs_copy(w: &mut RbeeWorld) {
 
 #[then("no worker was spawned on that node")]
 fn none_spawned(w: &mut RbeeWorld) {
-    let registered = w.cluster().events_of("worker.registered").into_iter().filter(|e| e["data"]["node"] == w.dl.node.as_str()).count();
+    let registered = w
+        .cluster()
+        .events_of("worker.registered")
+        .into_iter()
+        .filter(|e| e["data"]["node"] == w.dl.node.as_str())
+        .count();
     assert_eq!(registered, 0);
 }
 
 fn mem_available() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap();
-    let kib: u64 = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:")).and_then(|r| r.split_whitespace().next()).and_then(|n| n.parse().ok()).unwrap();
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
     kib * 1024
 }
 
@@ -383,11 +429,16 @@ async fn hive_with_tight_ram(w: &mut RbeeWorld, spare_gib: u64) {
 fn start_from_hub_in_background(w: &mut RbeeWorld) {
     let reference = format!("hf:{}:{}", w.dl.file.0, w.dl.file.1);
     let args = start_args(&w.dl.node, &["--model".into(), reference, "--model-name".into(), w.dl.model.clone()]);
-    let mut cmd = rbee_features::cluster::rbee_command(&w.cluster().data_dir, &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut cmd = rbee_features::cluster::rbee_command(
+        &w.cluster().data_dir,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
     let child = cmd.spawn().expect("rbee workers start");
     let started = Instant::now();
-    w.dl.background.push(tokio::task::spawn_blocking(move || (child.wait_with_output().expect("start output"), started.elapsed())));
+    w.dl.background.push(tokio::task::spawn_blocking(move || {
+        (child.wait_with_output().expect("start output"), started.elapsed())
+    }));
 }
 
 #[given(expr = "the hub stalls the default model at {int}% until released")]
@@ -422,7 +473,8 @@ async fn background_start_failed(w: &mut RbeeWorld, code: i32, error: String) {
 
 #[given(expr = "a cluster of my own serving the default model, with {int} more workers started")]
 async fn own_cluster_with_workers(w: &mut RbeeWorld, n: usize) {
-    w.own = Some(tokio::task::spawn_blocking(|| rbee_features::cluster::Cluster::up(&[])).await.unwrap().expect("rbee up"));
+    w.own =
+        Some(tokio::task::spawn_blocking(|| rbee_features::cluster::Cluster::up(&[])).await.unwrap().expect("rbee up"));
     w.dl.node = w.cluster().node.clone();
     many_started(w, n).await;
     assert_eq!(w.cluster().workers().len(), n + 1);
@@ -432,7 +484,11 @@ async fn own_cluster_with_workers(w: &mut RbeeWorld, n: usize) {
 fn run_down(w: &mut RbeeWorld) {
     let c = w.cluster();
     let file: Value = serde_json::from_str(&std::fs::read_to_string(c.data_dir.join("cluster.json")).unwrap()).unwrap();
-    let mut pids: Vec<i32> = ["nats_pid", "postgres_pid", "queen_pid", "hive_pid"].iter().filter_map(|k| file[k].as_i64()).map(|p| p as i32).collect();
+    let mut pids: Vec<i32> = ["nats_pid", "postgres_pid", "queen_pid", "hive_pid"]
+        .iter()
+        .filter_map(|k| file[k].as_i64())
+        .map(|p| p as i32)
+        .collect();
     pids.extend(c.workers().iter().filter_map(|x| x["pid"].as_i64()).map(|p| p as i32));
     let out = c.rbee(&["down"]);
     (w.stop_at_end, w.output) = (pids, Some(out));
@@ -450,7 +506,8 @@ async fn nothing_left(w: &mut RbeeWorld) {
 #[then("the start showed the download's progress up to its verified end")]
 fn start_showed_download(w: &mut RbeeWorld) {
     let printed = text(w.output.as_ref().expect("a start ran"));
-    let (half, end) = (printed.find("50% (").expect("progress shown"), printed.find("verified").expect("the end shown"));
+    let (half, end) =
+        (printed.find("50% (").expect("progress shown"), printed.find("verified").expect("the end shown"));
     assert!(half < end, "{printed}");
 }
 
@@ -459,7 +516,12 @@ fn keep_disk_busy(w: &mut RbeeWorld) {
     use std::os::unix::process::CommandExt;
     // Two writers bypassing the page cache, so the device is busy whatever else the machine does.
     let (a, b) = (w.dl.hive_dir.join("disk-load-a"), w.dl.hive_dir.join("disk-load-b"));
-    let writer = |f: &std::path::Path| format!("while :; do dd if=/dev/zero of='{}' bs=4M count=64 oflag=direct conv=notrunc status=none; done", f.display());
+    let writer = |f: &std::path::Path| {
+        format!(
+            "while :; do dd if=/dev/zero of='{}' bs=4M count=64 oflag=direct conv=notrunc status=none; done",
+            f.display()
+        )
+    };
     let script = format!("{} & {} & wait", writer(&a), writer(&b));
     let mut cmd = std::process::Command::new("sh");
     cmd.args(["-c", &script]);
@@ -478,7 +540,8 @@ fn keep_disk_busy(w: &mut RbeeWorld) {
 fn warned_disk_busy(w: &mut RbeeWorld) {
     let out = w.output.as_ref().unwrap();
     assert!(out.status.success(), "{}", text(out));
-    let log = std::fs::read_to_string(w.dl.hive_dir.join("logs").join(format!("hive-{}.log", w.dl.node))).unwrap_or_default();
+    let log =
+        std::fs::read_to_string(w.dl.hive_dir.join("logs").join(format!("hive-{}.log", w.dl.node))).unwrap_or_default();
     let warned = log.find("the models' disk is busy").unwrap_or_else(|| panic!("no warning in:\n{log}"));
     let spawned = log.find("worker spawned").expect("the worker was spawned");
     assert!(warned < spawned, "{log}");
@@ -523,7 +586,8 @@ fn given_gpu(w: &mut RbeeWorld, gpu: u32) {
 
 #[then(expr = "the hive logged that GPU {int} has the most free VRAM")]
 fn logged_gpu_reason(w: &mut RbeeWorld, gpu: u32) {
-    let log = std::fs::read_to_string(w.dl.hive_dir.join("logs").join(format!("hive-{}.log", w.dl.node))).unwrap_or_default();
+    let log =
+        std::fs::read_to_string(w.dl.hive_dir.join("logs").join(format!("hive-{}.log", w.dl.node))).unwrap_or_default();
     let wanted = format!("GPU {gpu} has the most free VRAM");
     assert!(log.lines().any(|l| l.contains("preflight passed") && l.contains(&wanted)), "{wanted} not in:\n{log}");
 }

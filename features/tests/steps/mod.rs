@@ -14,7 +14,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use rbee_features::cluster::Cluster;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 pub const MODEL: &str = "SmolLM2-135M-Instruct";
 pub const DEADLINE: Duration = Duration::from_secs(15);
@@ -71,7 +71,11 @@ pub struct RbeeWorld {
 
 impl std::fmt::Debug for RbeeWorld {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RbeeWorld").field("status", &self.status).field("request_id", &self.request_id).field("body", &self.body).finish()
+        f.debug_struct("RbeeWorld")
+            .field("status", &self.status)
+            .field("request_id", &self.request_id)
+            .field("body", &self.body)
+            .finish()
     }
 }
 
@@ -124,7 +128,8 @@ impl RbeeWorld {
     pub async fn ask(&mut self, prompt: &str, max_tokens: u32) {
         let response = self.post_chat(prompt, max_tokens, false).await;
         self.status = response.status().as_u16();
-        self.request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        self.request_id =
+            response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
         self.body = response.json().await.expect("a JSON body");
     }
 
@@ -136,7 +141,9 @@ impl RbeeWorld {
         let mut bytes = response.bytes_stream();
         let mut seen = Vec::new();
         while String::from_utf8_lossy(&seen).matches("data: ").count() < 2 {
-            seen.extend_from_slice(&futures::StreamExt::next(&mut bytes).await.expect("stream goes on").expect("chunk"));
+            seen.extend_from_slice(
+                &futures::StreamExt::next(&mut bytes).await.expect("stream goes on").expect("chunk"),
+            );
         }
         self.background = Some(tokio::spawn(async move {
             while let Some(Ok(chunk)) = futures::StreamExt::next(&mut bytes).await {
@@ -148,16 +155,24 @@ impl RbeeWorld {
 
     /// Events of `kind` for the current request id.
     pub fn request_events(&self, kind: &str) -> Vec<Value> {
-        self.cluster().events_of(kind).into_iter().filter(|e| e["data"]["request"] == self.request_id.as_str()).collect()
+        self.cluster()
+            .events_of(kind)
+            .into_iter()
+            .filter(|e| e["data"]["request"] == self.request_id.as_str())
+            .collect()
     }
 
     /// Waits until the log holds exactly one event of `kind` whose `data.<field>` is `value`; returns it.
     pub async fn one_event(&self, kind: &str, field: &str, value: &str) -> Value {
         let c = self.cluster();
-        let found = rbee_features::poll::eventually(&format!("one {kind} with {field} {value} in the log"), DEADLINE, || async {
-            let found: Vec<Value> = c.events_of(kind).into_iter().filter(|e| e["data"][field] == value).collect();
-            if found.len() == 1 { Ok(found) } else { Err(found) }
-        })
+        let found = rbee_features::poll::eventually(
+            &format!("one {kind} with {field} {value} in the log"),
+            DEADLINE,
+            || async {
+                let found: Vec<Value> = c.events_of(kind).into_iter().filter(|e| e["data"][field] == value).collect();
+                if found.len() == 1 { Ok(found) } else { Err(found) }
+            },
+        )
         .await;
         found.into_iter().next().expect("one event")
     }

@@ -5,15 +5,16 @@ use std::process::{Command, Stdio};
 
 use cucumber::{given, then, when};
 use rbee_features::poll::eventually;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
-use super::{RbeeWorld, DEADLINE, MODEL};
+use super::{DEADLINE, MODEL, RbeeWorld};
 
 /// Starts `rbee-queen` on a free port against the scenario's cluster (and its event store when
 /// `with_store`); returns its URL.
 pub async fn start_queen(w: &mut RbeeWorld, with_store: bool) -> String {
     let port = rbee_ops::local::process::free_port().unwrap();
-    let mut args = vec!["--nats-url".to_string(), w.cluster().nats_url.clone(), "--bind".into(), format!("127.0.0.1:{port}")];
+    let mut args =
+        vec!["--nats-url".to_string(), w.cluster().nats_url.clone(), "--bind".into(), format!("127.0.0.1:{port}")];
     if with_store {
         args.extend(["--database-url".to_string(), w.cluster().database_url.clone()]);
     }
@@ -53,7 +54,8 @@ async fn concurrent_requests(w: &mut RbeeWorld, n: usize) {
 
 #[then(expr = "every request completed, or was refused with HTTP {int} and code {string}")]
 fn all_completed_or_busy(w: &mut RbeeWorld, status: u16, code: String) {
-    let completed = w.batch.iter().filter(|(s, _, b)| *s == 200 && b["choices"][0]["finish_reason"].is_string()).count();
+    let completed =
+        w.batch.iter().filter(|(s, _, b)| *s == 200 && b["choices"][0]["finish_reason"].is_string()).count();
     let refused = w.batch.iter().filter(|(s, _, b)| *s == status && b["error"]["code"] == code.as_str()).count();
     assert_eq!(completed + refused, w.batch.len(), "{:?}", w.batch);
     assert!(completed >= 1, "{:?}", w.batch);
@@ -61,7 +63,11 @@ fn all_completed_or_busy(w: &mut RbeeWorld, status: u16, code: String) {
 
 /// Slot events of the cluster's workers in log order: (worker, slot) -> holder.
 fn slot_history(w: &RbeeWorld) -> Vec<Value> {
-    w.cluster().events(false).into_iter().filter(|e| e["type"] == "slot.claimed" || e["type"] == "slot.released").collect()
+    w.cluster()
+        .events(false)
+        .into_iter()
+        .filter(|e| e["type"] == "slot.claimed" || e["type"] == "slot.released")
+        .collect()
 }
 
 #[then("in the log no slot was ever claimed while it was still held")]
@@ -113,7 +119,13 @@ async fn kill_and_restart(w: &mut RbeeWorld) {
 
 #[then("the restarted queen lists the same ready worker as the log")]
 async fn restarted_lists_worker(w: &mut RbeeWorld) {
-    let ready: Vec<String> = w.cluster().workers().iter().filter(|x| x["state"] == "Ready").map(|x| x["id"].as_str().unwrap().to_string()).collect();
+    let ready: Vec<String> = w
+        .cluster()
+        .workers()
+        .iter()
+        .filter(|x| x["state"] == "Ready")
+        .map(|x| x["id"].as_str().unwrap().to_string())
+        .collect();
     assert_eq!(ready.len(), 1);
     let health: Value = reqwest::get(format!("{}/health", w.second_queen)).await.unwrap().json().await.unwrap();
     assert_eq!(health["ready_workers"], 1, "{health}");
@@ -124,7 +136,8 @@ async fn restarted_lists_worker(w: &mut RbeeWorld) {
 #[then(expr = "asking the restarted queen {string} gets an answer naming {string}")]
 async fn restarted_answers(w: &mut RbeeWorld, prompt: String, expected: String) {
     let body = json!({"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": prompt}]});
-    let response = rbee_features::http().post(format!("{}/v1/chat/completions", w.second_queen)).json(&body).send().await.unwrap();
+    let response =
+        rbee_features::http().post(format!("{}/v1/chat/completions", w.second_queen)).json(&body).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let body: Value = response.json().await.unwrap();
     let content = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();

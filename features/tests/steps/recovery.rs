@@ -5,7 +5,7 @@ use rbee_features::infra::Nats;
 use rbee_features::poll::eventually;
 use serde_json::Value;
 
-use super::{RbeeWorld, DEADLINE};
+use super::{DEADLINE, RbeeWorld};
 
 fn digest(w: &RbeeWorld, nats_url: Option<&str>) -> String {
     let mut args = vec!["replay", "--digest"];
@@ -53,7 +53,11 @@ fn restore_again_refused(w: &mut RbeeWorld, code: String) {
     let url = w.spare_nats[0].url.clone();
     let out = w.cluster().rbee(&["--nats-url", &url, "restore", w.backup.as_ref().unwrap().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("error[{code}]")), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("error[{code}]")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(digest(w, Some(&url)), w.digest, "nothing changed");
 }
 
@@ -68,7 +72,11 @@ async fn corrupt_backup_refused(w: &mut RbeeWorld, code: String) {
     let nats = Nats::start().await;
     let out = w.cluster().rbee(&["--nats-url", &nats.url, "restore", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("error[{code}]")), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!("error[{code}]")),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let events = w.cluster().rbee(&["--nats-url", &nats.url, "events", "tail", "--no-follow"]);
     assert!(events.stdout.is_empty(), "nothing was restored: {}", String::from_utf8_lossy(&events.stdout));
     w.spare_nats.push(nats);
@@ -84,12 +92,21 @@ async fn old_schema_event(w: &mut RbeeWorld) {
     headers.insert("Rbee-Schema", "1");
     headers.insert("Nats-Msg-Id", "019a0000-0000-7000-8000-000000000002");
     let js = async_nats::jetstream::new(client);
-    js.publish_with_headers("rbee.ev.model.SmolLM2-135M-Instruct", headers, body.to_vec().into()).await.unwrap().await.expect("stored");
+    js.publish_with_headers("rbee.ev.model.SmolLM2-135M-Instruct", headers, body.to_vec().into())
+        .await
+        .unwrap()
+        .await
+        .expect("stored");
 }
 
 #[then("rbee events tail shows it as model.registered with its memory requirement filled in")]
 fn tail_shows_upcast(w: &mut RbeeWorld) {
-    let old: Vec<Value> = w.cluster().events_of("model.registered").into_iter().filter(|e| e["id"] == "019a0000-0000-7000-8000-000000000002").collect();
+    let old: Vec<Value> = w
+        .cluster()
+        .events_of("model.registered")
+        .into_iter()
+        .filter(|e| e["id"] == "019a0000-0000-7000-8000-000000000002")
+        .collect();
     assert_eq!(old.len(), 1, "{old:?}");
     assert_eq!(old[0]["data"]["size_bytes"], 98_362_432u64);
     assert_eq!(old[0]["data"]["memory_required_bytes"], rbee_bus::estimated_memory_bytes(98_362_432));
@@ -120,11 +137,18 @@ fn replay_shows_model(w: &mut RbeeWorld) {
 }
 
 async fn store(w: &RbeeWorld) -> sqlx::PgPool {
-    sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&w.cluster().database_url).await.expect("the event store answers")
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&w.cluster().database_url)
+        .await
+        .expect("the event store answers")
 }
 
 async fn checkpoint_seq(pool: &sqlx::PgPool) -> Option<i64> {
-    sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE name = 'cluster_view'").fetch_optional(pool).await.unwrap()
+    sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE name = 'cluster_view'")
+        .fetch_optional(pool)
+        .await
+        .unwrap()
 }
 
 #[given("a second queen with the event store, which has checkpointed the registry and catalog")]
@@ -168,13 +192,22 @@ async fn health(w: &RbeeWorld) -> Value {
 #[then("the queen reports that the corrupt checkpoint was set aside and the state rebuilt from the log")]
 async fn reports_set_aside(w: &mut RbeeWorld) {
     let report = health(w).await["recovery"].as_str().unwrap_or_default().to_string();
-    assert!(report.contains("set aside") && report.contains("CHECKPOINT_CORRUPT") && report.contains("rebuilt from the log"), "{report}");
+    assert!(
+        report.contains("set aside")
+            && report.contains("CHECKPOINT_CORRUPT")
+            && report.contains("rebuilt from the log"),
+        "{report}"
+    );
 }
 
 #[then("the corrupt checkpoint is kept aside in Postgres with its reason")]
 async fn kept_aside(w: &mut RbeeWorld) {
     let pool = store(w).await;
-    let reasons: Vec<String> = sqlx::query_scalar("SELECT reason FROM projection_checkpoints_set_aside WHERE name = 'cluster_view'").fetch_all(&pool).await.unwrap();
+    let reasons: Vec<String> =
+        sqlx::query_scalar("SELECT reason FROM projection_checkpoints_set_aside WHERE name = 'cluster_view'")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
     assert!(reasons.iter().any(|r| r.contains("sha256")), "{reasons:?}");
 }
 
@@ -212,7 +245,8 @@ async fn all_archived(w: &mut RbeeWorld) {
 
 #[when("its queen is killed, its checkpoint removed and the older half of its events purged from JetStream")]
 async fn kill_purge(w: &mut RbeeWorld) {
-    let file: Value = serde_json::from_str(&std::fs::read_to_string(w.cluster().data_dir.join("cluster.json")).unwrap()).unwrap();
+    let file: Value =
+        serde_json::from_str(&std::fs::read_to_string(w.cluster().data_dir.join("cluster.json")).unwrap()).unwrap();
     let pid = file["queen_pid"].as_i64().unwrap() as i32;
     // SAFETY: the queen this scenario's own `rbee up` started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -239,7 +273,8 @@ async fn queen_starts(w: &mut RbeeWorld) {
 #[then("the queen reports that the purged events were read from the Postgres archive")]
 async fn reports_archive(w: &mut RbeeWorld) {
     let report = health(w).await["recovery"].as_str().unwrap_or_default().to_string();
-    let expected = format!("{} event(s) before sequence {} read from the Postgres archive", w.purged_below - 1, w.purged_below);
+    let expected =
+        format!("{} event(s) before sequence {} read from the Postgres archive", w.purged_below - 1, w.purged_below);
     assert!(report.contains(&expected), "{report}");
 }
 
@@ -296,10 +331,12 @@ async fn rebuild_stored(w: &mut RbeeWorld) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("digest {}", digest(w, None))), "{stdout}");
     let pool = store(w).await;
-    let replaced: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_checkpoints_set_aside WHERE reason = 'replaced by rbee projections rebuild'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let replaced: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM projection_checkpoints_set_aside WHERE reason = 'replaced by rbee projections rebuild'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(replaced, 1);
     assert!(checkpoint_seq(&pool).await.is_some());
 }

@@ -6,7 +6,7 @@ use cucumber::{given, then, when};
 use rbee_features::poll::eventually;
 use serde_json::Value;
 
-use super::{RbeeWorld, DEADLINE, MODEL};
+use super::{DEADLINE, MODEL, RbeeWorld};
 
 #[given("a running cluster without workers")]
 fn bare_cluster(w: &mut RbeeWorld) {
@@ -57,7 +57,12 @@ fn losers_exit(w: &mut RbeeWorld, code: String) {
 
 #[then("the log holds exactly one worker.registered for that id")]
 fn one_registration(w: &mut RbeeWorld) {
-    let registered: Vec<Value> = w.cluster().events_of("worker.registered").into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let registered: Vec<Value> = w
+        .cluster()
+        .events_of("worker.registered")
+        .into_iter()
+        .filter(|e| e["data"]["worker"] == w.worker_id.as_str())
+        .collect();
     assert_eq!(registered.len(), 1, "{registered:?}");
 }
 
@@ -77,7 +82,14 @@ fn listed(w: &RbeeWorld, filters: &[&str]) -> Vec<Value> {
     args.extend_from_slice(filters);
     let out = w.cluster().rbee(&args);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().iter().filter(|x| x["id"] == w.worker_id.as_str()).cloned().collect()
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["id"] == w.worker_id.as_str())
+        .cloned()
+        .collect()
 }
 
 #[then("rbee workers lists it as ready with its model and node")]
@@ -127,7 +139,10 @@ async fn exit_recorded(w: &mut RbeeWorld) {
     let exited = w.one_event("worker.exited", "worker", &w.worker_id).await;
     assert_eq!(exited["data"]["exit_code"], 0);
     let (c, id) = (w.cluster(), w.worker_id.clone());
-    let stopped = c.events_of("worker.state_changed").into_iter().any(|e| e["data"]["worker"] == id.as_str() && e["data"]["state"] == "Stopped");
+    let stopped = c
+        .events_of("worker.state_changed")
+        .into_iter()
+        .any(|e| e["data"]["worker"] == id.as_str() && e["data"]["state"] == "Stopped");
     assert!(stopped);
 }
 
@@ -158,10 +173,19 @@ async fn refused_with(w: &mut RbeeWorld, status: u16, code: String) {
 
 #[then(expr = "the log records worker.removed for it with the reason {string}")]
 fn removed_in_log(w: &mut RbeeWorld, reason: String) {
-    let removed: Vec<Value> = w.cluster().events_of("worker.removed").into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let removed: Vec<Value> = w
+        .cluster()
+        .events_of("worker.removed")
+        .into_iter()
+        .filter(|e| e["data"]["worker"] == w.worker_id.as_str())
+        .collect();
     assert_eq!(removed.len(), 1, "{removed:?}");
     assert_eq!(removed[0]["data"]["reason"], reason.as_str());
-    let stale = w.cluster().events_of("worker.state_changed").into_iter().any(|e| e["data"]["worker"] == w.worker_id.as_str() && e["data"]["state"] == "Stale");
+    let stale = w
+        .cluster()
+        .events_of("worker.state_changed")
+        .into_iter()
+        .any(|e| e["data"]["worker"] == w.worker_id.as_str() && e["data"]["state"] == "Stale");
     assert!(stale, "it was marked stale first");
 }
 
@@ -169,7 +193,18 @@ fn removed_in_log(w: &mut RbeeWorld, reason: String) {
 fn spawn_worker(w: &mut RbeeWorld, slots: u32, stderr: Stdio) {
     let c = w.cluster();
     let child = Command::new(rbee_features::bin("rbee-worker"))
-        .args(["--nats-url", &c.nats_url, "--node", &c.node, "--worker-id", &w.worker_id, "--model", MODEL, "--slots", &slots.to_string()])
+        .args([
+            "--nats-url",
+            &c.nats_url,
+            "--node",
+            &c.node,
+            "--worker-id",
+            &w.worker_id,
+            "--model",
+            MODEL,
+            "--slots",
+            &slots.to_string(),
+        ])
         .arg("--model-path")
         .arg(rbee_features::default_model_file())
         .stdout(Stdio::null())
@@ -210,11 +245,17 @@ async fn listed_with_two_slots(w: &mut RbeeWorld) {
 
 #[then("the log holds two worker.registered events for that id, the second after the first one stopped")]
 fn two_registrations(w: &mut RbeeWorld) {
-    let events: Vec<Value> = w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
-    let kinds: Vec<(String, Value)> = events.iter().map(|e| (e["type"].as_str().unwrap().to_string(), e["data"]["state"].clone())).collect();
-    let registrations: Vec<usize> = events.iter().enumerate().filter(|(_, e)| e["type"] == "worker.registered").map(|(i, _)| i).collect();
+    let events: Vec<Value> =
+        w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let kinds: Vec<(String, Value)> =
+        events.iter().map(|e| (e["type"].as_str().unwrap().to_string(), e["data"]["state"].clone())).collect();
+    let registrations: Vec<usize> =
+        events.iter().enumerate().filter(|(_, e)| e["type"] == "worker.registered").map(|(i, _)| i).collect();
     assert_eq!(registrations.len(), 2, "{kinds:?}");
-    let stopped = events.iter().position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Stopped").expect("stopped");
+    let stopped = events
+        .iter()
+        .position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Stopped")
+        .expect("stopped");
     assert!(registrations[0] < stopped && stopped < registrations[1], "{kinds:?}");
     assert_eq!(events[registrations[1]]["data"]["slots"], 2);
 }
@@ -282,9 +323,11 @@ async fn background_completes(w: &mut RbeeWorld, reason: String) {
 #[when("meanwhile another worker is started with rbee workers start")]
 async fn another_worker(w: &mut RbeeWorld) {
     let data_dir = w.cluster().data_dir.clone();
-    let out = tokio::task::spawn_blocking(move || rbee_features::cluster::rbee(&data_dir, &["workers", "start", "--timeout-secs", "60"]))
-        .await
-        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        rbee_features::cluster::rbee(&data_dir, &["workers", "start", "--timeout-secs", "60"])
+    })
+    .await
+    .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let started = stdout.lines().find_map(|l| l.strip_prefix("starting worker ")).expect("a worker was started");
@@ -297,8 +340,15 @@ async fn only_new_worker(w: &mut RbeeWorld) {
     let new = w.second_worker.clone();
     let pid = eventually("only the new worker is listed", DEADLINE, || async {
         let workers = c.workers();
-        let ids: Vec<(String, String)> = workers.iter().map(|x| (x["id"].as_str().unwrap().to_string(), x["state"].as_str().unwrap().to_string())).collect();
-        if ids == [(new.clone(), "Ready".to_string())] { Ok(workers[0]["pid"].as_i64().unwrap() as i32) } else { Err(ids) }
+        let ids: Vec<(String, String)> = workers
+            .iter()
+            .map(|x| (x["id"].as_str().unwrap().to_string(), x["state"].as_str().unwrap().to_string()))
+            .collect();
+        if ids == [(new.clone(), "Ready".to_string())] {
+            Ok(workers[0]["pid"].as_i64().unwrap() as i32)
+        } else {
+            Err(ids)
+        }
     })
     .await;
     w.stop_at_end.push(pid);
@@ -307,8 +357,12 @@ async fn only_new_worker(w: &mut RbeeWorld) {
 #[then("the log records the paused worker's removal and the new worker's registration")]
 fn removal_and_registration(w: &mut RbeeWorld) {
     let events = w.cluster().events(false);
-    let removed = events.iter().filter(|e| e["type"] == "worker.removed" && e["data"]["worker"] == w.worker_id.as_str()).count();
-    let registered = events.iter().filter(|e| e["type"] == "worker.registered" && e["data"]["worker"] == w.second_worker.as_str()).count();
+    let removed =
+        events.iter().filter(|e| e["type"] == "worker.removed" && e["data"]["worker"] == w.worker_id.as_str()).count();
+    let registered = events
+        .iter()
+        .filter(|e| e["type"] == "worker.registered" && e["data"]["worker"] == w.second_worker.as_str())
+        .count();
     assert_eq!((removed, registered), (1, 1));
 }
 

@@ -5,7 +5,7 @@ use futures::StreamExt;
 use rbee_features::cluster::Cluster;
 use serde_json::Value;
 
-use super::{RbeeWorld, MODEL};
+use super::{MODEL, RbeeWorld};
 
 #[given("a fresh data directory")]
 fn fresh_data_directory(_w: &mut RbeeWorld) {
@@ -46,7 +46,9 @@ fn worker_registered_then_ready(w: &mut RbeeWorld) {
     let worker = events[registered]["data"]["worker"].clone();
     let ready = events
         .iter()
-        .position(|e| e["type"] == "worker.state_changed" && e["data"]["worker"] == worker && e["data"]["state"] == "Ready")
+        .position(|e| {
+            e["type"] == "worker.state_changed" && e["data"]["worker"] == worker && e["data"]["state"] == "Ready"
+        })
         .expect("the worker became ready");
     assert!(registered < ready);
     let requested = events.iter().position(|e| e["type"] == "worker.start_requested").expect("the start was requested");
@@ -67,7 +69,8 @@ async fn answer_names(w: &mut RbeeWorld, prompt: String, expected: String) {
 fn rbee_up_again(w: &mut RbeeWorld) {
     w.counts_before = w.count_events(&["worker.start_requested", "worker.registered"]);
     let c = w.cluster();
-    let ready_before: Vec<String> = c.workers().iter().filter(|x| x["state"] == "Ready").map(|x| x["id"].as_str().unwrap().to_string()).collect();
+    let ready_before: Vec<String> =
+        c.workers().iter().filter(|x| x["state"] == "Ready").map(|x| x["id"].as_str().unwrap().to_string()).collect();
     assert_eq!(ready_before.len(), 1, "one ready worker before the second up");
     let output = c.rbee(&["up", "--port", "0", "--node", &c.node]);
     (w.ready_before, w.output) = (ready_before, Some(output));
@@ -107,7 +110,11 @@ async fn stream_completion(w: &mut RbeeWorld, prompt: String, max_tokens: u32) {
         buffer.extend_from_slice(&chunk.expect("stream chunk"));
     }
     let text = String::from_utf8(buffer).expect("UTF-8 stream");
-    w.stream = text.split("\n\n").filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: "))).map(str::to_string).collect();
+    w.stream = text
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(str::to_string)
+        .collect();
 }
 
 fn chunks(w: &RbeeWorld) -> Vec<Value> {
@@ -130,7 +137,10 @@ fn all_chunks(w: &mut RbeeWorld) {
 fn role_then_deltas(w: &mut RbeeWorld) {
     let chunks = chunks(w);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let text: String = chunks[1..chunks.len() - 1].iter().map(|c| c["choices"][0]["delta"]["content"].as_str().expect("a text delta")).collect();
+    let text: String = chunks[1..chunks.len() - 1]
+        .iter()
+        .map(|c| c["choices"][0]["delta"]["content"].as_str().expect("a text delta"))
+        .collect();
     assert!(!text.trim().is_empty(), "the deltas carry text");
 }
 
@@ -141,7 +151,11 @@ fn final_chunk(w: &mut RbeeWorld) {
     let reason = last["choices"][0]["finish_reason"].as_str().expect("finish_reason");
     assert!(reason == "stop" || reason == "length", "{reason}");
     let usage = &last["usage"];
-    let (p, c, t) = (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap(), usage["total_tokens"].as_u64().unwrap());
+    let (p, c, t) = (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+        usage["total_tokens"].as_u64().unwrap(),
+    );
     assert!(p > 0 && c > 0 && c <= 20 && t == p + c, "{usage}");
     let finished = w.request_events("request.finished");
     assert_eq!(finished[0]["data"]["completion_tokens"], c);
@@ -194,7 +208,12 @@ fn http_error(w: &mut RbeeWorld, status: u16, code: String, limit: u32) {
 #[then("no slot was claimed for that request")]
 fn no_slot_claimed(w: &mut RbeeWorld) {
     assert!(!w.request_id.is_empty());
-    let claims: Vec<Value> = w.cluster().events_of("slot.claimed").into_iter().filter(|e| e["data"]["request"] == w.request_id.as_str()).collect();
+    let claims: Vec<Value> = w
+        .cluster()
+        .events_of("slot.claimed")
+        .into_iter()
+        .filter(|e| e["data"]["request"] == w.request_id.as_str())
+        .collect();
     assert!(claims.is_empty(), "{claims:?}");
     assert!(w.request_events("request.accepted").is_empty());
 }
@@ -205,7 +224,9 @@ async fn metrics_count(w: &mut RbeeWorld) {
     assert_eq!(response.status().as_u16(), 200);
     let text = response.text().await.unwrap();
     let value = |series: &str| -> f64 {
-        text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
     };
     assert!(value(&format!("rbee_queen_requests_total{{code=\"ok\",model=\"{MODEL}\"}}")) >= 1.0);
     assert!(value(&format!("rbee_queen_time_to_first_token_seconds_count{{model=\"{MODEL}\"}}")) >= 1.0);

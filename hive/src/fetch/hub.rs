@@ -45,7 +45,9 @@ pub fn clients() -> Result<Clients, Failure> {
 
 fn client_builder() -> reqwest::ClientBuilder {
     rbee_bus::process::use_ring_for_tls();
-    reqwest::Client::builder().connect_timeout(Duration::from_secs(15)).user_agent(concat!("rbee-hive/", env!("CARGO_PKG_VERSION")))
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(15))
+        .user_agent(concat!("rbee-hive/", env!("CARGO_PKG_VERSION")))
 }
 
 impl HubSettings {
@@ -87,10 +89,16 @@ impl HubSettings {
     /// The one `.gguf` file of a repository; a repository with several needs the file named.
     async fn only_gguf_file(&self, client: &reqwest::Client, repo: &str, revision: &str) -> Result<String, Failure> {
         let url = format!("{}/api/models/{repo}/revision/{revision}", self.endpoint.trim_end_matches('/'));
-        let resp = self.get(client, &url).send().await.map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: {}", causes(&e))))?;
+        let resp = self
+            .get(client, &url)
+            .send()
+            .await
+            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: {}", causes(&e))))?;
         check_status(&resp, &format!("hf:{repo}"))?;
-        let body: serde_json::Value =
-            resp.json().await.map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: unreadable file list: {e}")))?;
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: unreadable file list: {e}")))?;
         let ggufs: Vec<String> = body["siblings"]
             .as_array()
             .into_iter()
@@ -122,8 +130,12 @@ impl HubSettings {
         }
         let etag = resp.headers().get("x-linked-etag").and_then(|v| v.to_str().ok()).unwrap_or_default();
         let sha = etag.trim_start_matches("W/").trim_matches('"').to_ascii_lowercase();
-        let size = resp.headers().get("x-linked-size").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
-        Ok(((sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit())).then_some(sha), size.or(resp.content_length().filter(|n| *n > 0))))
+        let size =
+            resp.headers().get("x-linked-size").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse().ok());
+        Ok((
+            (sha.len() == 64 && sha.chars().all(|c| c.is_ascii_hexdigit())).then_some(sha),
+            size.or(resp.content_length().filter(|n| *n > 0)),
+        ))
     }
 }
 
@@ -150,7 +162,9 @@ pub fn check_status(resp: &reqwest::Response, what: &str) -> Result<(), Failure>
         404 => Failure::fatal("MODEL_NOT_FOUND", format!("{what} was not found on the model hub (404)")),
         401 | 403 => Failure::fatal(
             "ACCESS_DENIED",
-            format!("the model hub refused {what} ({status}); if the model is gated or private, set HF_TOKEN to a token that may read it"),
+            format!(
+                "the model hub refused {what} ({status}); if the model is gated or private, set HF_TOKEN to a token that may read it"
+            ),
         ),
         429 => {
             let after = resp
@@ -159,9 +173,14 @@ pub fn check_status(resp: &reqwest::Response, what: &str) -> Result<(), Failure>
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs);
-            Failure { retry_after: after, ..Failure::retry("RATE_LIMITED", format!("the model hub rate-limited {what} (429)")) }
+            Failure {
+                retry_after: after,
+                ..Failure::retry("RATE_LIMITED", format!("the model hub rate-limited {what} (429)"))
+            }
         }
-        416 => Failure::retry("DOWNLOAD_FAILED", format!("{what}: the range asked for is not there (416); starting over")),
+        416 => {
+            Failure::retry("DOWNLOAD_FAILED", format!("{what}: the range asked for is not there (416); starting over"))
+        }
         _ => Failure::retry("DOWNLOAD_FAILED", format!("{what}: the server answered {status}")),
     })
 }

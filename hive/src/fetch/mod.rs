@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use rbee_bus::model_ref::ModelRef;
 use rbee_bus::read::read_subject;
 use rbee_bus::{
-    download_id, subjects, AggregateKind, AppendError, DownloadFailed, DownloadFinished, DownloadProgressed,
-    DownloadRetried, DownloadStarted, Event, EventLog, Expected, Meta, Position,
+    AggregateKind, AppendError, DownloadFailed, DownloadFinished, DownloadProgressed, DownloadRetried, DownloadStarted,
+    Event, EventLog, Expected, Meta, Position, download_id, subjects,
 };
 use rbee_projections::{DownloadStatus, Downloads, LiveView};
 
@@ -104,7 +104,13 @@ enum Claim {
 }
 
 impl Downloader {
-    pub fn new(log: EventLog, view: LiveView, node: String, models_dir: PathBuf, mut settings: DownloadSettings) -> Result<Self, Failure> {
+    pub fn new(
+        log: EventLog,
+        view: LiveView,
+        node: String,
+        models_dir: PathBuf,
+        mut settings: DownloadSettings,
+    ) -> Result<Self, Failure> {
         settings.chunk_bytes = settings.chunk_bytes.max(64) / 64 * 64;
         let clients = hub::clients()?;
         let owner = uuid::Uuid::now_v7().to_string();
@@ -113,13 +119,24 @@ impl Downloader {
 
     /// Makes `model` present in the store from `reference`, downloading (or waiting for another
     /// hive's download of) it. `expected_sha256` overrides the hub's published checksum.
-    pub async fn fetch(&self, model: &str, source: &str, reference: &ModelRef, expected_sha256: Option<&str>, meta: &Meta) -> Result<Fetched, Failure> {
+    pub async fn fetch(
+        &self,
+        model: &str,
+        source: &str,
+        reference: &ModelRef,
+        expected_sha256: Option<&str>,
+        meta: &Meta,
+    ) -> Result<Fetched, Failure> {
         let id = download_id(&self.node, model);
         let remote = match self.resolve_with_retries(reference).await {
             Ok(remote) => remote,
             Err(f) => {
                 // Recorded, so whoever asked for the model sees why it will not come.
-                let failed = Event::DownloadFailed(DownloadFailed { download: id, code: f.code.into(), message: f.message.clone() });
+                let failed = Event::DownloadFailed(DownloadFailed {
+                    download: id,
+                    code: f.code.into(),
+                    message: f.message.clone(),
+                });
                 if let Err(e) = self.log.append(failed, Expected::Any, meta).await {
                     tracing::error!(error = %e, "download failure not recorded");
                 }
@@ -130,7 +147,13 @@ impl Downloader {
         loop {
             match self.claim(&id, model, source, &expected, meta).await? {
                 Claim::Mine { position, resume_from, hasher, total } => {
-                    let job = Job { id: id.clone(), model: model.to_string(), url: remote.url.clone(), expected: expected.clone(), meta: meta.clone() };
+                    let job = Job {
+                        id: id.clone(),
+                        model: model.to_string(),
+                        url: remote.url.clone(),
+                        expected: expected.clone(),
+                        meta: meta.clone(),
+                    };
                     return self.download(&job, position, resume_from, hasher, total).await;
                 }
                 Claim::Done(fetched) => return Ok(fetched),
@@ -173,10 +196,19 @@ impl Downloader {
 
     /// Reads the download's history and either claims it (resuming what a dead holder left) or
     /// reports who holds it.
-    async fn claim(&self, id: &str, model: &str, source: &str, expected: &Option<String>, meta: &Meta) -> Result<Claim, Failure> {
+    async fn claim(
+        &self,
+        id: &str,
+        model: &str,
+        source: &str,
+        expected: &Option<String>,
+        meta: &Meta,
+    ) -> Result<Claim, Failure> {
         let subject = subjects::aggregate(AggregateKind::Download, id);
         loop {
-            let history = read_subject(&self.log, &subject).await.map_err(|e| Failure::retry("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+            let history = read_subject(&self.log, &subject)
+                .await
+                .map_err(|e| Failure::retry("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
             let mut folded = Downloads::default();
             history.iter().for_each(|r| folded.apply(r));
             let last = history.last().map(|r| Position { seq: r.stream_seq, version: r.envelope.version });
@@ -242,14 +274,18 @@ impl Downloader {
     /// failed, `None` when the holder is gone (then claim again).
     async fn wait_for_holder(&self, id: &str, model: &str, seen: u64) -> Option<Result<Fetched, Failure>> {
         loop {
-            let (entry, download) = self.view.read(|v| (v.catalog.get(model, &self.node).cloned(), v.downloads.by_id.get(id).cloned()));
+            let (entry, download) =
+                self.view.read(|v| (v.catalog.get(model, &self.node).cloned(), v.downloads.by_id.get(id).cloned()));
             if let Some(e) = entry.filter(|e| Path::new(&e.path).is_file()) {
                 return Some(Ok(Fetched { path: e.path.into(), size_bytes: e.size_bytes, sha256: e.sha256 }));
             }
             match download {
                 Some(d) if d.position.seq >= seen && d.status == DownloadStatus::Failed => {
                     let code = d.last_error.unwrap_or_else(|| "DOWNLOAD_FAILED".into());
-                    return Some(Err(Failure::fatal(static_code(&code), format!("the download of {model} by another hive failed ({code})"))));
+                    return Some(Err(Failure::fatal(
+                        static_code(&code),
+                        format!("the download of {model} by another hive failed ({code})"),
+                    )));
                 }
                 Some(d) if d.status == DownloadStatus::Active && !self.holder_alive(&d) => return None,
                 _ => {}
@@ -267,7 +303,14 @@ impl Downloader {
 
     /// Our claim: attempts with backoff until the file is complete and verified, or a failure that
     /// retrying cannot fix. The partial file is removed on failure.
-    async fn download(&self, job: &Job, position: Position, resume_from: u64, hasher: ResumableSha256, total: u64) -> Result<Fetched, Failure> {
+    async fn download(
+        &self,
+        job: &Job,
+        position: Position,
+        resume_from: u64,
+        hasher: ResumableSha256,
+        total: u64,
+    ) -> Result<Fetched, Failure> {
         let partial = self.partial_path(&job.model);
         let result = async {
             std::fs::create_dir_all(&self.models_dir).map_err(|e| disk_failure(&e, &partial))?;
@@ -302,7 +345,11 @@ impl Downloader {
         if let Err(f) = &result {
             let _ = std::fs::remove_file(&partial);
             tracing::error!(code = f.code, error = %f.message, "download failed; partial file removed");
-            let failed = Event::DownloadFailed(DownloadFailed { download: job.id.clone(), code: f.code.into(), message: f.message.clone() });
+            let failed = Event::DownloadFailed(DownloadFailed {
+                download: job.id.clone(),
+                code: f.code.into(),
+                message: f.message.clone(),
+            });
             if let Err(e) = self.log.append(failed, Expected::Any, &job.meta).await {
                 tracing::error!(error = %e, "download failure not recorded");
             }
@@ -322,13 +369,21 @@ impl Downloader {
         // The writer finishes what it was handed, then the recorder what the writer reached.
         let written = t.settle().await;
         t.progress = None;
-        t.position = recorder.await.map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("the chunk recorder failed: {e}")))??;
+        t.position = recorder
+            .await
+            .map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("the chunk recorder failed: {e}")))??;
         written.and(received)
     }
 
     /// Appends `download.progressed` for every chunk boundary the writer reaches, each after the
     /// previous one; returns the claim's last position.
-    async fn record_chunks(self, job: Job, mut chunks: tokio::sync::mpsc::UnboundedReceiver<Chunk>, mut position: Position, from: u64) -> Result<Position, Failure> {
+    async fn record_chunks(
+        self,
+        job: Job,
+        mut chunks: tokio::sync::mpsc::UnboundedReceiver<Chunk>,
+        mut position: Position,
+        from: u64,
+    ) -> Result<Position, Failure> {
         let started = Instant::now();
         while let Some(chunk) = chunks.recv().await {
             let rate = ((chunk.offset - from) as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64;
@@ -344,13 +399,19 @@ impl Downloader {
         Ok(position)
     }
 
-    async fn receive(&self, job: &Job, t: &mut Transfer, recorder: &tokio::task::JoinHandle<Result<Position, Failure>>) -> Result<(), Failure> {
+    async fn receive(
+        &self,
+        job: &Job,
+        t: &mut Transfer,
+        recorder: &tokio::task::JoinHandle<Result<Position, Failure>>,
+    ) -> Result<(), Failure> {
         let stall = self.settings.stall;
         let mut request = self.settings.hub.get(&self.clients.fetch, &job.url);
         if t.offset > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={}-", t.offset));
         }
-        let timed_out = || Failure::retry("DOWNLOAD_TIMEOUT", format!("no answer from {} for {}s", job.url, stall.as_secs_f32()));
+        let timed_out =
+            || Failure::retry("DOWNLOAD_TIMEOUT", format!("no answer from {} for {}s", job.url, stall.as_secs_f32()));
         let mut resp = tokio::time::timeout(stall, request.send())
             .await
             .map_err(|_| timed_out())?
@@ -367,7 +428,13 @@ impl Downloader {
             if length > free {
                 return Err(Failure::fatal(
                     "INSUFFICIENT_DISK",
-                    format!("{} needs {} MB more, {} has {} MB free; remove models with `rbee models rm`", job.model, mb(length), self.models_dir.display(), mb(free)),
+                    format!(
+                        "{} needs {} MB more, {} has {} MB free; remove models with `rbee models rm`",
+                        job.model,
+                        mb(length),
+                        self.models_dir.display(),
+                        mb(free)
+                    ),
                 ));
             }
         }
@@ -376,8 +443,18 @@ impl Downloader {
         loop {
             let next = tokio::time::timeout(stall, resp.chunk())
                 .await
-                .map_err(|_| Failure::retry("DOWNLOAD_TIMEOUT", format!("no bytes from {} for {}s at offset {}", job.url, stall.as_secs_f32(), t.offset)))?
-                .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("connection to {} lost at offset {}: {}", job.url, t.offset, hub::causes(&e))))?;
+                .map_err(|_| {
+                    Failure::retry(
+                        "DOWNLOAD_TIMEOUT",
+                        format!("no bytes from {} for {}s at offset {}", job.url, stall.as_secs_f32(), t.offset),
+                    )
+                })?
+                .map_err(|e| {
+                    Failure::retry(
+                        "DOWNLOAD_FAILED",
+                        format!("connection to {} lost at offset {}: {}", job.url, t.offset, hub::causes(&e)),
+                    )
+                })?;
             let Some(bytes) = next else {
                 t.flush_all().await?;
                 break;
@@ -396,7 +473,10 @@ impl Downloader {
             }
         }
         if t.total > 0 && t.offset < t.total {
-            return Err(Failure::retry("DOWNLOAD_FAILED", format!("connection to {} closed at {} of {} bytes", job.url, t.offset, t.total)));
+            return Err(Failure::retry(
+                "DOWNLOAD_FAILED",
+                format!("connection to {} closed at {} of {} bytes", job.url, t.offset, t.total),
+            ));
         }
         Ok(())
     }
@@ -407,15 +487,22 @@ impl Downloader {
         let (size_bytes, sha256) = t.finish().await?;
         if let Some(expected) = job.expected.as_deref().filter(|e| *e != sha256) {
             t.restart().await?;
-            return Err(Failure::retry("CHECKSUM_MISMATCH", format!("{} has sha256 {sha256}, expected {expected}; deleted", job.url)));
+            return Err(Failure::retry(
+                "CHECKSUM_MISMATCH",
+                format!("{} has sha256 {sha256}, expected {expected}; deleted", job.url),
+            ));
         }
         if let Err(reason) = gguf_check::check(&t.path) {
             t.restart().await?;
-            return Err(Failure::retry("MODEL_INVALID", format!("{} is not a usable GGUF model: {reason}; deleted", job.url)));
+            return Err(Failure::retry(
+                "MODEL_INVALID",
+                format!("{} is not a usable GGUF model: {reason}; deleted", job.url),
+            ));
         }
         let target = self.target_path(&job.model);
         std::fs::rename(&t.path, &target).map_err(|e| disk_failure(&e, &target))?;
-        let finished = Event::DownloadFinished(DownloadFinished { download: job.id.clone(), size_bytes, sha256: sha256.clone() });
+        let finished =
+            Event::DownloadFinished(DownloadFinished { download: job.id.clone(), size_bytes, sha256: sha256.clone() });
         self.append(job, finished, t.position).await?;
         tracing::info!(size_bytes, %sha256, path = %target.display(), "download verified");
         Ok(Fetched { path: target, size_bytes, sha256 })
@@ -426,7 +513,10 @@ impl Downloader {
     async fn append(&self, job: &Job, event: Event, after: Position) -> Result<Position, Failure> {
         match self.log.append(event, Expected::At(after), &job.meta).await {
             Ok(p) => Ok(p),
-            Err(AppendError::Conflict { .. }) => Err(Failure::fatal("DOWNLOAD_TAKEN_OVER", format!("another hive took over the download of {}", job.model))),
+            Err(AppendError::Conflict { .. }) => Err(Failure::fatal(
+                "DOWNLOAD_TAKEN_OVER",
+                format!("another hive took over the download of {}", job.model),
+            )),
             Err(e) => Err(Failure::retry("EVENT_LOG_UNAVAILABLE", e.to_string())),
         }
     }
@@ -451,7 +541,13 @@ struct Job {
 
 pub(crate) fn disk_failure(e: &std::io::Error, path: &Path) -> Failure {
     if e.raw_os_error() == Some(libc::ENOSPC) {
-        return Failure::fatal("DISK_FULL", format!("the disk holding {} is full; partial file removed; free space or remove models with `rbee models rm`", path.display()));
+        return Failure::fatal(
+            "DISK_FULL",
+            format!(
+                "the disk holding {} is full; partial file removed; free space or remove models with `rbee models rm`",
+                path.display()
+            ),
+        );
     }
     Failure::fatal("DOWNLOAD_FAILED", format!("cannot write {}: {e}", path.display()))
 }
@@ -463,8 +559,16 @@ fn mb(bytes: u64) -> u64 {
 /// The codes a failure recorded by another hive may carry, as the static strings errors use.
 fn static_code(code: &str) -> &'static str {
     const KNOWN: [&str; 10] = [
-        "MODEL_NOT_FOUND", "ACCESS_DENIED", "RATE_LIMITED", "DOWNLOAD_TIMEOUT", "DOWNLOAD_FAILED",
-        "CHECKSUM_MISMATCH", "MODEL_INVALID", "DISK_FULL", "INSUFFICIENT_DISK", "AMBIGUOUS_MODEL_FILE",
+        "MODEL_NOT_FOUND",
+        "ACCESS_DENIED",
+        "RATE_LIMITED",
+        "DOWNLOAD_TIMEOUT",
+        "DOWNLOAD_FAILED",
+        "CHECKSUM_MISMATCH",
+        "MODEL_INVALID",
+        "DISK_FULL",
+        "INSUFFICIENT_DISK",
+        "AMBIGUOUS_MODEL_FILE",
     ];
     KNOWN.into_iter().find(|k| *k == code).unwrap_or("DOWNLOAD_FAILED")
 }

@@ -10,7 +10,7 @@ use rbee_bus::Position;
 use tokio::task::JoinHandle;
 
 use super::sha_state::ResumableSha256;
-use super::{disk_failure, Chunk, Failure};
+use super::{Chunk, Failure, disk_failure};
 
 /// Bytes gathered before a write: network reads are small, disk writes should not be.
 const PIECE: usize = 1 << 20;
@@ -38,14 +38,29 @@ pub(super) struct Transfer {
 }
 
 impl Transfer {
-    pub async fn open(path: &Path, resume_from: u64, hasher: ResumableSha256, total: u64, position: Position) -> Result<Transfer, Failure> {
+    pub async fn open(
+        path: &Path,
+        resume_from: u64,
+        hasher: ResumableSha256,
+        total: u64,
+        position: Position,
+    ) -> Result<Transfer, Failure> {
         let io = |e: std::io::Error| disk_failure(&e, path);
         let mut file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(path).map_err(io)?;
         // Bytes past the last recorded chunk were never accounted for: drop them.
         file.set_len(resume_from).map_err(io)?;
         file.seek(std::io::SeekFrom::Start(resume_from)).map_err(io)?;
         let disk = Some(Disk { file, hasher });
-        Ok(Transfer { path: path.to_path_buf(), offset: resume_from, total, position, pending: Vec::with_capacity(2 * PIECE), disk, writing: None, progress: None })
+        Ok(Transfer {
+            path: path.to_path_buf(),
+            offset: resume_from,
+            total,
+            position,
+            pending: Vec::with_capacity(2 * PIECE),
+            disk,
+            writing: None,
+            progress: None,
+        })
     }
 
     /// Waits for the write under way; drops bytes received but not handed over.
@@ -56,7 +71,8 @@ impl Transfer {
 
     async fn wait_write(&mut self) -> Result<(), Failure> {
         if let Some(writing) = self.writing.take() {
-            let (disk, result) = writing.await.map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("the writer failed: {e}")))?;
+            let (disk, result) =
+                writing.await.map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("the writer failed: {e}")))?;
             self.disk = Some(disk);
             result.map_err(|e| disk_failure(&e, &self.path))?;
         }
@@ -66,7 +82,8 @@ impl Transfer {
     /// Empties the file to start over.
     pub async fn restart(&mut self) -> Result<(), Failure> {
         let _ = self.settle().await;
-        let disk = self.disk.as_mut().ok_or_else(|| Failure::fatal("DOWNLOAD_FAILED", "the partial file is gone".into()))?;
+        let disk =
+            self.disk.as_mut().ok_or_else(|| Failure::fatal("DOWNLOAD_FAILED", "the partial file is gone".into()))?;
         let io = |e: std::io::Error| disk_failure(&e, &self.path);
         disk.file.set_len(0).map_err(io)?;
         disk.file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
@@ -102,7 +119,8 @@ impl Transfer {
         let rest = self.pending.len();
         self.hand_over(rest, true).await?;
         self.wait_write().await?;
-        let disk = self.disk.as_mut().ok_or_else(|| Failure::fatal("DOWNLOAD_FAILED", "the partial file is gone".into()))?;
+        let disk =
+            self.disk.as_mut().ok_or_else(|| Failure::fatal("DOWNLOAD_FAILED", "the partial file is gone".into()))?;
         Ok((self.offset, std::mem::take(&mut disk.hasher).finish()))
     }
 
@@ -118,7 +136,8 @@ impl Transfer {
         let (offset, total) = (self.offset, self.total);
         let report = self.progress.clone().filter(|_| boundary);
         self.writing = Some(tokio::task::spawn_blocking(move || {
-            let result = disk.file.write_all(&piece).and_then(|()| if boundary { disk.file.sync_data() } else { Ok(()) });
+            let result =
+                disk.file.write_all(&piece).and_then(|()| if boundary { disk.file.sync_data() } else { Ok(()) });
             if result.is_ok() {
                 disk.hasher.update(&piece);
                 if let (Some(report), Some(sha256_state)) = (report, disk.hasher.saved_state()) {

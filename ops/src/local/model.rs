@@ -43,7 +43,10 @@ pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) ->
         let source = match parsed {
             ModelRef::File(path) => {
                 if !path.is_file() {
-                    return Err(CliError::new("MODEL_NOT_FOUND", format!("model file {} does not exist", path.display())));
+                    return Err(CliError::new(
+                        "MODEL_NOT_FOUND",
+                        format!("model file {} does not exist", path.display()),
+                    ));
                 }
                 format!("file://{}", std::fs::canonicalize(&path).unwrap_or(path).display())
             }
@@ -58,7 +61,10 @@ pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) ->
         let (_, sha) = sha256_file(&path)?;
         if sha != DEFAULT_SHA256 {
             let _ = std::fs::remove_file(&path);
-            return Err(CliError::new("CHECKSUM_MISMATCH", format!("downloaded {FILE_NAME} has sha256 {sha}, expected {DEFAULT_SHA256}; removed")));
+            return Err(CliError::new(
+                "CHECKSUM_MISMATCH",
+                format!("downloaded {FILE_NAME} has sha256 {sha}, expected {DEFAULT_SHA256}; removed"),
+            ));
         }
     }
     let source = format!("file://{}", path.display());

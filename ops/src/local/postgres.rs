@@ -25,7 +25,10 @@ pub fn find_bin_dir() -> CliResult<PathBuf> {
         .unwrap_or_default();
     dirs.sort();
     dirs.pop().ok_or_else(|| {
-        CliError::new("POSTGRES_NOT_FOUND", "no Postgres binaries found (pg_ctl, initdb); install them, e.g. apt-get install postgresql")
+        CliError::new(
+            "POSTGRES_NOT_FOUND",
+            "no Postgres binaries found (pg_ctl, initdb); install them, e.g. apt-get install postgresql",
+        )
     })
 }
 
@@ -53,7 +56,12 @@ pub fn prepare_root(preferred: &Path) -> CliResult<PathBuf> {
         return Ok(preferred.to_path_buf());
     }
     let usable = |dir: &Path| -> bool {
-        chown_postgres(dir).is_ok() && Command::new("runuser").args(["-u", "postgres", "--", "test", "-w"]).arg(dir).status().is_ok_and(|s| s.success())
+        chown_postgres(dir).is_ok()
+            && Command::new("runuser")
+                .args(["-u", "postgres", "--", "test", "-w"])
+                .arg(dir)
+                .status()
+                .is_ok_and(|s| s.success())
     };
     if usable(preferred) {
         return Ok(preferred.to_path_buf());
@@ -67,7 +75,10 @@ pub fn prepare_root(preferred: &Path) -> CliResult<PathBuf> {
     if usable(&fallback) {
         Ok(fallback)
     } else {
-        Err(CliError::new("POSTGRES_START_FAILED", format!("the postgres user cannot write to {} or {}", preferred.display(), fallback.display())))
+        Err(CliError::new(
+            "POSTGRES_START_FAILED",
+            format!("the postgres user cannot write to {} or {}", preferred.display(), fallback.display()),
+        ))
     }
 }
 
@@ -82,14 +93,28 @@ pub async fn start(bin: &Path, root: &Path, port: u16) -> CliResult<(u32, String
     let log = root.join("postgres.log");
     if !data.join("PG_VERSION").is_file() {
         run_checked(
-            as_owner(&bin.join("initdb")).arg("-D").arg(&data).args(["-U", USER, "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"]),
+            as_owner(&bin.join("initdb")).arg("-D").arg(&data).args([
+                "-U",
+                USER,
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ]),
             "initdb",
         )
         .map_err(|e| CliError::new("POSTGRES_START_FAILED", e.message))?;
     }
     let options = format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''");
     run_checked(
-        as_owner(&bin.join("pg_ctl")).arg("-D").arg(&data).arg("-l").arg(&log).args(["-w", "-t", "60", "-o", &options, "start"]),
+        as_owner(&bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-o", &options, "start"]),
         "pg_ctl start",
     )
     .map_err(|e| CliError::new("POSTGRES_START_FAILED", format!("{}; see {}", e.message, log.display())))?;
@@ -101,7 +126,8 @@ pub async fn start(bin: &Path, root: &Path, port: u16) -> CliResult<(u32, String
 }
 
 async fn create_database(admin_url: &str) -> CliResult<()> {
-    let fail = |e: sqlx::Error| CliError::new("POSTGRES_START_FAILED", format!("cannot create database {DATABASE}: {e}"));
+    let fail =
+        |e: sqlx::Error| CliError::new("POSTGRES_START_FAILED", format!("cannot create database {DATABASE}: {e}"));
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
@@ -126,6 +152,9 @@ pub fn postmaster_pid(root: &Path) -> Option<u32> {
 
 /// Stops the cluster (fast shutdown: open sessions are ended, data is safe).
 pub fn stop(bin: &Path, root: &Path) -> CliResult<()> {
-    run_checked(as_owner(&bin.join("pg_ctl")).arg("-D").arg(root.join("data")).args(["-m", "fast", "-w", "stop"]), "pg_ctl stop")
-        .map(|_| ())
+    run_checked(
+        as_owner(&bin.join("pg_ctl")).arg("-D").arg(root.join("data")).args(["-m", "fast", "-w", "stop"]),
+        "pg_ctl stop",
+    )
+    .map(|_| ())
 }

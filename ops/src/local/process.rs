@@ -13,7 +13,8 @@ pub fn spawn_detached(program: &Path, args: &[String], log: &Path, envs: &[(&str
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create log dir", dir, e))?;
     }
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| io_error("open log", log, e))?;
+    let out =
+        std::fs::OpenOptions::new().create(true).append(true).open(log).map_err(|e| io_error("open log", log, e))?;
     let err = out.try_clone().map_err(|e| io_error("open log", log, e))?;
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
@@ -28,9 +29,8 @@ pub fn spawn_detached(program: &Path, args: &[String], log: &Path, envs: &[(&str
             Ok(())
         });
     }
-    let child = cmd.spawn().map_err(|e| {
-        CliError::new("SPAWN_FAILED", format!("cannot start {}: {e}", program.display()))
-    })?;
+    let child =
+        cmd.spawn().map_err(|e| CliError::new("SPAWN_FAILED", format!("cannot start {}: {e}", program.display())))?;
     Ok(child.id())
 }
 
@@ -73,7 +73,8 @@ pub fn free_port() -> CliResult<u16> {
 /// the kernel cannot hand the same port out twice (one at a time, it may).
 pub fn free_ports(n: usize) -> CliResult<Vec<u16>> {
     let fail = |e: std::io::Error| CliError::new("NO_FREE_PORT", format!("cannot find a free port: {e}"));
-    let listeners = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)).collect::<CliResult<Vec<_>>>()?;
+    let listeners =
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)).collect::<CliResult<Vec<_>>>()?;
     listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(fail)).collect()
 }
 

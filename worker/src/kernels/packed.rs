@@ -146,7 +146,13 @@ fn q8_0_times_on(path: Simd, group: &[PackedQ8_0], x: &[BlockQ8_1], m: usize, ou
 
 /// Hands the activation rows to `kernel` up to four at a time (`kernel(rows, n, sums)`), then lays
 /// the sums out by weight row.
-fn by_fours(per_row: usize, x: &[BlockQ8_1], m: usize, out: &mut [f32], kernel: impl Fn(&[BlockQ8_1], usize, &mut [[f32; ROWS]; 4])) {
+fn by_fours(
+    per_row: usize,
+    x: &[BlockQ8_1],
+    m: usize,
+    out: &mut [f32],
+    kernel: impl Fn(&[BlockQ8_1], usize, &mut [[f32; ROWS]; 4]),
+) {
     assert!(x.len() == m * per_row && out.len() == ROWS * m);
     let mut i = 0;
     while i < m {
@@ -178,7 +184,8 @@ fn q4_1_portable(group: &[PackedQ4_1], xs: &[BlockQ8_1], n: usize, sums: &mut [[
                 for c in 0..4 {
                     for k in 0..4 {
                         let byte = p.qs[c][4 * r + k];
-                        isum += (byte & 0x0F) as i32 * x.qs[4 * c + k] as i32 + (byte >> 4) as i32 * x.qs[16 + 4 * c + k] as i32;
+                        isum += (byte & 0x0F) as i32 * x.qs[4 * c + k] as i32
+                            + (byte >> 4) as i32 * x.qs[16 + 4 * c + k] as i32;
                     }
                 }
                 acc = (p.d[r].to_f32() * x.d).mul_add(isum as f32, acc);
@@ -240,9 +247,17 @@ mod x86 {
                     let (d, m, w) = unsafe {
                         let packed: [__m256i; 4] = std::array::from_fn(|c| _mm256_load_si256(p.qs[c].as_ptr().cast()));
                         let w: [__m256i; 8] = std::array::from_fn(|g| {
-                            if g < 4 { _mm256_and_si256(packed[g], low) } else { _mm256_and_si256(_mm256_srli_epi16(packed[g - 4], 4), low) }
+                            if g < 4 {
+                                _mm256_and_si256(packed[g], low)
+                            } else {
+                                _mm256_and_si256(_mm256_srli_epi16(packed[g - 4], 4), low)
+                            }
                         });
-                        (_mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr().cast())), _mm256_cvtph_ps(_mm_loadu_si128(p.m.as_ptr().cast())), w)
+                        (
+                            _mm256_cvtph_ps(_mm_loadu_si128(p.d.as_ptr().cast())),
+                            _mm256_cvtph_ps(_mm_loadu_si128(p.m.as_ptr().cast())),
+                            w,
+                        )
                     };
                     for j in 0..n {
                         let x = &xs[j * per_row + b];
@@ -251,7 +266,8 @@ mod x86 {
                             let ($acc, $u, $s) = (isum, *w, broadcast!(x, g));
                             isum = $dp;
                         }
-                        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), _mm256_cvtepi32_ps(isum), acc[j]);
+                        acc[j] =
+                            _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), _mm256_cvtepi32_ps(isum), acc[j]);
                         mins[j] = _mm256_fmadd_ps(m, _mm256_set1_ps(x.s), mins[j]);
                     }
                 }
@@ -278,7 +294,11 @@ mod x86 {
                         for (g, w) in w.iter().enumerate() {
                             isum = $q8_products(isum, *w, broadcast!(x, g));
                         }
-                        acc[j] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(x.d)), _mm256_cvtepi32_ps($q8_offset(isum, x.sum)), acc[j]);
+                        acc[j] = _mm256_fmadd_ps(
+                            _mm256_mul_ps(d, _mm256_set1_ps(x.d)),
+                            _mm256_cvtepi32_ps($q8_offset(isum, x.sum)),
+                            acc[j],
+                        );
                     }
                 }
                 for j in 0..n {
@@ -317,7 +337,14 @@ mod x86 {
         isum
     }
 
-    kernels!(q4_1_vnni, q8_0_vnni, "avx2,fma,f16c,avx512vnni,avx512vl", |acc, u, s| _mm256_dpbusd_epi32(acc, u, s), q8_products_vnni, q8_offset_vnni);
+    kernels!(
+        q4_1_vnni,
+        q8_0_vnni,
+        "avx2,fma,f16c,avx512vnni,avx512vl",
+        |acc, u, s| _mm256_dpbusd_epi32(acc, u, s),
+        q8_products_vnni,
+        q8_offset_vnni
+    );
     // Without VNNI: pairs of u8 x i8 summed in i16 (at most 2 * 15 * 127 for Q4_1: no saturation),
     // then pairs of those in i32 — the same integers.
     kernels!(
@@ -346,11 +373,17 @@ mod tests {
     }
 
     fn q4_1_rows(rows: usize, per_row: usize, seed: u64) -> Vec<BlockQ4_1> {
-        noise(rows * per_row * BLOCK, seed).chunks_exact(BLOCK).map(|c| BlockQ4_1::quantize(c.try_into().unwrap())).collect()
+        noise(rows * per_row * BLOCK, seed)
+            .chunks_exact(BLOCK)
+            .map(|c| BlockQ4_1::quantize(c.try_into().unwrap()))
+            .collect()
     }
 
     fn q8_0_rows(rows: usize, per_row: usize, seed: u64) -> Vec<BlockQ8_0> {
-        noise(rows * per_row * BLOCK, seed).chunks_exact(BLOCK).map(|c| BlockQ8_0::quantize(c.try_into().unwrap())).collect()
+        noise(rows * per_row * BLOCK, seed)
+            .chunks_exact(BLOCK)
+            .map(|c| BlockQ8_0::quantize(c.try_into().unwrap()))
+            .collect()
     }
 
     fn activations(m: usize, per_row: usize) -> Vec<BlockQ8_1> {
@@ -366,14 +399,16 @@ mod tests {
         let mut row = vec![0f32; per_row * BLOCK];
         for r in 0..11 {
             q4_1_row(&packed[(r / ROWS) * per_row..][..per_row], r % ROWS, &mut row);
-            let expected: Vec<f32> = blocks[r * per_row..(r + 1) * per_row].iter().flat_map(|b| b.dequantize()).collect();
+            let expected: Vec<f32> =
+                blocks[r * per_row..(r + 1) * per_row].iter().flat_map(|b| b.dequantize()).collect();
             assert_eq!(row, expected, "row {r}");
         }
         let blocks = q8_0_rows(9, per_row, 2);
         let packed = pack_q8_0(|i| blocks[i], 9, per_row);
         for r in 0..9 {
             q8_0_row(&packed[(r / ROWS) * per_row..][..per_row], r % ROWS, &mut row);
-            let expected: Vec<f32> = blocks[r * per_row..(r + 1) * per_row].iter().flat_map(|b| b.dequantize()).collect();
+            let expected: Vec<f32> =
+                blocks[r * per_row..(r + 1) * per_row].iter().flat_map(|b| b.dequantize()).collect();
             assert_eq!(row, expected, "row {r}");
         }
     }
@@ -394,8 +429,16 @@ mod tests {
                     let xi = &x[i * per_row..(i + 1) * per_row];
                     let e4 = crate::kernels::q4_1::dot(&w4[r * per_row..(r + 1) * per_row], xi);
                     let e8 = crate::kernels::q8_0::dot(&w8[r * per_row..(r + 1) * per_row], xi);
-                    assert!((out4[r * m + i] - e4).abs() <= 1e-4 * (1.0 + e4.abs()), "{path:?} Q4_1 row {r}, m {m}: {} vs {e4}", out4[r * m + i]);
-                    assert!((out8[r * m + i] - e8).abs() <= 1e-4 * (1.0 + e8.abs()), "{path:?} Q8_0 row {r}, m {m}: {} vs {e8}", out8[r * m + i]);
+                    assert!(
+                        (out4[r * m + i] - e4).abs() <= 1e-4 * (1.0 + e4.abs()),
+                        "{path:?} Q4_1 row {r}, m {m}: {} vs {e4}",
+                        out4[r * m + i]
+                    );
+                    assert!(
+                        (out8[r * m + i] - e8).abs() <= 1e-4 * (1.0 + e8.abs()),
+                        "{path:?} Q8_0 row {r}, m {m}: {} vs {e8}",
+                        out8[r * m + i]
+                    );
                 }
             }
         }

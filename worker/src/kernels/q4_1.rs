@@ -38,7 +38,11 @@ impl BlockQ4_1 {
 
     /// The block at the start of `bytes` (at least [`Self::BYTES`] long), as GGUF stores it.
     pub fn read(bytes: &[u8]) -> BlockQ4_1 {
-        BlockQ4_1 { d: f16::from_le_bytes([bytes[0], bytes[1]]), m: f16::from_le_bytes([bytes[2], bytes[3]]), qs: bytes[4..20].try_into().expect("16 bytes") }
+        BlockQ4_1 {
+            d: f16::from_le_bytes([bytes[0], bytes[1]]),
+            m: f16::from_le_bytes([bytes[2], bytes[3]]),
+            qs: bytes[4..20].try_into().expect("16 bytes"),
+        }
     }
 
     /// Quantizes 32 weights (min and max mapped to the ends of 0..=15).

@@ -59,7 +59,12 @@ pub struct Step<'a> {
 
 impl Llama {
     /// The model of a GGUF file, multiplying with `kernels` on `threads` threads.
-    pub fn from_gguf<R: Read + Seek>(ct: &gguf_file::Content, reader: &mut R, kernels: Kernels, threads: usize) -> Result<Llama> {
+    pub fn from_gguf<R: Read + Seek>(
+        ct: &gguf_file::Content,
+        reader: &mut R,
+        kernels: Kernels,
+        threads: usize,
+    ) -> Result<Llama> {
         let meta = |key: &str| ct.metadata.get(key).ok_or_else(|| format!("GGUF metadata {key} missing"));
         let number = |key: &str| meta(key)?.to_u32().map(|v| v as usize).map_err(|e| e.to_string());
         let heads = number("llama.attention.head_count")?;
@@ -78,7 +83,9 @@ impl Llama {
         let rope_dim = number("llama.rope.dimension_count").unwrap_or(head_dim).min(head_dim);
         let device = Device::Cpu;
         let vector = |reader: &mut R, name: &str| {
-            ct.tensor(reader, name, &device).and_then(|qt| qt.dequantize(&device)?.flatten_all()?.to_vec1::<f32>()).map_err(|e| format!("{name}: {e}"))
+            ct.tensor(reader, name, &device)
+                .and_then(|qt| qt.dequantize(&device)?.flatten_all()?.to_vec1::<f32>())
+                .map_err(|e| format!("{name}: {e}"))
         };
         let norm = vector(reader, "output_norm.weight")?;
         let mut layers = Vec::with_capacity(blocks);
@@ -98,7 +105,9 @@ impl Llama {
             false => None,
         };
         let ffn = layers.first().map_or(0, |l| l.gate_up.rows() / 2);
-        if embeddings.cols() != width || layers.iter().any(|l| l.qkv.rows() != width + 2 * kv_heads * head_dim || l.down.cols() != ffn) {
+        if embeddings.cols() != width
+            || layers.iter().any(|l| l.qkv.rows() != width + 2 * kv_heads * head_dim || l.down.cols() != ffn)
+        {
             return Err("the tensors' shapes do not match the model's metadata".into());
         }
         // RoPE angles: position * base^(-2i / rope_dim).
@@ -112,7 +121,22 @@ impl Llama {
             }
         }
         let team = Team::new(threads).map_err(|e| format!("cannot start the inference threads: {e}"))?;
-        Ok(Llama { embeddings, layers, norm, head, heads, kv_heads, head_dim, ffn, eps, cos, sin, rope_pairs, context, team })
+        Ok(Llama {
+            embeddings,
+            layers,
+            norm,
+            head,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn,
+            eps,
+            cos,
+            sin,
+            rope_pairs,
+            context,
+            team,
+        })
     }
 
     /// The longest sequence this engine runs: the trained context, at most `engine::MAX_CONTEXT`.
@@ -143,7 +167,11 @@ impl Llama {
         for (s, step) in batch.iter().enumerate() {
             let start = step.cache.len();
             if step.tokens.is_empty() || start + step.tokens.len() > self.context {
-                return Err(format!("positions {start}..{} are outside the model's context of {}", start + step.tokens.len(), self.context));
+                return Err(format!(
+                    "positions {start}..{} are outside the model's context of {}",
+                    start + step.tokens.len(),
+                    self.context
+                ));
             }
             if let Some(t) = step.tokens.iter().find(|&&t| t as usize >= self.vocab_size()) {
                 return Err(format!("token {t} is outside the vocabulary of {}", self.vocab_size()));
@@ -242,7 +270,11 @@ impl Llama {
 /// One query head over `positions` keys and values (rows `stride` apart): softmax-weighted sum.
 fn attend(q: &[f32], keys: &[f16], values: &[f16], stride: usize, positions: usize, scale: f32, out: &mut [f32]) {
     let head_dim = q.len();
-    assert!(out.len() == head_dim && keys.len() >= (positions - 1) * stride + head_dim && values.len() >= (positions - 1) * stride + head_dim);
+    assert!(
+        out.len() == head_dim
+            && keys.len() >= (positions - 1) * stride + head_dim
+            && values.len() >= (positions - 1) * stride + head_dim
+    );
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::simd() != crate::kernels::Simd::Portable {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time); the lengths are checked above.
@@ -256,7 +288,9 @@ fn attend(q: &[f32], keys: &[f16], values: &[f16], stride: usize, positions: usi
             _ => {}
         }
     }
-    let mut weights: Vec<f32> = (0..positions).map(|p| q.iter().zip(&keys[p * stride..][..head_dim]).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale).collect();
+    let mut weights: Vec<f32> = (0..positions)
+        .map(|p| q.iter().zip(&keys[p * stride..][..head_dim]).map(|(a, b)| a * b.to_f32()).sum::<f32>() * scale)
+        .collect();
     let total = softmax_in_place(&mut weights);
     out.fill(0.0);
     for (p, w) in weights.iter().enumerate() {
@@ -285,7 +319,10 @@ mod simd {
     #[target_feature(enable = "avx2,fma")]
     fn exp(x: __m256) -> __m256 {
         let x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0)), _mm256_set1_ps(88.0));
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E)));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(std::f32::consts::LOG2_E),
+        ));
         // r = x - n ln 2, with ln 2 in two parts so r keeps its precision.
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_145_75), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(1.428_606_8e-6), r);
@@ -293,7 +330,10 @@ mod simd {
         for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
             p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(c));
         }
-        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127))));
+        let scale = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        )));
         _mm256_mul_ps(p, scale)
     }
 
@@ -320,7 +360,15 @@ mod simd {
     /// [`super::attend`] for a head of `8 * V` floats: the query and the output stay in registers.
     /// SAFETY (callers): AVX2, FMA and F16C; `keys` and `values` hold `positions` rows `stride` apart.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn attend<const V: usize>(q: &[f32], keys: &[half::f16], values: &[half::f16], stride: usize, positions: usize, scale: f32, out: &mut [f32]) {
+    pub unsafe fn attend<const V: usize>(
+        q: &[f32],
+        keys: &[half::f16],
+        values: &[half::f16],
+        stride: usize,
+        positions: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
         // Eight half-precision floats from `at`, widened.
         macro_rules! load {
             ($at:expr) => {

@@ -4,7 +4,7 @@
 //! fifth of a decode step). Outside a pass the helpers sleep. Spinning yields the CPU often, so a
 //! machine with more busy threads than cores still makes progress.
 
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -50,7 +50,9 @@ impl Team {
         let mut helpers = Vec::new();
         for index in 1..size.max(1) {
             let shared = shared.clone();
-            helpers.push(std::thread::Builder::new().name(format!("inference-{index}")).spawn(move || helper(&shared, index))?);
+            helpers.push(
+                std::thread::Builder::new().name(format!("inference-{index}")).spawn(move || helper(&shared, index))?,
+            );
         }
         Ok(Team { size: size.max(1), shared, helpers })
     }
@@ -157,7 +159,10 @@ fn helper(shared: &Shared, index: usize) {
             }
             // Between passes: sleep until woken (the timeout guards a missed notification).
             let guard = shared.wake.0.lock().unwrap_or_else(|p| p.into_inner());
-            if shared.epoch.load(Ordering::SeqCst) == seen && !shared.active.load(Ordering::SeqCst) && !shared.stop.load(Ordering::SeqCst) {
+            if shared.epoch.load(Ordering::SeqCst) == seen
+                && !shared.active.load(Ordering::SeqCst)
+                && !shared.stop.load(Ordering::SeqCst)
+            {
                 let _ = shared.wake.1.wait_timeout(guard, Duration::from_millis(50));
             }
         }
@@ -193,7 +198,9 @@ mod tests {
         let team = Team::new(3).unwrap();
         for (len, chunk) in [(0, 4), (1, 4), (10, 3), (1000, 7)] {
             let mut data = vec![0u32; len];
-            team.pass(|| team.for_each_chunk(&mut data, chunk, |i, part| part.iter_mut().for_each(|v| *v += i as u32 + 1)));
+            team.pass(|| {
+                team.for_each_chunk(&mut data, chunk, |i, part| part.iter_mut().for_each(|v| *v += i as u32 + 1))
+            });
             let expected: Vec<u32> = (0..len).map(|j| (j / chunk) as u32 + 1).collect();
             assert_eq!(data, expected);
         }

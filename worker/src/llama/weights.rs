@@ -5,12 +5,12 @@
 
 use std::io::{Read, Seek, SeekFrom};
 
-use candle_core::quantized::{gguf_file, GgmlDType, QMatMul};
-use candle_core::{Device, Module, Tensor};
 use super::team::Team;
+use candle_core::quantized::{GgmlDType, QMatMul, gguf_file};
+use candle_core::{Device, Module, Tensor};
 
 use crate::kernels::packed::{self, PackedQ4_1, PackedQ8_0, ROWS};
-use crate::kernels::q4_1::{BlockQ4_1, BlockQ8_1, BLOCK};
+use crate::kernels::q4_1::{BLOCK, BlockQ4_1, BlockQ8_1};
 use crate::kernels::q8_0::BlockQ8_0;
 
 /// How the matrices of a model are multiplied.
@@ -46,7 +46,12 @@ fn candle(e: candle_core::Error) -> String {
 impl Weight {
     /// The tensors `names` of a GGUF file as one matrix, their rows in order (one product instead
     /// of several). Q4_1 and Q8_0 bytes go from the file straight into the packed layout.
-    pub fn read<R: Read + Seek>(ct: &gguf_file::Content, reader: &mut R, names: &[String], kernels: Kernels) -> Result<Weight> {
+    pub fn read<R: Read + Seek>(
+        ct: &gguf_file::Content,
+        reader: &mut R,
+        names: &[String],
+        kernels: Kernels,
+    ) -> Result<Weight> {
         let mut shapes = Vec::new();
         for name in names {
             let info = ct.tensor_infos.get(name).ok_or_else(|| format!("tensor {name} missing"))?;
@@ -75,14 +80,20 @@ impl Weight {
                 let mut values = Vec::with_capacity(rows * cols);
                 for name in names {
                     let qt = ct.tensor(reader, name, &Device::Cpu).map_err(candle)?;
-                    values.extend(qt.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).map_err(candle)?);
+                    values.extend(
+                        qt.dequantize(&Device::Cpu).and_then(|t| t.flatten_all()?.to_vec1::<f32>()).map_err(candle)?,
+                    );
                 }
                 Data::F32(values)
             }
             _ => {
                 let mut parts = Vec::new();
                 for (name, shape) in names.iter().zip(&shapes) {
-                    parts.push((QMatMul::from_qtensor(ct.tensor(reader, name, &Device::Cpu).map_err(candle)?).map_err(candle)?, shape.0));
+                    parts.push((
+                        QMatMul::from_qtensor(ct.tensor(reader, name, &Device::Cpu).map_err(candle)?)
+                            .map_err(candle)?,
+                        shape.0,
+                    ));
                 }
                 Data::Candle(parts)
             }
@@ -92,9 +103,15 @@ impl Weight {
 
     /// As [`Weight::read`], for a matrix whose rows are also read one by one (the embeddings):
     /// formats without an rbee kernel are dequantized, since candle's storage gives no single rows.
-    pub fn read_with_rows<R: Read + Seek>(ct: &gguf_file::Content, reader: &mut R, name: &str, kernels: Kernels) -> Result<Weight> {
+    pub fn read_with_rows<R: Read + Seek>(
+        ct: &gguf_file::Content,
+        reader: &mut R,
+        name: &str,
+        kernels: Kernels,
+    ) -> Result<Weight> {
         let dtype = ct.tensor_infos.get(name).map(|info| info.ggml_dtype);
-        let kernels = if matches!(dtype, Some(GgmlDType::Q4_1 | GgmlDType::Q8_0)) { kernels } else { Kernels::Reference };
+        let kernels =
+            if matches!(dtype, Some(GgmlDType::Q4_1 | GgmlDType::Q8_0)) { kernels } else { Kernels::Reference };
         Self::read(ct, reader, &[name.to_string()], kernels)
     }
 
@@ -122,7 +139,10 @@ impl Weight {
     pub fn matmul(&self, team: &Team, x: &[f32], m: usize, out: &mut [f32]) -> Result<()> {
         let (n, k) = (self.rows, self.cols);
         if x.len() != m * k || out.len() != m * n {
-            return Err(format!("product shapes do not fit: {m} x {k} activations, {n} x {k} weights, {} outputs", out.len()));
+            return Err(format!(
+                "product shapes do not fit: {m} x {k} activations, {n} x {k} weights, {} outputs",
+                out.len()
+            ));
         }
         if let Data::Candle(parts) = &self.data {
             return candle_matmul(parts, x, m, k, out);
@@ -146,10 +166,16 @@ impl Weight {
             let quantize = |i: usize, blocks: &mut [BlockQ8_1]| {
                 for (j, row) in blocks.chunks_exact_mut(per_row).enumerate() {
                     let r = i * rows_per_task + j;
-                    row.iter_mut().zip(x[r * k..(r + 1) * k].chunks_exact(BLOCK)).for_each(|(b, xs)| *b = BlockQ8_1::quantize(xs));
+                    row.iter_mut()
+                        .zip(x[r * k..(r + 1) * k].chunks_exact(BLOCK))
+                        .for_each(|(b, xs)| *b = BlockQ8_1::quantize(xs));
                 }
             };
-            if rows_per_task < m { team.for_each_chunk(&mut xq, rows_per_task * per_row, quantize) } else { quantize(0, &mut xq) }
+            if rows_per_task < m {
+                team.for_each_chunk(&mut xq, rows_per_task * per_row, quantize)
+            } else {
+                quantize(0, &mut xq)
+            }
             xq
         };
         match &self.data {
@@ -193,13 +219,20 @@ impl Weight {
 }
 
 /// The tensors' blocks, read one after the other from the file into one buffer.
-fn read_blocks<R: Read + Seek>(ct: &gguf_file::Content, reader: &mut R, shapes: &[(usize, usize, GgmlDType, u64)], block_bytes: usize) -> Result<Vec<u8>> {
+fn read_blocks<R: Read + Seek>(
+    ct: &gguf_file::Content,
+    reader: &mut R,
+    shapes: &[(usize, usize, GgmlDType, u64)],
+    block_bytes: usize,
+) -> Result<Vec<u8>> {
     let size = |&(rows, cols, _, _): &(usize, usize, GgmlDType, u64)| rows * cols / BLOCK * block_bytes;
     let mut bytes = vec![0u8; shapes.iter().map(size).sum()];
     let mut at = 0;
     for shape in shapes {
         reader.seek(SeekFrom::Start(ct.tensor_data_offset + shape.3)).map_err(|e| e.to_string())?;
-        reader.read_exact(&mut bytes[at..at + size(shape)]).map_err(|e| format!("the model file ends inside a tensor: {e}"))?;
+        reader
+            .read_exact(&mut bytes[at..at + size(shape)])
+            .map_err(|e| format!("the model file ends inside a tensor: {e}"))?;
         at += size(shape);
     }
     Ok(bytes)
