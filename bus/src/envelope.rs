@@ -2,16 +2,18 @@
 //!
 //! Headers say what a human needs without decoding: `Rbee-Event` (type), `Rbee-Schema` (body
 //! version), `Nats-Msg-Id` (event id, JetStream dedup), `traceparent` (W3C trace context).
-//! Decoding dispatches on `Rbee-Schema`, so an old body is upcast to today's types on read.
+//! Decoding dispatches on `Rbee-Schema`, so an old body is upcast to today's types on read
+//! (the frozen schemas and their upcasts are in [`crate::schema`]).
 
 use async_nats::HeaderMap;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::Event;
+use crate::schema::{Framed, v1, v2, v3};
 
 /// The body schema written today.
-pub const SCHEMA_VERSION: u16 = 3;
+pub const SCHEMA_VERSION: u16 = 4;
 
 pub const HEADER_EVENT: &str = "Rbee-Event";
 pub const HEADER_SCHEMA: &str = "Rbee-Schema";
@@ -87,14 +89,29 @@ impl Envelope {
         Self::decode_schema(&schema, body)
     }
 
-    /// Reads a body written with the given schema version.
+    /// Reads a body written with the given schema version, upcasting it step by step.
     pub fn decode_schema(schema: &str, body: &[u8]) -> Result<Self, DecodeError> {
         match schema {
-            "1" => Ok(postcard::from_bytes::<crate::schema_v1::EnvelopeV1>(body)?.into()),
-            "2" => Ok(postcard::from_bytes::<crate::schema_v2::EnvelopeV2>(body)?.into()),
-            "3" => Ok(postcard::from_bytes(body)?),
+            "1" => {
+                Ok(upcast(postcard::from_bytes::<Framed<v1::Event>>(body)?, |e| v3::Event::from(v2::Event::from(e))))
+            }
+            "2" => Ok(upcast(postcard::from_bytes::<Framed<v2::Event>>(body)?, v3::Event::from)),
+            "3" => Ok(upcast(postcard::from_bytes::<Framed<v3::Event>>(body)?, |e| e)),
+            "4" => Ok(postcard::from_bytes(body)?),
             other => Err(DecodeError::UnknownSchema(other.chars().take(16).collect())),
         }
+    }
+}
+
+/// An old frame with its event brought to schema 3, then to today's.
+fn upcast<E>(old: Framed<E>, to_v3: impl FnOnce(E) -> v3::Event) -> Envelope {
+    Envelope {
+        id: old.id,
+        version: old.version,
+        at_ms: old.at_ms,
+        correlation: old.correlation,
+        traceparent: old.traceparent,
+        event: to_v3(old.event).into(),
     }
 }
 
@@ -133,49 +150,5 @@ mod tests {
         assert!(Envelope::decode(None, &body).is_err());
         headers.insert(HEADER_SCHEMA, "99");
         assert!(matches!(Envelope::decode(Some(&headers), &body), Err(DecodeError::UnknownSchema(_))));
-    }
-
-    /// Schema 1 bytes as written by rbee 0.1 (before `memory_required_bytes`): upcast on read.
-    #[test]
-    fn schema_1_model_registered_is_upcast_with_its_memory_estimate() {
-        let fixture = include_bytes!("../tests/fixtures/schema1_model_registered.bin");
-        let env = Envelope::decode_schema("1", fixture).expect("schema 1 fixture decodes");
-        let Event::ModelRegistered(m) = env.event else { panic!("not a model registration: {:?}", env.event) };
-        assert_eq!(m.size_bytes, 98_362_432);
-        assert_eq!(m.memory_required_bytes, estimated_memory_bytes(98_362_432));
-        assert_eq!(m.sha256, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53");
-        // The same bytes are not valid today's schema: the version header is what makes them readable.
-        assert!(
-            Envelope::decode_schema("3", fixture).map(|e| e.event != Event::ModelRegistered(m.clone())).unwrap_or(true)
-        );
-    }
-
-    /// Schema 1 bytes as written by rbee 0.1: they must decode forever.
-    #[test]
-    fn schema_1_fixture_still_decodes() {
-        let fixture = include_bytes!("../tests/fixtures/schema1_worker_registered.bin");
-        let env = Envelope::decode_schema("1", fixture).expect("schema 1 fixture decodes");
-        assert_eq!(env.version, 1);
-        assert_eq!(
-            env.event,
-            Event::WorkerRegistered(WorkerRegistered {
-                worker: "w1".into(),
-                node: "n1".into(),
-                model: "SmolLM2-135M-Instruct".into(),
-                slots: 1,
-                pid: 4242,
-                backend: "cpu".into(),
-            })
-        );
-    }
-
-    /// Schema 2 bytes (before a start command named its backend and device): upcast to cpu, any device.
-    #[test]
-    fn schema_2_start_command_is_upcast_to_the_cpu_backend() {
-        let fixture = include_bytes!("../tests/fixtures/schema2_worker_start_requested.bin");
-        let env = Envelope::decode_schema("2", fixture).expect("schema 2 fixture decodes");
-        let Event::WorkerStartRequested(cmd) = env.event else { panic!("not a start command: {:?}", env.event) };
-        assert_eq!((cmd.worker.as_str(), cmd.slots, cmd.backend.as_str(), cmd.device), ("w1", 2, "cpu", None));
-        assert_eq!(cmd.sha256, Some("ab".repeat(32)));
     }
 }

@@ -2,9 +2,11 @@
 //!
 //! The enum is a versioned contract: postcard encodes variants by index, so new variants are only ever
 //! added at the end and existing fields never change shape. A change of shape is a new schema version
-//! with an upcaster in [`crate::envelope`].
+//! frozen in [`crate::schema`] with an upcast to these types.
 
 use serde::{Deserialize, Serialize};
+
+use crate::code::Code;
 
 /// What a worker is doing, as far as the cluster knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,8 +119,7 @@ pub struct WorkerExited {
 pub struct WorkerStartFailed {
     pub worker: String,
     pub node: String,
-    /// Stable error code, e.g. `MODEL_NOT_FOUND`, `WORKER_BINARY_MISSING`.
-    pub code: String,
+    pub code: Code,
     pub message: String,
 }
 
@@ -178,8 +179,8 @@ pub struct RequestFinished {
     pub completion_tokens: u32,
     pub time_to_first_token_ms: u64,
     pub duration_ms: u64,
-    /// Stable error code when `finish_reason` is `Error`.
-    pub error_code: Option<String>,
+    /// Set when `finish_reason` is `Error`.
+    pub error_code: Option<Code>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -259,7 +260,7 @@ pub struct DownloadProgressed {
 pub struct DownloadRetried {
     pub download: String,
     pub attempt: u32,
-    pub code: String,
+    pub code: Code,
     pub message: String,
     pub delay_ms: u64,
 }
@@ -276,7 +277,7 @@ pub struct DownloadFinished {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadFailed {
     pub download: String,
-    pub code: String,
+    pub code: Code,
     pub message: String,
 }
 
@@ -296,7 +297,7 @@ pub struct WorkerSignalled {
 pub struct ModelRemoveRefused {
     pub model: String,
     pub node: String,
-    pub code: String,
+    pub code: Code,
     pub message: String,
 }
 

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::code::Code;
 use crate::event::FinishReason;
 
 /// One chat message, as the OpenAI API has it.
@@ -37,9 +38,9 @@ pub struct WorkItem {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkAccepted {
     Accepted,
-    /// Refused before any work, with a stable code (e.g. `CONTEXT_LENGTH_EXCEEDED`).
+    /// Refused before any work.
     Refused {
-        code: String,
+        code: Code,
         message: String,
     },
 }
@@ -52,7 +53,7 @@ pub enum TokenFrame {
     /// The generation ended.
     Done { finish_reason: FinishReason, prompt_tokens: u32, completion_tokens: u32 },
     /// The generation failed.
-    Error { code: String, message: String },
+    Error { code: Code, message: String },
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -5,6 +5,7 @@
 //! and the core-NATS frames in [`frames`].
 
 pub mod archive;
+pub mod code;
 pub mod envelope;
 pub mod event;
 pub mod frames;
@@ -12,11 +13,11 @@ pub mod log;
 pub mod model_ref;
 pub mod process;
 pub mod read;
-pub mod schema_v1;
-pub mod schema_v2;
+pub mod schema;
 pub mod subjects;
 pub mod trace;
 
+pub use code::Code;
 pub use envelope::{Envelope, Meta};
 pub use event::*;
-pub use log::{AppendError, EventLog, Expected, Position, Recorded, StreamSettings};
+pub use log::{AppendError, EventLog, Expected, InvalidSetting, Position, Recorded, StreamSettings};

@@ -40,6 +40,11 @@ pub enum AppendError {
     Unavailable(String),
 }
 
+/// A stream setting in the environment is not usable; the message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidSetting(pub String);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("event log unavailable: {0}")]
@@ -62,14 +67,14 @@ impl StreamSettings {
     /// The defaults, overridden by `RBEE_STREAM_REPLICAS`, `RBEE_DUPLICATE_WINDOW_SECS` and
     /// `RBEE_HEARTBEAT_RETENTION_SECS`. Every process reads the same variables; the first to create
     /// a stream sets it up. A value that is not a positive integer is an error naming the variable.
-    pub fn from_env() -> Result<Self, AppendError> {
+    pub fn from_env() -> Result<Self, InvalidSetting> {
         let mut s = StreamSettings::default();
-        let read = |name: &str| -> Result<Option<u64>, AppendError> {
+        let read = |name: &str| -> Result<Option<u64>, InvalidSetting> {
             match std::env::var(name) {
                 Err(_) => Ok(None),
                 Ok(v) => match v.trim().parse::<u64>() {
                     Ok(n) if n > 0 => Ok(Some(n)),
-                    _ => Err(AppendError::Unavailable(format!(
+                    _ => Err(InvalidSetting(format!(
                         "{name} must be a positive integer, got {:?}",
                         v.chars().take(20).collect::<String>()
                     ))),

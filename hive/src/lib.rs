@@ -2,6 +2,7 @@
 //! verified local store, and spawns and supervises worker processes, recording every step as events.
 
 pub mod config;
+pub mod error;
 pub mod fetch;
 pub mod lifecycle;
 pub mod preflight;
@@ -12,4 +13,5 @@ pub mod supervisor;
 pub mod upkeep;
 
 pub use config::Config;
-pub use service::{HiveError, run};
+pub use error::HiveError;
+pub use service::run;

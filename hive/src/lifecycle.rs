@@ -3,11 +3,13 @@
 
 use std::time::Duration;
 
+use rbee_bus::Code;
 use rbee_bus::{Event, EventLog, Expected, Meta, WorkerExited, WorkerState};
 use rbee_projections::LiveView;
 use tokio_util::sync::CancellationToken;
 
 use crate::Config;
+use crate::error::Refusal;
 use crate::supervisor::{Supervisor, WorkerSpec};
 
 /// Waits until a spawned worker is ready. Past `timeout` it is killed (`LOADING_TIMEOUT`); a worker
@@ -17,7 +19,7 @@ pub async fn wait_ready(
     supervisor: &Supervisor,
     worker: &str,
     timeout: Duration,
-) -> Result<(), (&'static str, String)> {
+) -> Result<(), Refusal> {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if view.read(|v| v.registry.workers.get(worker).is_some_and(|w| w.state == WorkerState::Ready)) {
@@ -29,8 +31,8 @@ pub async fn wait_ready(
         }
         if tokio::time::Instant::now() >= deadline {
             supervisor.kill(worker, "loading_timeout").await;
-            return Err((
-                "LOADING_TIMEOUT",
+            return Err(Refusal::new(
+                Code::LoadingTimeout,
                 format!("worker {worker} was not ready within {:.1}s; killed", timeout.as_secs_f64()),
             ));
         }

@@ -3,6 +3,9 @@
 //! in RAM or VRAM. The decision logic is pure, over an [`Inventory`]; the inventory is read from the
 //! kernel (RAM) and NVML (NVIDIA GPUs, when a driver is present).
 
+use rbee_bus::Code;
+
+use crate::error::Refusal;
 use crate::resources;
 
 /// One GPU as NVML reports it.
@@ -40,15 +43,8 @@ pub struct Placement {
     pub reason: String,
 }
 
-/// A refusal with a stable code.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub code: &'static str,
-    pub message: String,
-}
-
-fn refuse(code: &'static str, message: String) -> Refusal {
-    Refusal { code, message }
+fn refuse(code: Code, message: String) -> Refusal {
+    Refusal::new(code, message)
 }
 
 fn mb(bytes: u64) -> u64 {
@@ -80,14 +76,14 @@ pub fn place(
     let requested: Vec<&str> = backend.split([',', '+']).map(str::trim).filter(|b| !b.is_empty()).collect();
     if requested.contains(&"cuda") && requested.contains(&"metal") {
         return Err(refuse(
-            "INCOMPATIBLE_FEATURES",
+            Code::IncompatibleFeatures,
             "cuda and metal cannot be used together: cuda runs on NVIDIA GPUs (Linux, Windows), metal on Apple GPUs (macOS); ask for one".into(),
         ));
     }
     let backend = match requested.as_slice() {
         [one] => *one,
         [] => "auto",
-        _ => return Err(refuse("INCOMPATIBLE_FEATURES", format!("one backend per worker, got {backend:?}"))),
+        _ => return Err(refuse(Code::IncompatibleFeatures, format!("one backend per worker, got {backend:?}"))),
     };
     let available = inv.backends();
     let chosen: &'static str = match backend {
@@ -97,7 +93,7 @@ pub fn place(
         "metal" => "metal",
         other => {
             return Err(refuse(
-                "INVALID_BACKEND",
+                Code::InvalidBackend,
                 format!(
                     "unknown backend {:?}; use cpu, cuda, metal or auto",
                     other.chars().take(32).collect::<String>()
@@ -107,7 +103,7 @@ pub fn place(
     };
     if !available.contains(&chosen) {
         return Err(refuse(
-            "BACKEND_UNAVAILABLE",
+            Code::BackendUnavailable,
             format!("backend {chosen} is not available on this machine; available: {}", available.join(", ")),
         ));
     }
@@ -117,13 +113,13 @@ pub fn place(
         _ => {
             if device.is_some_and(|d| d > 0) {
                 return Err(refuse(
-                    "INVALID_DEVICE",
+                    Code::InvalidDevice,
                     format!("backend {chosen} has one device, 0; got {}", device.unwrap_or(0)),
                 ));
             }
             if needed > inv.ram_available_bytes {
                 return Err(refuse(
-                    "INSUFFICIENT_RAM",
+                    Code::InsufficientRam,
                     format!(
                         "the model needs {} MB of RAM, {} MB are available; try a smaller quantisation of the model, stop idle workers (rbee workers), or start it on another node",
                         mb(needed),
@@ -145,7 +141,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
     let check = |g: &Gpu| -> Result<(), Refusal> {
         if g.temperature_c >= limits.max_gpu_temperature_c {
             return Err(refuse(
-                "GPU_TOO_HOT",
+                Code::GpuTooHot,
                 format!(
                     "GPU {} ({}) is at {} C, the limit is {} C",
                     g.index, g.name, g.temperature_c, limits.max_gpu_temperature_c
@@ -154,7 +150,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
         }
         if g.vram_free_bytes < needed {
             return Err(refuse(
-                "INSUFFICIENT_VRAM",
+                Code::InsufficientVram,
                 format!(
                     "GPU {} has {} MB of VRAM free, the model needs {} MB",
                     g.index,
@@ -166,10 +162,9 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
         Ok(())
     };
     if let Some(d) = device {
-        let gpu =
-            inv.gpus.iter().find(|g| g.index == d).ok_or_else(|| {
-                refuse("INVALID_DEVICE", format!("GPU {d} does not exist; valid devices: {}", valid()))
-            })?;
+        let gpu = inv.gpus.iter().find(|g| g.index == d).ok_or_else(|| {
+            refuse(Code::InvalidDevice, format!("GPU {d} does not exist; valid devices: {}", valid()))
+        })?;
         check(gpu)?;
         return Ok(Placement {
             backend: "cuda",
@@ -182,7 +177,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
         let hottest =
             inv.gpus.iter().map(|g| format!("GPU {} at {} C", g.index, g.temperature_c)).collect::<Vec<_>>().join(", ");
         return Err(refuse(
-            "GPU_TOO_HOT",
+            Code::GpuTooHot,
             format!("every GPU is at or above {} C: {hottest}", limits.max_gpu_temperature_c),
         ));
     }
@@ -191,7 +186,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
         let total_free: u64 = cool.iter().map(|g| g.vram_free_bytes).sum();
         if total_free >= needed {
             return Err(refuse(
-                "VRAM_FRAGMENTED",
+                Code::VramFragmented,
                 format!(
                     "the GPUs have {} MB free together but at most {} MB on one; the model needs {} MB on one GPU",
                     mb(total_free),
@@ -201,7 +196,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
             ));
         }
         return Err(refuse(
-            "INSUFFICIENT_VRAM",
+            Code::InsufficientVram,
             format!(
                 "the most free VRAM on a GPU is {} MB (GPU {}); the model needs {} MB",
                 mb(best.vram_free_bytes),
@@ -285,25 +280,31 @@ mod tests {
         let ok = place(&machine(vec![]), "cpu", None, 2 * GB, &LIMITS).unwrap();
         assert_eq!((ok.backend, ok.device), ("cpu", None));
         let short = place(&machine(vec![]), "cpu", None, 20 * GB, &LIMITS).unwrap_err();
-        assert_eq!(short.code, "INSUFFICIENT_RAM");
+        assert_eq!(short.code, Code::InsufficientRam);
         assert!(
             short.message.contains("20480 MB")
                 && short.message.contains("16384 MB")
                 && short.message.contains("smaller quantisation")
         );
         let factor = Limits { ram_factor_percent: 1000, ..LIMITS };
-        assert_eq!(place(&machine(vec![]), "cpu", None, 2 * GB, &factor).unwrap_err().code, "INSUFFICIENT_RAM");
+        assert_eq!(place(&machine(vec![]), "cpu", None, 2 * GB, &factor).unwrap_err().code, Code::InsufficientRam);
     }
 
     #[test]
     fn backends_the_machine_lacks_are_named_with_what_it_has() {
         let err = place(&machine(vec![]), "metal", None, GB, &LIMITS).unwrap_err();
-        assert_eq!(err.code, "BACKEND_UNAVAILABLE");
+        assert_eq!(err.code, Code::BackendUnavailable);
         assert!(err.message.ends_with("available: cpu"), "{}", err.message);
-        assert_eq!(place(&machine(vec![]), "cuda", None, GB, &LIMITS).unwrap_err().code, "BACKEND_UNAVAILABLE");
-        assert_eq!(place(&machine(vec![]), "cuda,metal", None, GB, &LIMITS).unwrap_err().code, "INCOMPATIBLE_FEATURES");
-        assert_eq!(place(&machine(vec![]), "cpu,cuda", None, GB, &LIMITS).unwrap_err().code, "INCOMPATIBLE_FEATURES");
-        assert_eq!(place(&machine(vec![]), "tpu", None, GB, &LIMITS).unwrap_err().code, "INVALID_BACKEND");
+        assert_eq!(place(&machine(vec![]), "cuda", None, GB, &LIMITS).unwrap_err().code, Code::BackendUnavailable);
+        assert_eq!(
+            place(&machine(vec![]), "cuda,metal", None, GB, &LIMITS).unwrap_err().code,
+            Code::IncompatibleFeatures
+        );
+        assert_eq!(
+            place(&machine(vec![]), "cpu,cuda", None, GB, &LIMITS).unwrap_err().code,
+            Code::IncompatibleFeatures
+        );
+        assert_eq!(place(&machine(vec![]), "tpu", None, GB, &LIMITS).unwrap_err().code, Code::InvalidBackend);
         assert_eq!(place(&machine(vec![]), "auto", None, GB, &LIMITS).unwrap().backend, "cpu");
     }
 
@@ -320,25 +321,25 @@ mod tests {
     fn hot_gpus_are_skipped_or_refused() {
         let inv = machine(vec![gpu(0, 20, 90), gpu(1, 10, 60)]);
         assert_eq!(place(&inv, "cuda", None, 8 * GB, &LIMITS).unwrap().device, Some(1), "the hot one is skipped");
-        assert_eq!(place(&inv, "cuda", Some(0), 8 * GB, &LIMITS).unwrap_err().code, "GPU_TOO_HOT");
-        assert_eq!(place(&machine(vec![gpu(0, 20, 95)]), "cuda", None, GB, &LIMITS).unwrap_err().code, "GPU_TOO_HOT");
+        assert_eq!(place(&inv, "cuda", Some(0), 8 * GB, &LIMITS).unwrap_err().code, Code::GpuTooHot);
+        assert_eq!(place(&machine(vec![gpu(0, 20, 95)]), "cuda", None, GB, &LIMITS).unwrap_err().code, Code::GpuTooHot);
     }
 
     #[test]
     fn vram_shortage_and_fragmentation_are_told_apart() {
         let inv = machine(vec![gpu(0, 6, 50), gpu(1, 6, 50)]);
-        assert_eq!(place(&inv, "cuda", None, 10 * GB, &LIMITS).unwrap_err().code, "VRAM_FRAGMENTED");
-        assert_eq!(place(&inv, "cuda", None, 16 * GB, &LIMITS).unwrap_err().code, "INSUFFICIENT_VRAM");
-        assert_eq!(place(&inv, "cuda", Some(1), 8 * GB, &LIMITS).unwrap_err().code, "INSUFFICIENT_VRAM");
+        assert_eq!(place(&inv, "cuda", None, 10 * GB, &LIMITS).unwrap_err().code, Code::VramFragmented);
+        assert_eq!(place(&inv, "cuda", None, 16 * GB, &LIMITS).unwrap_err().code, Code::InsufficientVram);
+        assert_eq!(place(&inv, "cuda", Some(1), 8 * GB, &LIMITS).unwrap_err().code, Code::InsufficientVram);
     }
 
     #[test]
     fn device_numbers_out_of_range_name_the_valid_ones() {
         let inv = machine(vec![gpu(0, 20, 50), gpu(1, 20, 50)]);
         let err = place(&inv, "cuda", Some(7), GB, &LIMITS).unwrap_err();
-        assert_eq!(err.code, "INVALID_DEVICE");
+        assert_eq!(err.code, Code::InvalidDevice);
         assert!(err.message.contains("valid devices: 0, 1"));
-        assert_eq!(place(&machine(vec![]), "cpu", Some(3), GB, &LIMITS).unwrap_err().code, "INVALID_DEVICE");
+        assert_eq!(place(&machine(vec![]), "cpu", Some(3), GB, &LIMITS).unwrap_err().code, Code::InvalidDevice);
     }
 
     #[test]

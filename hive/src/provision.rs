@@ -6,6 +6,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
+use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
 use rbee_bus::read::read_subject;
 use rbee_bus::{AggregateKind, Event, EventLog, Expected, Meta, ModelRegistered, ModelRemoved, subjects};
@@ -44,19 +45,19 @@ impl Provisioner {
         expected_sha256: Option<&str>,
         meta: &Meta,
     ) -> Result<Provisioned, Failure> {
-        subjects::validate_name("model", model).map_err(|e| Failure::fatal("INVALID_NAME", e.to_string()))?;
+        subjects::validate_name("model", model).map_err(|e| Failure::fatal(Code::InvalidName, e.to_string()))?;
         if let Some(file) = self.catalogued(model, expected_sha256) {
             tracing::info!(path = %file.path.display(), "model already on this node; no download");
             return Ok(Provisioned { file, how: "catalog" });
         }
-        let reference = ModelRef::parse(source).map_err(|e| Failure::fatal("INVALID_MODEL_SOURCE", e.to_string()))?;
+        let reference = ModelRef::parse(source).map_err(|e| Failure::fatal(Code::InvalidModelSource, e.to_string()))?;
         let provisioned = match &reference {
             ModelRef::File(path) => {
                 let (dir, model, path, sha) =
                     (self.models_dir.clone(), model.to_string(), path.clone(), expected_sha256.map(str::to_string));
                 let file = tokio::task::spawn_blocking(move || copy_into_store(&dir, &model, &path, sha.as_deref()))
                     .await
-                    .map_err(|e| Failure::fatal("PROVISION_FAILED", e.to_string()))??;
+                    .map_err(|e| Failure::fatal(Code::ProvisionFailed, e.to_string()))??;
                 Provisioned { file, how: "copied" }
             }
             _ => Provisioned {
@@ -64,7 +65,9 @@ impl Provisioner {
                 how: "downloaded",
             },
         };
-        self.register(model, &provisioned.file, meta).await.map_err(|e| Failure::fatal("EVENT_LOG_UNAVAILABLE", e))?;
+        self.register(model, &provisioned.file, meta)
+            .await
+            .map_err(|e| Failure::fatal(Code::EventLogUnavailable, e))?;
         Ok(provisioned)
     }
 
@@ -135,13 +138,13 @@ impl Provisioner {
         });
         let Some(entry) = entry else {
             return Err(Failure::fatal(
-                "MODEL_NOT_FOUND",
+                Code::ModelNotFound,
                 format!("{model} is not in the catalog of node {}", self.node),
             ));
         };
         if !serving.is_empty() {
             return Err(Failure::fatal(
-                "MODEL_IN_USE",
+                Code::ModelInUse,
                 format!("{model} is served by {}; stop those workers first", serving.join(", ")),
             ));
         }
@@ -149,13 +152,13 @@ impl Provisioner {
         match std::fs::remove_file(&entry.path) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Failure::fatal("REMOVE_FAILED", format!("cannot delete {}: {e}", entry.path))),
+            Err(e) => return Err(Failure::fatal(Code::RemoveFailed, format!("cannot delete {}: {e}", entry.path))),
         }
         let position = self
             .log
             .aggregate_position(AggregateKind::Model, model)
             .await
-            .map_err(|e| Failure::fatal("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+            .map_err(|e| Failure::fatal(Code::EventLogUnavailable, e.to_string()))?;
         let removed = Event::ModelRemoved(ModelRemoved {
             model: model.into(),
             node: self.node.clone(),
@@ -163,7 +166,7 @@ impl Provisioner {
         });
         match self.log.append(removed, position.map_or(Expected::NoStream, Expected::At), meta).await {
             Ok(_) | Err(rbee_bus::AppendError::Conflict { .. }) => Ok(freed),
-            Err(e) => Err(Failure::fatal("EVENT_LOG_UNAVAILABLE", e.to_string())),
+            Err(e) => Err(Failure::fatal(Code::EventLogUnavailable, e.to_string())),
         }
     }
 }
@@ -176,10 +179,10 @@ pub fn copy_into_store(
     from: &Path,
     expected_sha256: Option<&str>,
 ) -> Result<Fetched, Failure> {
-    let io = |e: std::io::Error| Failure::fatal("PROVISION_FAILED", format!("cannot copy {}: {e}", from.display()));
+    let io = |e: std::io::Error| Failure::fatal(Code::ProvisionFailed, format!("cannot copy {}: {e}", from.display()));
     let target = models_dir.join(format!("{model}.gguf"));
     if !from.is_file() {
-        return Err(Failure::fatal("MODEL_NOT_FOUND", format!("model file {} does not exist", from.display())));
+        return Err(Failure::fatal(Code::ModelNotFound, format!("model file {} does not exist", from.display())));
     }
     std::fs::create_dir_all(models_dir).map_err(io)?;
     remove_abandoned_partials(models_dir, model);
@@ -191,12 +194,12 @@ pub fn copy_into_store(
     let result = copy_hashing(from, &partial).map_err(io).and_then(|(size_bytes, sha256)| {
         if let Some(expected) = expected_sha256.filter(|e| !e.eq_ignore_ascii_case(&sha256)) {
             return Err(Failure::fatal(
-                "CHECKSUM_MISMATCH",
+                Code::ChecksumMismatch,
                 format!("{} has sha256 {sha256}, expected {expected}", from.display()),
             ));
         }
         gguf_check::check(&partial).map_err(|reason| {
-            Failure::fatal("MODEL_INVALID", format!("{} is not a usable GGUF model: {reason}", from.display()))
+            Failure::fatal(Code::ModelInvalid, format!("{} is not a usable GGUF model: {reason}", from.display()))
         })?;
         Ok((size_bytes, sha256))
     });
@@ -297,7 +300,7 @@ mod tests {
         let (src, _) = tiny_model(&dir);
         let store = dir.join("models");
         let err = copy_into_store(&store, "m", &src, Some(&"0".repeat(64))).unwrap_err();
-        assert_eq!(err.code, "CHECKSUM_MISMATCH");
+        assert_eq!(err.code, Code::ChecksumMismatch);
         assert_eq!(std::fs::read_dir(&store).unwrap().count(), 0, "partial file removed");
     }
 
@@ -307,7 +310,7 @@ mod tests {
         let src = dir.join("x.gguf");
         std::fs::write(&src, b"GGUF but nothing after the magic").unwrap();
         let err = copy_into_store(&dir.join("models"), "m", &src, None).unwrap_err();
-        assert_eq!(err.code, "MODEL_INVALID");
+        assert_eq!(err.code, Code::ModelInvalid);
     }
 
     #[test]
@@ -315,7 +318,7 @@ mod tests {
         let dir = scratch("missing");
         assert_eq!(
             copy_into_store(&dir, "m", Path::new("/no/such/file.gguf"), None).unwrap_err().code,
-            "MODEL_NOT_FOUND"
+            Code::ModelNotFound
         );
     }
 }

@@ -3,39 +3,18 @@
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures::StreamExt;
+use rbee_bus::Code;
 use rbee_bus::{
     AggregateKind, DownloadFailed, Event, EventLog, Expected, Meta, ModelPullRequested, ModelRemoveRequested,
     NodeRegistered, WorkerStartFailed, WorkerStartRequested, download_id, subjects,
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::error::{HiveError, Refusal};
 use crate::fetch::Downloader;
 use crate::provision::Provisioner;
 use crate::supervisor::{Supervisor, WorkerSpec};
 use crate::{Config, resources};
-
-#[derive(Debug, thiserror::Error)]
-pub enum HiveError {
-    #[error(transparent)]
-    InvalidName(#[from] subjects::InvalidName),
-    #[error("{0}")]
-    Bus(String),
-    #[error("cannot prepare data directory: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("{0}")]
-    Config(String),
-}
-
-impl HiveError {
-    pub fn code(&self) -> &'static str {
-        match self {
-            HiveError::InvalidName(_) => "INVALID_NAME",
-            HiveError::Bus(_) => "EVENT_LOG_UNAVAILABLE",
-            HiveError::Io(_) => "DATA_DIR_UNUSABLE",
-            HiveError::Config(_) => "INVALID_CONFIG",
-        }
-    }
-}
 
 fn bus(e: impl std::fmt::Display) -> HiveError {
     HiveError::Bus(e.to_string())
@@ -47,7 +26,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     subjects::validate_name("node", &node)?;
     std::fs::create_dir_all(config.models_dir())?;
     let log = EventLog::connect(&config.nats_url).await.map_err(bus)?;
-    log.ensure_streams(&rbee_bus::StreamSettings::from_env().map_err(bus)?).await.map_err(bus)?;
+    log.ensure_streams(&rbee_bus::StreamSettings::from_env()?).await.map_err(bus)?;
 
     let r = resources::read(&config.data_dir);
     let registered = Event::NodeRegistered(NodeRegistered {
@@ -197,7 +176,7 @@ impl Hive {
                 tracing::info!(model = %d.model, offset = d.offset, "resuming a download a previous hive left");
                 if let Err(f) = hive.provisioner.ensure(&d.model, &d.source, d.expected_sha256.as_deref(), &meta).await
                 {
-                    tracing::error!(model = %d.model, code = f.code, error = %f.message, "resumed download failed");
+                    tracing::error!(model = %d.model, code = %f.code, error = %f.message, "resumed download failed");
                 }
             });
         }
@@ -211,7 +190,7 @@ impl Hive {
         match self.provisioner.ensure(&cmd.model, &cmd.source, cmd.sha256.as_deref(), meta).await {
             Ok(p) => tracing::info!(how = p.how, path = %p.file.path.display(), "model pulled"),
             Err(f) => {
-                tracing::error!(code = f.code, error = %f.message, "model not pulled");
+                tracing::error!(code = %f.code, error = %f.message, "model not pulled");
                 let downloaded = !matches!(
                     rbee_bus::model_ref::ModelRef::parse(&cmd.source),
                     Ok(rbee_bus::model_ref::ModelRef::File(_)) | Err(_)
@@ -235,7 +214,7 @@ impl Hive {
         match self.provisioner.remove(&cmd.model, meta).await {
             Ok(freed) => tracing::info!(model = %cmd.model, freed, "model removed"),
             Err(f) => {
-                tracing::error!(model = %cmd.model, code = f.code, error = %f.message, "model not removed");
+                tracing::error!(model = %cmd.model, code = %f.code, error = %f.message, "model not removed");
                 if subjects::validate_name("model", &cmd.model).is_ok() {
                     let refused = Event::ModelRemoveRefused(rbee_bus::ModelRemoveRefused {
                         model: cmd.model.clone(),
@@ -266,12 +245,12 @@ impl Hive {
                 return;
             }
         }
-        if let Err((code, message)) = self.try_start(&cmd, meta).await {
-            tracing::error!(code, %message, "worker not started");
+        if let Err(Refusal { code, message }) = self.try_start(&cmd, meta).await {
+            tracing::error!(%code, %message, "worker not started");
             let failed = Event::WorkerStartFailed(WorkerStartFailed {
                 worker: cmd.worker.clone(),
                 node: self.node.clone(),
-                code: code.into(),
+                code,
                 message,
             });
             if let Err(e) = self.log.append(failed, Expected::Any, meta).await {
@@ -280,32 +259,28 @@ impl Hive {
         }
     }
 
-    async fn try_start(&self, cmd: &WorkerStartRequested, meta: &Meta) -> Result<(), (&'static str, String)> {
+    async fn try_start(&self, cmd: &WorkerStartRequested, meta: &Meta) -> Result<(), Refusal> {
         for (field, value) in [("worker id", &cmd.worker), ("model", &cmd.model)] {
-            subjects::validate_name(field, value).map_err(|e| ("INVALID_NAME", e.to_string()))?;
+            subjects::validate_name(field, value).map_err(|e| Refusal::new(Code::InvalidName, e.to_string()))?;
         }
         // Preflight before anything is fetched: the backend, the device, and the memory when the
         // model's size can be known (catalog, local file, or what the hub announces).
         let size = self.provisioner.expected_size(&cmd.model, &cmd.source).await;
         let placement = self.preflight(cmd, size.map_or(0, rbee_bus::estimated_memory_bytes))?;
         let binary = self.config.worker_binary(placement.backend);
-        crate::supervisor::check_binary(&binary).map_err(|e| (e.code(), e.to_string()))?;
+        crate::supervisor::check_binary(&binary)?;
         // Checked against this hive's view of the registry: hives starting workers at the same instant
         // may each see room for one more (the limit is a guard against runaway growth, not a quota).
         let (held, limit) = (self.view.read(|v| v.registry.workers.len()), self.config.max_workers);
         if held >= limit {
-            return Err((
-                "REGISTRY_FULL",
+            return Err(Refusal::new(
+                Code::RegistryFull,
                 format!(
                     "the registry holds {held} workers, its limit (--max-workers {limit}); remove stale workers (rbee workers --state stale) or raise the limit"
                 ),
             ));
         }
-        let provisioned = self
-            .provisioner
-            .ensure(&cmd.model, &cmd.source, cmd.sha256.as_deref(), meta)
-            .await
-            .map_err(|f| (f.code, f.message))?;
+        let provisioned = self.provisioner.ensure(&cmd.model, &cmd.source, cmd.sha256.as_deref(), meta).await?;
         tracing::info!(how = provisioned.how, path = %provisioned.file.path.display(), "model provisioned");
         // Again just before the spawn: memory may have gone while the model was fetched.
         let placement = self.preflight(cmd, rbee_bus::estimated_memory_bytes(provisioned.file.size_bytes))?;
@@ -329,17 +304,12 @@ impl Hive {
             cores: self.cores.clone(),
             device: placement.device,
         };
-        self.supervisor.spawn(&spec).map_err(|e| (e.code(), e.to_string()))?;
+        self.supervisor.spawn(&spec)?;
         crate::lifecycle::wait_ready(&self.view, &self.supervisor, &cmd.worker, self.config.loading_timeout()).await
     }
 
-    fn preflight(
-        &self,
-        cmd: &WorkerStartRequested,
-        memory_bytes: u64,
-    ) -> Result<crate::preflight::Placement, (&'static str, String)> {
+    fn preflight(&self, cmd: &WorkerStartRequested, memory_bytes: u64) -> Result<crate::preflight::Placement, Refusal> {
         let inventory = crate::preflight::read(&self.config.data_dir, self.config.gpu_inventory_file.as_deref());
         crate::preflight::place(&inventory, &cmd.backend, cmd.device, memory_bytes, &self.config.limits())
-            .map_err(|r| (r.code, r.message))
     }
 }

@@ -11,6 +11,7 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rbee_bus::Code;
 use rbee_bus::{Event, EventLog, Expected, Meta, WorkerExited, WorkerSignalled};
 use tokio_util::task::TaskTracker;
 
@@ -25,11 +26,11 @@ pub enum SpawnError {
 }
 
 impl SpawnError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            SpawnError::BinaryMissing(_) => "WORKER_BINARY_MISSING",
-            SpawnError::BinaryNotExecutable(_) => "WORKER_BINARY_NOT_EXECUTABLE",
-            SpawnError::Io(_) => "WORKER_SPAWN_FAILED",
+            SpawnError::BinaryMissing(_) => Code::WorkerBinaryMissing,
+            SpawnError::BinaryNotExecutable(_) => Code::WorkerBinaryNotExecutable,
+            SpawnError::Io(_) => Code::WorkerSpawnFailed,
         }
     }
 }

@@ -10,6 +10,7 @@ use std::io::{BufRead, Write};
 use std::path::Path;
 
 use base64::Engine as _;
+use rbee_bus::Code;
 use rbee_bus::envelope::HEADER_EXPECTED_LAST_SUBJECT_SEQ;
 use rbee_bus::read::{self, From, RawEvent};
 use rbee_bus::{EventLog, subjects};
@@ -24,7 +25,7 @@ const FORMAT: &str = "rbee-backup";
 const FORMAT_VERSION: u64 = 1;
 
 fn invalid(path: &Path, why: impl std::fmt::Display) -> CliError {
-    CliError::new("INVALID_BACKUP", format!("{} is not a usable rbee backup: {why}", path.display()))
+    CliError::new(Code::InvalidBackup, format!("{} is not a usable rbee backup: {why}", path.display()))
 }
 
 /// Writes every event of `RBEE` to `path`. Returns the number of events.
@@ -105,7 +106,7 @@ pub async fn restore(nats_url: &str, path: &Path) -> CliResult<usize> {
     log.ensure_streams(&rbee_bus::StreamSettings::from_env().map_err(unavailable)?).await.map_err(unavailable)?;
     if read::last_sequence(&log, subjects::EVENTS_STREAM).await.map_err(unavailable)? > 0 {
         return Err(CliError::new(
-            "RESTORE_TARGET_NOT_EMPTY",
+            Code::RestoreTargetNotEmpty,
             "the event log already holds events; restore into a fresh cluster (empty JetStream)",
         ));
     }
@@ -127,7 +128,7 @@ pub async fn restore(nats_url: &str, path: &Path) -> CliResult<usize> {
             .map_err(unavailable)?
             .await
             .map_err(|err| {
-                CliError::new("RESTORE_FAILED", format!("event {} on {} refused: {err}", e.seq, e.subject))
+                CliError::new(Code::RestoreFailed, format!("event {} on {} refused: {err}", e.seq, e.subject))
             })?;
         last_on_subject.insert(e.subject.clone(), ack.sequence);
     }
@@ -151,7 +152,7 @@ pub fn parse_point(at: Option<&str>) -> CliResult<ReplayPoint> {
     parse_utc_ms(at).map(ReplayPoint::TimeMs).ok_or_else(|| {
         let shown: String = at.chars().take(40).flat_map(char::escape_default).collect();
         CliError::new(
-            "INVALID_ARGUMENT",
+            Code::InvalidArgument,
             format!("--at must be a sequence number or a UTC time like 2026-11-22T00:10:00Z, got \"{shown}\""),
         )
     })
@@ -189,7 +190,7 @@ fn parse_utc_ms(s: &str) -> Option<u64> {
 pub async fn replay(log: &EventLog, point: ReplayPoint) -> CliResult<ClusterView> {
     let mut view = ClusterView::default();
     for item in read::read_to_end(log, subjects::EVENTS_STREAM, From::Start).await.map_err(unavailable)? {
-        let rec = item.map_err(|e| CliError::new("UNDECODABLE_EVENT", e.to_string()))?;
+        let rec = item.map_err(|e| CliError::new(Code::UndecodableEvent, e.to_string()))?;
         let past = match point {
             ReplayPoint::Seq(seq) => rec.stream_seq > seq,
             ReplayPoint::TimeMs(ms) => rec.envelope.at_ms > ms,
@@ -226,7 +227,7 @@ mod tests {
         assert_eq!(parse_point(Some("2026-11-22T00:10:00.5Z")).unwrap(), ReplayPoint::TimeMs(1_795_306_200_500));
         for bad in ["yesterday", "2026-13-01T00:00:00Z", "2026-11-22 00:10:00", "-1", "\u{7}"] {
             let err = parse_point(Some(bad)).unwrap_err();
-            assert_eq!(err.code, "INVALID_ARGUMENT");
+            assert_eq!(err.code, Code::InvalidArgument);
             assert!(!err.message.contains('\u{7}'));
         }
     }

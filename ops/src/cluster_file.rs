@@ -1,6 +1,7 @@
 //! `<data-dir>/cluster.json`: what `rbee up` started and where it listens, so later commands
 //! (`down`, `infer`, `workers`, `events`) find the cluster, and `down` stops exactly those PIDs.
 
+use rbee_bus::Code;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -36,7 +37,7 @@ impl ClusterFile {
     pub fn save(&self, data_dir: &Path) -> CliResult<()> {
         let p = path(data_dir);
         let text = serde_json::to_string_pretty(self).expect("plain struct serializes");
-        std::fs::write(&p, text).map_err(|e| CliError::new("IO_ERROR", format!("cannot write {}: {e}", p.display())))
+        std::fs::write(&p, text).map_err(|e| CliError::new(Code::IoError, format!("cannot write {}: {e}", p.display())))
     }
 
     pub fn remove(data_dir: &Path) {

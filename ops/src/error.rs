@@ -1,24 +1,26 @@
 //! The CLI's errors: a stable code, a message saying what to do, and an exit code.
 
+use rbee_bus::Code;
+
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct CliError {
-    pub code: String,
+    pub code: Code,
     pub message: String,
 }
 
 impl CliError {
-    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        CliError { code: code.into(), message: message.into() }
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        CliError { code, message: message.into() }
     }
 
     /// Ctrl+C: the command stopped on the user's word (exit 130).
     pub fn interrupted() -> Self {
-        CliError::new("INTERRUPTED", "interrupted")
+        CliError::new(Code::Interrupted, "interrupted")
     }
 
     pub fn exit_code(&self) -> u8 {
-        if self.code == "INTERRUPTED" { EXIT_INTERRUPTED } else { 1 }
+        if self.code == Code::Interrupted { EXIT_INTERRUPTED } else { 1 }
     }
 }
 

@@ -1,6 +1,7 @@
 //! `rbee events tail`: the log decoded, one JSON object per line, following by default.
 
 use futures::StreamExt;
+use rbee_bus::Code;
 use rbee_bus::log::ReadError;
 use rbee_bus::read::{self, From};
 use rbee_bus::{EventLog, Recorded, subjects};
@@ -53,13 +54,13 @@ pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
         crate::backup::ReplayPoint::TimeMs(ms) => ms,
         crate::backup::ReplayPoint::End => 0,
         crate::backup::ReplayPoint::Seq(_) => {
-            return Err(CliError::new("INVALID_ARGUMENT", "--since takes a UTC time like 2026-11-22T00:10:00Z"));
+            return Err(CliError::new(Code::InvalidArgument, "--since takes a UTC time like 2026-11-22T00:10:00Z"));
         }
     };
     if let Some(kind) = args.aggregate.as_deref().filter(|a| !["node", "worker", "model", "request"].contains(a)) {
         let shown: String = kind.chars().take(40).flat_map(char::escape_default).collect();
         return Err(CliError::new(
-            "INVALID_ARGUMENT",
+            Code::InvalidArgument,
             format!("--aggregate must be node, worker, model or request, got \"{shown}\""),
         ));
     }

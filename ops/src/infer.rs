@@ -1,6 +1,7 @@
 //! `rbee infer "prompt"`: streams a chat completion to the terminal. Ctrl+C cancels the request
 //! on the cluster (`DELETE /v1/requests/{id}`) and exits 130.
 
+use rbee_bus::Code;
 use std::io::Write;
 
 use futures::StreamExt;
@@ -46,7 +47,7 @@ pub async fn infer(args: InferArgs, queen_url: &str) -> CliResult<()> {
     let client = reqwest::Client::new();
     let response = client.post(format!("{queen_url}/v1/chat/completions")).json(&body).send().await.map_err(|e| {
         CliError::new(
-            "QUEEN_UNREACHABLE",
+            Code::QueenUnreachable,
             format!("cannot reach the queen at {queen_url}: {e}; is the cluster up (rbee up)?"),
         )
     })?;
@@ -70,7 +71,8 @@ pub async fn infer(args: InferArgs, queen_url: &str) -> CliResult<()> {
 }
 
 fn api_error(status: u16, body: &Value) -> CliError {
-    let code = body["error"]["code"].as_str().unwrap_or("HTTP_ERROR").to_string();
+    // A queen of another version may answer with a code this CLI does not know: HTTP_ERROR then.
+    let code = body["error"]["code"].as_str().and_then(Code::parse).unwrap_or(Code::HttpError);
     let message = body["error"]["message"]
         .as_str()
         .map(str::to_string)
@@ -85,7 +87,7 @@ async fn print_stream(response: reqwest::Response) -> CliResult<()> {
     let mut buffer: Vec<u8> = Vec::new();
     let mut stdout = std::io::stdout();
     while let Some(chunk) = bytes.next().await {
-        let chunk = chunk.map_err(|e| CliError::new("STREAM_BROKEN", format!("the stream broke: {e}")))?;
+        let chunk = chunk.map_err(|e| CliError::new(Code::StreamBroken, format!("the stream broke: {e}")))?;
         buffer.extend_from_slice(&chunk);
         while let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
             let raw: Vec<u8> = buffer.drain(..end + 2).collect();
@@ -107,5 +109,5 @@ async fn print_stream(response: reqwest::Response) -> CliResult<()> {
             }
         }
     }
-    Err(CliError::new("STREAM_BROKEN", "the stream ended before [DONE]"))
+    Err(CliError::new(Code::StreamBroken, "the stream ended before [DONE]"))
 }

@@ -14,6 +14,7 @@ pub mod projections_cmd;
 pub mod up;
 pub mod workers;
 
+use rbee_bus::Code;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -190,7 +191,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             let point = backup::parse_point(at.as_deref())?;
             let log = rbee_bus::EventLog::connect(&cli.nats_url())
                 .await
-                .map_err(|e| error::CliError::new("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+                .map_err(|e| error::CliError::new(Code::EventLogUnavailable, e.to_string()))?;
             let view = backup::replay(&log, point).await?;
             if *digest {
                 println!("{}", view.digest());
@@ -203,7 +204,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Projections { command: ProjectionsCommand::Rebuild { database_url } } => {
             let url = database_url.clone().or_else(|| ClusterFile::load(data_dir).and_then(|c| c.database_url));
             let url = url.ok_or_else(|| {
-                error::CliError::new("EVENT_STORE_UNAVAILABLE", "no event store: pass --database-url or run rbee up")
+                error::CliError::new(Code::EventStoreUnavailable, "no event store: pass --database-url or run rbee up")
             })?;
             projections_cmd::rebuild(&cli.nats_url(), &url).await
         }

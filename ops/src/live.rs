@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use rbee_bus::Code;
 use rbee_bus::EventLog;
 use rbee_projections::LiveView;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -24,7 +25,7 @@ impl Connected {
 
 /// The error for a cluster that cannot be reached.
 pub fn unavailable(e: impl std::fmt::Display) -> CliError {
-    CliError::new("EVENT_LOG_UNAVAILABLE", format!("{e}; is the cluster up (rbee up)?"))
+    CliError::new(Code::EventLogUnavailable, format!("{e}; is the cluster up (rbee up)?"))
 }
 
 /// Connects to the cluster's log and folds it up to now.

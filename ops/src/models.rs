@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
+use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
 use rbee_bus::{AggregateKind, Event, Expected, Meta, ModelPullRequested, ModelRemoveRequested, download_id, subjects};
 
@@ -63,10 +64,10 @@ pub async fn list(nats_url: &str, node: Option<&str>, json: bool) -> CliResult<(
 /// `rbee models pull`: asks the node's hive for the model and follows its download to the end.
 pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> {
     let reference =
-        ModelRef::parse(&args.reference).map_err(|e| CliError::new("INVALID_MODEL_SOURCE", e.to_string()))?;
+        ModelRef::parse(&args.reference).map_err(|e| CliError::new(Code::InvalidModelSource, e.to_string()))?;
     let model = args.name.clone().unwrap_or_else(|| reference.default_name());
     for (field, value) in [("node", node), ("model", model.as_str())] {
-        subjects::validate_name(field, value).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+        subjects::validate_name(field, value).map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
     }
     let source = match &reference {
         ModelRef::File(path) => {
@@ -114,7 +115,7 @@ pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> 
     };
     let outcome = tokio::select! {
         r = tokio::time::timeout(Duration::from_secs(args.timeout_secs), follow) => r.unwrap_or_else(|_| {
-            Err(CliError::new("DOWNLOAD_TIMEOUT", format!("{model} was not on {node} within {}s; the hive carries on (rbee models list)", args.timeout_secs)))
+            Err(CliError::new(Code::DownloadTimeout, format!("{model} was not on {node} within {}s; the hive carries on (rbee models list)", args.timeout_secs)))
         }),
         _ = tokio::signal::ctrl_c() => {
             bar.say("interrupted; the hive carries on with the download (rbee models list)".into());
@@ -127,10 +128,10 @@ pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> 
 
 /// `rbee models rm`: the node's hive deletes the file and records `model.removed`.
 pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
-    subjects::validate_name("model", model).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+    subjects::validate_name("model", model).map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
     let cluster = crate::live::connect(nats_url).await?;
     let Some(entry) = cluster.view.read(|v| v.catalog.get(model, node).cloned()) else {
-        return Err(CliError::new("MODEL_NOT_FOUND", format!("{model} is not on node {node} (rbee models list)")));
+        return Err(CliError::new(Code::ModelNotFound, format!("{model} is not on node {node} (rbee models list)")));
     };
     let mut models =
         cluster.log.client().subscribe(subjects::aggregate(AggregateKind::Model, model)).await.map_err(unavailable)?;
@@ -151,7 +152,7 @@ pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
     };
     tokio::time::timeout(Duration::from_secs(60), wait).await.unwrap_or_else(|_| {
         Err(CliError::new(
-            "HIVE_UNAVAILABLE",
+            Code::HiveUnavailable,
             format!("the hive of {node} did not remove {model} within 60s; is it running?"),
         ))
     })

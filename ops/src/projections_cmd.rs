@@ -1,6 +1,7 @@
 //! `rbee projections rebuild`: reset and replay. Folds the whole log again (the Postgres archive
 //! for what JetStream no longer holds), sets the stored checkpoint aside and stores the fresh one.
 
+use rbee_bus::Code;
 use rbee_bus::read::{self, From};
 use rbee_bus::{EventLog, subjects};
 use rbee_projections::ClusterView;
@@ -10,7 +11,7 @@ use crate::error::{CliError, CliResult};
 use crate::live::unavailable;
 
 pub async fn rebuild(nats_url: &str, database_url: &str) -> CliResult<()> {
-    let store = |e: String| CliError::new("EVENT_STORE_UNAVAILABLE", e);
+    let store = |e: String| CliError::new(Code::EventStoreUnavailable, e);
     let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
     let pool = rbee_bus::archive::connect_store(database_url).await.map_err(|e| store(e.to_string()))?;
     let (first_in_log, _) = log.events_bounds().await.map_err(|e| unavailable(e.to_string()))?;
@@ -20,7 +21,7 @@ pub async fn rebuild(nats_url: &str, database_url: &str) -> CliResult<()> {
     for item in
         read::read_to_end(&log, subjects::EVENTS_STREAM, From::Start).await.map_err(|e| unavailable(e.to_string()))?
     {
-        let rec = item.map_err(|e| CliError::new("UNDECODABLE_EVENT", e.to_string()))?;
+        let rec = item.map_err(|e| CliError::new(Code::UndecodableEvent, e.to_string()))?;
         if rec.stream_seq > view.last_seq {
             view.apply(&rec);
         }

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use rbee_bus::Code;
 use rbee_bus::{AggregateKind, Event, EventLog, Expected, Meta, WorkerStartRequested, WorkerState, subjects};
 use rbee_projections::LiveView;
 
@@ -98,7 +99,10 @@ async fn is_running(cf: &ClusterFile) -> bool {
 
 fn binary(name: &str) -> CliResult<PathBuf> {
     process::find_binary(name).ok_or_else(|| {
-        CliError::new("BINARY_MISSING", format!("{name} not found beside rbee or on PATH; build it with `cargo build`"))
+        CliError::new(
+            Code::BinaryMissing,
+            format!("{name} not found beside rbee or on PATH; build it with `cargo build`"),
+        )
     })
 }
 
@@ -108,7 +112,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let nats_bin = nats::find_or_install(&tools_dir)?;
     let logs = data_dir.join("logs");
     let node = args.node.clone().unwrap_or_else(rbee_bus::process::hostname);
-    rbee_bus::subjects::validate_name("node", &node).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+    rbee_bus::subjects::validate_name("node", &node).map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
 
     // Every port at once: ports picked one by one can collide, and then a process fails to bind.
     let ports = process::free_ports(4)?;
@@ -116,7 +120,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let queen_port = if args.port == 0 { ports[3] } else { args.port };
     if std::net::TcpListener::bind(("127.0.0.1", queen_port)).is_err() {
         return Err(CliError::new(
-            "PORT_IN_USE",
+            Code::PortInUse,
             format!("port {queen_port} is taken; pass --port <free port> (or --port 0 for any)"),
         ));
     }
@@ -177,7 +181,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let queen = Some((cf.queen_pid, "rbee-queen"));
     local::wait_serving(&format!("{}/health", cf.queen_url), queen, Duration::from_secs(30)).await.map_err(|_| {
         CliError::new(
-            "QUEEN_START_FAILED",
+            Code::QueenStartFailed,
             format!("the queen did not answer on {}; see {}", cf.queen_url, logs.join("queen.log").display()),
         )
     })?;
@@ -232,7 +236,7 @@ pub async fn start_and_wait(
     request: Option<StartRequest<'_>>,
     timeout: Duration,
 ) -> CliResult<()> {
-    let unavailable = |e: String| CliError::new("EVENT_LOG_UNAVAILABLE", e);
+    let unavailable = |e: String| CliError::new(Code::EventLogUnavailable, e);
     // Watch the worker's events before asking for it, so its readiness cannot be missed.
     let mut events = log
         .client()
@@ -281,7 +285,7 @@ pub async fn start_and_wait(
                 Event::WorkerStartFailed(f) => return Err(CliError::new(f.code, f.message)),
                 Event::WorkerExited(x) => {
                     return Err(CliError::new(
-                        "WORKER_EXITED",
+                        Code::WorkerExited,
                         format!(
                             "worker {worker} exited during start (code {:?}, signal {:?}); see its log in logs/",
                             x.exit_code, x.signal
@@ -293,7 +297,7 @@ pub async fn start_and_wait(
         }
     };
     let outcome = tokio::time::timeout(timeout, wait).await.map_err(|_| {
-        CliError::new("LOADING_TIMEOUT", format!("worker {worker} was not ready within {}s", timeout.as_secs()))
+        CliError::new(Code::LoadingTimeout, format!("worker {worker} was not ready within {}s", timeout.as_secs()))
     });
     bar.abandon();
     outcome?

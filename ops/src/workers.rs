@@ -1,5 +1,6 @@
 //! `rbee workers`: the worker registry, folded from the log right now.
 
+use rbee_bus::Code;
 use std::time::Duration;
 
 use crate::error::{CliError, CliResult};
@@ -34,7 +35,7 @@ pub struct StartArgs {
 
 /// `rbee workers start`: a new worker, started by a hive through a command event.
 pub async fn start(nats_url: &str, node: &str, args: &StartArgs) -> CliResult<()> {
-    rbee_bus::subjects::validate_name("node", node).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+    rbee_bus::subjects::validate_name("node", node).map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
     let mut source = crate::local::model::resolve(
         args.model.as_deref(),
         args.model_name.as_deref(),
@@ -88,7 +89,7 @@ pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliRe
     if let Some(state) = filter.state.as_deref().filter(|s| !["loading", "ready", "draining", "stale"].contains(s)) {
         let shown: String = state.chars().take(40).flat_map(char::escape_default).collect();
         return Err(CliError::new(
-            "INVALID_FILTER",
+            Code::InvalidFilter,
             format!("--state must be loading, ready, draining or stale, got \"{shown}\""),
         ));
     }
@@ -130,14 +131,15 @@ pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliRe
 /// An optimistic append at the worker's position: raced by another change, it looks again.
 pub async fn drain(nats_url: &str, worker: &str) -> CliResult<()> {
     use rbee_bus::{AppendError, Event, Expected, Meta, WorkerState, WorkerStateChanged};
-    rbee_bus::subjects::validate_name("worker id", worker).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+    rbee_bus::subjects::validate_name("worker id", worker)
+        .map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
     let cluster = crate::live::connect(nats_url).await?;
     for attempt in 0..8 {
         if attempt > 0 {
             cluster.catch_up().await?;
         }
         let Some(w) = cluster.view.read(|v| v.registry.workers.get(worker).cloned()) else {
-            return Err(CliError::new("WORKER_NOT_FOUND", format!("no worker {worker}; rbee workers lists them")));
+            return Err(CliError::new(Code::WorkerNotFound, format!("no worker {worker}; rbee workers lists them")));
         };
         match w.state {
             WorkerState::Draining => {
@@ -147,7 +149,7 @@ pub async fn drain(nats_url: &str, worker: &str) -> CliResult<()> {
             WorkerState::Loading | WorkerState::Ready => {}
             other => {
                 return Err(CliError::new(
-                    "INVALID_STATE",
+                    Code::InvalidState,
                     format!("worker {worker} is {}: only a loading or ready worker can drain", other.as_str()),
                 ));
             }
@@ -166,5 +168,5 @@ pub async fn drain(nats_url: &str, worker: &str) -> CliResult<()> {
             Err(e) => return Err(crate::live::unavailable(e)),
         }
     }
-    Err(CliError::new("WORKER_ALREADY_BUSY", format!("worker {worker} kept changing; try again")))
+    Err(CliError::new(Code::WorkerAlreadyBusy, format!("worker {worker} kept changing; try again")))
 }

@@ -3,6 +3,7 @@
 //! a matching sha256, a body that decodes to the sequence it claims, and (checked by the caller
 //! against the log) the very event id at that sequence. Anything else is set aside and rebuilt.
 
+use rbee_bus::Code;
 use sha2::Digest;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -10,7 +11,7 @@ use uuid::Uuid;
 use crate::ClusterView;
 
 /// Bumped whenever the shape of [`ClusterView`] changes: older snapshots are then rebuilt.
-pub const SNAPSHOT_SCHEMA: i32 = 3;
+pub const SNAPSHOT_SCHEMA: i32 = 4;
 /// The name of the cluster view's checkpoint row.
 pub const CLUSTER_VIEW: &str = "cluster_view";
 
@@ -39,13 +40,13 @@ pub enum Rejected {
 }
 
 impl Rejected {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            Rejected::Outdated { .. } => "CHECKPOINT_OUTDATED",
+            Rejected::Outdated { .. } => Code::CheckpointOutdated,
             Rejected::HashMismatch | Rejected::Undecodable(_) | Rejected::SequenceMismatch { .. } => {
-                "CHECKPOINT_CORRUPT"
+                Code::CheckpointCorrupt
             }
-            Rejected::Foreign(_) => "CHECKPOINT_FOREIGN",
+            Rejected::Foreign(_) => Code::CheckpointForeign,
         }
     }
 }
@@ -272,7 +273,7 @@ mod tests {
 
         let mut old = good.clone();
         old.schema_version = SNAPSHOT_SCHEMA - 1;
-        assert_eq!(old.restore().unwrap_err().code(), "CHECKPOINT_OUTDATED");
+        assert_eq!(old.restore().unwrap_err().code(), Code::CheckpointOutdated);
 
         let mut lying = good.clone();
         lying.last_seq += 5;

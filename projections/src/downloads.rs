@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use rbee_bus::{Event, Position, Recorded};
+use rbee_bus::{Code, Event, Position, Recorded};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,7 +32,7 @@ pub struct Download {
     pub pid: u32,
     pub attempts: u32,
     /// Error code of a failed download, or of the last retried attempt.
-    pub last_error: Option<String>,
+    pub last_error: Option<Code>,
     /// When the last event about it was recorded (ms since the epoch): tells a stalled claim.
     pub updated_ms: u64,
     pub position: Position,
@@ -84,7 +84,7 @@ impl Downloads {
                 &e.download,
                 Box::new(|d| {
                     d.attempts = e.attempt;
-                    d.last_error = Some(e.code.clone());
+                    d.last_error = Some(e.code);
                 }),
             ),
             Event::DownloadFinished(e) => (
@@ -99,7 +99,7 @@ impl Downloads {
                 &e.download,
                 Box::new(|d| {
                     d.status = DownloadStatus::Failed;
-                    d.last_error = Some(e.code.clone());
+                    d.last_error = Some(e.code);
                 }),
             ),
             _ => return,
@@ -159,12 +159,12 @@ mod tests {
             3,
             Event::DownloadFailed(DownloadFailed {
                 download: id.clone(),
-                code: "DISK_FULL".into(),
+                code: Code::DiskFull,
                 message: String::new(),
             }),
         ));
         assert_eq!(d.active().count(), 0);
-        assert_eq!(d.by_id[&id].last_error.as_deref(), Some("DISK_FULL"));
+        assert_eq!(d.by_id[&id].last_error, Some(Code::DiskFull));
         assert_eq!(d.by_id[&id].position.seq, 3);
     }
 }

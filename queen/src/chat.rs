@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
-use rbee_bus::{Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, RequestCancelled, subjects};
+use rbee_bus::{Code, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, RequestCancelled, subjects};
 use serde_json::json;
 use tracing::Instrument;
 
@@ -47,12 +47,8 @@ async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, reque
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
             let limit = state.config.max_body_bytes;
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "REQUEST_TOO_LARGE",
-                format!("request body is over the {limit}-byte limit"),
-            )
-            .into_response();
+            return ApiError::new(Code::RequestTooLarge, format!("request body is over the {limit}-byte limit"))
+                .into_response();
         }
         Err(rejection) => return ApiError::invalid("body", rejection.body_text()).into_response(),
     };
@@ -60,15 +56,15 @@ async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, reque
     let chat = match chat_request::parse(&body) {
         Ok(c) => c,
         Err(e) => {
-            state.metrics.request_done("-", e.code, started.elapsed().as_secs_f64());
+            state.metrics.request_done("-", e.code.as_str(), started.elapsed().as_secs_f64());
             return e.into_response();
         }
     };
     match start(&state, &chat, &request, &meta).await {
         Err(e) => {
-            tracing::info!(code = e.code, "request refused");
+            tracing::info!(code = %e.code, "request refused");
             // Refused before any worker: an unknown model must not become a label.
-            state.metrics.request_done("-", e.code, started.elapsed().as_secs_f64());
+            state.metrics.request_done("-", e.code.as_str(), started.elapsed().as_secs_f64());
             e.into_response()
         }
         Ok(running) if chat.stream => stream_response(running).into_response(),
@@ -88,12 +84,13 @@ struct Running {
     started: std::time::Instant,
     first_token_seen: bool,
     /// How it ended (`ok` or an error code); none when the client went away first.
-    outcome: Option<String>,
+    /// The metrics label of how the request ended: `ok` or its code.
+    outcome: Option<&'static str>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let code = self.outcome.as_deref().unwrap_or("CANCELLED");
+        let code = self.outcome.unwrap_or(Code::Cancelled.as_str());
         self.state.metrics.request_done(&self.model, code, self.started.elapsed().as_secs_f64());
     }
 }
@@ -109,10 +106,10 @@ impl Running {
             }
             Ok(TokenFrame::Done { completion_tokens, .. }) => {
                 self.state.metrics.tokens(&self.model, *completion_tokens);
-                self.outcome = Some("ok".into());
+                self.outcome = Some("ok");
             }
-            Ok(TokenFrame::Error { code, .. }) => self.outcome = Some(code.clone()),
-            Err(e) => self.outcome = Some(e.code.to_string()),
+            Ok(TokenFrame::Error { code, .. }) => self.outcome = Some(code.as_str()),
+            Err(e) => self.outcome = Some(e.code.as_str()),
             _ => {}
         }
         frame
@@ -120,15 +117,10 @@ impl Running {
 
     async fn receive(&mut self) -> Result<TokenFrame, ApiError> {
         match tokio::time::timeout(self.token_timeout, self.tokens.next()).await {
-            Ok(Some(msg)) => frames::decode(&msg.payload).map_err(|e| {
-                ApiError::new(StatusCode::BAD_GATEWAY, "INFERENCE_FAILED", format!("unreadable token frame: {e}"))
-            }),
-            Ok(None) => Err(ApiError::new(StatusCode::BAD_GATEWAY, "INFERENCE_FAILED", "token stream closed")),
-            Err(_) => Err(ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                "GENERATION_STALLED",
-                "the worker sent no token in time",
-            )),
+            Ok(Some(msg)) => frames::decode(&msg.payload)
+                .map_err(|e| ApiError::new(Code::InferenceFailed, format!("unreadable token frame: {e}"))),
+            Ok(None) => Err(ApiError::new(Code::InferenceFailed, "token stream closed")),
+            Err(_) => Err(ApiError::new(Code::GenerationStalled, "the worker sent no token in time")),
         }
     }
 
@@ -261,12 +253,8 @@ async fn dispatch(
         traceparent: meta.traceparent.clone(),
     };
     let unreachable = |why: String| {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "WORKER_UNREACHABLE",
-            format!("worker {} did not take the request: {why}", claim.worker),
-        )
-        .retry_after(1)
+        ApiError::new(Code::WorkerUnreachable, format!("worker {} did not take the request: {why}", claim.worker))
+            .retry_after(1)
     };
     let reply = tokio::time::timeout(
         DISPATCH_TIMEOUT,
@@ -277,7 +265,7 @@ async fn dispatch(
     .map_err(|e| unreachable(e.to_string()))?;
     match frames::decode::<WorkAccepted>(&reply.payload) {
         Ok(WorkAccepted::Accepted) => Ok(tokens),
-        Ok(WorkAccepted::Refused { code, message }) => Err(ApiError::from_worker(&code, message)),
+        Ok(WorkAccepted::Refused { code, message }) => Err(ApiError::from_worker(code, message)),
         Err(e) => Err(unreachable(format!("unreadable answer: {e}"))),
     }
 }
@@ -301,7 +289,7 @@ fn stream_response(mut running: Running) -> Sse<impl futures::Stream<Item = Resu
                 }
                 Ok(TokenFrame::Error { code, message }) => {
                     running.guard.ended();
-                    yield sse(ApiError::from_worker(&code, message).body());
+                    yield sse(ApiError::from_worker(code, message).body());
                     break;
                 }
                 Err(e) => {
@@ -331,7 +319,7 @@ async fn json_response(mut running: Running) -> Response {
             }
             Ok(TokenFrame::Error { code, message }) => {
                 running.guard.ended();
-                return ApiError::from_worker(&code, message).into_response();
+                return ApiError::from_worker(code, message).into_response();
             }
             Err(e) => return e.into_response(),
         }

@@ -195,14 +195,14 @@ mod tests {
         for (v, field) in cases {
             let err = parse(&body(v.clone())).unwrap_err();
             assert_eq!(err.param, Some(field), "{v}");
-            assert_eq!(err.status.as_u16(), 400);
+            assert_eq!(err.status().as_u16(), 400);
         }
     }
 
     #[test]
     fn garbage_bodies_are_400_not_panics() {
         for raw in [&b""[..], b"{", b"[]", b"null", b"\xff\xfe", b"{\"model\": {\"a\": 1}}"] {
-            assert_eq!(parse(raw).unwrap_err().status.as_u16(), 400);
+            assert_eq!(parse(raw).unwrap_err().status().as_u16(), 400);
         }
     }
 }

@@ -3,12 +3,12 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use rbee_bus::Code;
 use serde_json::json;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     pub param: Option<&'static str>,
     /// Seconds, for 503/429.
@@ -16,12 +16,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, code, message: message.into(), param: None, retry_after: None }
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        ApiError { code, message: message.into(), param: None, retry_after: None }
+    }
+
+    /// The HTTP status, as the catalogue gives it for the code.
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     pub fn invalid(param: &'static str, message: impl Into<String>) -> Self {
-        ApiError { param: Some(param), ..Self::new(StatusCode::BAD_REQUEST, "INVALID_REQUEST", message) }
+        ApiError { param: Some(param), ..Self::new(Code::InvalidRequest, message) }
     }
 
     pub fn retry_after(mut self, secs: u64) -> Self {
@@ -33,36 +38,28 @@ impl ApiError {
         ApiError {
             param: Some("model"),
             ..Self::new(
-                StatusCode::NOT_FOUND,
-                "MODEL_NOT_FOUND",
+                Code::ModelNotFound,
                 format!("model {model} is not served by this cluster; GET /v1/models lists the ones that are"),
             )
         }
     }
 
     pub fn log_unavailable(e: impl std::fmt::Display) -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "EVENT_LOG_UNAVAILABLE",
-            format!("the event log is unavailable: {e}"),
-        )
-        .retry_after(1)
+        Self::new(Code::EventLogUnavailable, format!("the event log is unavailable: {e}")).retry_after(1)
     }
 
-    /// The status a worker's refusal code maps to.
-    pub fn from_worker(code: &str, message: String) -> Self {
-        let (status, code): (StatusCode, &'static str) = match code {
-            "CONTEXT_LENGTH_EXCEEDED" => (StatusCode::BAD_REQUEST, "CONTEXT_LENGTH_EXCEEDED"),
-            "INVALID_CHAT" => (StatusCode::BAD_REQUEST, "INVALID_CHAT"),
-            "WORKER_ALREADY_BUSY" => (StatusCode::SERVICE_UNAVAILABLE, "WORKER_ALREADY_BUSY"),
-            _ => (StatusCode::INTERNAL_SERVER_ERROR, "INFERENCE_FAILED"),
-        };
-        let e = Self::new(status, code, message);
-        if status == StatusCode::SERVICE_UNAVAILABLE { e.retry_after(1) } else { e }
+    /// A worker's refusal or failure as the client sees it: what the client can act on keeps its
+    /// code, anything else is the worker's failure.
+    pub fn from_worker(code: Code, message: String) -> Self {
+        match code {
+            Code::ContextLengthExceeded | Code::InvalidChat => Self::new(code, message),
+            Code::WorkerAlreadyBusy => Self::new(code, message).retry_after(1),
+            _ => Self::new(Code::InferenceFailed, message),
+        }
     }
 
     fn kind(&self) -> &'static str {
-        match self.status.as_u16() {
+        match self.code.http_status() {
             401 => "authentication_error",
             404 => "not_found_error",
             429 => "rate_limit_error",
@@ -78,7 +75,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (self.status, axum::Json(self.body())).into_response();
+        let mut response = (self.status(), axum::Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }

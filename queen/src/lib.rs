@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, post};
-use rbee_bus::EventLog;
+use rbee_bus::{Code, EventLog};
 use rbee_projections::LiveView;
 use tokio_util::sync::CancellationToken;
 
@@ -45,11 +45,11 @@ pub enum QueenError {
 }
 
 impl QueenError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            QueenError::Bus(_) => "EVENT_LOG_UNAVAILABLE",
-            QueenError::Store(_) => "EVENT_STORE_UNAVAILABLE",
-            QueenError::Bind { .. } => "BIND_FAILED",
+            QueenError::Bus(_) => Code::EventLogUnavailable,
+            QueenError::Store(_) => Code::EventStoreUnavailable,
+            QueenError::Bind { .. } => Code::BindFailed,
         }
     }
 }

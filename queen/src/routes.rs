@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use rbee_bus::{Meta, WorkerState, subjects};
+use rbee_bus::{Code, Meta, WorkerState, subjects};
 use serde_json::json;
 
 use crate::AppState;
@@ -101,14 +101,12 @@ pub async fn cancel_request(State(state): State<Arc<AppState>>, Path(id): Path<S
     }
     let meta = Meta { correlation: Some(id.clone()), traceparent: None };
     match cancel(&state.log, &id, "deleted", &meta).await {
-        Ok(Cancelled::Unknown) => {
-            ApiError::new(StatusCode::NOT_FOUND, "REQUEST_NOT_FOUND", format!("no request {id}")).into_response()
-        }
+        Ok(Cancelled::Unknown) => ApiError::new(Code::RequestNotFound, format!("no request {id}")).into_response(),
         Ok(Cancelled::Now | Cancelled::AlreadyEnded) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => ApiError::log_unavailable(e).into_response(),
     }
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "NOT_FOUND", "no such endpoint; see /v1/chat/completions and /v1/models")
+    ApiError::new(Code::NotFound, "no such endpoint; see /v1/chat/completions and /v1/models")
 }

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use rbee_bus::{AggregateKind, AppendError, Event, EventLog, Expected, Meta, SlotClaimed, SlotReleased, WorkerState};
+use rbee_bus::{
+    AggregateKind, AppendError, Code, Event, EventLog, Expected, Meta, SlotClaimed, SlotReleased, WorkerState,
+};
 use rbee_projections::{ClusterView, LiveView};
 
 use crate::error::ApiError;
@@ -45,38 +46,23 @@ fn unavailable(view: &ClusterView, model: &str) -> ApiError {
     let mut workers = view.registry.workers_for(model).peekable();
     if workers.peek().is_none() {
         if view.catalog.knows(model) {
-            return ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "NO_READY_WORKER",
-                format!("no worker serves {model} yet; start one (rbee up)"),
-            )
-            .retry_after(5);
+            return ApiError::new(Code::NoReadyWorker, format!("no worker serves {model} yet; start one (rbee up)"))
+                .retry_after(5);
         }
         return ApiError::model_not_found(model);
     }
     let states: Vec<WorkerState> = workers.map(|w| w.state).collect();
     if !states.iter().any(|s| matches!(s, WorkerState::Ready | WorkerState::Loading)) {
         return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NO_READY_WORKER",
+            Code::NoReadyWorker,
             format!("no live worker serves {model}: they are stale or draining"),
         )
         .retry_after(5);
     }
     if states.iter().all(|s| *s == WorkerState::Loading) {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NO_READY_WORKER",
-            format!("the workers for {model} are still loading"),
-        )
-        .retry_after(2);
+        return ApiError::new(Code::NoReadyWorker, format!("the workers for {model} are still loading")).retry_after(2);
     }
-    ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "ALL_SLOTS_BUSY",
-        format!("every slot serving {model} is busy; retry shortly"),
-    )
-    .retry_after(1)
+    ApiError::new(Code::AllSlotsBusy, format!("every slot serving {model} is busy; retry shortly")).retry_after(1)
 }
 
 /// Claims a slot for `request`, waiting up to `wait` for one to free up.
@@ -110,8 +96,7 @@ pub async fn claim_slot(
             return Err(ApiError {
                 param: Some("max_tokens"),
                 ..ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "CONTEXT_LENGTH_EXCEEDED",
+                    Code::ContextLengthExceeded,
                     format!("max_tokens {m} exceeds the context window of {model}: {} tokens", claim.context_length),
                 )
             });
@@ -131,12 +116,7 @@ pub async fn claim_slot(
             Err(e) => return Err(ApiError::log_unavailable(e)),
         }
     }
-    Err(ApiError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "ALL_SLOTS_BUSY",
-        "too much contention for a slot; retry shortly",
-    )
-    .retry_after(1))
+    Err(ApiError::new(Code::AllSlotsBusy, "too much contention for a slot; retry shortly").retry_after(1))
 }
 
 /// Gives a claimed slot back (the worker never started on it).

@@ -13,8 +13,8 @@ use candle_core::quantized::gguf_file;
 use candle_core::quantized::tokenizer::TokenizerFromGguf;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
-use rbee_bus::FinishReason;
 use rbee_bus::frames::{self, ChatMessage};
+use rbee_bus::{Code, FinishReason};
 use tokenizers::Tokenizer;
 use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence as PreTokenizers};
 
@@ -38,13 +38,13 @@ pub enum EngineError {
 
 impl EngineError {
     /// Stable code for APIs, metrics and the CLI.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            EngineError::ModelUnreadable { .. } => "MODEL_UNREADABLE",
-            EngineError::ModelInvalid { .. } => "MODEL_INVALID",
-            EngineError::ContextLengthExceeded(_) => "CONTEXT_LENGTH_EXCEEDED",
-            EngineError::InvalidChat(_) => "INVALID_CHAT",
-            EngineError::Inference(_) => "INFERENCE_FAILED",
+            EngineError::ModelUnreadable { .. } => Code::ModelUnreadable,
+            EngineError::ModelInvalid { .. } => Code::ModelInvalid,
+            EngineError::ContextLengthExceeded(_) => Code::ContextLengthExceeded,
+            EngineError::InvalidChat(_) => Code::InvalidChat,
+            EngineError::Inference(_) => Code::InferenceFailed,
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Why a worker could not start or serve.
 
+use rbee_bus::Code;
+
 use crate::engine::EngineError;
 
 #[derive(Debug, thiserror::Error)]
@@ -12,15 +14,22 @@ pub enum WorkerError {
     Engine(#[from] EngineError),
     #[error("{0}")]
     Bus(String),
+    #[error(transparent)]
+    Config(#[from] rbee_bus::InvalidSetting),
+    /// The process failed inside: a thread could not start, a task panicked.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl WorkerError {
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> Code {
         match self {
-            WorkerError::InvalidName(_) => "INVALID_NAME",
-            WorkerError::AlreadyRegistered(_) => "WORKER_ALREADY_REGISTERED",
+            WorkerError::InvalidName(_) => Code::InvalidName,
+            WorkerError::AlreadyRegistered(_) => Code::WorkerAlreadyRegistered,
             WorkerError::Engine(e) => e.code(),
-            WorkerError::Bus(_) => "EVENT_LOG_UNAVAILABLE",
+            WorkerError::Bus(_) => Code::EventLogUnavailable,
+            WorkerError::Config(_) => Code::InvalidConfig,
+            WorkerError::Internal(_) => Code::InternalError,
         }
     }
 }

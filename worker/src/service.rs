@@ -9,8 +9,8 @@ use std::time::Instant;
 use futures::StreamExt;
 use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
 use rbee_bus::{
-    Event, EventLog, Expected, FinishReason, Meta, RequestFinished, SlotReleased, WorkerHeartbeat, WorkerRegistered,
-    WorkerState, WorkerStateChanged, subjects,
+    Code, Event, EventLog, Expected, FinishReason, Meta, RequestFinished, SlotReleased, WorkerHeartbeat,
+    WorkerRegistered, WorkerState, WorkerStateChanged, subjects,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -69,7 +69,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let loaded =
         tokio::task::spawn_blocking(move || Engine::load_with(&path, crate::llama::Kernels::Quantized, threads))
             .await
-            .map_err(|e| WorkerError::Bus(format!("model loader panicked: {e}")))?;
+            .map_err(|e| WorkerError::Internal(format!("model loader panicked: {e}")))?;
     let engine = match loaded {
         Ok(engine) => engine,
         Err(e) => {
@@ -82,7 +82,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     std::thread::Builder::new()
         .name("generation".into())
         .spawn(move || generation_thread(engine, job_rx))
-        .map_err(|e| WorkerError::Bus(format!("cannot start generation thread: {e}")))?;
+        .map_err(|e| WorkerError::Internal(format!("cannot start generation thread: {e}")))?;
 
     let mut work =
         log.client().subscribe(subjects::work(&config.worker_id)).await.map_err(|e| WorkerError::Bus(e.to_string()))?;
@@ -153,11 +153,11 @@ async fn heartbeat_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
 async fn accept(shared: Arc<Shared>, msg: async_nats::Message) {
     let Some(reply) = msg.reply.clone() else { return };
     let client = shared.log.client().clone();
-    let refuse = |code: &str, message: String| frames::encode(&WorkAccepted::Refused { code: code.into(), message });
+    let refuse = |code: Code, message: String| frames::encode(&WorkAccepted::Refused { code, message });
     let item: WorkItem = match frames::decode(&msg.payload) {
         Ok(item) => item,
         Err(e) => {
-            let _ = client.publish(reply, refuse("INVALID_WORK_ITEM", e.to_string()).into()).await;
+            let _ = client.publish(reply, refuse(Code::InvalidWorkItem, e.to_string()).into()).await;
             return;
         }
     };
@@ -165,7 +165,7 @@ async fn accept(shared: Arc<Shared>, msg: async_nats::Message) {
     let _enter = span.enter();
     if shared.busy.load(Ordering::SeqCst) >= shared.config.slots {
         let msg = format!("worker {} has no free slot", shared.config.worker_id);
-        let _ = client.publish(reply, refuse("WORKER_ALREADY_BUSY", msg).into()).await;
+        let _ = client.publish(reply, refuse(Code::WorkerAlreadyBusy, msg).into()).await;
         return;
     }
     let prepared = match shared.prompter.prepare(&item.messages, item.max_tokens) {
@@ -181,7 +181,7 @@ async fn accept(shared: Arc<Shared>, msg: async_nats::Message) {
         match client.subscribe(subjects::aggregate(rbee_bus::AggregateKind::Request, &item.request)).await {
             Ok(sub) => sub,
             Err(e) => {
-                let _ = client.publish(reply, refuse("EVENT_LOG_UNAVAILABLE", e.to_string()).into()).await;
+                let _ = client.publish(reply, refuse(Code::EventLogUnavailable, e.to_string()).into()).await;
                 return;
             }
         };
@@ -198,7 +198,7 @@ async fn accept(shared: Arc<Shared>, msg: async_nats::Message) {
     };
     if shared.jobs.send(job).is_err() {
         shared.busy.fetch_sub(1, Ordering::SeqCst);
-        let _ = client.publish(reply, refuse("INFERENCE_FAILED", "generation thread is gone".into()).into()).await;
+        let _ = client.publish(reply, refuse(Code::InferenceFailed, "generation thread is gone".into()).into()).await;
         return;
     }
     let _ = client.publish(reply, frames::encode(&WorkAccepted::Accepted).into()).await;
@@ -266,9 +266,9 @@ async fn finish(
                 completion_tokens: 0,
                 time_to_first_token_ms: 0,
                 duration_ms: started.elapsed().as_millis() as u64,
-                error_code: Some(e.code().into()),
+                error_code: Some(e.code()),
             },
-            TokenFrame::Error { code: e.code().into(), message: e.to_string() },
+            TokenFrame::Error { code: e.code(), message: e.to_string() },
         ),
     };
     // Free the slot here before the log says so: a queen may claim it the moment it reads `slot.released`.

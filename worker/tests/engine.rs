@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicBool;
 
-use rbee_bus::FinishReason;
 use rbee_bus::frames::{ChatMessage, Sampling};
+use rbee_bus::{Code, FinishReason};
 use rbee_worker::engine::{Engine, Generation};
 use rbee_worker::text_stream::TextStream;
 
@@ -86,7 +86,7 @@ fn a_cancelled_generation_stops_before_the_next_token() {
 fn max_tokens_beyond_the_context_window_is_refused_with_the_limit() {
     let prompter = engine().prompter();
     let err = prompter.prepare(&user("Hi"), Some(100_000)).err().expect("refused");
-    assert_eq!(err.code(), "CONTEXT_LENGTH_EXCEEDED");
+    assert_eq!(err.code(), Code::ContextLengthExceeded);
     assert!(err.to_string().contains(&prompter.context_length().to_string()), "{err}");
     assert!(prompter.prepare(&[], None).is_err(), "an empty chat is refused");
 }

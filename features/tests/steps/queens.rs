@@ -169,7 +169,7 @@ async fn two_work_items(w: &mut RbeeWorld) {
         .into_iter()
         .map(|(request, answer)| match answer {
             WorkAccepted::Accepted => (200, request, Value::Null),
-            WorkAccepted::Refused { code, .. } => (503, request, Value::String(code)),
+            WorkAccepted::Refused { code, .. } => (503, request, Value::String(code.as_str().into())),
         })
         .collect();
 }

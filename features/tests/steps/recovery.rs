@@ -1,6 +1,7 @@
 //! Steps of recovery.feature: backup/restore/replay and schema upcasting.
 
 use cucumber::{given, then, when};
+use rbee_bus::Code;
 use rbee_features::infra::Nats;
 use rbee_features::poll::eventually;
 use serde_json::Value;
@@ -85,7 +86,7 @@ async fn corrupt_backup_refused(w: &mut RbeeWorld, code: String) {
 #[when("an older rbee records a schema 1 model registration in the log")]
 async fn old_schema_event(w: &mut RbeeWorld) {
     // Bytes written by rbee 0.1 (schema 1, before model.registered carried memory_required_bytes).
-    let body = include_bytes!("../../../bus/tests/fixtures/schema1_model_registered.bin");
+    let body = include_bytes!("../../../bus/tests/fixtures/schema1/model.registered.bin");
     let client = async_nats::connect(&w.cluster().nats_url).await.expect("connect");
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Rbee-Event", "model.registered");
@@ -194,7 +195,7 @@ async fn reports_set_aside(w: &mut RbeeWorld) {
     let report = health(w).await["recovery"].as_str().unwrap_or_default().to_string();
     assert!(
         report.contains("set aside")
-            && report.contains("CHECKPOINT_CORRUPT")
+            && report.contains(Code::CheckpointCorrupt.as_str())
             && report.contains("rebuilt from the log"),
         "{report}"
     );

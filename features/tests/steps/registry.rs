@@ -3,6 +3,7 @@
 use std::process::{Command, Stdio};
 
 use cucumber::{given, then, when};
+use rbee_bus::Code;
 use rbee_features::poll::eventually;
 use serde_json::Value;
 
@@ -114,7 +115,7 @@ fn filtered_out(w: &mut RbeeWorld) {
     let bad = w.cluster().rbee(&["workers", "--state", "sleeping\u{7}"]);
     assert_eq!(bad.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(stderr.contains("INVALID_FILTER") && !stderr.contains('\u{7}'), "{stderr}");
+    assert!(stderr.contains(Code::InvalidFilter.as_str()) && !stderr.contains('\u{7}'), "{stderr}");
 }
 
 #[when("that worker process is stopped")]

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
 
 use super::Failure;
@@ -36,7 +37,8 @@ pub struct Clients {
 }
 
 pub fn clients() -> Result<Clients, Failure> {
-    let unusable = |e: reqwest::Error| Failure::fatal("DOWNLOAD_FAILED", format!("cannot create an HTTP client: {e}"));
+    let unusable =
+        |e: reqwest::Error| Failure::fatal(Code::DownloadFailed, format!("cannot create an HTTP client: {e}"));
     Ok(Clients {
         fetch: client_builder().build().map_err(unusable)?,
         probe: client_builder().redirect(reqwest::redirect::Policy::none()).build().map_err(unusable)?,
@@ -73,7 +75,9 @@ impl HubSettings {
                 };
                 Ok(Remote { url: url.clone(), sha256: None, size })
             }
-            ModelRef::File(_) => Err(Failure::fatal("INVALID_MODEL_SOURCE", "a file is copied, not downloaded".into())),
+            ModelRef::File(_) => {
+                Err(Failure::fatal(Code::InvalidModelSource, "a file is copied, not downloaded".into()))
+            }
             ModelRef::Hub { repo, file, revision } => {
                 let file = match file {
                     Some(f) => f.clone(),
@@ -93,12 +97,12 @@ impl HubSettings {
             .get(client, &url)
             .send()
             .await
-            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: {}", causes(&e))))?;
+            .map_err(|e| Failure::retry(Code::DownloadFailed, format!("{url}: {}", causes(&e))))?;
         check_status(&resp, &format!("hf:{repo}"))?;
         let body: serde_json::Value = resp
             .json()
             .await
-            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: unreadable file list: {e}")))?;
+            .map_err(|e| Failure::retry(Code::DownloadFailed, format!("{url}: unreadable file list: {e}")))?;
         let ggufs: Vec<String> = body["siblings"]
             .as_array()
             .into_iter()
@@ -109,9 +113,9 @@ impl HubSettings {
             .collect();
         match ggufs.as_slice() {
             [one] => Ok(one.clone()),
-            [] => Err(Failure::fatal("MODEL_NOT_FOUND", format!("hf:{repo} has no .gguf file"))),
+            [] => Err(Failure::fatal(Code::ModelNotFound, format!("hf:{repo} has no .gguf file"))),
             many => Err(Failure::fatal(
-                "AMBIGUOUS_MODEL_FILE",
+                Code::AmbiguousModelFile,
                 format!("hf:{repo} has {} .gguf files; name one: hf:{repo}:<file> ({})", many.len(), many.join(", ")),
             )),
         }
@@ -124,7 +128,7 @@ impl HubSettings {
             .authorized(client.head(url))
             .send()
             .await
-            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{url}: {}", causes(&e))))?;
+            .map_err(|e| Failure::retry(Code::DownloadFailed, format!("{url}: {}", causes(&e))))?;
         if !resp.status().is_redirection() {
             check_status(&resp, url)?;
         }
@@ -159,9 +163,9 @@ pub fn check_status(resp: &reqwest::Response, what: &str) -> Result<(), Failure>
         return Ok(());
     }
     Err(match status.as_u16() {
-        404 => Failure::fatal("MODEL_NOT_FOUND", format!("{what} was not found on the model hub (404)")),
+        404 => Failure::fatal(Code::ModelNotFound, format!("{what} was not found on the model hub (404)")),
         401 | 403 => Failure::fatal(
-            "ACCESS_DENIED",
+            Code::AccessDenied,
             format!(
                 "the model hub refused {what} ({status}); if the model is gated or private, set HF_TOKEN to a token that may read it"
             ),
@@ -175,12 +179,13 @@ pub fn check_status(resp: &reqwest::Response, what: &str) -> Result<(), Failure>
                 .map(Duration::from_secs);
             Failure {
                 retry_after: after,
-                ..Failure::retry("RATE_LIMITED", format!("the model hub rate-limited {what} (429)"))
+                ..Failure::retry(Code::RateLimited, format!("the model hub rate-limited {what} (429)"))
             }
         }
-        416 => {
-            Failure::retry("DOWNLOAD_FAILED", format!("{what}: the range asked for is not there (416); starting over"))
-        }
-        _ => Failure::retry("DOWNLOAD_FAILED", format!("{what}: the server answered {status}")),
+        416 => Failure::retry(
+            Code::DownloadFailed,
+            format!("{what}: the range asked for is not there (416); starting over"),
+        ),
+        _ => Failure::retry(Code::DownloadFailed, format!("{what}: the server answered {status}")),
     })
 }

@@ -17,6 +17,7 @@ mod transfer;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
 use rbee_bus::read::read_subject;
 use rbee_bus::{
@@ -31,7 +32,7 @@ use transfer::Transfer;
 /// Why a download (or one attempt of it) failed, with a stable code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    pub code: &'static str,
+    pub code: Code,
     pub message: String,
     /// Whether another attempt may succeed.
     pub retryable: bool,
@@ -40,11 +41,11 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn fatal(code: &'static str, message: String) -> Failure {
+    pub fn fatal(code: Code, message: String) -> Failure {
         Failure { code, message, retryable: false, retry_after: None }
     }
 
-    pub fn retry(code: &'static str, message: String) -> Failure {
+    pub fn retry(code: Code, message: String) -> Failure {
         Failure { code, message, retryable: true, retry_after: None }
     }
 }
@@ -132,11 +133,8 @@ impl Downloader {
             Ok(remote) => remote,
             Err(f) => {
                 // Recorded, so whoever asked for the model sees why it will not come.
-                let failed = Event::DownloadFailed(DownloadFailed {
-                    download: id,
-                    code: f.code.into(),
-                    message: f.message.clone(),
-                });
+                let failed =
+                    Event::DownloadFailed(DownloadFailed { download: id, code: f.code, message: f.message.clone() });
                 if let Err(e) = self.log.append(failed, Expected::Any, meta).await {
                     tracing::error!(error = %e, "download failure not recorded");
                 }
@@ -178,7 +176,7 @@ impl Downloader {
                 Err(f) if f.retryable && attempt < self.settings.retries => {
                     attempt += 1;
                     let delay = self.delay(attempt, &f);
-                    tracing::warn!(code = f.code, error = %f.message, ?delay, "model hub lookup failed; retrying");
+                    tracing::warn!(code = %f.code, error = %f.message, ?delay, "model hub lookup failed; retrying");
                     tokio::time::sleep(delay).await;
                 }
                 other => return other,
@@ -208,7 +206,7 @@ impl Downloader {
         loop {
             let history = read_subject(&self.log, &subject)
                 .await
-                .map_err(|e| Failure::retry("EVENT_LOG_UNAVAILABLE", e.to_string()))?;
+                .map_err(|e| Failure::retry(Code::EventLogUnavailable, e.to_string()))?;
             let mut folded = Downloads::default();
             history.iter().for_each(|r| folded.apply(r));
             let last = history.last().map(|r| Position { seq: r.stream_seq, version: r.envelope.version });
@@ -247,7 +245,7 @@ impl Downloader {
                     return Ok(Claim::Mine { position, resume_from, hasher, total });
                 }
                 Err(AppendError::Conflict { .. }) => continue,
-                Err(e) => return Err(Failure::retry("EVENT_LOG_UNAVAILABLE", e.to_string())),
+                Err(e) => return Err(Failure::retry(Code::EventLogUnavailable, e.to_string())),
             }
         }
     }
@@ -281,9 +279,9 @@ impl Downloader {
             }
             match download {
                 Some(d) if d.position.seq >= seen && d.status == DownloadStatus::Failed => {
-                    let code = d.last_error.unwrap_or_else(|| "DOWNLOAD_FAILED".into());
+                    let code = d.last_error.unwrap_or(Code::DownloadFailed);
                     return Some(Err(Failure::fatal(
-                        static_code(&code),
+                        code,
                         format!("the download of {model} by another hive failed ({code})"),
                     )));
                 }
@@ -326,11 +324,11 @@ impl Downloader {
                     Err(f) if f.retryable && attempt < self.settings.retries => {
                         attempt += 1;
                         let delay = self.delay(attempt, &f);
-                        tracing::warn!(code = f.code, error = %f.message, attempt, ?delay, offset = t.offset, "download attempt failed; retrying");
+                        tracing::warn!(code = %f.code, error = %f.message, attempt, ?delay, offset = t.offset, "download attempt failed; retrying");
                         let retried = Event::DownloadRetried(DownloadRetried {
                             download: job.id.clone(),
                             attempt,
-                            code: f.code.into(),
+                            code: f.code,
                             message: f.message.clone(),
                             delay_ms: delay.as_millis() as u64,
                         });
@@ -344,10 +342,10 @@ impl Downloader {
         .await;
         if let Err(f) = &result {
             let _ = std::fs::remove_file(&partial);
-            tracing::error!(code = f.code, error = %f.message, "download failed; partial file removed");
+            tracing::error!(code = %f.code, error = %f.message, "download failed; partial file removed");
             let failed = Event::DownloadFailed(DownloadFailed {
                 download: job.id.clone(),
-                code: f.code.into(),
+                code: f.code,
                 message: f.message.clone(),
             });
             if let Err(e) = self.log.append(failed, Expected::Any, &job.meta).await {
@@ -371,7 +369,7 @@ impl Downloader {
         t.progress = None;
         t.position = recorder
             .await
-            .map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("the chunk recorder failed: {e}")))??;
+            .map_err(|e| Failure::fatal(Code::DownloadFailed, format!("the chunk recorder failed: {e}")))??;
         written.and(received)
     }
 
@@ -410,12 +408,13 @@ impl Downloader {
         if t.offset > 0 {
             request = request.header(reqwest::header::RANGE, format!("bytes={}-", t.offset));
         }
-        let timed_out =
-            || Failure::retry("DOWNLOAD_TIMEOUT", format!("no answer from {} for {}s", job.url, stall.as_secs_f32()));
+        let timed_out = || {
+            Failure::retry(Code::DownloadTimeout, format!("no answer from {} for {}s", job.url, stall.as_secs_f32()))
+        };
         let mut resp = tokio::time::timeout(stall, request.send())
             .await
             .map_err(|_| timed_out())?
-            .map_err(|e| Failure::retry("DOWNLOAD_FAILED", format!("{}: {}", job.url, hub::causes(&e))))?;
+            .map_err(|e| Failure::retry(Code::DownloadFailed, format!("{}: {}", job.url, hub::causes(&e))))?;
         hub::check_status(&resp, &job.url)?;
         if t.offset > 0 && resp.status() != reqwest::StatusCode::PARTIAL_CONTENT {
             tracing::warn!(offset = t.offset, "the server ignored the range; starting over");
@@ -427,7 +426,7 @@ impl Downloader {
             let free = crate::resources::read(&self.models_dir).disk_free_bytes;
             if length > free {
                 return Err(Failure::fatal(
-                    "INSUFFICIENT_DISK",
+                    Code::InsufficientDisk,
                     format!(
                         "{} needs {} MB more, {} has {} MB free; remove models with `rbee models rm`",
                         job.model,
@@ -445,13 +444,13 @@ impl Downloader {
                 .await
                 .map_err(|_| {
                     Failure::retry(
-                        "DOWNLOAD_TIMEOUT",
+                        Code::DownloadTimeout,
                         format!("no bytes from {} for {}s at offset {}", job.url, stall.as_secs_f32(), t.offset),
                     )
                 })?
                 .map_err(|e| {
                     Failure::retry(
-                        "DOWNLOAD_FAILED",
+                        Code::DownloadFailed,
                         format!("connection to {} lost at offset {}: {}", job.url, t.offset, hub::causes(&e)),
                     )
                 })?;
@@ -474,7 +473,7 @@ impl Downloader {
         }
         if t.total > 0 && t.offset < t.total {
             return Err(Failure::retry(
-                "DOWNLOAD_FAILED",
+                Code::DownloadFailed,
                 format!("connection to {} closed at {} of {} bytes", job.url, t.offset, t.total),
             ));
         }
@@ -488,14 +487,14 @@ impl Downloader {
         if let Some(expected) = job.expected.as_deref().filter(|e| *e != sha256) {
             t.restart().await?;
             return Err(Failure::retry(
-                "CHECKSUM_MISMATCH",
+                Code::ChecksumMismatch,
                 format!("{} has sha256 {sha256}, expected {expected}; deleted", job.url),
             ));
         }
         if let Err(reason) = gguf_check::check(&t.path) {
             t.restart().await?;
             return Err(Failure::retry(
-                "MODEL_INVALID",
+                Code::ModelInvalid,
                 format!("{} is not a usable GGUF model: {reason}; deleted", job.url),
             ));
         }
@@ -514,10 +513,10 @@ impl Downloader {
         match self.log.append(event, Expected::At(after), &job.meta).await {
             Ok(p) => Ok(p),
             Err(AppendError::Conflict { .. }) => Err(Failure::fatal(
-                "DOWNLOAD_TAKEN_OVER",
+                Code::DownloadTakenOver,
                 format!("another hive took over the download of {}", job.model),
             )),
-            Err(e) => Err(Failure::retry("EVENT_LOG_UNAVAILABLE", e.to_string())),
+            Err(e) => Err(Failure::retry(Code::EventLogUnavailable, e.to_string())),
         }
     }
 }
@@ -542,33 +541,16 @@ struct Job {
 pub(crate) fn disk_failure(e: &std::io::Error, path: &Path) -> Failure {
     if e.raw_os_error() == Some(libc::ENOSPC) {
         return Failure::fatal(
-            "DISK_FULL",
+            Code::DiskFull,
             format!(
                 "the disk holding {} is full; partial file removed; free space or remove models with `rbee models rm`",
                 path.display()
             ),
         );
     }
-    Failure::fatal("DOWNLOAD_FAILED", format!("cannot write {}: {e}", path.display()))
+    Failure::fatal(Code::DownloadFailed, format!("cannot write {}: {e}", path.display()))
 }
 
 fn mb(bytes: u64) -> u64 {
     bytes.div_ceil(1 << 20)
-}
-
-/// The codes a failure recorded by another hive may carry, as the static strings errors use.
-fn static_code(code: &str) -> &'static str {
-    const KNOWN: [&str; 10] = [
-        "MODEL_NOT_FOUND",
-        "ACCESS_DENIED",
-        "RATE_LIMITED",
-        "DOWNLOAD_TIMEOUT",
-        "DOWNLOAD_FAILED",
-        "CHECKSUM_MISMATCH",
-        "MODEL_INVALID",
-        "DISK_FULL",
-        "INSUFFICIENT_DISK",
-        "AMBIGUOUS_MODEL_FILE",
-    ];
-    KNOWN.into_iter().find(|k| *k == code).unwrap_or("DOWNLOAD_FAILED")
 }

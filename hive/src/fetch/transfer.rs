@@ -6,6 +6,7 @@
 use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
 
+use rbee_bus::Code;
 use rbee_bus::Position;
 use tokio::task::JoinHandle;
 
@@ -72,7 +73,7 @@ impl Transfer {
     async fn wait_write(&mut self) -> Result<(), Failure> {
         if let Some(writing) = self.writing.take() {
             let (disk, result) =
-                writing.await.map_err(|e| Failure::fatal("DOWNLOAD_FAILED", format!("the writer failed: {e}")))?;
+                writing.await.map_err(|e| Failure::fatal(Code::DownloadFailed, format!("the writer failed: {e}")))?;
             self.disk = Some(disk);
             result.map_err(|e| disk_failure(&e, &self.path))?;
         }
@@ -82,8 +83,10 @@ impl Transfer {
     /// Empties the file to start over.
     pub async fn restart(&mut self) -> Result<(), Failure> {
         let _ = self.settle().await;
-        let disk =
-            self.disk.as_mut().ok_or_else(|| Failure::fatal("DOWNLOAD_FAILED", "the partial file is gone".into()))?;
+        let disk = self
+            .disk
+            .as_mut()
+            .ok_or_else(|| Failure::fatal(Code::DownloadFailed, "the partial file is gone".into()))?;
         let io = |e: std::io::Error| disk_failure(&e, &self.path);
         disk.file.set_len(0).map_err(io)?;
         disk.file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
@@ -119,8 +122,10 @@ impl Transfer {
         let rest = self.pending.len();
         self.hand_over(rest, true).await?;
         self.wait_write().await?;
-        let disk =
-            self.disk.as_mut().ok_or_else(|| Failure::fatal("DOWNLOAD_FAILED", "the partial file is gone".into()))?;
+        let disk = self
+            .disk
+            .as_mut()
+            .ok_or_else(|| Failure::fatal(Code::DownloadFailed, "the partial file is gone".into()))?;
         Ok((self.offset, std::mem::take(&mut disk.hasher).finish()))
     }
 
@@ -129,7 +134,7 @@ impl Transfer {
     async fn hand_over(&mut self, n: usize, boundary: bool) -> Result<(), Failure> {
         self.wait_write().await?;
         let Some(mut disk) = self.disk.take() else {
-            return Err(Failure::fatal("DOWNLOAD_FAILED", "the partial file is gone".into()));
+            return Err(Failure::fatal(Code::DownloadFailed, "the partial file is gone".into()));
         };
         let piece: Vec<u8> = self.pending.drain(..n).collect();
         self.offset += n as u64;

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
 
 use crate::error::{CliError, CliResult};
@@ -37,14 +38,15 @@ pub struct ModelSource {
 /// first if missing. A local file is checked here, so a typo fails before any hive is asked.
 pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) -> CliResult<ModelSource> {
     if let Some(r) = model_ref {
-        let parsed = ModelRef::parse(r).map_err(|e| CliError::new("INVALID_MODEL_SOURCE", e.to_string()))?;
+        let parsed = ModelRef::parse(r).map_err(|e| CliError::new(Code::InvalidModelSource, e.to_string()))?;
         let name = name.map(str::to_string).unwrap_or_else(|| parsed.default_name());
-        rbee_bus::subjects::validate_name("model", &name).map_err(|e| CliError::new("INVALID_NAME", e.to_string()))?;
+        rbee_bus::subjects::validate_name("model", &name)
+            .map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
         let source = match parsed {
             ModelRef::File(path) => {
                 if !path.is_file() {
                     return Err(CliError::new(
-                        "MODEL_NOT_FOUND",
+                        Code::ModelNotFound,
                         format!("model file {} does not exist", path.display()),
                     ));
                 }
@@ -62,7 +64,7 @@ pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) ->
         if sha != DEFAULT_SHA256 {
             let _ = std::fs::remove_file(&path);
             return Err(CliError::new(
-                "CHECKSUM_MISMATCH",
+                Code::ChecksumMismatch,
                 format!("downloaded {FILE_NAME} has sha256 {sha}, expected {DEFAULT_SHA256}; removed"),
             ));
         }

