@@ -264,6 +264,41 @@ impl EventLog {
         Err(AppendError::Unavailable(format!("no ack after {PUBLISH_ATTEMPTS} attempts: {last_error}")))
     }
 
+    /// Writes a message exactly as another log stored it (a restore): its own headers and body,
+    /// as the message after `after_seq` on `subject`, so the server checks the order as it did
+    /// originally. Returns the sequence it was stored at.
+    pub async fn import_raw(
+        &self,
+        subject: &str,
+        headers: &[(String, String)],
+        payload: bytes::Bytes,
+        after_seq: u64,
+    ) -> Result<u64, AppendError> {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers.iter().filter(|(name, _)| name != HEADER_EXPECTED_LAST_SUBJECT_SEQ) {
+            map.insert(name.as_str(), value.as_str());
+        }
+        map.insert(HEADER_EXPECTED_LAST_SUBJECT_SEQ, after_seq.to_string().as_str());
+        let ack = self
+            .js
+            .publish_with_headers(subject.to_string(), map, payload)
+            .await
+            .map_err(|e| AppendError::Unavailable(e.to_string()))?
+            .await;
+        match ack {
+            Ok(ack) => Ok(ack.sequence),
+            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                // An import knows the sequence it expected, not the aggregate's version.
+                let expected = match after_seq {
+                    0 => Expected::NoStream,
+                    seq => Expected::At(Position { seq, version: 0 }),
+                };
+                Err(AppendError::Conflict { subject: subject.to_string(), expected })
+            }
+            Err(e) => Err(AppendError::Unavailable(e.to_string())),
+        }
+    }
+
     /// Publishes a heartbeat to `RBEE_HB` (kept: the last one per worker).
     pub async fn heartbeat(&self, event: Event, meta: &Meta) -> Result<(), AppendError> {
         let subject = subjects::for_event(&event);

@@ -7,7 +7,7 @@ use crate::log::{EventLog, ReadError, Recorded, decode_message};
 
 /// Where a reader starts.
 #[derive(Debug, Clone, Copy)]
-pub enum From {
+pub enum StartAt {
     /// The first event still in the stream.
     Start,
     /// The event with this stream sequence (or the next one).
@@ -29,17 +29,17 @@ pub struct Delivered {
 pub async fn follow(
     log: &EventLog,
     stream: &str,
-    from: From,
+    from: StartAt,
 ) -> Result<impl Stream<Item = Result<Delivered, ReadError>> + Send + 'static, ReadError> {
     let stream = log.stream(stream).await?;
     let deliver_policy = match from {
-        From::Start => DeliverPolicy::All,
-        From::Seq(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.max(1) },
-        From::LastPerSubject => DeliverPolicy::LastPerSubject,
+        StartAt::Start => DeliverPolicy::All,
+        StartAt::Seq(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.max(1) },
+        StartAt::LastPerSubject => DeliverPolicy::LastPerSubject,
     };
     // The server wants an explicit filter with "last per subject".
     let filter_subject = match from {
-        From::LastPerSubject => {
+        StartAt::LastPerSubject => {
             format!("{}", stream.cached_info().config.subjects.first().map(String::as_str).unwrap_or(">"))
         }
         _ => String::new(),
@@ -68,11 +68,11 @@ pub async fn last_sequence(log: &EventLog, stream: &str) -> Result<u64, ReadErro
 pub async fn read_to_end(
     log: &EventLog,
     stream: &str,
-    from: From,
+    from: StartAt,
 ) -> Result<Vec<Result<Recorded, ReadError>>, ReadError> {
     let end = last_sequence(log, stream).await?;
     let mut out = Vec::new();
-    if end == 0 {
+    if end == 0 || matches!(from, StartAt::Seq(seq) if seq > end) {
         return Ok(out);
     }
     let mut events = Box::pin(follow(log, stream, from).await?);

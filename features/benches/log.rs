@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use rbee_bus::read::{self, From};
+use rbee_bus::read::{self, StartAt};
 use rbee_bus::*;
 use rbee_features::infra::{Nats, Postgres};
 use rbee_projections::{Catalog, ClusterView};
@@ -77,7 +77,7 @@ async fn rebuild_from_jetstream(log: &EventLog) -> (ClusterView, f64) {
     let end = read::last_sequence(log, subjects::EVENTS_STREAM).await.unwrap();
     let t0 = Instant::now();
     let mut view = ClusterView::default();
-    let mut events = Box::pin(read::follow(log, subjects::EVENTS_STREAM, From::Start).await.unwrap());
+    let mut events = Box::pin(read::follow(log, subjects::EVENTS_STREAM, StartAt::Start).await.unwrap());
     while let Some(Ok(d)) = events.next().await {
         view.apply(&d.recorded);
         if d.recorded.stream_seq >= end {

@@ -39,6 +39,7 @@ Feature: The log is the system of record: backup, restore, replay and old schema
     And a queen with the event store starts on it
     Then the queen reports that the purged events were read from the Postgres archive
     And the queen's registry and catalog have the noted digest
+    And rbee replay, reading the purged events from the archive as the queen did, gives the noted digest
     And asking the restarted queen "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
 
   @CAT-6

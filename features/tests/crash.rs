@@ -77,7 +77,9 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
     .await;
     // The restarted queen's view (from a checkpoint written between kills, or rebuilt) equals a fresh fold.
     let mut fresh = rbee_projections::ClusterView::default();
-    for item in rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::From::Start).await.unwrap() {
+    for item in
+        rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::StartAt::Start).await.unwrap()
+    {
         fresh.apply(&item.unwrap());
     }
     let health_url = format!("http://127.0.0.1:{port}/health");
@@ -157,7 +159,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     let ready = eventually("every requested worker is ready", Duration::from_secs(90), || async {
         let mut view = rbee_projections::ClusterView::default();
         for item in
-            rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::From::Start).await.unwrap()
+            rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::StartAt::Start).await.unwrap()
         {
             view.apply(&item.unwrap());
         }
@@ -179,7 +181,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     eventually("the queen's view equals a fresh fold of the same log", Duration::from_secs(10), || async {
         let mut fresh = rbee_projections::ClusterView::default();
         for item in
-            rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::From::Start).await.unwrap()
+            rbee_bus::read::read_to_end(&log, subjects::EVENTS_STREAM, rbee_bus::read::StartAt::Start).await.unwrap()
         {
             fresh.apply(&item.unwrap());
         }

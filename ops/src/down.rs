@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::time::Duration;
 
+use rbee_projections::history::Until;
+
 use crate::cluster_file::ClusterFile;
 use crate::error::CliResult;
 use crate::local::{postgres, process};
@@ -30,7 +32,8 @@ pub async fn down(data_dir: &Path) -> CliResult<()> {
 /// Workers the log places on this cluster's node, with their pids.
 async fn workers_on_node(cf: &ClusterFile) -> Vec<(String, u32)> {
     let Ok(log) = rbee_bus::EventLog::connect(&cf.nats_url).await else { return Vec::new() };
-    let Ok(view) = crate::backup::replay(&log, crate::backup::ReplayPoint::End).await else { return Vec::new() };
+    let Ok(folded) = rbee_projections::history::replay_to(&log, None, Until::End).await else { return Vec::new() };
+    let view = folded.view;
     view.registry.workers.values().filter(|w| w.node == cf.node).map(|w| (w.id.clone(), w.pid)).collect()
 }
 

@@ -3,8 +3,9 @@
 use futures::StreamExt;
 use rbee_bus::Code;
 use rbee_bus::log::ReadError;
-use rbee_bus::read::{self, From};
+use rbee_bus::read::{self, StartAt};
 use rbee_bus::{EventLog, Recorded, subjects};
+use rbee_projections::history::Until;
 use serde_json::{Value, json};
 
 use crate::error::{CliError, CliResult};
@@ -50,10 +51,10 @@ fn wanted(args: &TailArgs, since_ms: u64, rec: &Recorded) -> bool {
 }
 
 pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
-    let since_ms = match crate::backup::parse_point(args.since.as_deref())? {
-        crate::backup::ReplayPoint::TimeMs(ms) => ms,
-        crate::backup::ReplayPoint::End => 0,
-        crate::backup::ReplayPoint::Seq(_) => {
+    let since_ms = match crate::replay::parse_point(args.since.as_deref())? {
+        Until::TimeMs(ms) => ms,
+        Until::End => 0,
+        Until::Seq(_) => {
             return Err(CliError::new(Code::InvalidArgument, "--since takes a UTC time like 2026-11-22T00:10:00Z"));
         }
     };
@@ -72,7 +73,7 @@ pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
     if args.no_follow {
         let mut lines = Vec::new();
         for stream in &streams {
-            for item in read::read_to_end(&log, stream, From::Start).await.map_err(|e| unavailable(e.to_string()))? {
+            for item in read::read_to_end(&log, stream, StartAt::Start).await.map_err(|e| unavailable(e.to_string()))? {
                 match item {
                     Ok(rec) if wanted(&args, since_ms, &rec) => lines.push((rec.envelope.at_ms, to_json(stream, &rec))),
                     Ok(_) => {}
@@ -89,7 +90,7 @@ pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
     let mut merged = futures::stream::SelectAll::new();
     for stream in streams {
         let name = stream.to_string();
-        let s = read::follow(&log, stream, From::Start).await.map_err(|e| unavailable(e.to_string()))?;
+        let s = read::follow(&log, stream, StartAt::Start).await.map_err(|e| unavailable(e.to_string()))?;
         merged.push(s.map(move |item| (name.clone(), item)).boxed());
     }
     loop {

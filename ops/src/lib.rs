@@ -11,6 +11,7 @@ pub mod live;
 pub mod local;
 pub mod models;
 pub mod projections_cmd;
+pub mod replay;
 pub mod up;
 pub mod workers;
 
@@ -70,6 +71,9 @@ pub enum Command {
         /// Print only the digest of the state.
         #[arg(long)]
         digest: bool,
+        /// The Postgres event store, for events JetStream no longer holds (default: this cluster's).
+        #[arg(long, env = "RBEE_DATABASE_URL")]
+        database_url: Option<String>,
     },
     /// The model catalog (which node holds which model, where), and pulling or removing models.
     Models {
@@ -187,18 +191,9 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             println!("restored {n} events from {}", file.display());
             Ok(())
         }
-        Command::Replay { at, digest } => {
-            let point = backup::parse_point(at.as_deref())?;
-            let log = rbee_bus::EventLog::connect(&cli.nats_url())
-                .await
-                .map_err(|e| error::CliError::new(Code::EventLogUnavailable, e.to_string()))?;
-            let view = backup::replay(&log, point).await?;
-            if *digest {
-                println!("{}", view.digest());
-            } else {
-                println!("{}", serde_json::to_string_pretty(&backup::view_json(&view)).expect("plain data serializes"));
-            }
-            Ok(())
+        Command::Replay { at, digest, database_url } => {
+            let url = database_url.clone().or_else(|| ClusterFile::load(data_dir).and_then(|c| c.database_url));
+            replay::replay(&cli.nats_url(), url.as_deref(), at.as_deref(), *digest).await
         }
         Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
         Command::Projections { command: ProjectionsCommand::Rebuild { database_url } } => {

@@ -4,6 +4,7 @@
 pub mod catalog;
 pub mod checkpoint;
 pub mod downloads;
+pub mod history;
 pub mod live;
 pub mod registry;
 

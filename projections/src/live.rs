@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rbee_bus::read::{self, From};
+use rbee_bus::read::{self, StartAt};
 use rbee_bus::{EventLog, Recorded, subjects};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -84,12 +84,12 @@ impl LiveView {
         initial: ClusterView,
         shutdown: CancellationToken,
     ) -> Result<Self, rbee_bus::log::ReadError> {
-        let from = if initial.last_seq == 0 { From::Start } else { From::Seq(initial.last_seq + 1) };
+        let from = if initial.last_seq == 0 { StartAt::Start } else { StartAt::Seq(initial.last_seq + 1) };
         let (seq_tx, seq) = watch::channel(initial.last_seq);
         let view = Arc::new(RwLock::new(initial));
         let (changes_tx, changes) = watch::channel(0u64);
         let events = read::follow(log, subjects::EVENTS_STREAM, from).await?;
-        let heartbeats = read::follow(log, subjects::HEARTBEATS_STREAM, From::LastPerSubject).await?;
+        let heartbeats = read::follow(log, subjects::HEARTBEATS_STREAM, StartAt::LastPerSubject).await?;
         let mut merged = futures::stream::select(events, heartbeats);
         let folded = view.clone();
         tokio::spawn(async move {

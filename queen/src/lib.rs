@@ -40,6 +40,8 @@ pub enum QueenError {
     Bus(String),
     #[error("{0}")]
     Store(#[from] rbee_bus::archive::ArchiveError),
+    #[error(transparent)]
+    History(#[from] rbee_projections::history::HistoryError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -49,6 +51,7 @@ impl QueenError {
         match self {
             QueenError::Bus(_) => Code::EventLogUnavailable,
             QueenError::Store(_) => Code::EventStoreUnavailable,
+            QueenError::History(e) => e.code(),
             QueenError::Bind { .. } => Code::BindFailed,
         }
     }
@@ -77,8 +80,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
         Some(url) => Some(rbee_bus::archive::connect_store(url).await?),
         None => None,
     };
-    let recovered = recovery::recover(&log, pool.as_ref()).await?;
-    let view = LiveView::start_from(&log, recovered.view, shutdown.clone())
+    let recovered = rbee_projections::history::recover(&log, pool.as_ref()).await?;
+    let view = LiveView::start_from(&log, recovered.folded.view, shutdown.clone())
         .await
         .map_err(|e| QueenError::Bus(e.to_string()))?;
     if let Some(pool) = pool {

@@ -285,6 +285,12 @@ async fn noted_digest(w: &mut RbeeWorld) {
     assert_eq!(h["digest"], w.digest.as_str(), "{h}");
 }
 
+#[then("rbee replay, reading the purged events from the archive as the queen did, gives the noted digest")]
+fn replay_reads_the_archive(w: &mut RbeeWorld) {
+    assert!(w.purged_below > 1, "nothing was purged");
+    assert_eq!(digest(w, None), w.digest, "rbee replay disagrees with the queen on a log JetStream purged");
+}
+
 #[given("a cluster of my own serving the default model, checking its catalog every second")]
 fn own_cluster_fast_upkeep(w: &mut RbeeWorld) {
     w.own = Some(rbee_features::cluster::Cluster::up(&["--catalog-check-secs", "1"]).expect("rbee up succeeds"));
