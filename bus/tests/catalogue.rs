@@ -81,3 +81,31 @@ fn the_readme_names_codes_with_their_catalogue_status() {
     }
     assert!(rows >= 5, "the README's code table was not found");
 }
+
+/// `docs/ARCHITECTURE.md` lists every event type of today's schema with every one of its fields
+/// (the fields read from the schema's fixtures, which are checked against the code in `schemas.rs`).
+#[test]
+fn the_architecture_lists_every_event_with_its_fields() {
+    let doc = std::fs::read_to_string(workspace().join("docs/ARCHITECTURE.md")).unwrap();
+    let fixtures = workspace().join(format!("bus/tests/fixtures/schema{}", rbee_bus::envelope::SCHEMA_VERSION));
+    let mut events = 0;
+    for entry in std::fs::read_dir(fixtures).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let kind = path.file_stem().unwrap().to_str().unwrap().to_string();
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{kind}` |")))
+            .unwrap_or_else(|| panic!("docs/ARCHITECTURE.md has no row for {kind}"));
+        let fields_cell = row.split('|').nth(3).unwrap();
+        let listed: Vec<&str> = fields_cell.split(',').map(|f| f.split_whitespace().next().unwrap_or("")).collect();
+        let fixture: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let body = fixture["event"].as_object().unwrap().values().next().unwrap().as_object().unwrap();
+        let actual: Vec<&str> = body.keys().map(String::as_str).collect();
+        assert_eq!(listed, actual, "docs/ARCHITECTURE.md lists other fields for {kind}");
+        events += 1;
+    }
+    assert_eq!(events, 24);
+}

@@ -1,5 +1,5 @@
 //! Makes a model present on this node, verified and catalogued: used as it is when the catalog
-//! already holds it here (CAT-1), copied from a local file, or downloaded from the model hub or a
+//! already holds it here (no download), copied from a local file, or downloaded from the model hub or a
 //! URL ([`crate::fetch`]). Then recorded with `model.registered`. Also removes models on request.
 
 use std::fs::File;

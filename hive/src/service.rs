@@ -184,9 +184,8 @@ impl Hive {
 
     /// Carries out `model.pull_requested`. A failure that is not a download's own (those record
     /// themselves) is recorded as `download.failed`, so whoever asked sees the outcome.
+    #[tracing::instrument(name = "hive.pull_model", skip_all, fields(model = %cmd.model))]
     async fn pull_model(&self, cmd: ModelPullRequested, meta: &Meta) {
-        let span = tracing::info_span!("hive.pull_model", model = %cmd.model);
-        let _enter = span.enter();
         match self.provisioner.ensure(&cmd.model, &cmd.source, cmd.sha256.as_deref(), meta).await {
             Ok(p) => tracing::info!(how = p.how, path = %p.file.path.display(), "model pulled"),
             Err(f) => {
@@ -198,7 +197,7 @@ impl Hive {
                 if subjects::validate_name("model", &cmd.model).is_ok() && !downloaded {
                     let failed = Event::DownloadFailed(DownloadFailed {
                         download: download_id(&self.node, &cmd.model),
-                        code: f.code.into(),
+                        code: f.code,
                         message: f.message,
                     });
                     if let Err(e) = self.log.append(failed, Expected::Any, meta).await {
@@ -219,7 +218,7 @@ impl Hive {
                     let refused = Event::ModelRemoveRefused(rbee_bus::ModelRemoveRefused {
                         model: cmd.model.clone(),
                         node: self.node.clone(),
-                        code: f.code.into(),
+                        code: f.code,
                         message: f.message,
                     });
                     if let Err(e) = self.log.append(refused, Expected::Any, meta).await {
@@ -231,9 +230,8 @@ impl Hive {
     }
 
     /// Carries out a `worker.start_requested` command; failures become `worker.start_failed` events.
+    #[tracing::instrument(name = "hive.start_worker", skip_all, fields(worker = %cmd.worker, model = %cmd.model))]
     async fn start_worker(&self, cmd: WorkerStartRequested, meta: &Meta) {
-        let span = tracing::info_span!("hive.start_worker", worker = %cmd.worker, model = %cmd.model);
-        let _enter = span.enter();
         match self.log.aggregate_position(AggregateKind::Worker, &cmd.worker).await {
             Ok(Some(_)) => {
                 tracing::info!("worker already started once; command not repeated");

@@ -101,7 +101,9 @@ pub fn read_backup(path: &Path) -> CliResult<Vec<RawEvent>> {
 pub async fn restore(nats_url: &str, path: &Path) -> CliResult<usize> {
     let events = read_backup(path)?;
     let log = EventLog::connect(nats_url).await.map_err(unavailable)?;
-    log.ensure_streams(&rbee_bus::StreamSettings::from_env().map_err(unavailable)?).await.map_err(unavailable)?;
+    let settings =
+        rbee_bus::StreamSettings::from_env().map_err(|e| CliError::new(Code::InvalidConfig, e.to_string()))?;
+    log.ensure_streams(&settings).await.map_err(unavailable)?;
     if read::last_sequence(&log, subjects::EVENTS_STREAM).await.map_err(unavailable)? > 0 {
         return Err(CliError::new(
             Code::RestoreTargetNotEmpty,

@@ -275,7 +275,7 @@ mod tests {
         assert_eq!(g.registry, Registry::default());
     }
 
-    /// Gap-C7: heartbeats travel on their own stream and never race state changes in the log.
+    /// Heartbeats travel on their own stream and never race state changes in the log.
     #[test]
     fn a_heartbeat_during_a_state_transition_keeps_the_new_state_and_refreshes_liveness() {
         let mut g = given([registered("w1", 1), state("w1", WorkerState::Ready)]);

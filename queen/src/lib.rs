@@ -21,6 +21,7 @@ use axum::routing::{delete, get, post};
 use rbee_bus::{Code, EventLog};
 use rbee_projections::LiveView;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
@@ -42,6 +43,10 @@ pub enum QueenError {
     Store(#[from] rbee_bus::archive::ArchiveError),
     #[error(transparent)]
     History(#[from] rbee_projections::history::HistoryError),
+    #[error(transparent)]
+    Config(#[from] rbee_bus::InvalidSetting),
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
 }
@@ -53,6 +58,8 @@ impl QueenError {
             QueenError::Store(_) => Code::EventStoreUnavailable,
             QueenError::History(e) => e.code(),
             QueenError::Bind { .. } => Code::BindFailed,
+            QueenError::Serve(_) => Code::InternalError,
+            QueenError::Config(_) => Code::InvalidConfig,
         }
     }
 }
@@ -74,7 +81,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// Runs the queen until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), QueenError> {
     let log = EventLog::connect(&config.nats_url).await.map_err(|e| QueenError::Bus(e.to_string()))?;
-    let settings = rbee_bus::StreamSettings::from_env().map_err(|e| QueenError::Bus(e.to_string()))?;
+    let settings = rbee_bus::StreamSettings::from_env()?;
     log.ensure_streams(&settings).await.map_err(|e| QueenError::Bus(e.to_string()))?;
     let pool = match &config.database_url {
         Some(url) => Some(rbee_bus::archive::connect_store(url).await?),
@@ -84,18 +91,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
     let view = LiveView::start_from(&log, recovered.folded.view, shutdown.clone())
         .await
         .map_err(|e| QueenError::Bus(e.to_string()))?;
+    // Background work is tracked, so a shutdown waits for the last checkpoint and the archiver's
+    // last batch before the process exits.
+    let background = TaskTracker::new();
     if let Some(pool) = pool {
         let (archive_log, archive_pool, stop) = (log.clone(), pool.clone(), shutdown.clone());
-        tokio::spawn(async move {
+        background.spawn(async move {
             if let Err(e) = rbee_bus::archive::run_archiver(archive_log, archive_pool, stop).await {
                 tracing::error!(error = %e, "archiver stopped");
             }
         });
-        tokio::spawn(recovery::checkpoint_loop(pool, view.clone(), Duration::from_secs(2), shutdown.clone()));
+        background.spawn(recovery::checkpoint_loop(pool, view.clone(), Duration::from_secs(2), shutdown.clone()));
     }
     let liveness =
         reaper::Liveness { heartbeat_timeout: config.heartbeat_timeout(), stale_grace: config.stale_grace() };
-    tokio::spawn(reaper::run(log.clone(), view.clone(), liveness, shutdown.clone()));
+    background.spawn(reaper::run(log.clone(), view.clone(), liveness, shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| QueenError::Bind { addr: config.bind, source })?;
@@ -107,8 +117,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
         recovery: recovered.report,
         metrics: metrics::QueenMetrics::new(),
     }));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .map_err(|e| QueenError::Bus(e.to_string()))
+    let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned()).await;
+    // The server also ends on its own error: the background tasks stop with it.
+    shutdown.cancel();
+    background.close();
+    if tokio::time::timeout(BACKGROUND_GRACE, background.wait()).await.is_err() {
+        tracing::warn!("background tasks did not stop within {}s", BACKGROUND_GRACE.as_secs());
+    }
+    served.map_err(QueenError::Serve)
 }
+
+/// How long a stopping queen waits for its background tasks (the last checkpoint, the archiver).
+const BACKGROUND_GRACE: Duration = Duration::from_secs(10);

@@ -19,7 +19,7 @@ use tokenizers::Tokenizer;
 use tokenizers::pre_tokenizers::{byte_level::ByteLevel, digits::Digits, sequence::Sequence as PreTokenizers};
 
 use crate::chat_template::ChatTemplate;
-use crate::llama::{Kernels, KvCache, Llama, Step};
+use crate::llama::{Kernels, KvCache, Llama, MAX_CONTEXT, Step};
 use crate::text_stream::TextStream;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,9 +77,6 @@ pub struct Prompter {
     eos: Vec<u32>,
     context_length: usize,
 }
-
-/// The longest context served, whatever the model was trained for.
-pub const MAX_CONTEXT: usize = 4096;
 
 /// Prompt tokens processed per step over all sequences still reading their prompts, so a long
 /// prompt delays the others' next tokens by one bounded step, not by the whole prompt.

@@ -14,6 +14,7 @@ use rbee_bus::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::engine::{Engine, EngineError, Generation, Output, Prepared, Prompter, SequenceId};
 use crate::{Config, WorkerError};
@@ -149,20 +150,27 @@ async fn heartbeat_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
-/// Validates a work item and, if it can run, answers `Accepted` and queues it.
+fn refuse(code: Code, message: String) -> Vec<u8> {
+    frames::encode(&WorkAccepted::Refused { code, message })
+}
+
+/// Decodes a work item and admits it in the request's span.
 async fn accept(shared: Arc<Shared>, msg: async_nats::Message) {
     let Some(reply) = msg.reply.clone() else { return };
-    let client = shared.log.client().clone();
-    let refuse = |code: Code, message: String| frames::encode(&WorkAccepted::Refused { code, message });
     let item: WorkItem = match frames::decode(&msg.payload) {
         Ok(item) => item,
         Err(e) => {
-            let _ = client.publish(reply, refuse(Code::InvalidWorkItem, e.to_string()).into()).await;
+            let _ = shared.log.client().publish(reply, refuse(Code::InvalidWorkItem, e.to_string()).into()).await;
             return;
         }
     };
     let span = tracing::info_span!("worker.request", request = %item.request, traceparent = item.traceparent.as_deref().unwrap_or(""));
-    let _enter = span.enter();
+    admit(shared, reply, item).instrument(span).await
+}
+
+/// Answers `Accepted` and queues the item if it can run here, else refuses it with a code.
+async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) {
+    let client = shared.log.client().clone();
     if shared.busy.load(Ordering::SeqCst) >= shared.config.slots {
         let msg = format!("worker {} has no free slot", shared.config.worker_id);
         let _ = client.publish(reply, refuse(Code::WorkerAlreadyBusy, msg).into()).await;

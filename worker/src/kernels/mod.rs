@@ -2,6 +2,7 @@
 //! them with row-major reference products (`q4_1`, `q8_0`), and the packed layout the model
 //! multiplies with (`packed`), on the SIMD path this CPU has, chosen at run time.
 
+pub mod float;
 pub mod packed;
 pub mod q4_1;
 pub mod q8_0;
