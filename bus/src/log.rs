@@ -243,10 +243,10 @@ impl EventLog {
             match ack {
                 Ok(ack) => return Ok(Position { seq: ack.sequence, version: envelope.version }),
                 Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
-                    if let Some((position, id)) = self.last_recorded(subject).await? {
-                        if id == envelope.id {
-                            return Ok(position);
-                        }
+                    if let Some((position, id)) = self.last_recorded(subject).await?
+                        && id == envelope.id
+                    {
+                        return Ok(position);
                     }
                     let expected = if after_seq == 0 {
                         Expected::NoStream

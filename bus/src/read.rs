@@ -40,7 +40,7 @@ pub async fn follow(
     // The server wants an explicit filter with "last per subject".
     let filter_subject = match from {
         StartAt::LastPerSubject => {
-            format!("{}", stream.cached_info().config.subjects.first().map(String::as_str).unwrap_or(">"))
+            stream.cached_info().config.subjects.first().map(String::as_str).unwrap_or(">").to_string()
         }
         _ => String::new(),
     };

@@ -96,21 +96,28 @@ fn queen(nats: &Nats, pg: &Postgres, port: u16) -> Child {
         .unwrap()
 }
 
+/// How long a queen may take to catch up before the bench gives up.
+const CATCH_UP_DEADLINE: Duration = Duration::from_secs(600);
+
 /// Seconds from starting a queen to its view covering the log's last event.
 async fn queen_caught_up(nats: &Nats, pg: &Postgres, end: u64) -> (Child, f64) {
     let port = rbee_ops::local::process::free_port().unwrap();
     let t0 = Instant::now();
-    let child = queen(nats, pg, port);
+    let mut child = queen(nats, pg, port);
     let client = rbee_features::http();
-    loop {
-        if let Ok(r) = client.get(format!("http://127.0.0.1:{port}/health")).send().await {
-            let h: serde_json::Value = r.json().await.unwrap();
-            if h["last_seq"].as_u64() >= Some(end) {
-                return (child, t0.elapsed().as_secs_f64());
-            }
+    while t0.elapsed() < CATCH_UP_DEADLINE {
+        let seen = match client.get(format!("http://127.0.0.1:{port}/health")).send().await {
+            Ok(r) => r.json::<serde_json::Value>().await.ok().and_then(|h| h["last_seq"].as_u64()),
+            Err(_) => None,
+        };
+        if seen >= Some(end) {
+            return (child, t0.elapsed().as_secs_f64());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the queen did not reach sequence {end} within {CATCH_UP_DEADLINE:?}");
 }
 
 #[tokio::main]

@@ -299,11 +299,11 @@ fn file_stream(
                     (size, None, None),
                 ));
             }
-            if let Some((at, release)) = stall.as_mut() {
-                if offset >= *at {
-                    let _ = tokio::time::timeout(Duration::from_secs(3600), release.changed()).await;
-                    stall = None;
-                }
+            if let Some((at, release)) = stall.as_mut()
+                && offset >= *at
+            {
+                let _ = tokio::time::timeout(Duration::from_secs(3600), release.changed()).await;
+                stall = None;
             }
             let mut file = match file {
                 Some(f) => f,

@@ -41,6 +41,20 @@ fn disk_free(path: &Path) -> u64 {
     stat.f_bavail as u64 * stat.f_frsize as u64
 }
 
+/// How busy the disk holding `path` is: the share of `window` it spent doing I/O, in percent
+/// (from the block device's `io_ticks`). `None` when the path is not on a block device.
+pub fn disk_busy_percent(path: &Path, window: std::time::Duration) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let stat = format!("/sys/dev/block/{major}:{minor}/stat");
+    let io_ticks = || std::fs::read_to_string(&stat).ok()?.split_whitespace().nth(9)?.parse::<u64>().ok();
+    let before = io_ticks()?;
+    std::thread::sleep(window);
+    let after = io_ticks()?;
+    Some((after.saturating_sub(before) * 100 / window.as_millis().max(1) as u64).min(100))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,18 +81,4 @@ mod tests {
         assert!(r.cores >= 1);
         assert!(r.disk_free_bytes > 0);
     }
-}
-
-/// How busy the disk holding `path` is: the share of `window` it spent doing I/O, in percent
-/// (from the block device's `io_ticks`). `None` when the path is not on a block device.
-pub fn disk_busy_percent(path: &Path, window: std::time::Duration) -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let dev = std::fs::metadata(path).ok()?.dev();
-    let (major, minor) = (libc::major(dev), libc::minor(dev));
-    let stat = format!("/sys/dev/block/{major}:{minor}/stat");
-    let io_ticks = || std::fs::read_to_string(&stat).ok()?.split_whitespace().nth(9)?.parse::<u64>().ok();
-    let before = io_ticks()?;
-    std::thread::sleep(window);
-    let after = io_ticks()?;
-    Some((after.saturating_sub(before) * 100 / window.as_millis().max(1) as u64).min(100))
 }

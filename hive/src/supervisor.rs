@@ -265,7 +265,7 @@ impl Supervisor {
         self.signal(worker, pid, libc::SIGTERM, reason).await;
         let deadline = tokio::time::Instant::now() + self.settings.grace;
         while tokio::time::Instant::now() < deadline {
-            if !self.lock().get(worker).is_some_and(|t| t.pid == pid) {
+            if self.lock().get(worker).is_none_or(|t| t.pid != pid) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -43,11 +43,10 @@ pub fn stop_cluster(cf: &ClusterFile) {
     // The hive gives its workers their own grace period before it exits.
     process::stop(cf.hive_pid, "rbee-hive", Duration::from_secs(30));
     process::stop(cf.nats_pid, "nats-server", Duration::from_secs(10));
-    if let (Some(bin), Some(root)) = (&cf.postgres_bin, &cf.postgres_root) {
-        if postgres::postmaster_pid(root).is_some_and(|pid| process::is_ours(pid, "postgres")) {
-            if let Err(e) = postgres::stop(bin, root) {
-                eprintln!("warning: {e}");
-            }
-        }
+    if let (Some(bin), Some(root)) = (&cf.postgres_bin, &cf.postgres_root)
+        && postgres::postmaster_pid(root).is_some_and(|pid| process::is_ours(pid, "postgres"))
+        && let Err(e) = postgres::stop(bin, root)
+    {
+        eprintln!("warning: {e}");
     }
 }

@@ -202,7 +202,7 @@ impl Bar {
             Event::DownloadStarted(s) => {
                 self.length(s.total_bytes);
                 if s.resume_from > 0 {
-                    let percent = if s.total_bytes > 0 { s.resume_from * 100 / s.total_bytes } else { 0 };
+                    let percent = (s.resume_from * 100).checked_div(s.total_bytes).unwrap_or(0);
                     self.say(format!("Resuming from {percent}% ({} of {} MB)", mb(s.resume_from), mb(s.total_bytes)));
                 }
                 self.position(s.resume_from);

@@ -101,9 +101,12 @@ pub async fn fill_from_archive(
     Ok(archived.len())
 }
 
+/// A row of `projection_checkpoints`: last_seq, last_event_id, schema_version, snapshot, sha256.
+type CheckpointRow = (i64, Option<Uuid>, i32, Vec<u8>, String);
+
 /// The stored checkpoint called `name`, if any.
 pub async fn load(pool: &PgPool, name: &str) -> Result<Option<Checkpoint>, sqlx::Error> {
-    let row: Option<(i64, Option<Uuid>, i32, Vec<u8>, String)> = sqlx::query_as(
+    let row: Option<CheckpointRow> = sqlx::query_as(
         "SELECT last_seq, last_event_id, schema_version, snapshot, sha256 FROM projection_checkpoints WHERE name = $1",
     )
     .bind(name)

@@ -43,6 +43,9 @@ pub struct Downloads {
     pub by_id: BTreeMap<String, Download>,
 }
 
+/// What one event does to the download it names.
+type Change<'a> = Box<dyn FnOnce(&mut Download) + 'a>;
+
 impl Downloads {
     pub fn apply(&mut self, rec: &Recorded) {
         let env = &rec.envelope;
@@ -71,7 +74,7 @@ impl Downloads {
             );
             return;
         }
-        let (id, change): (&str, Box<dyn FnOnce(&mut Download)>) = match &env.event {
+        let (id, change): (&str, Change) = match &env.event {
             Event::DownloadProgressed(e) => (
                 &e.download,
                 Box::new(|d| {

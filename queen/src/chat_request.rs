@@ -65,10 +65,10 @@ pub fn parse(body: &[u8]) -> Result<ValidatedChat, ApiError> {
             return Err(ApiError::invalid("stream", format!("stream must be true or false, got {}", short(&other))));
         }
     };
-    if let Some(n) = raw.n.filter(|v| !v.is_null()) {
-        if uint("n", &n, 1, 1)? != 1 {
-            return Err(ApiError::invalid("n", "only n = 1 is supported"));
-        }
+    if let Some(n) = raw.n.filter(|v| !v.is_null())
+        && uint("n", &n, 1, 1)? != 1
+    {
+        return Err(ApiError::invalid("n", "only n = 1 is supported"));
     }
     Ok(ValidatedChat { model, messages, max_tokens, sampling: Sampling { temperature, top_p, top_k, seed }, stream })
 }

@@ -69,10 +69,10 @@ pub async fn catalog(
     if !(1..=MAX_PAGE).contains(&limit) {
         return ApiError::invalid("limit", format!("limit must be from 1 to {MAX_PAGE}, got {limit}")).into_response();
     }
-    if let Some(node) = &q.node {
-        if let Err(e) = subjects::validate_name("node", node) {
-            return ApiError::invalid("node", e.to_string()).into_response();
-        }
+    if let Some(node) = &q.node
+        && let Err(e) = subjects::validate_name("node", node)
+    {
+        return ApiError::invalid("node", e.to_string()).into_response();
     }
     let after = match q.after.as_deref().map(|a| a.split_once(':')) {
         None => None,

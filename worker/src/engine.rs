@@ -166,10 +166,10 @@ impl Engine {
         let mut eos: Vec<u32> = meta_u32("tokenizer.ggml.eos_token_id").into_iter().collect();
         // Chat models end a turn with <|im_end|> / <|eot_id|>; stop there too.
         for end_of_turn in ["<|im_end|>", "<|eot_id|>", "<|endoftext|>"] {
-            if let Some(id) = tokenizer.token_to_id(end_of_turn) {
-                if !eos.contains(&id) {
-                    eos.push(id);
-                }
+            if let Some(id) = tokenizer.token_to_id(end_of_turn)
+                && !eos.contains(&id)
+            {
+                eos.push(id);
             }
         }
 

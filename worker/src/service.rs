@@ -57,7 +57,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         rbee_bus::read::read_subject(&log, &subjects::aggregate(rbee_bus::AggregateKind::Worker, &config.worker_id))
             .await
             .map_err(|e| WorkerError::Bus(e.to_string()))?;
-    let Ok(expected) = crate::registration::expectation(&history) else {
+    let Some(expected) = crate::registration::expectation(&history) else {
         return Err(WorkerError::AlreadyRegistered(config.worker_id));
     };
     match log.append(registered, expected, &meta).await {
@@ -218,11 +218,11 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
 /// Sets `cancel` when a `request.cancelled` event for the request is published.
 async fn watch_cancellation(mut sub: async_nats::Subscriber, cancel: Arc<AtomicBool>) {
     while let Some(msg) = sub.next().await {
-        if let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) {
-            if matches!(env.event, Event::RequestCancelled(_) | Event::RequestFinished(_)) {
-                cancel.store(true, Ordering::Relaxed);
-                return;
-            }
+        if let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload)
+            && matches!(env.event, Event::RequestCancelled(_) | Event::RequestFinished(_))
+        {
+            cancel.store(true, Ordering::Relaxed);
+            return;
         }
     }
 }
@@ -290,13 +290,13 @@ async fn finish(
     let _ = frames.send(last_frame);
 }
 
+/// Where a running sequence's frames go, and who hears how it ended.
+type Listeners = (mpsc::UnboundedSender<TokenFrame>, oneshot::Sender<Result<Generation, EngineError>>);
+
 /// Runs the engine on a dedicated thread (the forward pass never blocks the runtime): jobs join
 /// the batch as they arrive, every step advances all of them, each ends on its own.
 fn generation_thread(mut engine: Engine, jobs: std::sync::mpsc::Receiver<Job>) {
-    let mut running: HashMap<
-        SequenceId,
-        (mpsc::UnboundedSender<TokenFrame>, oneshot::Sender<Result<Generation, EngineError>>),
-    > = HashMap::new();
+    let mut running: HashMap<SequenceId, Listeners> = HashMap::new();
     loop {
         // Idle: wait for work. Busy: take whatever arrived since the last step, without waiting.
         let arrived = if engine.active() == 0 {

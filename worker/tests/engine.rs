@@ -85,7 +85,7 @@ fn a_cancelled_generation_stops_before_the_next_token() {
 #[test]
 fn max_tokens_beyond_the_context_window_is_refused_with_the_limit() {
     let prompter = engine().prompter();
-    let err = prompter.prepare(&user("Hi"), Some(100_000)).err().expect("refused");
+    let err = prompter.prepare(&user("Hi"), Some(100_000)).expect_err("refused");
     assert_eq!(err.code(), Code::ContextLengthExceeded);
     assert!(err.to_string().contains(&prompter.context_length().to_string()), "{err}");
     assert!(prompter.prepare(&[], None).is_err(), "an empty chat is refused");

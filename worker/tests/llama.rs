@@ -181,7 +181,7 @@ fn the_engines_continuous_batching_gives_each_request_what_it_gets_alone() {
 
     // The first two start together; the third joins three steps later, while the others decode.
     let mut texts = vec![String::new(); 3];
-    let mut done = vec![None; 3];
+    let mut done = [None; 3];
     let mut ids = Vec::new();
     for (text, max, sampling) in &requests[..2] {
         ids.push(engine.admit(

@@ -19,6 +19,9 @@ use serde_json::{Value, json};
 pub const MODEL: &str = "SmolLM2-135M-Instruct";
 pub const DEADLINE: Duration = Duration::from_secs(15);
 
+/// A stream's bytes received so far and whether it ended, shared with the task reading it.
+pub type SharedStream = std::sync::Arc<std::sync::Mutex<(String, bool)>>;
+
 #[derive(cucumber::World)]
 #[world(init = Self::new)]
 pub struct RbeeWorld {
@@ -53,8 +56,8 @@ pub struct RbeeWorld {
     second_queen: String,
     /// Answers to a batch of concurrent requests: (status, request id, body).
     batch: Vec<(u16, String, Value)>,
-    /// Streams running side by side: request id, the bytes received so far, whether it ended.
-    streams: Vec<(String, std::sync::Arc<std::sync::Mutex<(String, bool)>>)>,
+    /// Streams running side by side: request id, and what it received so far.
+    streams: Vec<(String, SharedStream)>,
     /// The first sequence JetStream kept after a purge.
     purged_below: u64,
     /// Path of a catalogued model file.

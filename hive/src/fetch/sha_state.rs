@@ -30,7 +30,7 @@ impl ResumableSha256 {
         if len == 0 {
             return Some(Self::default());
         }
-        if saved.len() != 32 || len % 64 != 0 {
+        if saved.len() != 32 || !len.is_multiple_of(64) {
             return None;
         }
         let mut state = [0u32; 8];
@@ -40,7 +40,7 @@ impl ResumableSha256 {
         Some(ResumableSha256 { state, len, pending: Vec::with_capacity(64) })
     }
 
-    pub fn len(&self) -> u64 {
+    pub fn bytes_hashed(&self) -> u64 {
         self.len
     }
 

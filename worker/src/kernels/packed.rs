@@ -174,6 +174,8 @@ fn scatter(sums: &[[f32; ROWS]; 4], n: usize, first: usize, m: usize, out: &mut 
 }
 
 /// The reference for machines without AVX2: the same sums, one lane at a time.
+// `r` indexes the packed rows, their scales and the sums alike: a range reads clearest.
+#[allow(clippy::needless_range_loop)]
 fn q4_1_portable(group: &[PackedQ4_1], xs: &[BlockQ8_1], n: usize, sums: &mut [[f32; ROWS]; 4]) {
     let per_row = group.len();
     for j in 0..n {
@@ -196,6 +198,7 @@ fn q4_1_portable(group: &[PackedQ4_1], xs: &[BlockQ8_1], n: usize, sums: &mut [[
     }
 }
 
+#[allow(clippy::needless_range_loop)]
 fn q8_0_portable(group: &[PackedQ8_0], xs: &[BlockQ8_1], n: usize, sums: &mut [[f32; ROWS]; 4]) {
     let per_row = group.len();
     for j in 0..n {

@@ -167,10 +167,10 @@ fn helper(shared: &Shared, index: usize) {
             }
         }
         let job = *shared.job.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(work) = job {
-            if catch_unwind(AssertUnwindSafe(|| work(index))).is_err() {
-                shared.panicked.store(true, Ordering::SeqCst);
-            }
+        if let Some(work) = job
+            && catch_unwind(AssertUnwindSafe(|| work(index))).is_err()
+        {
+            shared.panicked.store(true, Ordering::SeqCst);
         }
         shared.pending.fetch_sub(1, Ordering::SeqCst);
     }
