@@ -24,7 +24,11 @@ impl Cluster {
 
     /// `rbee up` with extra environment for its processes (the hive reads HF_ENDPOINT, RBEE_DOWNLOAD_*).
     pub fn up_with_env(extra: &[&str], env: &[(&str, String)]) -> anyhow::Result<Cluster> {
-        let data_dir = crate::scratch_dir("cluster");
+        Cluster::up_in(crate::scratch_dir("cluster"), extra, env)
+    }
+
+    /// `rbee up` in the given data directory (the cluster removes it when dropped).
+    pub fn up_in(data_dir: PathBuf, extra: &[&str], env: &[(&str, String)]) -> anyhow::Result<Cluster> {
         let node = unique_node();
         let mut args = vec!["up", "--port", "0", "--node", &node];
         args.extend_from_slice(extra);

@@ -54,15 +54,25 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
     });
 
     let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&pg.url).await.unwrap();
-    let mut archived_at_kill = Vec::new();
+    // (archived, in the log) right after each kill.
+    let mut at_kill: Vec<(i64, u64)> = Vec::new();
     for _ in 0..6 {
         let q = queen(&nats, &pg);
         tokio::time::sleep(Duration::from_millis(300 + next(500))).await;
         drop(q); // SIGKILL
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap_or(0);
-        archived_at_kill.push(n);
+        let logged = rbee_bus::read::last_sequence(&log, subjects::EVENTS_STREAM).await.unwrap();
+        at_kill.push((n, logged));
     }
-    println!("archived when each queen was killed: {archived_at_kill:?}");
+    println!("(archived, in the log) when each queen was killed: {at_kill:?}");
+    // A kill that proves something landed while that queen was archiving: it had archived more than
+    // its predecessor left, and the log was still ahead of the archive.
+    let mid_archive = at_kill
+        .iter()
+        .enumerate()
+        .filter(|(i, (n, logged))| *n > i.checked_sub(1).map_or(0, |p| at_kill[p].0) && (*n as u64) < *logged)
+        .count();
+    assert!(mid_archive >= 1, "no kill landed while a queen was archiving: {at_kill:?}");
     let acked = writer.await.unwrap();
     assert_eq!(acked, 4000, "every append was acknowledged");
 
@@ -221,6 +231,7 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
     let mut next = kill_schedule();
     let mut hive = KillOnDrop(cluster.spawn_hive(&node, &dir, &env));
     let mut refetched = Vec::new();
+    let mut mid_download = 0;
     for round in 0..ROUNDS {
         let model = format!("crash{round}");
         let seen_before = hub.seen("").len();
@@ -252,6 +263,10 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
         drop(hive);
         let partial = dir.join("models").join(format!("{model}.gguf.partial"));
         let received_at_kill = std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0);
+        // The partial file is renamed when the download completes: bytes in it mean the kill came mid-download.
+        if received_at_kill > 0 && received_at_kill < size {
+            mid_download += 1;
+        }
         hive = KillOnDrop(cluster.spawn_hive(&node, &dir, &env));
         let out = tokio::task::spawn_blocking(move || pull.wait_with_output().unwrap()).await.unwrap();
         let printed = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -277,6 +292,7 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
     }
     drop(hive);
     let _ = std::fs::remove_dir_all(&dir);
+    assert!(mid_download >= ROUNDS / 2, "only {mid_download} of {ROUNDS} kills landed mid-download");
     let median = |mut v: Vec<u64>| {
         v.sort();
         (v[v.len() / 2], v[v.len() - 1])

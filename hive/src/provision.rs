@@ -8,9 +8,10 @@ use std::path::{Path, PathBuf};
 
 use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
-use rbee_bus::read::read_subject;
-use rbee_bus::{AggregateKind, Event, EventLog, Expected, Meta, ModelRegistered, ModelRemoved, subjects};
+use rbee_bus::{AggregateKind, Event, EventLog, Meta, ModelRegistered, subjects};
 use rbee_projections::LiveView;
+use rbee_projections::aggregate::model::{ModelCommand, ModelState};
+use rbee_projections::aggregate::{self, on_subject};
 use sha2::{Digest, Sha256};
 
 use crate::fetch::{Downloader, Failure, Fetched, gguf_check};
@@ -97,35 +98,25 @@ impl Provisioner {
     /// Several hives may race here: each appends only after the model's last event it read, so the
     /// losers re-read, find the registration, and skip it.
     async fn register(&self, model: &str, f: &Fetched, meta: &Meta) -> Result<(), String> {
-        let subject = subjects::aggregate(AggregateKind::Model, model);
-        let event = Event::ModelRegistered(ModelRegistered {
+        let registered = ModelRegistered {
             model: model.into(),
             node: self.node.clone(),
             path: f.path.display().to_string(),
             size_bytes: f.size_bytes,
             sha256: f.sha256.clone(),
             memory_required_bytes: rbee_bus::estimated_memory_bytes(f.size_bytes),
-        });
-        for _ in 0..8 {
-            let history = read_subject(&self.log, &subject).await.map_err(|e| e.to_string())?;
-            let current = history.iter().rev().find_map(|r| match &r.envelope.event {
-                Event::ModelRegistered(m) if m.node == self.node => Some(Some(m.sha256 == f.sha256)),
-                Event::ModelRemoved(m) if m.node == self.node => Some(None),
-                _ => None,
-            });
-            if current == Some(Some(true)) {
-                return Ok(());
-            }
-            let expected = history.last().map_or(Expected::NoStream, |r| {
-                Expected::At(rbee_bus::Position { seq: r.stream_seq, version: r.envelope.version })
-            });
-            match self.log.append(event.clone(), expected, meta).await {
-                Ok(_) => return Ok(()),
-                Err(rbee_bus::AppendError::Conflict { .. }) => continue,
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Err(format!("could not register {model}: the catalog kept changing"))
+        };
+        self.run_model_command(model, ModelCommand::Register(registered), meta).await.map(|_| ())
+    }
+
+    /// Runs a command on the model's aggregate, decided by its rules.
+    async fn run_model_command(&self, model: &str, command: ModelCommand, meta: &Meta) -> Result<Vec<Event>, String> {
+        let subject = subjects::aggregate(AggregateKind::Model, model);
+        let fold =
+            |state: &mut ModelState, rec: &rbee_bus::Recorded| aggregate::model::apply(state, &rec.envelope.event);
+        on_subject(&self.log, &subject, fold, |state| aggregate::model::decide(state, &command), meta)
+            .await
+            .map_err(|e| format!("could not record {model} in the catalog: {e}"))
     }
 
     /// Deletes a model's file from this node and records `model.removed`. Refused while a worker on
@@ -154,20 +145,15 @@ impl Provisioner {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Failure::fatal(Code::RemoveFailed, format!("cannot delete {}: {e}", entry.path))),
         }
-        let position = self
-            .log
-            .aggregate_position(AggregateKind::Model, model)
-            .await
-            .map_err(|e| Failure::fatal(Code::EventLogUnavailable, e.to_string()))?;
-        let removed = Event::ModelRemoved(ModelRemoved {
+        let command = ModelCommand::Remove {
             model: model.into(),
             node: self.node.clone(),
             reason: "removed on request (rbee models rm)".into(),
-        });
-        match self.log.append(removed, position.map_or(Expected::NoStream, Expected::At), meta).await {
-            Ok(_) | Err(rbee_bus::AppendError::Conflict { .. }) => Ok(freed),
-            Err(e) => Err(Failure::fatal(Code::EventLogUnavailable, e.to_string())),
-        }
+        };
+        self.run_model_command(model, command, meta)
+            .await
+            .map(|_| freed)
+            .map_err(|e| Failure::fatal(Code::EventLogUnavailable, e))
     }
 }
 

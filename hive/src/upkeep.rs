@@ -4,8 +4,10 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rbee_bus::{AggregateKind, AppendError, Event, EventLog, Expected, Meta, ModelRemoved, subjects};
+use rbee_bus::{AggregateKind, EventLog, Meta, subjects};
 use rbee_projections::LiveView;
+use rbee_projections::aggregate::model::{ModelCommand, ModelState};
+use rbee_projections::aggregate::{self, CommandError, on_subject};
 use tokio_util::sync::CancellationToken;
 
 /// Checks this node's catalog entries every `every` until `shutdown`.
@@ -32,18 +34,15 @@ pub async fn run(log: EventLog, view: LiveView, node: String, every: Duration, s
     }
 }
 
-async fn remove(log: &EventLog, node: &str, model: &str, path: &str) -> Result<(), AppendError> {
-    // Appended after the model's last event: if the model was re-registered meanwhile, we look again.
-    let position = log.aggregate_position(AggregateKind::Model, model).await?;
-    let expected = position.map_or(Expected::NoStream, Expected::At);
+async fn remove(log: &EventLog, node: &str, model: &str, path: &str) -> Result<(), CommandError> {
     let reason = format!("model file {path} is gone");
-    let event = Event::ModelRemoved(ModelRemoved { model: model.into(), node: node.into(), reason: reason.clone() });
-    match log.append(event, expected, &Meta::default()).await {
-        Ok(_) => {
-            tracing::warn!(%model, %reason, subject = %subjects::aggregate(AggregateKind::Model, model), "removed from the catalog");
-            Ok(())
-        }
-        Err(AppendError::Conflict { .. }) => Ok(()),
-        Err(e) => Err(e),
+    let command = ModelCommand::Remove { model: model.into(), node: node.into(), reason: reason.clone() };
+    let subject = subjects::aggregate(AggregateKind::Model, model);
+    let fold = |state: &mut ModelState, rec: &rbee_bus::Recorded| aggregate::model::apply(state, &rec.envelope.event);
+    let recorded =
+        on_subject(log, &subject, fold, |state| aggregate::model::decide(state, &command), &Meta::default()).await?;
+    if !recorded.is_empty() {
+        tracing::warn!(%model, %reason, %subject, "removed from the catalog");
     }
+    Ok(())
 }

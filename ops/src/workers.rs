@@ -127,46 +127,32 @@ pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliRe
     Ok(())
 }
 
-/// `rbee workers drain <id>`: the worker takes no new requests; its current ones finish.
-/// An optimistic append at the worker's position: raced by another change, it looks again.
+/// `rbee workers drain <id>`: the worker takes no new requests; its current ones finish. The
+/// worker aggregate's rules decide whether it may drain.
 pub async fn drain(nats_url: &str, worker: &str) -> CliResult<()> {
-    use rbee_bus::{AppendError, Event, Expected, Meta, WorkerState, WorkerStateChanged};
+    use rbee_projections::aggregate::worker::WorkerCommand;
+    use rbee_projections::aggregate::{CommandError, on_worker};
     rbee_bus::subjects::validate_name("worker id", worker)
         .map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
     let cluster = crate::live::connect(nats_url).await?;
-    for attempt in 0..8 {
-        if attempt > 0 {
-            cluster.catch_up().await?;
-        }
-        let Some(w) = cluster.view.read(|v| v.registry.workers.get(worker).cloned()) else {
+    match on_worker(&cluster.log, &cluster.view, worker, &WorkerCommand::Drain, &rbee_bus::Meta::default()).await {
+        Ok(events) if events.is_empty() => println!("worker {worker} is already draining"),
+        Ok(_) => println!("worker {worker} is draining: it takes no new requests"),
+        Err(CommandError::Rejected(Code::WorkerNotFound)) => {
             return Err(CliError::new(Code::WorkerNotFound, format!("no worker {worker}; rbee workers lists them")));
-        };
-        match w.state {
-            WorkerState::Draining => {
-                println!("worker {worker} is already draining");
-                return Ok(());
-            }
-            WorkerState::Loading | WorkerState::Ready => {}
-            other => {
-                return Err(CliError::new(
-                    Code::InvalidState,
-                    format!("worker {worker} is {}: only a loading or ready worker can drain", other.as_str()),
-                ));
-            }
         }
-        let event = Event::WorkerStateChanged(WorkerStateChanged {
-            worker: worker.into(),
-            state: WorkerState::Draining,
-            context_length: 0,
-        });
-        match cluster.log.append(event, Expected::At(w.position), &Meta::default()).await {
-            Ok(_) => {
-                println!("worker {worker} is draining: it takes no new requests");
-                return Ok(());
-            }
-            Err(AppendError::Conflict { .. }) => continue,
-            Err(e) => return Err(crate::live::unavailable(e)),
+        Err(CommandError::Rejected(code)) => {
+            let state = cluster.view.read(|v| v.registry.workers.get(worker).map(|w| w.state.as_str()));
+            let state = state.unwrap_or("gone");
+            return Err(CliError::new(
+                code,
+                format!("worker {worker} is {state}: only a loading or ready worker can drain"),
+            ));
         }
+        Err(CommandError::Contended) => {
+            return Err(CliError::new(Code::WorkerAlreadyBusy, format!("worker {worker} kept changing; try again")));
+        }
+        Err(CommandError::Unavailable(e)) => return Err(crate::live::unavailable(e)),
     }
-    Err(CliError::new(Code::WorkerAlreadyBusy, format!("worker {worker} kept changing; try again")))
+    Ok(())
 }

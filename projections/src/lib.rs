@@ -1,6 +1,7 @@
 //! rbee's projections: state folded from the event log. The folds are pure and deterministic (the
 //! same events give the same state); [`live`] keeps one current by tailing JetStream.
 
+pub mod aggregate;
 pub mod catalog;
 pub mod checkpoint;
 pub mod downloads;

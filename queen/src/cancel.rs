@@ -1,8 +1,10 @@
-//! Cancelling a request: at most one `request.cancelled` per request, and none after it ended.
-//! Both the HTTP `DELETE` and a client disconnect come here; the log decides between them.
+//! Cancelling a request, whoever asks: a `DELETE`, or a client that went away while its request
+//! ran or was being dispatched. The request aggregate's rules decide
+//! ([`rbee_projections::aggregate::request`]): at most one `request.cancelled`, none after it ended.
 
-use rbee_bus::read::read_subject;
-use rbee_bus::{AggregateKind, AppendError, Event, EventLog, Expected, Meta, Position, RequestCancelled, subjects};
+use rbee_bus::{AggregateKind, Code, EventLog, Meta, subjects};
+use rbee_projections::aggregate::request::{self, RequestCommand, RequestState};
+use rbee_projections::aggregate::{CommandError, on_subject};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancelled {
@@ -14,24 +16,24 @@ pub enum Cancelled {
     Unknown,
 }
 
-const ATTEMPTS: usize = 8;
-
-pub async fn cancel(log: &EventLog, request: &str, reason: &str, meta: &Meta) -> Result<Cancelled, AppendError> {
+/// Cancels `request`. `in_dispatch`: the caller holds its slot and is handing it to a worker, so
+/// it exists even before any of its events does.
+pub async fn cancel(
+    log: &EventLog,
+    request: &str,
+    reason: &str,
+    in_dispatch: bool,
+    meta: &Meta,
+) -> Result<Cancelled, CommandError> {
+    let command = RequestCommand::Cancel { request: request.into(), reason: reason.into(), in_dispatch };
     let subject = subjects::aggregate(AggregateKind::Request, request);
-    for _ in 0..ATTEMPTS {
-        let history = read_subject(log, &subject).await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
-        let Some(last) = history.last() else { return Ok(Cancelled::Unknown) };
-        if history.iter().any(|r| matches!(r.envelope.event, Event::RequestFinished(_) | Event::RequestCancelled(_))) {
-            return Ok(Cancelled::AlreadyEnded);
-        }
-        let at = Position { seq: last.stream_seq, version: last.envelope.version };
-        let event = Event::RequestCancelled(RequestCancelled { request: request.into(), reason: reason.into() });
-        match log.append(event, Expected::At(at), meta).await {
-            Ok(_) => return Ok(Cancelled::Now),
-            // Something happened to the request meanwhile (it finished, or another cancel): look again.
-            Err(AppendError::Conflict { .. }) => continue,
-            Err(e) => return Err(e),
-        }
+    let fold = |state: &mut RequestState, rec: &rbee_bus::Recorded| request::apply(state, &rec.envelope.event);
+    match on_subject(log, &subject, fold, |state| request::decide(*state, &command), meta).await {
+        Ok(events) if events.is_empty() => Ok(Cancelled::AlreadyEnded),
+        Ok(_) => Ok(Cancelled::Now),
+        Err(CommandError::Rejected(Code::RequestNotFound)) => Ok(Cancelled::Unknown),
+        // Others kept writing to the request: it is ending by their hand.
+        Err(CommandError::Contended) => Ok(Cancelled::AlreadyEnded),
+        Err(e) => Err(e),
     }
-    Ok(Cancelled::AlreadyEnded)
 }

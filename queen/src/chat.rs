@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
-use rbee_bus::{Code, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, RequestCancelled, subjects};
+use rbee_bus::{Code, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, subjects};
 use serde_json::json;
 use tracing::Instrument;
 
@@ -164,11 +164,7 @@ impl Drop for RequestGuard {
                 // got it just never hears of it), then give the slot back.
                 tracing::info!(%request, "client went away during dispatch; cancelling and releasing the slot");
                 tokio::spawn(async move {
-                    let event = Event::RequestCancelled(RequestCancelled {
-                        request: request.clone(),
-                        reason: "client_disconnected".into(),
-                    });
-                    if let Err(e) = log.append(event, Expected::Any, &meta).await {
+                    if let Err(e) = cancel(&log, &request, "client_disconnected", true, &meta).await {
                         tracing::error!(error = %e, "cancellation not recorded");
                     }
                     release_slot(&log, &claim, &request, &meta).await;
@@ -177,7 +173,7 @@ impl Drop for RequestGuard {
             Stage::Running => {
                 tracing::info!(%request, "client went away; cancelling");
                 tokio::spawn(async move {
-                    if let Err(e) = cancel(&log, &request, "client_disconnected", &meta).await {
+                    if let Err(e) = cancel(&log, &request, "client_disconnected", false, &meta).await {
                         tracing::error!(error = %e, "cancellation not recorded");
                     }
                 });

@@ -2,14 +2,16 @@
 //! takes no new requests); a stale worker that is idle, or has been stale longer than the grace
 //! period, is removed; a stale worker whose heartbeats come back is ready again.
 //!
-//! Every queen may run this: each decision is an optimistic append at the worker's position, so
-//! when two queens decide at once the log takes one and refuses the other.
+//! The policy here says which worker gets which command; the worker aggregate's rules
+//! ([`rbee_projections::aggregate::worker`]) say what that records. Every queen may run this: each
+//! command is an optimistic append at the worker's position, so when two queens act at once the
+//! log takes one and the other finds the worker already as asked.
 
 use std::time::Duration;
 
-use rbee_bus::{
-    AppendError, Event, EventLog, Expected, Meta, Position, WorkerRemoved, WorkerState, WorkerStateChanged,
-};
+use rbee_bus::{EventLog, Meta, WorkerState};
+use rbee_projections::aggregate::on_worker;
+use rbee_projections::aggregate::worker::WorkerCommand;
 use rbee_projections::{ClusterView, LiveView, Worker};
 use tokio_util::sync::CancellationToken;
 
@@ -19,19 +21,12 @@ pub struct Liveness {
     pub stale_grace: Duration,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    MarkStale,
-    Revive,
-    Remove(String),
-}
-
 fn silent_ms(w: &Worker, now_ms: u64) -> u64 {
     now_ms.saturating_sub(w.last_heartbeat_ms.unwrap_or(w.state_since_ms))
 }
 
-/// What to do about each worker, given the view at `now_ms`. Pure: the reaper's whole policy.
-pub fn decide(view: &ClusterView, now_ms: u64, l: &Liveness) -> Vec<(String, Position, Decision)> {
+/// Which worker gets which command, given the view at `now_ms`. Pure: the reaper's whole policy.
+pub fn liveness_commands(view: &ClusterView, now_ms: u64, l: &Liveness) -> Vec<(String, WorkerCommand)> {
     let timeout = l.heartbeat_timeout.as_millis() as u64;
     let grace = l.stale_grace.as_millis() as u64;
     view.registry
@@ -39,17 +34,16 @@ pub fn decide(view: &ClusterView, now_ms: u64, l: &Liveness) -> Vec<(String, Pos
         .values()
         .filter_map(|w| {
             let silent = silent_ms(w, now_ms) > timeout;
-            let decision = match w.state {
-                WorkerState::Loading | WorkerState::Ready | WorkerState::Draining if silent => Decision::MarkStale,
-                WorkerState::Stale if !silent => Decision::Revive,
-                WorkerState::Stale if w.busy.is_empty() => Decision::Remove("no heartbeat".into()),
-                WorkerState::Stale if now_ms.saturating_sub(w.state_since_ms) > grace => Decision::Remove(format!(
-                    "no heartbeat; {} request(s) abandoned after the grace period",
-                    w.busy.len()
-                )),
+            let command = match w.state {
+                WorkerState::Loading | WorkerState::Ready | WorkerState::Draining if silent => WorkerCommand::MarkStale,
+                WorkerState::Stale if !silent => WorkerCommand::Revive,
+                WorkerState::Stale if w.busy.is_empty() => WorkerCommand::Remove { reason: "no heartbeat".into() },
+                WorkerState::Stale if now_ms.saturating_sub(w.state_since_ms) > grace => WorkerCommand::Remove {
+                    reason: format!("no heartbeat; {} request(s) abandoned after the grace period", w.busy.len()),
+                },
                 _ => return None,
             };
-            Some((w.id.clone(), w.position, decision))
+            Some((w.id.clone(), command))
         })
         .collect()
 }
@@ -68,26 +62,15 @@ pub async fn run(log: EventLog, view: LiveView, liveness: Liveness, shutdown: Ca
             _ = tick.tick() => {}
         }
         let now = rbee_bus::envelope::now_ms();
-        for (worker, position, decision) in view.read(|v| decide(v, now, &liveness)) {
-            let event = match &decision {
-                Decision::MarkStale => state(&worker, WorkerState::Stale),
-                Decision::Revive => state(&worker, WorkerState::Ready),
-                Decision::Remove(reason) => {
-                    Event::WorkerRemoved(WorkerRemoved { worker: worker.clone(), reason: reason.clone() })
-                }
-            };
-            match log.append(event, Expected::At(position), &Meta::default()).await {
-                Ok(_) => tracing::warn!(%worker, ?decision, "liveness"),
-                // The worker's aggregate moved on (another queen decided, or the worker spoke): look again next tick.
-                Err(AppendError::Conflict { .. }) => {}
-                Err(e) => tracing::error!(%worker, error = %e, "liveness decision not recorded"),
+        for (worker, command) in view.read(|v| liveness_commands(v, now, &liveness)) {
+            match on_worker(&log, &view, &worker, &command, &Meta::default()).await {
+                Ok(events) if !events.is_empty() => tracing::warn!(%worker, ?command, "liveness"),
+                // Already as asked (another queen acted first), or gone: nothing to record.
+                Ok(_) => {}
+                Err(e) => tracing::warn!(%worker, ?command, error = %e, "liveness command not recorded"),
             }
         }
     }
-}
-
-fn state(worker: &str, state: WorkerState) -> Event {
-    Event::WorkerStateChanged(WorkerStateChanged { worker: worker.into(), state, context_length: 0 })
 }
 
 #[cfg(test)]
@@ -139,8 +122,8 @@ mod tests {
         v
     }
 
-    fn decisions(v: &ClusterView, now: u64) -> Vec<Decision> {
-        decide(v, now, &L).into_iter().map(|(_, _, d)| d).collect()
+    fn decisions(v: &ClusterView, now: u64) -> Vec<WorkerCommand> {
+        liveness_commands(v, now, &L).into_iter().map(|(_, c)| c).collect()
     }
 
     #[test]
@@ -150,15 +133,15 @@ mod tests {
 
     #[test]
     fn a_silent_worker_is_marked_stale_busy_or_not() {
-        assert_eq!(decisions(&view_with(WorkerState::Ready, 100_000, 0, false), 110_001), [Decision::MarkStale]);
-        assert_eq!(decisions(&view_with(WorkerState::Ready, 100_000, 0, true), 110_001), [Decision::MarkStale]);
+        assert_eq!(decisions(&view_with(WorkerState::Ready, 100_000, 0, false), 110_001), [WorkerCommand::MarkStale]);
+        assert_eq!(decisions(&view_with(WorkerState::Ready, 100_000, 0, true), 110_001), [WorkerCommand::MarkStale]);
     }
 
     #[test]
     fn a_stale_idle_worker_is_removed_at_once() {
         assert!(matches!(
             decisions(&view_with(WorkerState::Stale, 100_000, 111_000, false), 112_000)[..],
-            [Decision::Remove(_)]
+            [WorkerCommand::Remove { .. }]
         ));
     }
 
@@ -166,11 +149,14 @@ mod tests {
     fn a_stale_busy_worker_keeps_its_request_until_the_grace_period_ends() {
         let v = view_with(WorkerState::Stale, 100_000, 111_000, true);
         assert!(decisions(&v, 140_000).is_empty(), "within grace: the current request may finish");
-        assert!(matches!(decisions(&v, 141_001)[..], [Decision::Remove(_)]));
+        assert!(matches!(decisions(&v, 141_001)[..], [WorkerCommand::Remove { .. }]));
     }
 
     #[test]
     fn a_stale_worker_heard_from_again_is_revived() {
-        assert_eq!(decisions(&view_with(WorkerState::Stale, 120_000, 111_000, false), 121_000), [Decision::Revive]);
+        assert_eq!(
+            decisions(&view_with(WorkerState::Stale, 120_000, 111_000, false), 121_000),
+            [WorkerCommand::Revive]
+        );
     }
 }

@@ -100,7 +100,7 @@ pub async fn cancel_request(State(state): State<Arc<AppState>>, Path(id): Path<S
         return ApiError::invalid("id", e.to_string()).into_response();
     }
     let meta = Meta { correlation: Some(id.clone()), traceparent: None };
-    match cancel(&state.log, &id, "deleted", &meta).await {
+    match cancel(&state.log, &id, "deleted", false, &meta).await {
         Ok(Cancelled::Unknown) => ApiError::new(Code::RequestNotFound, format!("no request {id}")).into_response(),
         Ok(Cancelled::Now | Cancelled::AlreadyEnded) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => ApiError::log_unavailable(e).into_response(),

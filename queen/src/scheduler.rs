@@ -1,13 +1,14 @@
-//! Choosing a worker and claiming one of its slots. The claim is an optimistic append on the
-//! worker's aggregate: if another queen (or the worker itself) appended first, the server refuses
-//! ours, we wait for our view to catch up, and choose again. No lock, no double grant.
+//! Choosing a worker and claiming one of its slots. The worker aggregate's rules decide the claim
+//! ([`rbee_projections::aggregate::worker`]) and it is an optimistic append on the worker: if
+//! another queen (or the worker itself) appended first, the server refuses ours, we wait for our
+//! view to catch up, and choose again. No lock, no double grant.
 
 use std::time::Duration;
 
-use rbee_bus::{
-    AggregateKind, AppendError, Code, Event, EventLog, Expected, Meta, SlotClaimed, SlotReleased, WorkerState,
-};
-use rbee_projections::{ClusterView, LiveView};
+use rbee_bus::{Code, Event, EventLog, Expected, Meta, SlotReleased, WorkerState};
+use rbee_projections::aggregate::worker::WorkerCommand;
+use rbee_projections::aggregate::{CommandError, on_worker};
+use rbee_projections::{ClusterView, LiveView, Worker};
 
 use crate::error::ApiError;
 
@@ -22,18 +23,11 @@ pub struct Claim {
 const MAX_CONFLICT_RETRIES: usize = 8;
 
 /// The least-loaded ready worker for `model` with a free slot.
-pub fn choose(view: &ClusterView, model: &str) -> Option<(Claim, rbee_bus::Position)> {
-    view.registry
-        .workers_for(model)
-        .filter(|w| w.can_take_request())
-        .min_by(|a, b| {
-            let load = |w: &rbee_projections::Worker| w.busy.len() as f64 / w.slots.max(1) as f64;
-            load(a).total_cmp(&load(b)).then_with(|| a.id.cmp(&b.id))
-        })
-        .and_then(|w| {
-            w.free_slot()
-                .map(|slot| (Claim { worker: w.id.clone(), slot, context_length: w.context_length }, w.position))
-        })
+pub fn choose<'a>(view: &'a ClusterView, model: &'a str) -> Option<&'a Worker> {
+    view.registry.workers_for(model).filter(|w| w.can_take_request()).min_by(|a, b| {
+        let load = |w: &Worker| w.busy.len() as f64 / w.slots.max(1) as f64;
+        load(a).total_cmp(&load(b)).then_with(|| a.id.cmp(&b.id))
+    })
 }
 
 /// Whether waiting can help: some worker for `model` is ready (but busy) or still loading.
@@ -82,38 +76,35 @@ pub async fn claim_slot(
         // Wait for a free slot only while one may come: a ready worker is busy, or one is loading.
         let found = view
             .wait_until(wait, |v| match choose(v, model) {
-                Some(found) => Some(Ok(found)),
+                Some(w) => Some(Ok((w.id.clone(), w.context_length))),
                 None if !may_free_up(v, model) => Some(Err(unavailable(v, model))),
                 None => None,
             })
             .await;
-        let (claim, position) = match found {
+        let (worker, context_length) = match found {
             Some(Ok(found)) => found,
             Some(Err(e)) => return Err(e),
             None => return Err(view.read(|v| unavailable(v, model))),
         };
-        if let Some(m) = max_tokens.filter(|m| claim.context_length > 0 && *m > claim.context_length) {
+        if let Some(m) = max_tokens.filter(|m| context_length > 0 && *m > context_length) {
             return Err(ApiError {
                 param: Some("max_tokens"),
                 ..ApiError::new(
                     Code::ContextLengthExceeded,
-                    format!("max_tokens {m} exceeds the context window of {model}: {} tokens", claim.context_length),
+                    format!("max_tokens {m} exceeds the context window of {model}: {context_length} tokens"),
                 )
             });
         }
-        let event =
-            Event::SlotClaimed(SlotClaimed { worker: claim.worker.clone(), slot: claim.slot, request: request.into() });
-        match log.append(event, Expected::At(position), meta).await {
-            Ok(_) => return Ok(claim),
-            Err(AppendError::Conflict { .. }) => {
-                // Someone wrote to this worker first: catch up with the log and choose again.
-                let latest = log
-                    .aggregate_position(AggregateKind::Worker, &claim.worker)
-                    .await
-                    .map_err(ApiError::log_unavailable)?;
-                view.wait_for_seq(latest.map_or(0, |p| p.seq), Duration::from_secs(2)).await;
+        let command = WorkerCommand::ClaimSlot { request: request.into() };
+        match on_worker(log, view, &worker, &command, meta).await {
+            Ok(events) => {
+                if let Some(Event::SlotClaimed(claimed)) = events.first() {
+                    return Ok(Claim { worker, slot: claimed.slot, context_length });
+                }
             }
-            Err(e) => return Err(ApiError::log_unavailable(e)),
+            // The worker filled up, stopped or kept changing meanwhile: choose again.
+            Err(CommandError::Rejected(_) | CommandError::Contended) => {}
+            Err(CommandError::Unavailable(e)) => return Err(ApiError::log_unavailable(e)),
         }
     }
     Err(ApiError::new(Code::AllSlotsBusy, "too much contention for a slot; retry shortly").retry_after(1))

@@ -377,11 +377,14 @@ async fn both_pulls_succeed(w: &mut RbeeWorld) {
     }
 }
 
-#[then(expr = "the pull succeeds and printed {string}")]
-async fn background_pull_printed(w: &mut RbeeWorld, needle: String) {
+/// The CLI prints `Resuming from P% (...)`, P the share of the file recorded before the kill.
+#[then("the pull succeeds and printed the percentage the download resumed from")]
+async fn printed_resume_point(w: &mut RbeeWorld) {
     let out = background_pulls(w).await.pop().expect("a background pull");
     assert!(out.status.success(), "the pull failed: {}", text(&out));
-    assert!(text(&out).contains(&needle), "{}", text(&out));
+    let percent = w.dl.offset_at_kill * 100 / model_size();
+    assert!(percent >= 60, "the kill came at {percent}%, before 60%");
+    assert!(text(&out).contains(&format!("Resuming from {percent}% (")), "not resumed from {percent}%: {}", text(&out));
 }
 
 #[then("the download was recorded in chunks of 4 MiB up to the file's size")]

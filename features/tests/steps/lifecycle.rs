@@ -293,6 +293,23 @@ async fn hive_exit_within(w: &mut RbeeWorld, secs: u64) {
     no_worker_left(w).await;
 }
 
+/// One after another, a worker's exit would come before the next one's signal: all signals
+/// first shows they were stopped together.
+#[then(expr = "the log records all {int} workers signalled with SIGTERM before any of them exited")]
+fn signalled_together(w: &mut RbeeWorld, n: usize) {
+    let on_node: Vec<Value> = w
+        .cluster()
+        .events(false)
+        .into_iter()
+        .filter(|e| e["data"]["node"] == w.dl.node.as_str())
+        .filter(|e| e["type"] == "worker.exited" || (e["type"] == "worker.signalled" && e["data"]["signal"] == 15))
+        .collect();
+    let first_exit = on_node.iter().position(|e| e["type"] == "worker.exited").expect("the workers exited");
+    let signalled: std::collections::BTreeSet<&str> =
+        on_node[..first_exit].iter().filter_map(|e| e["data"]["worker"].as_str()).collect();
+    assert_eq!(signalled.len(), n, "signalled before the first exit: {signalled:?}; events: {on_node:?}");
+}
+
 #[then(expr = "the log records {int} worker exits with code 0")]
 fn exits_on_node(w: &mut RbeeWorld, n: usize) {
     let exits = w

@@ -58,6 +58,12 @@ pub struct RbeeWorld {
     batch: Vec<(u16, String, Value)>,
     /// Streams running side by side: request id, and what it received so far.
     streams: Vec<(String, SharedStream)>,
+    /// Seconds requests had waited for slots at both queens before the step under test.
+    slot_waits_before: f64,
+    /// The queen's `/metrics` text before the step under test.
+    metrics_before: String,
+    /// A data directory made for the next `rbee up`.
+    fresh_dir: Option<std::path::PathBuf>,
     /// The first sequence JetStream kept after a purge.
     purged_below: u64,
     /// Path of a catalogued model file.
@@ -104,6 +110,9 @@ impl RbeeWorld {
             batch: Vec::new(),
             streams: Vec::new(),
             purged_below: 0,
+            fresh_dir: None,
+            metrics_before: String::new(),
+            slot_waits_before: 0.0,
             model_path: String::new(),
             catalog_prefix: String::new(),
             background: None,

@@ -36,9 +36,17 @@ async fn second_queen(w: &mut RbeeWorld) {
     w.second_queen = start_queen(w, false).await;
 }
 
+/// Seconds requests waited for a slot at the queen at `url`, summed (its slot-wait histogram).
+async fn slot_wait_seconds(url: &str) -> f64 {
+    let text = reqwest::get(format!("{url}/metrics")).await.unwrap().text().await.unwrap();
+    let series = format!("rbee_queen_slot_wait_seconds_sum{{model=\"{MODEL}\"}}");
+    text.lines().find_map(|l| l.strip_prefix(&series).and_then(|v| v.trim().parse().ok())).unwrap_or(0.0)
+}
+
 #[when(expr = "{int} chat completions arrive at once, split between the two queens")]
 async fn concurrent_requests(w: &mut RbeeWorld, n: usize) {
     let urls = [w.cluster().queen_url.clone(), w.second_queen.clone()];
+    w.slot_waits_before = slot_wait_seconds(&urls[0]).await + slot_wait_seconds(&urls[1]).await;
     let requests = (0..n).map(|i| {
         let url = format!("{}/v1/chat/completions", urls[i % 2]);
         async move {
@@ -52,13 +60,21 @@ async fn concurrent_requests(w: &mut RbeeWorld, n: usize) {
     w.batch = futures::future::join_all(requests).await;
 }
 
+/// The race happened: both queens were granted the one slot in turn, and requests waited for it
+/// while the other queen's request held it.
 #[then(expr = "every request completed, or was refused with HTTP {int} and code {string}")]
-fn all_completed_or_busy(w: &mut RbeeWorld, status: u16, code: String) {
-    let completed =
-        w.batch.iter().filter(|(s, _, b)| *s == 200 && b["choices"][0]["finish_reason"].is_string()).count();
+async fn all_completed_or_busy(w: &mut RbeeWorld, status: u16, code: String) {
+    let done = |(s, _, b): &&(u16, String, Value)| *s == 200 && b["choices"][0]["finish_reason"].is_string();
     let refused = w.batch.iter().filter(|(s, _, b)| *s == status && b["error"]["code"] == code.as_str()).count();
+    let completed = w.batch.iter().filter(done).count();
     assert_eq!(completed + refused, w.batch.len(), "{:?}", w.batch);
-    assert!(completed >= 1, "{:?}", w.batch);
+    // Requests alternate between the queens: even indices went to the first, odd to the second.
+    for queen in 0..2 {
+        let served = w.batch.iter().skip(queen).step_by(2).filter(done).count();
+        assert!(served >= 1, "queen {queen} was never granted the slot: {:?}", w.batch);
+    }
+    let waited = slot_wait_seconds(&w.cluster().queen_url).await + slot_wait_seconds(&w.second_queen).await;
+    assert!(waited > w.slot_waits_before, "no request waited for the slot: no contention happened");
 }
 
 /// Slot events of the cluster's workers in log order: (worker, slot) -> holder.
@@ -117,18 +133,21 @@ async fn kill_and_restart(w: &mut RbeeWorld) {
     w.second_queen = start_queen(w, false).await;
 }
 
+/// The restarted queen's registry and catalog are the log's: its digest is a replay's, which
+/// covers every worker with its id and state.
 #[then("the restarted queen lists the same ready worker as the log")]
 async fn restarted_lists_worker(w: &mut RbeeWorld) {
-    let ready: Vec<String> = w
-        .cluster()
-        .workers()
-        .iter()
-        .filter(|x| x["state"] == "Ready")
-        .map(|x| x["id"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(ready.len(), 1);
-    let health: Value = reqwest::get(format!("{}/health", w.second_queen)).await.unwrap().json().await.unwrap();
-    assert_eq!(health["ready_workers"], 1, "{health}");
+    let ready = w.cluster().workers().into_iter().filter(|x| x["state"] == "Ready").count();
+    assert_eq!(ready, 1, "the log holds one ready worker");
+    let out = w.cluster().rbee(&["replay", "--digest"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let replayed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let health_url = format!("{}/health", w.second_queen);
+    eventually("the restarted queen's view is the log's", DEADLINE, || async {
+        let health: Value = reqwest::get(&health_url).await.unwrap().json().await.unwrap();
+        if health["digest"] == replayed.as_str() && health["ready_workers"] == 1 { Ok(()) } else { Err(health) }
+    })
+    .await;
     let models: Value = reqwest::get(format!("{}/v1/models", w.second_queen)).await.unwrap().json().await.unwrap();
     assert_eq!(models["data"][0]["id"], MODEL);
 }

@@ -114,13 +114,22 @@ fn tail_shows_upcast(w: &mut RbeeWorld) {
     assert_eq!(old[0]["data"]["node"], "n1");
 }
 
+/// The old event names node `n1`, which no hive of the shared cluster runs: only the upcast event
+/// can have put the model there, with the memory estimate the upcast fills in.
 #[then("the queen's catalog serves the model it names")]
 async fn queen_lists_model(w: &mut RbeeWorld) {
-    let url = format!("{}/v1/models", w.cluster().queen_url);
-    eventually("the queen lists the model", DEADLINE, || async {
+    let url = format!("{}/v1/catalog?node=n1", w.cluster().queen_url);
+    let expected_memory = rbee_bus::estimated_memory_bytes(98_362_432);
+    eventually("the queen catalogues the model on node n1", DEADLINE, || async {
         let body: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
-        let ids: Vec<Value> = body["data"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
-        if ids.contains(&Value::from("SmolLM2-135M-Instruct")) { Ok(()) } else { Err(ids) }
+        let entries = body["data"].as_array().cloned().unwrap_or_default();
+        let found = entries.iter().any(|e| {
+            e["model"] == "SmolLM2-135M-Instruct"
+                && e["node"] == "n1"
+                && e["path"] == "/data/models/SmolLM2-135M-Instruct.gguf"
+                && e["memory_required_bytes"] == expected_memory
+        });
+        if found { Ok(()) } else { Err(body) }
     })
     .await;
 }

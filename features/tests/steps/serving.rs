@@ -8,8 +8,11 @@ use serde_json::Value;
 use super::{MODEL, RbeeWorld};
 
 #[given("a fresh data directory")]
-fn fresh_data_directory(_w: &mut RbeeWorld) {
-    // Cluster::up always uses a new private data directory: nothing on the node, no worker.
+fn fresh_data_directory(w: &mut RbeeWorld) {
+    let dir = rbee_features::scratch_dir("cluster");
+    let entries: Vec<_> = std::fs::read_dir(&dir).expect("the directory exists").collect();
+    assert!(entries.is_empty(), "{} already holds {entries:?}", dir.display());
+    w.fresh_dir = Some(dir);
 }
 
 #[given("a running cluster")]
@@ -19,7 +22,8 @@ fn running_cluster(w: &mut RbeeWorld) {
 
 #[when("I run rbee up")]
 fn run_rbee_up(w: &mut RbeeWorld) {
-    let cluster = Cluster::up(&[]).expect("rbee up succeeds");
+    let dir = w.fresh_dir.take().unwrap_or_else(|| rbee_features::scratch_dir("cluster"));
+    let cluster = Cluster::up_in(dir, &[], &[]).expect("rbee up succeeds");
     assert!(cluster.up_output.contains("rbee is up: http://127.0.0.1:"), "{}", cluster.up_output);
     w.own = Some(cluster);
 }
@@ -100,6 +104,7 @@ fn served_by_ready_worker(w: &mut RbeeWorld) {
 
 #[when(expr = "I stream a chat completion of {string} with max_tokens {int}")]
 async fn stream_completion(w: &mut RbeeWorld, prompt: String, max_tokens: u32) {
+    w.metrics_before = queen_metrics(w).await;
     let response = w.post_chat(&prompt, max_tokens, true).await;
     assert_eq!(response.status().as_u16(), 200);
     assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
@@ -218,20 +223,28 @@ fn no_slot_claimed(w: &mut RbeeWorld) {
     assert!(w.request_events("request.accepted").is_empty());
 }
 
-#[then("the queen's /metrics counts it as ok with its time to first token, in valid text format")]
-async fn metrics_count(w: &mut RbeeWorld) {
+/// The queen's `/metrics` text.
+async fn queen_metrics(w: &RbeeWorld) -> String {
     let response = reqwest::get(format!("{}/metrics", w.cluster().queen_url)).await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
-    let text = response.text().await.unwrap();
-    let value = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
-            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
-    };
-    assert!(value(&format!("rbee_queen_requests_total{{code=\"ok\",model=\"{MODEL}\"}}")) >= 1.0);
-    assert!(value(&format!("rbee_queen_time_to_first_token_seconds_count{{model=\"{MODEL}\"}}")) >= 1.0);
-    assert!(value(&format!("rbee_queen_completion_tokens_total{{model=\"{MODEL}\"}}")) >= 1.0);
-    assert_eq!(value("rbee_queen_workers{state=\"ready\"}"), 1.0);
+    response.text().await.unwrap()
+}
+
+/// The value of one series in a metrics text; 0 when the series has no sample yet.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
+}
+
+/// Scenarios run one at a time: what the counters gained since the request started is this request.
+#[then("the queen's /metrics counts it as ok with its time to first token, in valid text format")]
+async fn metrics_count(w: &mut RbeeWorld) {
+    let text = queen_metrics(w).await;
+    let gained = |series: String| sample(&text, &series) - sample(&w.metrics_before, &series);
+    let usage = chunks(w).last().expect("a final chunk")["usage"]["completion_tokens"].as_f64().expect("usage");
+    assert_eq!(gained(format!("rbee_queen_requests_total{{code=\"ok\",model=\"{MODEL}\"}}")), 1.0, "{text}");
+    assert_eq!(gained(format!("rbee_queen_time_to_first_token_seconds_count{{model=\"{MODEL}\"}}")), 1.0, "{text}");
+    assert_eq!(gained(format!("rbee_queen_completion_tokens_total{{model=\"{MODEL}\"}}")), usage, "{text}");
+    assert_eq!(sample(&text, "rbee_queen_workers{state=\"ready\"}"), 1.0, "{text}");
     // Every sample line is `name{labels} number`.
     for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
         let (series, number) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));

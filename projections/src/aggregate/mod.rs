@@ -1,0 +1,103 @@
+//! Every aggregate's rules, each a pure `decide(state, command) -> Result<Vec<Event>, Code>` beside
+//! the fold that gives its state, and the two ways a process runs a command: against the live view
+//! ([`on_worker`]: a worker's history is long, the view already holds its state and position) or
+//! against the aggregate's own events ([`on_subject`]: a request has a handful). Either way the
+//! events are appended at the aggregate's position, so of two racing writers the log takes one; the
+//! other reads again and decides again, a bounded number of times.
+
+pub mod model;
+pub mod request;
+pub mod worker;
+
+use std::time::Duration;
+
+use rbee_bus::read::read_subject;
+use rbee_bus::{AggregateKind, AppendError, Code, Event, EventLog, Expected, Meta, Position, Recorded};
+
+use crate::LiveView;
+
+/// How many times a command is decided again after losing a race.
+const ATTEMPTS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// The rules refuse the command: the caller's to fix (4xx, exit 1).
+    #[error("refused with {0}")]
+    Rejected(Code),
+    /// The log could not be read or written: try again later.
+    #[error("the event log is unavailable: {0}")]
+    Unavailable(String),
+    /// Other writers kept changing the aggregate first.
+    #[error("the aggregate kept changing under the command")]
+    Contended,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> CommandError {
+    CommandError::Unavailable(e.to_string())
+}
+
+/// Appends `events` in order, the first at `expected`.
+async fn append_all(log: &EventLog, events: &[Event], expected: Expected, meta: &Meta) -> Result<(), AppendError> {
+    let mut expected = expected;
+    for event in events {
+        expected = Expected::At(log.append(event.clone(), expected, meta).await?);
+    }
+    Ok(())
+}
+
+/// Runs `command` on worker `id` as the view sees it; returns what was recorded (nothing when the
+/// worker already is as asked). A lost race waits for the view to see the winner, then decides again.
+pub async fn on_worker(
+    log: &EventLog,
+    view: &LiveView,
+    id: &str,
+    command: &worker::WorkerCommand,
+    meta: &Meta,
+) -> Result<Vec<Event>, CommandError> {
+    for _ in 0..ATTEMPTS {
+        let (decided, position) = view.read(|v| {
+            let w = v.registry.workers.get(id);
+            (worker::decide(w, command), w.map(|w| w.position))
+        });
+        let events = decided.map_err(CommandError::Rejected)?;
+        let Some(position) = position.filter(|_| !events.is_empty()) else { return Ok(events) };
+        match append_all(log, &events, Expected::At(position), meta).await {
+            Ok(()) => return Ok(events),
+            Err(AppendError::Conflict { .. }) => {
+                let latest = log.aggregate_position(AggregateKind::Worker, id).await.map_err(unavailable)?;
+                view.wait_for_seq(latest.map_or(0, |p| p.seq), Duration::from_secs(2)).await;
+            }
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Err(CommandError::Contended)
+}
+
+/// Runs a command on the aggregate whose events are on `subject`: folds them with `apply`, asks
+/// `decide`, appends after the last one; a lost race reads again.
+pub async fn on_subject<S: Default>(
+    log: &EventLog,
+    subject: &str,
+    apply: impl Fn(&mut S, &Recorded),
+    decide: impl Fn(&S) -> Result<Vec<Event>, Code>,
+    meta: &Meta,
+) -> Result<Vec<Event>, CommandError> {
+    for _ in 0..ATTEMPTS {
+        let history = read_subject(log, subject).await.map_err(unavailable)?;
+        let mut state = S::default();
+        history.iter().for_each(|rec| apply(&mut state, rec));
+        let events = decide(&state).map_err(CommandError::Rejected)?;
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let expected = history.last().map_or(Expected::NoStream, |last| {
+            Expected::At(Position { seq: last.stream_seq, version: last.envelope.version })
+        });
+        match append_all(log, &events, expected, meta).await {
+            Ok(()) => return Ok(events),
+            Err(AppendError::Conflict { .. }) => continue,
+            Err(e) => return Err(unavailable(e)),
+        }
+    }
+    Err(CommandError::Contended)
+}

@@ -1,0 +1,109 @@
+//! The request aggregate's rules: a request is accepted once, then ends once, by finishing or by
+//! at most one cancellation. Its state is folded from its own few events ([`apply`]); [`decide`]
+//! is the one place that says whether a cancellation is recorded, whoever asks (a `DELETE`, a
+//! client that went away while its request ran, or while it was being dispatched).
+
+use rbee_bus::{Code, Event, RequestCancelled};
+
+/// Where a request stands, as its own events say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RequestState {
+    /// No event yet: unknown, or still being dispatched.
+    #[default]
+    Unrecorded,
+    /// Accepted by a worker and not ended.
+    Running,
+    /// Finished or cancelled.
+    Ended,
+}
+
+pub fn apply(state: &mut RequestState, event: &Event) {
+    match event {
+        Event::RequestAccepted(_) if *state == RequestState::Unrecorded => *state = RequestState::Running,
+        Event::RequestFinished(_) | Event::RequestCancelled(_) => *state = RequestState::Ended,
+        _ => {}
+    }
+}
+
+/// What someone asks of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestCommand {
+    /// Stop it. `in_dispatch`: the asker holds the request's slot and is handing it to a worker,
+    /// so a request with no event yet exists all the same (the worker may already have it).
+    Cancel { request: String, reason: String, in_dispatch: bool },
+}
+
+/// The events `command` records, or why it is refused. An empty list: it already ended.
+pub fn decide(state: RequestState, command: &RequestCommand) -> Result<Vec<Event>, Code> {
+    let RequestCommand::Cancel { request, reason, in_dispatch } = command;
+    let cancelled =
+        || vec![Event::RequestCancelled(RequestCancelled { request: request.clone(), reason: reason.clone() })];
+    match state {
+        RequestState::Unrecorded if *in_dispatch => Ok(cancelled()),
+        RequestState::Unrecorded => Err(Code::RequestNotFound),
+        RequestState::Running => Ok(cancelled()),
+        RequestState::Ended => Ok(vec![]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbee_bus::*;
+
+    fn given(events: &[Event]) -> RequestState {
+        let mut state = RequestState::default();
+        events.iter().for_each(|e| apply(&mut state, e));
+        state
+    }
+
+    fn accepted() -> Event {
+        Event::RequestAccepted(RequestAccepted {
+            request: "r1".into(),
+            model: "m".into(),
+            worker: "w1".into(),
+            slot: 0,
+            max_tokens: None,
+            stream: true,
+        })
+    }
+
+    fn finished() -> Event {
+        Event::RequestFinished(RequestFinished {
+            request: "r1".into(),
+            worker: "w1".into(),
+            finish_reason: FinishReason::Stop,
+            prompt_tokens: 3,
+            completion_tokens: 4,
+            time_to_first_token_ms: 1,
+            duration_ms: 2,
+            error_code: None,
+        })
+    }
+
+    fn cancel(in_dispatch: bool) -> RequestCommand {
+        RequestCommand::Cancel { request: "r1".into(), reason: "deleted".into(), in_dispatch }
+    }
+
+    fn cancelled() -> Event {
+        Event::RequestCancelled(RequestCancelled { request: "r1".into(), reason: "deleted".into() })
+    }
+
+    #[test]
+    fn a_running_request_is_cancelled_once() {
+        assert_eq!(decide(given(&[accepted()]), &cancel(false)), Ok(vec![cancelled()]));
+        assert_eq!(decide(given(&[accepted(), cancelled()]), &cancel(false)), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_finished_request_is_not_cancelled() {
+        assert_eq!(decide(given(&[accepted(), finished()]), &cancel(false)), Ok(vec![]));
+        assert_eq!(decide(given(&[accepted(), finished()]), &cancel(true)), Ok(vec![]));
+    }
+
+    #[test]
+    fn an_unrecorded_request_is_unknown_unless_its_dispatcher_cancels_it() {
+        assert_eq!(decide(given(&[]), &cancel(false)), Err(Code::RequestNotFound));
+        assert_eq!(decide(given(&[]), &cancel(true)), Ok(vec![cancelled()]));
+    }
+}
