@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Each tree of modules: a crate's src/, and the cucumber steps (a module tree of their own).
-TREES = ["bus/src", "projections/src", "queen/src", "hive/src", "worker/src", "ops/src", "features/src", "features/tests/steps"]
+TREES = ["bus/src", "runtime/src", "local/src", "projections/src", "queen/src", "hive/src", "worker/src", "ops/src", "features/src", "features/tests/steps"]
 PATH = re.compile(r"\b(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)+)")
 USE_GROUP = re.compile(r"\buse\s+(crate|super|self)((?:::[A-Za-z_][A-Za-z0-9_]*)*)::\{([^;]*)\};", re.S)
 

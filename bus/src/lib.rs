@@ -11,7 +11,6 @@ pub mod event;
 pub mod frames;
 pub mod log;
 pub mod model_ref;
-pub mod process;
 pub mod read;
 pub mod schema;
 pub mod subjects;

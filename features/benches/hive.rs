@@ -110,7 +110,7 @@ fn main() {
     let model = rbee_features::default_model_file();
     let size = std::fs::metadata(&model).unwrap().len() as f64;
     let hub = Hub::start();
-    hub.publish(REPO, FILE, model.clone(), rbee_ops::local::model::DEFAULT_SHA256);
+    hub.publish(REPO, FILE, model.clone(), rbee_local::model::DEFAULT_SHA256);
     let cluster = Cluster::up_with_env(&["--no-worker"], &[("HF_ENDPOINT", hub.url.clone())]).expect("rbee up");
 
     // Interleaved, so drift on a shared machine hits both alike.

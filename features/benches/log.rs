@@ -101,7 +101,7 @@ const CATCH_UP_DEADLINE: Duration = Duration::from_secs(600);
 
 /// Seconds from starting a queen to its view covering the log's last event.
 async fn queen_caught_up(nats: &Nats, pg: &Postgres, end: u64) -> (Child, f64) {
-    let port = rbee_ops::local::process::free_port().unwrap();
+    let port = rbee_local::process::free_port().unwrap();
     let t0 = Instant::now();
     let mut child = queen(nats, pg, port);
     let client = rbee_features::http();

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rbee_ops::local::{nats, postgres, process};
+use rbee_local::{nats, postgres, process};
 
 /// A private nats-server; stopped (by PID) when dropped.
 pub struct Nats {

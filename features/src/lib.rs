@@ -38,7 +38,7 @@ fn home_cache() -> PathBuf {
 
 /// The default model's GGUF file in the shared cache (`rbee setup` puts it there).
 pub fn default_model_file() -> PathBuf {
-    cache_dir().join(rbee_ops::local::model::FILE_NAME)
+    cache_dir().join(rbee_local::model::FILE_NAME)
 }
 
 /// A fresh private directory under the system temp dir.
@@ -62,6 +62,6 @@ impl Drop for KillOnDrop {
 
 /// An HTTP client for tests (TLS through ring, the one crypto provider the workspace builds).
 pub fn http() -> reqwest::Client {
-    rbee_bus::process::use_ring_for_tls();
+    rbee_runtime::use_ring_for_tls();
     reqwest::Client::new()
 }

@@ -14,7 +14,7 @@ use rbee_features::infra::{Nats, Postgres};
 use rbee_features::poll::eventually;
 
 fn queen(nats: &Nats, pg: &Postgres) -> KillOnDrop {
-    queen_on(nats, pg, rbee_ops::local::process::free_port().unwrap())
+    queen_on(nats, pg, rbee_local::process::free_port().unwrap())
 }
 
 fn queen_on(nats: &Nats, pg: &Postgres, port: u16) -> KillOnDrop {
@@ -76,7 +76,7 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
     let acked = writer.await.unwrap();
     assert_eq!(acked, 4000, "every append was acknowledged");
 
-    let port = rbee_ops::local::process::free_port().unwrap();
+    let port = rbee_local::process::free_port().unwrap();
     let last = queen_on(&nats, &pg, port);
     let in_log: Vec<_> = raw_to_end(&log, subjects::EVENTS_STREAM).await.unwrap();
     let expected = in_log.len() as i64;
@@ -219,7 +219,7 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
     const ROUNDS: usize = 20;
     let hub = rbee_features::hub::Hub::start();
     let (repo, file) = ("rbee-test/SmolLM2-GGUF", "SmolLM2-135M-Instruct.Q4_1.gguf");
-    let sha = rbee_ops::local::model::DEFAULT_SHA256;
+    let sha = rbee_local::model::DEFAULT_SHA256;
     hub.publish(repo, file, rbee_features::default_model_file(), sha);
     let size = std::fs::metadata(rbee_features::default_model_file()).unwrap().len();
     // 150 MB/s: a download takes about 0.7 s, so a kill lands anywhere in it.

@@ -29,7 +29,7 @@ pub const HUB_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 pub fn hub() -> &'static Hub {
     HUB.get_or_init(|| {
         let hub = Hub::start();
-        hub.publish(HUB_REPO, HUB_FILE, rbee_features::default_model_file(), rbee_ops::local::model::DEFAULT_SHA256);
+        hub.publish(HUB_REPO, HUB_FILE, rbee_features::default_model_file(), rbee_local::model::DEFAULT_SHA256);
         hub
     })
 }

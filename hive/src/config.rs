@@ -102,7 +102,7 @@ impl Config {
     }
 
     pub fn node_name(&self) -> String {
-        self.node.clone().unwrap_or_else(rbee_bus::process::hostname)
+        self.node.clone().unwrap_or_else(rbee_runtime::hostname)
     }
 
     pub fn models_dir(&self) -> PathBuf {

@@ -118,7 +118,7 @@ pub async fn adopt_running_workers(
 fn is_worker_process(pid: u32, worker: &str) -> bool {
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-    rbee_bus::process::alive(pid)
+    rbee_runtime::alive(pid)
         && args.first().is_some_and(|a| String::from_utf8_lossy(a).contains("rbee-worker"))
         && args.windows(2).any(|p| p[0] == b"--worker-id" && p[1] == worker.as_bytes())
 }
@@ -128,5 +128,5 @@ fn supervised_by_live_hive(pid: u32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let ppid =
         stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
-    ppid.is_some_and(|ppid| ppid != std::process::id() && rbee_bus::process::runs(ppid, "rbee-hive"))
+    ppid.is_some_and(|ppid| ppid != std::process::id() && rbee_runtime::runs(ppid, "rbee-hive"))
 }

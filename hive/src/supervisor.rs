@@ -177,7 +177,7 @@ impl Supervisor {
         self.lock().insert(worker.clone(), Tracked { pid, spec, stopping: None, restarts: 0 });
         let this = self.clone();
         self.watchers.spawn(async move {
-            while rbee_bus::process::alive(pid) {
+            while rbee_runtime::alive(pid) {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             // Not our child: its exit status went to init.

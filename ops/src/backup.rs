@@ -48,13 +48,13 @@ pub async fn backup(nats_url: &str, path: &Path) -> CliResult<usize> {
     let partial = path.with_extension("partial");
     std::fs::write(&partial, &body)
         .and_then(|_| std::fs::rename(&partial, path))
-        .map_err(|e| crate::local::process::io_error("write", path, e))?;
+        .map_err(|e| rbee_local::process::io_error("write", path, e))?;
     Ok(events.len())
 }
 
 /// Reads and verifies a backup file.
 pub fn read_backup(path: &Path) -> CliResult<Vec<RawEvent>> {
-    let file = std::fs::File::open(path).map_err(|e| crate::local::process::io_error("open", path, e))?;
+    let file = std::fs::File::open(path).map_err(|e| rbee_local::process::io_error("open", path, e))?;
     let lines: Vec<String> =
         std::io::BufReader::new(file).lines().collect::<Result<_, _>>().map_err(|e| invalid(path, e))?;
     let (last, rest) = lines.split_last().ok_or_else(|| invalid(path, "empty file"))?;

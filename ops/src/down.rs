@@ -8,7 +8,7 @@ use rbee_projections::history::Until;
 
 use crate::cluster_file::ClusterFile;
 use crate::error::CliResult;
-use crate::local::{postgres, process};
+use rbee_local::{postgres, process};
 
 pub async fn down(data_dir: &Path) -> CliResult<()> {
     match ClusterFile::load(data_dir) {

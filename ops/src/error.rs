@@ -28,3 +28,9 @@ pub type CliResult<T> = Result<T, CliError>;
 
 /// Exit codes: 0 ok, 1 error, 130 interrupted.
 pub const EXIT_INTERRUPTED: u8 = 130;
+
+impl From<rbee_local::LocalError> for CliError {
+    fn from(e: rbee_local::LocalError) -> Self {
+        CliError { code: e.code, message: e.message }
+    }
+}

@@ -51,7 +51,7 @@ fn wanted(args: &TailArgs, since_ms: u64, rec: &Recorded) -> bool {
 }
 
 pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
-    let since_ms = match crate::replay::parse_point(args.since.as_deref())? {
+    let since_ms = match crate::log_point::parse(args.since.as_deref())? {
         Until::TimeMs(ms) => ms,
         Until::End => 0,
         Until::Seq(_) => {

@@ -14,7 +14,7 @@ pub struct InferArgs {
     /// What to ask.
     pub prompt: String,
     /// Model name.
-    #[arg(long, env = "RBEE_MODEL_NAME", default_value = crate::local::model::DEFAULT_MODEL)]
+    #[arg(long, env = "RBEE_MODEL_NAME", default_value = rbee_local::model::DEFAULT_MODEL)]
     pub model: String,
     /// System prompt (default: the model's own).
     #[arg(long)]
@@ -43,7 +43,7 @@ pub async fn infer(args: InferArgs, queen_url: &str) -> CliResult<()> {
             body[key] = v;
         }
     }
-    rbee_bus::process::use_ring_for_tls();
+    rbee_runtime::use_ring_for_tls();
     let client = reqwest::Client::new();
     let response = client.post(format!("{queen_url}/v1/chat/completions")).json(&body).send().await.map_err(|e| {
         CliError::new(

@@ -8,10 +8,12 @@ pub mod error;
 pub mod events;
 pub mod infer;
 pub mod live;
-pub mod local;
+pub mod log_point;
 pub mod models;
+pub mod progress;
 pub mod projections_cmd;
 pub mod replay;
+pub mod start;
 pub mod up;
 pub mod workers;
 
@@ -109,12 +111,15 @@ pub struct SetupArgs {
 }
 
 fn setup(args: &SetupArgs, data_dir: &Path) -> CliResult<()> {
-    let nats = local::nats::find_or_install(&args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools")))?;
+    let nats = rbee_local::nats::find_or_install(&args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools")))?;
     println!("nats-server: {}", nats.display());
-    let model =
-        local::model::resolve(None, None, &args.cache_dir.clone().unwrap_or_else(local::model::default_cache_dir))?;
+    let model = rbee_local::model::resolve(
+        None,
+        None,
+        &args.cache_dir.clone().unwrap_or_else(rbee_local::model::default_cache_dir),
+    )?;
     println!("model {}: {}", model.name, model.source);
-    let postgres = local::postgres::find_bin_dir()?;
+    let postgres = rbee_local::postgres::find_bin_dir()?;
     println!("postgres: {}", postgres.display());
     Ok(())
 }
@@ -166,7 +171,7 @@ impl Cli {
         given
             .map(str::to_string)
             .or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.node))
-            .unwrap_or_else(rbee_bus::process::hostname)
+            .unwrap_or_else(rbee_runtime::hostname)
     }
 
     fn queen_url(&self) -> String {

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use crate::progress::{Bar, mb, next_event};
 use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
 use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
 use rbee_bus::{AggregateKind, Event, Expected, Meta, ModelPullRequested, ModelRemoveRequested, download_id, subjects};
@@ -156,110 +156,4 @@ pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
             format!("the hive of {node} did not remove {model} within 60s; is it running?"),
         ))
     })
-}
-
-/// The next decodable event from either subscription (the second may be absent).
-pub(crate) async fn next_event(
-    a: &mut async_nats::Subscriber,
-    b: Option<&mut async_nats::Subscriber>,
-) -> CliResult<Event> {
-    let mut b = b;
-    loop {
-        let msg = tokio::select! {
-            m = a.next() => m,
-            m = async { match b.as_deref_mut() { Some(b) => b.next().await, None => std::future::pending().await } } => m,
-        };
-        let Some(msg) = msg else { return Err(unavailable("event subscription ended")) };
-        if let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) {
-            return Ok(env.event);
-        }
-    }
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1}", bytes as f64 / 1_048_576.0)
-}
-
-/// A byte progress bar on a terminal; elsewhere (logs, pipes) a line per tenth.
-pub(crate) struct Bar {
-    bar: ProgressBar,
-    printed_tenth: std::cell::Cell<u64>,
-}
-
-impl Bar {
-    pub(crate) fn new() -> Bar {
-        let bar = ProgressBar::new(0);
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        Bar { bar, printed_tenth: std::cell::Cell::new(0) }
-    }
-
-    /// Shows what a download event says: the bar's length and position, resumption, retries.
-    pub(crate) fn show(&self, event: &Event) {
-        match event {
-            Event::DownloadStarted(s) => {
-                self.length(s.total_bytes);
-                if s.resume_from > 0 {
-                    let percent = (s.resume_from * 100).checked_div(s.total_bytes).unwrap_or(0);
-                    self.say(format!("Resuming from {percent}% ({} of {} MB)", mb(s.resume_from), mb(s.total_bytes)));
-                }
-                self.position(s.resume_from);
-            }
-            Event::DownloadProgressed(p) => {
-                self.length(p.total_bytes);
-                self.position(p.offset);
-            }
-            Event::DownloadRetried(r) => {
-                self.say(format!(
-                    "attempt {} failed ({}: {}); retrying in {:.1}s",
-                    r.attempt,
-                    r.code,
-                    r.message,
-                    r.delay_ms as f64 / 1000.0
-                ));
-            }
-            Event::DownloadFinished(f) => {
-                self.length(f.size_bytes);
-                self.position(f.size_bytes);
-                self.say(format!("downloaded {} MB, sha256 {} verified", mb(f.size_bytes), f.sha256));
-            }
-            _ => {}
-        }
-    }
-
-    fn say(&self, line: String) {
-        if self.bar.is_hidden() { println!("{line}") } else { self.bar.println(line) }
-    }
-
-    fn length(&self, total: u64) {
-        if total > 0 {
-            self.bar.set_length(total);
-        }
-    }
-
-    fn position(&self, offset: u64) {
-        self.bar.set_position(offset);
-        let total = self.bar.length().unwrap_or(0);
-        if self.bar.is_hidden() && total > 0 {
-            let tenth = offset * 10 / total;
-            if tenth > self.printed_tenth.get() {
-                self.printed_tenth.set(tenth);
-                println!("{}% ({} of {} MB)", tenth * 10, mb(offset), mb(total));
-            }
-        }
-    }
-
-    pub(crate) fn done(&self) {
-        self.bar.finish_and_clear();
-    }
-
-    /// Leaves a started bar where it stopped; one that never started leaves no trace.
-    pub(crate) fn abandon(&self) {
-        if self.bar.is_finished() {
-            return;
-        }
-        if self.bar.length().unwrap_or(0) > 0 { self.bar.abandon() } else { self.bar.finish_and_clear() }
-    }
 }

@@ -3,14 +3,14 @@
 
 use rbee_bus::{Code, EventLog};
 use rbee_projections::ClusterView;
-use rbee_projections::history::{self, Until};
+use rbee_projections::history;
 use serde_json::{Value, json};
 
 use crate::error::{CliError, CliResult};
 use crate::live::unavailable;
 
 pub async fn replay(nats_url: &str, database_url: Option<&str>, at: Option<&str>, digest: bool) -> CliResult<()> {
-    let until = parse_point(at)?;
+    let until = crate::log_point::parse(at)?;
     let log = EventLog::connect(nats_url).await.map_err(unavailable)?;
     let pool = match database_url {
         Some(url) => Some(
@@ -33,49 +33,6 @@ pub async fn replay(nats_url: &str, database_url: Option<&str>, at: Option<&str>
     Ok(())
 }
 
-/// Parses `--at`: a stream sequence (`1234`) or a UTC time (`2026-11-22T00:10:00Z`, fraction optional).
-pub fn parse_point(at: Option<&str>) -> CliResult<Until> {
-    let Some(at) = at else { return Ok(Until::End) };
-    if let Ok(seq) = at.parse::<u64>() {
-        return Ok(Until::Seq(seq));
-    }
-    parse_utc_ms(at).map(Until::TimeMs).ok_or_else(|| {
-        let shown: String = at.chars().take(40).flat_map(char::escape_default).collect();
-        CliError::new(
-            Code::InvalidArgument,
-            format!("--at must be a sequence number or a UTC time like 2026-11-22T00:10:00Z, got \"{shown}\""),
-        )
-    })
-}
-
-fn parse_utc_ms(s: &str) -> Option<u64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let d: Vec<i64> = date.split('-').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    let (hms, frac) = time.split_once('.').unwrap_or((time, ""));
-    let t: Vec<i64> = hms.split(':').map(|p| p.parse().ok()).collect::<Option<_>>()?;
-    if d.len() != 3
-        || t.len() != 3
-        || !(1..=12).contains(&d[1])
-        || !(1..=31).contains(&d[2])
-        || t[0] > 23
-        || t[1] > 59
-        || t[2] > 60
-    {
-        return None;
-    }
-    // Days from 1970-01-01 (Howard Hinnant's days_from_civil).
-    let (y, m) = if d[1] <= 2 { (d[0] - 1, d[1] + 9) } else { (d[0], d[1] - 3) };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * m + 2) / 5 + d[2] - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let millis: i64 = format!("{:0<3}", &frac.chars().take(3).collect::<String>()).parse().ok()?;
-    let ms = ((days * 24 + t[0]) * 60 + t[1]) * 60_000 + t[2] * 1000 + millis;
-    u64::try_from(ms).ok()
-}
-
 /// The view as JSON for people: workers and catalog entries as lists.
 pub fn view_json(view: &ClusterView) -> Value {
     json!({
@@ -85,22 +42,4 @@ pub fn view_json(view: &ClusterView) -> Value {
         "workers": view.registry.workers.values().collect::<Vec<_>>(),
         "catalog": view.catalog.entries.values().collect::<Vec<_>>(),
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replay_points_parse_sequences_and_utc_times() {
-        assert_eq!(parse_point(None).unwrap(), Until::End);
-        assert_eq!(parse_point(Some("42")).unwrap(), Until::Seq(42));
-        assert_eq!(parse_point(Some("1970-01-01T00:00:01Z")).unwrap(), Until::TimeMs(1000));
-        assert_eq!(parse_point(Some("2026-11-22T00:10:00.5Z")).unwrap(), Until::TimeMs(1_795_306_200_500));
-        for bad in ["yesterday", "2026-13-01T00:00:00Z", "2026-11-22 00:10:00", "-1", "\u{7}"] {
-            let err = parse_point(Some(bad)).unwrap_err();
-            assert_eq!(err.code, Code::InvalidArgument);
-            assert!(!err.message.contains('\u{7}'));
-        }
-    }
 }

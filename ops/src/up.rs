@@ -5,12 +5,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rbee_bus::Code;
-use rbee_bus::{AggregateKind, Event, EventLog, Expected, Meta, WorkerStartRequested, WorkerState, subjects};
-use rbee_projections::LiveView;
+use rbee_bus::WorkerState;
 
 use crate::cluster_file::ClusterFile;
 use crate::error::{CliError, CliResult};
-use crate::local::{self, model, nats, postgres, process};
+use crate::start::{StartRequest, new_worker_id, start_and_wait};
+use rbee_local::{model, nats, postgres, process};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpArgs {
@@ -62,7 +62,7 @@ pub struct UpArgs {
 pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
     std::fs::create_dir_all(data_dir).map_err(|e| process::io_error("create", data_dir, e))?;
     let data_dir = std::fs::canonicalize(data_dir).map_err(|e| process::io_error("resolve", data_dir, e))?;
-    let cache_dir = args.cache_dir.clone().unwrap_or_else(local::model::default_cache_dir);
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(model::default_cache_dir);
     let source = model::resolve(args.model.as_deref(), args.model_name.as_deref(), &cache_dir)?;
 
     let cluster = match ClusterFile::load(&data_dir) {
@@ -94,7 +94,7 @@ async fn is_running(cf: &ClusterFile) -> bool {
     process::is_ours(cf.nats_pid, "nats-server")
         && process::is_ours(cf.hive_pid, "rbee-hive")
         && process::is_ours(cf.queen_pid, "rbee-queen")
-        && local::wait_http_ok(&format!("{}/health", cf.queen_url), Duration::from_secs(2)).await.is_ok()
+        && rbee_local::wait_http_ok(&format!("{}/health", cf.queen_url), Duration::from_secs(2)).await.is_ok()
 }
 
 fn binary(name: &str) -> CliResult<PathBuf> {
@@ -111,7 +111,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let tools_dir = args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools"));
     let nats_bin = nats::find_or_install(&tools_dir)?;
     let logs = data_dir.join("logs");
-    let node = args.node.clone().unwrap_or_else(rbee_bus::process::hostname);
+    let node = args.node.clone().unwrap_or_else(rbee_runtime::hostname);
     rbee_bus::subjects::validate_name("node", &node).map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
 
     // Every port at once: ports picked one by one can collide, and then a process fails to bind.
@@ -179,12 +179,14 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     cf.queen_pid = process::spawn_detached(&queen_bin, &queen_args, &logs.join("queen.log"), &env)?;
     cf.save(data_dir)?;
     let queen = Some((cf.queen_pid, "rbee-queen"));
-    local::wait_serving(&format!("{}/health", cf.queen_url), queen, Duration::from_secs(30)).await.map_err(|_| {
-        CliError::new(
-            Code::QueenStartFailed,
-            format!("the queen did not answer on {}; see {}", cf.queen_url, logs.join("queen.log").display()),
-        )
-    })?;
+    rbee_local::wait_serving(&format!("{}/health", cf.queen_url), queen, Duration::from_secs(30)).await.map_err(
+        |_| {
+            CliError::new(
+                Code::QueenStartFailed,
+                format!("the queen did not answer on {}; see {}", cf.queen_url, logs.join("queen.log").display()),
+            )
+        },
+    )?;
     Ok(cf)
 }
 
@@ -215,95 +217,4 @@ async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, slots: u32
     };
     let request = (!reusing).then_some(StartRequest { node: &cf.node, source, slots, backend: "cpu", device: None });
     start_and_wait(log, view, &worker, request, timeout).await
-}
-
-/// What to ask a hive for.
-pub struct StartRequest<'a> {
-    pub node: &'a str,
-    pub source: &'a model::ModelSource,
-    pub slots: u32,
-    /// `cpu`, `cuda`, `metal` or `auto`; several comma-separated are refused by the hive.
-    pub backend: &'a str,
-    pub device: Option<u32>,
-}
-
-/// Asks the node's hive to start `worker` (unless `request` is None: it is already starting) and
-/// follows the worker's events until it is ready, failed or gone.
-pub async fn start_and_wait(
-    log: &EventLog,
-    view: &LiveView,
-    worker: &str,
-    request: Option<StartRequest<'_>>,
-    timeout: Duration,
-) -> CliResult<()> {
-    let unavailable = |e: String| CliError::new(Code::EventLogUnavailable, e);
-    // Watch the worker's events before asking for it, so its readiness cannot be missed.
-    let mut events = log
-        .client()
-        .subscribe(subjects::aggregate(AggregateKind::Worker, worker))
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
-    // A model the hive has to download first: its progress is shown too.
-    let mut downloads = match &request {
-        Some(r) => {
-            let subject = subjects::aggregate(AggregateKind::Download, &rbee_bus::download_id(r.node, &r.source.name));
-            Some(log.client().subscribe(subject).await.map_err(|e| unavailable(e.to_string()))?)
-        }
-        None => None,
-    };
-    if view.read(|v| v.registry.workers.get(worker).is_some_and(|w| w.state == WorkerState::Ready)) {
-        println!("worker {worker} ready");
-        return Ok(());
-    }
-    if let Some(r) = &request {
-        let command = Event::WorkerStartRequested(WorkerStartRequested {
-            node: r.node.to_string(),
-            worker: worker.to_string(),
-            model: r.source.name.clone(),
-            source: r.source.source.clone(),
-            sha256: r.source.sha256.clone(),
-            slots: r.slots,
-            backend: r.backend.to_string(),
-            device: r.device,
-        });
-        log.append(command, Expected::Any, &Meta { correlation: Some(worker.to_string()), traceparent: None })
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
-        println!("starting worker {worker} for {} ...", r.source.name);
-    }
-    let bar = crate::models::Bar::new();
-    let wait = async {
-        loop {
-            let event = crate::models::next_event(&mut events, downloads.as_mut()).await?;
-            bar.show(&event);
-            match event {
-                Event::WorkerRegistered(_) => println!("worker {worker} registered; loading the model"),
-                Event::WorkerStateChanged(s) if s.state == WorkerState::Ready => {
-                    println!("worker {worker} ready (context {} tokens)", s.context_length);
-                    return Ok(());
-                }
-                Event::WorkerStartFailed(f) => return Err(CliError::new(f.code, f.message)),
-                Event::WorkerExited(x) => {
-                    return Err(CliError::new(
-                        Code::WorkerExited,
-                        format!(
-                            "worker {worker} exited during start (code {:?}, signal {:?}); see its log in logs/",
-                            x.exit_code, x.signal
-                        ),
-                    ));
-                }
-                _ => {}
-            }
-        }
-    };
-    let outcome = tokio::time::timeout(timeout, wait).await.map_err(|_| {
-        CliError::new(Code::LoadingTimeout, format!("worker {worker} was not ready within {}s", timeout.as_secs()))
-    });
-    bar.abandon();
-    outcome?
-}
-
-/// A fresh worker id on `node`.
-pub fn new_worker_id(node: &str) -> String {
-    format!("{}-{}", node.chars().take(40).collect::<String>(), &uuid::Uuid::now_v7().simple().to_string()[20..])
 }

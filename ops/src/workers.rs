@@ -36,24 +36,24 @@ pub struct StartArgs {
 /// `rbee workers start`: a new worker, started by a hive through a command event.
 pub async fn start(nats_url: &str, node: &str, args: &StartArgs) -> CliResult<()> {
     rbee_bus::subjects::validate_name("node", node).map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
-    let mut source = crate::local::model::resolve(
+    let mut source = rbee_local::model::resolve(
         args.model.as_deref(),
         args.model_name.as_deref(),
-        &crate::local::model::default_cache_dir(),
+        &rbee_local::model::default_cache_dir(),
     )?;
     if args.sha256.is_some() {
         source.sha256 = args.sha256.clone();
     }
     let cluster = crate::live::connect(nats_url).await?;
-    let worker = crate::up::new_worker_id(node);
-    let request = crate::up::StartRequest {
+    let worker = crate::start::new_worker_id(node);
+    let request = crate::start::StartRequest {
         node,
         source: &source,
         slots: args.slots.max(1),
         backend: &args.backend,
         device: args.device,
     };
-    crate::up::start_and_wait(
+    crate::start::start_and_wait(
         &cluster.log,
         &cluster.view,
         &worker,

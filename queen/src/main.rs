@@ -2,14 +2,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    rbee_bus::process::init_tracing();
+    rbee_runtime::init_tracing();
     let config = rbee_queen::Config::parse();
-    let shutdown = rbee_bus::process::shutdown_on_signals();
-    match rbee_queen::run(config, shutdown).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error[{}]: {e}", e.code());
-            std::process::ExitCode::from(1)
-        }
-    }
+    let result = rbee_queen::run(config, rbee_runtime::shutdown_on_signals()).await;
+    rbee_runtime::exit_code(result, rbee_queen::QueenError::code)
 }

@@ -9,21 +9,12 @@ fn main() -> std::process::ExitCode {
     unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
-        Err(e) => {
-            eprintln!("error[RUNTIME_FAILED]: {e}");
-            return std::process::ExitCode::from(1);
-        }
+        Err(e) => return rbee_runtime::exit_code(Err(e), |_| rbee_bus::Code::InternalError),
     };
     runtime.block_on(async {
-        rbee_bus::process::init_tracing();
+        rbee_runtime::init_tracing();
         tracing::info!(threads, "inference threads");
-        let shutdown = rbee_bus::process::shutdown_on_signals();
-        match rbee_worker::run(config, shutdown).await {
-            Ok(()) => std::process::ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error[{}]: {e}", e.code());
-                std::process::ExitCode::from(1)
-            }
-        }
+        let result = rbee_worker::run(config, rbee_runtime::shutdown_on_signals()).await;
+        rbee_runtime::exit_code(result, rbee_worker::WorkerError::code)
     })
 }

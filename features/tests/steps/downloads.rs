@@ -396,7 +396,7 @@ fn recorded_in_chunks(w: &mut RbeeWorld) {
     let finished = download_events(w, "download.finished");
     assert_eq!(finished.len(), 1);
     assert_eq!(finished[0]["data"]["size_bytes"], size);
-    assert_eq!(finished[0]["data"]["sha256"], rbee_ops::local::model::DEFAULT_SHA256);
+    assert_eq!(finished[0]["data"]["sha256"], rbee_local::model::DEFAULT_SHA256);
 }
 
 #[then("the model is catalogued on the node with the hub's checksum, and its file has that checksum")]
@@ -405,10 +405,10 @@ async fn catalogued_and_verified(w: &mut RbeeWorld) {
         background_pulls(w).await;
     }
     let entry = catalog_entry(w).expect("the model is in the catalog");
-    assert_eq!(entry["sha256"], rbee_ops::local::model::DEFAULT_SHA256);
+    assert_eq!(entry["sha256"], rbee_local::model::DEFAULT_SHA256);
     let path = PathBuf::from(entry["path"].as_str().expect("path"));
     assert!(path.starts_with(models_dir(w)), "{} is not in the node's model store", path.display());
-    assert_eq!(sha256_of(&path), rbee_ops::local::model::DEFAULT_SHA256);
+    assert_eq!(sha256_of(&path), rbee_local::model::DEFAULT_SHA256);
 }
 
 #[then("the model is not catalogued and no file of it is left on the node")]

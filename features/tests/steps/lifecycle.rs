@@ -13,7 +13,7 @@ use super::downloads::own_hive;
 use super::{DEADLINE, RbeeWorld};
 
 fn alive(pid: i32) -> bool {
-    rbee_bus::process::alive(pid as u32)
+    rbee_runtime::alive(pid as u32)
 }
 
 fn text(out: &std::process::Output) -> String {

@@ -12,7 +12,7 @@ use super::{DEADLINE, MODEL, RbeeWorld};
 /// Starts `rbee-queen` on a free port against the scenario's cluster (and its event store when
 /// `with_store`); returns its URL.
 pub async fn start_queen(w: &mut RbeeWorld, with_store: bool) -> String {
-    let port = rbee_ops::local::process::free_port().unwrap();
+    let port = rbee_local::process::free_port().unwrap();
     let mut args =
         vec!["--nats-url".to_string(), w.cluster().nats_url.clone(), "--bind".into(), format!("127.0.0.1:{port}")];
     if with_store {

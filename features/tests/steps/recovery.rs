@@ -261,7 +261,7 @@ async fn kill_purge(w: &mut RbeeWorld) {
     // SAFETY: the queen this scenario's own `rbee up` started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
     eventually("the queen is gone", DEADLINE, || async {
-        if rbee_ops::local::process::is_ours(pid as u32, "rbee-queen") { Err(pid) } else { Ok(()) }
+        if rbee_local::process::is_ours(pid as u32, "rbee-queen") { Err(pid) } else { Ok(()) }
     })
     .await;
     let pool = store(w).await;

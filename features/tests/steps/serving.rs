@@ -40,7 +40,7 @@ fn model_provisioned(w: &mut RbeeWorld) {
     assert!(path.starts_with(&c.data_dir.display().to_string()), "stored in the node's data dir: {path}");
     let size = std::fs::metadata(path).expect("the stored model exists").len();
     assert_eq!(data["size_bytes"], size);
-    assert_eq!(data["sha256"], rbee_ops::local::model::DEFAULT_SHA256);
+    assert_eq!(data["sha256"], rbee_local::model::DEFAULT_SHA256);
 }
 
 #[then("the log shows a worker registered and then ready")]

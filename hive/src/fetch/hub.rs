@@ -46,7 +46,7 @@ pub fn clients() -> Result<Clients, Failure> {
 }
 
 fn client_builder() -> reqwest::ClientBuilder {
-    rbee_bus::process::use_ring_for_tls();
+    rbee_runtime::use_ring_for_tls();
     reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(15))
         .user_agent(concat!("rbee-hive/", env!("CARGO_PKG_VERSION")))

@@ -265,7 +265,7 @@ impl Downloader {
         if d.owner == self.owner {
             return true;
         }
-        d.pid != std::process::id() && rbee_bus::process::runs(d.pid, "rbee-hive")
+        d.pid != std::process::id() && rbee_runtime::runs(d.pid, "rbee-hive")
     }
 
     /// Waits for another holder's outcome: `Some` when the model got registered or the download

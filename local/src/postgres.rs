@@ -7,14 +7,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::error::{CliError, CliResult};
-use crate::local::process::{self, run_checked};
+use crate::process::{self, run_checked};
+use crate::{LocalError, LocalResult};
 
 pub const USER: &str = "rbee";
 pub const DATABASE: &str = "rbee";
 
 /// Where the Postgres binaries are: `pg_ctl` on PATH, else the newest /usr/lib/postgresql/*/bin.
-pub fn find_bin_dir() -> CliResult<PathBuf> {
+pub fn find_bin_dir() -> LocalResult<PathBuf> {
     if let Some(pg_ctl) = process::on_path("pg_ctl") {
         let resolved = std::fs::canonicalize(&pg_ctl).unwrap_or(pg_ctl);
         if let Some(dir) = resolved.parent().filter(|d| d.join("initdb").is_file()) {
@@ -26,7 +26,7 @@ pub fn find_bin_dir() -> CliResult<PathBuf> {
         .unwrap_or_default();
     dirs.sort();
     dirs.pop().ok_or_else(|| {
-        CliError::new(
+        LocalError::new(
             Code::PostgresNotFound,
             "no Postgres binaries found (pg_ctl, initdb); install them, e.g. apt-get install postgresql",
         )
@@ -51,7 +51,7 @@ fn as_owner(program: &Path) -> Command {
 
 /// Chooses the cluster's root directory: `preferred` when the owner can use it; as root, a
 /// directory under /tmp when `preferred` sits below directories the `postgres` user cannot enter.
-pub fn prepare_root(preferred: &Path) -> CliResult<PathBuf> {
+pub fn prepare_root(preferred: &Path) -> LocalResult<PathBuf> {
     std::fs::create_dir_all(preferred).map_err(|e| process::io_error("create", preferred, e))?;
     if !is_root() {
         return Ok(preferred.to_path_buf());
@@ -76,20 +76,20 @@ pub fn prepare_root(preferred: &Path) -> CliResult<PathBuf> {
     if usable(&fallback) {
         Ok(fallback)
     } else {
-        Err(CliError::new(
+        Err(LocalError::new(
             Code::PostgresStartFailed,
             format!("the postgres user cannot write to {} or {}", preferred.display(), fallback.display()),
         ))
     }
 }
 
-fn chown_postgres(dir: &Path) -> CliResult<()> {
+fn chown_postgres(dir: &Path) -> LocalResult<()> {
     run_checked(Command::new("chown").arg("-R").arg("postgres:postgres").arg(dir), "chown postgres").map(|_| ())
 }
 
 /// Creates the cluster if missing, starts it on `port`, creates the `rbee` database.
 /// Returns (postmaster pid, database URL).
-pub async fn start(bin: &Path, root: &Path, port: u16) -> CliResult<(u32, String)> {
+pub async fn start(bin: &Path, root: &Path, port: u16) -> LocalResult<(u32, String)> {
     let data = root.join("data");
     let log = root.join("postgres.log");
     if !data.join("PG_VERSION").is_file() {
@@ -106,7 +106,7 @@ pub async fn start(bin: &Path, root: &Path, port: u16) -> CliResult<(u32, String
             ]),
             "initdb",
         )
-        .map_err(|e| CliError::new(Code::PostgresStartFailed, e.message))?;
+        .map_err(|e| LocalError::new(Code::PostgresStartFailed, e.message))?;
     }
     let options = format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''");
     run_checked(
@@ -118,17 +118,18 @@ pub async fn start(bin: &Path, root: &Path, port: u16) -> CliResult<(u32, String
             .args(["-w", "-t", "60", "-o", &options, "start"]),
         "pg_ctl start",
     )
-    .map_err(|e| CliError::new(Code::PostgresStartFailed, format!("{}; see {}", e.message, log.display())))?;
-    let pid = postmaster_pid(root)
-        .ok_or_else(|| CliError::new(Code::PostgresStartFailed, format!("no postmaster.pid in {}", data.display())))?;
+    .map_err(|e| LocalError::new(Code::PostgresStartFailed, format!("{}; see {}", e.message, log.display())))?;
+    let pid = postmaster_pid(root).ok_or_else(|| {
+        LocalError::new(Code::PostgresStartFailed, format!("no postmaster.pid in {}", data.display()))
+    })?;
     let admin = format!("postgres://{USER}@127.0.0.1:{port}/postgres");
     create_database(&admin).await?;
     Ok((pid, format!("postgres://{USER}@127.0.0.1:{port}/{DATABASE}")))
 }
 
-async fn create_database(admin_url: &str) -> CliResult<()> {
+async fn create_database(admin_url: &str) -> LocalResult<()> {
     let fail =
-        |e: sqlx::Error| CliError::new(Code::PostgresStartFailed, format!("cannot create database {DATABASE}: {e}"));
+        |e: sqlx::Error| LocalError::new(Code::PostgresStartFailed, format!("cannot create database {DATABASE}: {e}"));
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
@@ -152,7 +153,7 @@ pub fn postmaster_pid(root: &Path) -> Option<u32> {
 }
 
 /// Stops the cluster (fast shutdown: open sessions are ended, data is safe).
-pub fn stop(bin: &Path, root: &Path) -> CliResult<()> {
+pub fn stop(bin: &Path, root: &Path) -> LocalResult<()> {
     run_checked(
         as_owner(&bin.join("pg_ctl")).arg("-D").arg(root.join("data")).args(["-m", "fast", "-w", "stop"]),
         "pg_ctl stop",

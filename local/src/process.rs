@@ -6,10 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::error::{CliError, CliResult};
+use crate::{LocalError, LocalResult};
 
 /// Starts `program` detached (own session, no stdin), appending its output to `log`.
-pub fn spawn_detached(program: &Path, args: &[String], log: &Path, envs: &[(&str, String)]) -> CliResult<u32> {
+pub fn spawn_detached(program: &Path, args: &[String], log: &Path, envs: &[(&str, String)]) -> LocalResult<u32> {
     use std::os::unix::process::CommandExt;
     if let Some(dir) = log.parent() {
         std::fs::create_dir_all(dir).map_err(|e| io_error("create log dir", dir, e))?;
@@ -32,13 +32,13 @@ pub fn spawn_detached(program: &Path, args: &[String], log: &Path, envs: &[(&str
     }
     let child = cmd
         .spawn()
-        .map_err(|e| CliError::new(Code::SpawnFailed, format!("cannot start {}: {e}", program.display())))?;
+        .map_err(|e| LocalError::new(Code::SpawnFailed, format!("cannot start {}: {e}", program.display())))?;
     Ok(child.id())
 }
 
 /// Whether `pid` is alive and its command line mentions `expected` (guards against PID reuse).
 pub fn is_ours(pid: u32, expected: &str) -> bool {
-    rbee_bus::process::runs(pid, expected)
+    rbee_runtime::runs(pid, expected)
 }
 
 /// SIGTERM, then SIGKILL after `grace`. Returns once the process is gone. Only for PIDs we started.
@@ -67,16 +67,16 @@ fn signal(pid: u32, sig: i32) {
 }
 
 /// A free TCP port on loopback.
-pub fn free_port() -> CliResult<u16> {
+pub fn free_port() -> LocalResult<u16> {
     Ok(free_ports(1)?[0])
 }
 
 /// `n` distinct free TCP ports on loopback. All listeners are held until every port is chosen, so
 /// the kernel cannot hand the same port out twice (one at a time, it may).
-pub fn free_ports(n: usize) -> CliResult<Vec<u16>> {
-    let fail = |e: std::io::Error| CliError::new(Code::NoFreePort, format!("cannot find a free port: {e}"));
+pub fn free_ports(n: usize) -> LocalResult<Vec<u16>> {
+    let fail = |e: std::io::Error| LocalError::new(Code::NoFreePort, format!("cannot find a free port: {e}"));
     let listeners =
-        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)).collect::<CliResult<Vec<_>>>()?;
+        (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").map_err(fail)).collect::<LocalResult<Vec<_>>>()?;
     listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(fail)).collect()
 }
 
@@ -92,17 +92,17 @@ pub fn on_path(name: &str) -> Option<PathBuf> {
         .unwrap_or(None)
 }
 
-pub fn io_error(what: &str, path: &Path, e: std::io::Error) -> CliError {
-    CliError::new(Code::IoError, format!("cannot {what} {}: {e}", path.display()))
+pub fn io_error(what: &str, path: &Path, e: std::io::Error) -> LocalError {
+    LocalError::new(Code::IoError, format!("cannot {what} {}: {e}", path.display()))
 }
 
 /// Runs a command to completion; its output becomes part of the error if it fails.
-pub fn run_checked(cmd: &mut Command, what: &str) -> CliResult<String> {
-    let out = cmd.output().map_err(|e| CliError::new(Code::CommandFailed, format!("cannot run {what}: {e}")))?;
+pub fn run_checked(cmd: &mut Command, what: &str) -> LocalResult<String> {
+    let out = cmd.output().map_err(|e| LocalError::new(Code::CommandFailed, format!("cannot run {what}: {e}")))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = stderr.lines().rev().take(5).collect();
-        return Err(CliError::new(
+        return Err(LocalError::new(
             Code::CommandFailed,
             format!("{what} failed ({}): {}", out.status, tail.into_iter().rev().collect::<Vec<_>>().join(" | ")),
         ));

