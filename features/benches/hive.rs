@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use rbee_features::cluster::{Cluster, unique_node};
 use rbee_features::hub::Hub;
+use rbee_features::signal::{self, Signal};
 
 const RUNS: usize = 5;
 const REPO: &str = "bench/SmolLM2-GGUF";
@@ -74,8 +75,7 @@ fn pulls(cluster: &Cluster, hub: &Hub, chunk: u64) -> Vec<(f64, f64)> {
             (took, transfer_secs(cluster, &node, &name))
         })
         .collect();
-    // SAFETY: the hive this benchmark started.
-    unsafe { libc::kill(hive.0.id() as i32, libc::SIGTERM) };
+    signal::send(hive.0.id(), Signal::Terminate);
     let _ = hive.0.wait();
     let _ = std::fs::remove_dir_all(&dir);
     times
@@ -176,8 +176,7 @@ fn main() {
         ready.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>()
     );
     let t0 = Instant::now();
-    // SAFETY: the hive this benchmark started; it stops its 5 workers.
-    unsafe { libc::kill(hive.0.id() as i32, libc::SIGTERM) };
+    signal::send(hive.0.id(), Signal::Terminate);
     let status = hive.0.wait().unwrap();
     println!("hive SIGTERM -> exit with 5 idle workers stopped: {:.3} s ({status})", t0.elapsed().as_secs_f64());
 }

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod hub;
 pub mod infra;
 pub mod poll;
+pub mod signal;
 
 use std::path::PathBuf;
 

@@ -12,6 +12,7 @@ use rbee_bus::read::raw_to_end;
 use rbee_bus::{Event, EventLog, Expected, Meta, RequestCancelled, subjects};
 use rbee_features::infra::{Nats, Postgres};
 use rbee_features::poll::eventually;
+use rbee_features::signal::{self, Signal};
 
 fn queen(nats: &Nats, pg: &Postgres) -> KillOnDrop {
     queen_on(nats, pg, rbee_local::process::free_port().unwrap())
@@ -130,8 +131,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cluster.data_dir.join("cluster.json")).unwrap()).unwrap();
     let up_hive = file["hive_pid"].as_i64().unwrap() as i32;
-    // SAFETY: the hive this test's `rbee up` started; from now on the test runs its own.
-    unsafe { libc::kill(up_hive, libc::SIGKILL) };
+    signal::send(up_hive as u32, Signal::Kill);
     let hive = || {
         let child = Command::new(rbee_features::bin("rbee-hive"))
             .args(["--nats-url", &cluster.nats_url, "--node", &cluster.node])
@@ -204,8 +204,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     // are stopped by the pids the log recorded (processes those hives spawned for this test).
     drop(current);
     for (_, pid) in states.into_iter().flatten() {
-        // SAFETY: worker processes spawned by this test's hives.
-        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        signal::send(pid, Signal::Terminate);
     }
 }
 

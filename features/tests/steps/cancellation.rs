@@ -6,6 +6,7 @@ use std::process::Stdio;
 use cucumber::{given, then, when};
 use futures::StreamExt;
 use rbee_features::poll::eventually;
+use rbee_features::signal::{self, Signal};
 
 use super::{DEADLINE, RbeeWorld};
 
@@ -81,8 +82,7 @@ async fn infer_then_ctrl_c(w: &mut RbeeWorld, prompt: String) {
     });
     let (n, _stdout) = tokio::time::timeout(DEADLINE, first).await.expect("text appears in time").unwrap();
     assert!(n > 0, "rbee infer printed text");
-    // SAFETY: the pid of the child this step started, not yet reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    signal::send(child.id(), Signal::Interrupt);
     let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().expect("rbee infer exits");
     w.output = Some(std::process::Output { status, stdout: Vec::new(), stderr: Vec::new() });
     let accepted = w.cluster().events_of("request.accepted");

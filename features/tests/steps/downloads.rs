@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use cucumber::{given, then, when};
 use rbee_features::hub::Fault;
 use rbee_features::poll::eventually;
+use rbee_features::signal::{self, Signal};
 use serde_json::Value;
 
 use super::RbeeWorld;
@@ -56,13 +57,11 @@ pub struct Dl {
 impl Drop for Dl {
     fn drop(&mut self) {
         if let Some(mut load) = self.disk_load.take() {
-            // SAFETY: the process group of a shell loop this scenario started (setsid).
-            unsafe { libc::kill(-(load.id() as i32), libc::SIGKILL) };
+            signal::send_to_group(load.id(), Signal::Kill);
             let _ = load.wait();
         }
         if let Some(mut hive) = self.hive.take() {
-            // SAFETY: a hive this scenario started; it stops its own workers on SIGTERM.
-            unsafe { libc::kill(hive.id() as i32, libc::SIGTERM) };
+            signal::send(hive.id(), Signal::Terminate);
             let _ = hive.wait();
         }
         if let Some(mount) = &self.mount {

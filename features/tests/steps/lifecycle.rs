@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use cucumber::{given, then, when};
 use rbee_features::poll::eventually;
+use rbee_features::signal::{self, Signal};
 use serde_json::Value;
 
 use super::downloads::own_hive;
@@ -76,8 +77,7 @@ fn worker_events(w: &RbeeWorld, kind: &str) -> Vec<Value> {
 async fn stop_hive(w: &mut RbeeWorld) {
     let mut hive = w.dl.hive.take().expect("the scenario's hive");
     let started = Instant::now();
-    // SAFETY: the hive this scenario started.
-    unsafe { libc::kill(hive.id() as i32, libc::SIGTERM) };
+    signal::send(hive.id(), Signal::Terminate);
     let status = tokio::task::spawn_blocking(move || hive.wait().expect("reap the hive")).await.unwrap();
     w.dl.hive_exit = Some((status, started.elapsed()));
 }
@@ -234,8 +234,7 @@ async fn all_gone(what: &str, pids: &[i32]) {
 fn kill_worker(w: &mut RbeeWorld) {
     let pid = worker_pid(w);
     w.dl.pid_before = pid;
-    // SAFETY: the worker this scenario's hive started for it.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    signal::send(pid as u32, Signal::Kill);
 }
 
 #[then(regex = r"^the log records its exit with (signal|code) (\d+)$")]
@@ -268,8 +267,7 @@ async fn restarted(w: &mut RbeeWorld) {
 #[when("the worker process is paused and the hive is stopped")]
 async fn pause_and_stop(w: &mut RbeeWorld) {
     let pid = worker_pid(w);
-    // SAFETY: the worker this scenario's hive started for it (resumed and stopped at the end).
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    signal::send(pid as u32, Signal::Stop);
     stop_hive(w).await;
 }
 

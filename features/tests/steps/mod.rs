@@ -14,6 +14,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use rbee_features::cluster::Cluster;
+use rbee_features::signal::{self, Signal};
 use serde_json::{Value, json};
 
 pub const MODEL: &str = "SmolLM2-135M-Instruct";
@@ -197,17 +198,14 @@ impl RbeeWorld {
 
 impl Drop for RbeeWorld {
     fn drop(&mut self) {
+        // Workers this scenario's cluster started for it (some paused by it).
         for pid in &self.stop_at_end {
-            // SAFETY: workers this scenario's cluster started for it (some paused by it).
-            unsafe {
-                libc::kill(*pid, libc::SIGCONT);
-                libc::kill(*pid, libc::SIGTERM);
-            }
+            signal::send(*pid as u32, Signal::Continue);
+            signal::send(*pid as u32, Signal::Terminate);
         }
         for child in &mut self.children {
             if child.try_wait().ok().flatten().is_none() {
-                // SAFETY: a process this scenario started and that has not been reaped.
-                unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                signal::send(child.id(), Signal::Terminate);
                 let _ = child.wait();
             }
         }

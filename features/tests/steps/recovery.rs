@@ -4,6 +4,7 @@ use cucumber::{given, then, when};
 use rbee_bus::Code;
 use rbee_features::infra::Nats;
 use rbee_features::poll::eventually;
+use rbee_features::signal::{self, Signal};
 use serde_json::Value;
 
 use super::{DEADLINE, RbeeWorld};
@@ -258,8 +259,7 @@ async fn kill_purge(w: &mut RbeeWorld) {
     let file: Value =
         serde_json::from_str(&std::fs::read_to_string(w.cluster().data_dir.join("cluster.json")).unwrap()).unwrap();
     let pid = file["queen_pid"].as_i64().unwrap() as i32;
-    // SAFETY: the queen this scenario's own `rbee up` started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    signal::send(pid as u32, Signal::Kill);
     eventually("the queen is gone", DEADLINE, || async {
         if rbee_local::process::is_ours(pid as u32, "rbee-queen") { Err(pid) } else { Ok(()) }
     })

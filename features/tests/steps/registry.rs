@@ -5,6 +5,7 @@ use std::process::{Command, Stdio};
 use cucumber::{given, then, when};
 use rbee_bus::Code;
 use rbee_features::poll::eventually;
+use rbee_features::signal::{self, Signal};
 use serde_json::Value;
 
 use super::{DEADLINE, MODEL, RbeeWorld};
@@ -122,8 +123,7 @@ fn filtered_out(w: &mut RbeeWorld) {
 fn stop_worker(w: &mut RbeeWorld) {
     let found = listed(w, &[]);
     let pid = found[0]["pid"].as_u64().expect("pid") as i32;
-    // SAFETY: the pid of a worker this scenario had its cluster's hive start.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
+    signal::send(pid as u32, Signal::Terminate);
 }
 
 #[then("rbee workers no longer lists it")]
@@ -151,8 +151,7 @@ async fn exit_recorded(w: &mut RbeeWorld) {
 fn pause_worker(w: &mut RbeeWorld) {
     let found = listed(w, &[]);
     let pid = found[0]["pid"].as_u64().expect("pid") as i32;
-    // SAFETY: the pid of a worker this scenario had its cluster's hive start; resumed in the world's drop.
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    signal::send(pid as u32, Signal::Stop);
     w.stop_at_end.push(pid);
 }
 
@@ -233,8 +232,7 @@ async fn worker_one_slot(w: &mut RbeeWorld) {
 #[when("that worker stops and a worker registers again under the same id with 2 slots")]
 async fn reregister(w: &mut RbeeWorld) {
     let mut first = w.children.pop().unwrap();
-    // SAFETY: the worker process this scenario started.
-    unsafe { libc::kill(first.id() as i32, libc::SIGTERM) };
+    signal::send(first.id(), Signal::Terminate);
     assert!(first.wait().unwrap().success(), "the first worker stops cleanly");
     spawn_worker(w, 2, Stdio::null());
 }
@@ -308,8 +306,7 @@ async fn removed_after_grace(w: &mut RbeeWorld) {
 #[when("the paused worker process resumes")]
 fn resume(w: &mut RbeeWorld) {
     for pid in &w.stop_at_end {
-        // SAFETY: the worker this scenario paused.
-        unsafe { libc::kill(*pid, libc::SIGCONT) };
+        signal::send(*pid as u32, Signal::Continue);
     }
 }
 
