@@ -42,6 +42,11 @@ pub fn default_model_file() -> PathBuf {
     cache_dir().join(rbee_local::model::FILE_NAME)
 }
 
+/// The default model's size in bytes.
+pub fn default_model_size() -> u64 {
+    std::fs::metadata(default_model_file()).expect("the default model is in the cache").len()
+}
+
 /// A fresh private directory under the system temp dir.
 pub fn scratch_dir(prefix: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("rbee-{prefix}-{}", uuid::Uuid::now_v7().simple()));

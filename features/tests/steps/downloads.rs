@@ -26,7 +26,7 @@ pub struct Dl {
     /// The hub file pulled: (repo, file).
     pub(super) file: (String, String),
     /// The hub's request count when the scenario began.
-    mark: usize,
+    pub(super) mark: usize,
     /// A hive the scenario runs itself, its data directory and environment.
     pub(super) hive: Option<std::process::Child>,
     pub(super) hive_dir: PathBuf,
@@ -46,9 +46,9 @@ pub struct Dl {
     /// A worker binary the scenario made.
     pub(super) worker_bin: PathBuf,
     /// A filesystem mounted for the scenario (unmounted at the end).
-    mount: Option<PathBuf>,
+    pub(super) mount: Option<PathBuf>,
     pull: Option<Output>,
-    pull_took: Duration,
+    pub(super) pull_took: Duration,
     pub(super) background: Vec<tokio::task::JoinHandle<(Output, Duration)>>,
     /// The last chunk offset the log recorded before the hive was killed.
     offset_at_kill: u64,
@@ -77,10 +77,6 @@ impl Drop for Dl {
     }
 }
 
-pub(super) fn model_size() -> u64 {
-    std::fs::metadata(rbee_features::default_model_file()).expect("the default model is in the cache").len()
-}
-
 fn reference(dl: &Dl) -> String {
     format!("hf:{}:{}", dl.file.0, dl.file.1)
 }
@@ -106,17 +102,6 @@ fn pull_in_background(w: &mut RbeeWorld) {
     let started = Instant::now();
     w.dl.background
         .push(tokio::task::spawn_blocking(move || (child.wait_with_output().expect("pull output"), started.elapsed())));
-}
-
-pub(super) async fn background_pulls(w: &mut RbeeWorld) -> Vec<Output> {
-    let mut outs = Vec::new();
-    for handle in std::mem::take(&mut w.dl.background) {
-        let (out, took) =
-            tokio::time::timeout(Duration::from_secs(120), handle).await.expect("the pull ends").expect("pull task");
-        w.dl.pull_took = took;
-        outs.push(out);
-    }
-    outs
 }
 
 fn text(out: &Output) -> String {
@@ -147,11 +132,6 @@ fn sha256_of(path: &Path) -> String {
     hex::encode(hasher.finalize())
 }
 
-pub(super) fn hub_gets(w: &RbeeWorld) -> Vec<rbee_features::hub::Seen> {
-    let needle = format!("{}/{}", w.dl.file.0, w.dl.file.1);
-    hub().seen("")[w.dl.mark..].iter().filter(|s| s.method == "GET" && s.path == needle).cloned().collect()
-}
-
 /// The models directory of the hive that serves the scenario's node.
 fn models_dir(w: &RbeeWorld) -> PathBuf {
     if w.dl.hive_dir.as_os_str().is_empty() {
@@ -162,7 +142,7 @@ fn models_dir(w: &RbeeWorld) -> PathBuf {
 }
 
 pub(super) async fn wait_for_progress(w: &RbeeWorld, percent: u64) -> u64 {
-    let want = model_size() * percent / 100;
+    let want = rbee_features::default_model_size() * percent / 100;
     eventually(&format!("the download passes {percent}%"), Duration::from_secs(60), || async {
         let last = progressed_offsets(w).into_iter().max().unwrap_or(0);
         if last >= want { Ok(last) } else { Err(last) }
@@ -211,7 +191,7 @@ fn hub_stalls(_w: &mut RbeeWorld, percent: u64, how_often: String) {
     hub().set_fault(
         HUB_REPO,
         HUB_FILE,
-        Fault::StallAt { offset: model_size() * percent / 100, times: times(&how_often) },
+        Fault::StallAt { offset: rbee_features::default_model_size() * percent / 100, times: times(&how_often) },
     );
 }
 
@@ -220,7 +200,7 @@ fn hub_cuts(_w: &mut RbeeWorld, percent: u64, how_often: String) {
     hub().set_fault(
         HUB_REPO,
         HUB_FILE,
-        Fault::CutAt { offset: model_size() * percent / 100, times: times(&how_often) },
+        Fault::CutAt { offset: rbee_features::default_model_size() * percent / 100, times: times(&how_often) },
     );
 }
 
@@ -238,29 +218,9 @@ async fn second_hive_same_node(w: &mut RbeeWorld) {
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
 
-pub(super) async fn own_hive(w: &mut RbeeWorld, env: Vec<(String, String)>, models_fs_mb: Option<u64>) {
-    w.dl.node = rbee_features::cluster::unique_node();
-    w.dl.hive_dir = rbee_features::scratch_dir("hive");
-    w.dl.hive_env = env;
-    if let Some(mb) = models_fs_mb {
-        let models = w.dl.hive_dir.join("models");
-        std::fs::create_dir_all(&models).unwrap();
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
-            .arg(&models)
-            .status()
-            .expect("run mount");
-        assert!(status.success(), "a small filesystem for the disk-full scenario needs mount (root): {status}");
-        w.dl.mount = Some(models);
-    }
-    w.dl.hive = Some(w.cluster().spawn_hive(&w.dl.node, &w.dl.hive_dir, &w.dl.hive_env));
-    let node = w.dl.node.clone();
-    w.one_event("node.registered", "node", &node).await;
-}
-
 #[given("a hive of its own on a new node")]
 async fn own_hive_plain(w: &mut RbeeWorld) {
-    own_hive(w, owned(download_env()), None).await;
+    w.own_hive(owned(download_env()), None).await;
 }
 
 fn owned(env: Vec<(&'static str, String)>) -> Vec<(String, String)> {
@@ -271,12 +231,12 @@ fn owned(env: Vec<(&'static str, String)>) -> Vec<(String, String)> {
 async fn own_hive_limited(w: &mut RbeeWorld, limit: u64) {
     let mut env = owned(download_env());
     env.push(("RBEE_DOWNLOAD_LIMIT_BYTES_PER_SEC".into(), limit.to_string()));
-    own_hive(w, env, None).await;
+    w.own_hive(env, None).await;
 }
 
 #[given(expr = "a hive of its own on a new node, its models on a {int} MB filesystem")]
 async fn own_hive_small_disk(w: &mut RbeeWorld, mb: u64) {
-    own_hive(w, owned(download_env()), Some(mb)).await;
+    w.own_hive(owned(download_env()), Some(mb)).await;
 }
 
 #[when("I pull the default model from the hub")]
@@ -354,7 +314,7 @@ fn pull_succeeded_with_progress(w: &mut RbeeWorld) {
 #[then(expr = "the pull fails with exit code {int} and {string}")]
 async fn pull_failed(w: &mut RbeeWorld, code: i32, error: String) {
     if w.dl.pull.is_none() {
-        w.dl.pull = background_pulls(w).await.pop();
+        w.dl.pull = w.background_pulls().await.pop();
     }
     let out = w.dl.pull.as_ref().expect("a pull ran");
     assert_eq!(out.status.code(), Some(code), "{}", text(out));
@@ -369,7 +329,7 @@ fn pull_error_mentions(w: &mut RbeeWorld, needle: String) {
 
 #[then("both pulls succeed")]
 async fn both_pulls_succeed(w: &mut RbeeWorld) {
-    let outs = background_pulls(w).await;
+    let outs = w.background_pulls().await;
     assert_eq!(outs.len(), 2);
     for out in &outs {
         assert!(out.status.success(), "a pull failed: {}", text(out));
@@ -379,16 +339,16 @@ async fn both_pulls_succeed(w: &mut RbeeWorld) {
 /// The CLI prints `Resuming from P% (...)`, P the share of the file recorded before the kill.
 #[then("the pull succeeds and printed the percentage the download resumed from")]
 async fn printed_resume_point(w: &mut RbeeWorld) {
-    let out = background_pulls(w).await.pop().expect("a background pull");
+    let out = w.background_pulls().await.pop().expect("a background pull");
     assert!(out.status.success(), "the pull failed: {}", text(&out));
-    let percent = w.dl.offset_at_kill * 100 / model_size();
+    let percent = w.dl.offset_at_kill * 100 / rbee_features::default_model_size();
     assert!(percent >= 60, "the kill came at {percent}%, before 60%");
     assert!(text(&out).contains(&format!("Resuming from {percent}% (")), "not resumed from {percent}%: {}", text(&out));
 }
 
 #[then("the download was recorded in chunks of 4 MiB up to the file's size")]
 fn recorded_in_chunks(w: &mut RbeeWorld) {
-    let size = model_size();
+    let size = rbee_features::default_model_size();
     let offsets = progressed_offsets(w);
     let expected: Vec<u64> = (1..=size / CHUNK).map(|i| i * CHUNK).collect();
     assert_eq!(offsets, expected, "one download.progressed per 4 MiB chunk, in order");
@@ -401,7 +361,7 @@ fn recorded_in_chunks(w: &mut RbeeWorld) {
 #[then("the model is catalogued on the node with the hub's checksum, and its file has that checksum")]
 async fn catalogued_and_verified(w: &mut RbeeWorld) {
     if !w.dl.background.is_empty() {
-        background_pulls(w).await;
+        w.background_pulls().await;
     }
     let entry = catalog_entry(w).expect("the model is in the catalog");
     assert_eq!(entry["sha256"], rbee_local::model::DEFAULT_SHA256);
@@ -433,9 +393,9 @@ fn retried(w: &mut RbeeWorld, n: usize, code: String) {
 
 #[then("the hub got one Range request, from no earlier than the last recorded chunk and no later than the reset")]
 fn ranged_after_reset(w: &mut RbeeWorld) {
-    let cut = model_size() * 40 / 100;
+    let cut = rbee_features::default_model_size() * 40 / 100;
     let last_chunk = cut / CHUNK * CHUNK;
-    let ranges: Vec<Option<String>> = hub_gets(w).into_iter().map(|s| s.range).collect();
+    let ranges: Vec<Option<String>> = w.hub_gets().into_iter().map(|s| s.range).collect();
     assert_eq!(ranges.len(), 2, "a full GET, then one ranged: {ranges:?}");
     let from: u64 = ranges[1]
         .as_deref()
@@ -453,7 +413,7 @@ fn resumed_after_kill(w: &mut RbeeWorld) {
     let at_kill = w.dl.offset_at_kill;
     assert!(at_kill > 0);
     assert_eq!(starts[1]["data"]["resume_from"], at_kill);
-    let ranges: Vec<Option<String>> = hub_gets(w).into_iter().map(|s| s.range).collect();
+    let ranges: Vec<Option<String>> = w.hub_gets().into_iter().map(|s| s.range).collect();
     assert_eq!(ranges.last().cloned().flatten(), Some(format!("bytes={at_kill}-")), "{ranges:?}");
 }
 
@@ -461,7 +421,7 @@ fn resumed_after_kill(w: &mut RbeeWorld) {
 #[then("the hub served the file only once, and the log holds one download.started for the model")]
 fn downloaded_once(w: &mut RbeeWorld) {
     assert_eq!(download_events(w, "download.started").len(), 1);
-    assert_eq!(hub_gets(w).len(), 1, "{:?}", hub_gets(w));
+    assert_eq!(w.hub_gets().len(), 1, "{:?}", w.hub_gets());
 }
 
 #[then("the download took at least as long as the limit allows, and every chunk reported a rate under it")]
@@ -474,7 +434,7 @@ fn under_the_limit(w: &mut RbeeWorld) {
             .1
             .parse()
             .unwrap();
-    let floor = Duration::from_secs_f64(model_size() as f64 / limit as f64);
+    let floor = Duration::from_secs_f64(rbee_features::default_model_size() as f64 / limit as f64);
     assert!(w.dl.pull_took >= floor, "took {:?}, the limit allows no less than {floor:?}", w.dl.pull_took);
     for e in download_events(w, "download.progressed") {
         let rate = e["data"]["bytes_per_sec"].as_u64().unwrap();
@@ -484,7 +444,7 @@ fn under_the_limit(w: &mut RbeeWorld) {
 
 #[then(expr = "the hub's next request came at least {int} seconds after the 429")]
 fn waited_retry_after(w: &mut RbeeWorld, secs: u64) {
-    let gets = hub_gets(w);
+    let gets = w.hub_gets();
     let i = gets.iter().position(|s| s.status == 429).expect("a 429 answer");
     let next = gets.get(i + 1).expect("a request after the 429");
     let gap = next.at - gets[i].at;
@@ -550,7 +510,7 @@ fn remove_model(w: &mut RbeeWorld) {
 fn removed_and_freed(w: &mut RbeeWorld) {
     let out = w.output.as_ref().unwrap();
     assert!(out.status.success(), "{}", text(out));
-    let freed = format!("freed {:.1} MB", model_size() as f64 / 1_048_576.0);
+    let freed = format!("freed {:.1} MB", rbee_features::default_model_size() as f64 / 1_048_576.0);
     assert!(String::from_utf8_lossy(&out.stdout).contains(&freed), "{}", text(out));
 }
 

@@ -10,7 +10,6 @@ use rbee_features::poll::eventually;
 use rbee_features::signal::{self, Signal};
 use serde_json::Value;
 
-use super::downloads::own_hive;
 use super::{DEADLINE, RbeeWorld};
 
 fn alive(pid: i32) -> bool {
@@ -86,7 +85,7 @@ async fn stop_hive(w: &mut RbeeWorld) {
 async fn own_hive_with(w: &mut RbeeWorld, key: String, value: String) {
     let mut env: Vec<(String, String)> = crate::download_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     env.push((key, value));
-    own_hive(w, env, None).await;
+    w.own_hive(env, None).await;
 }
 
 #[given("a copy of the worker binary in a directory of its own")]
@@ -105,7 +104,7 @@ fn copy_worker_binary(w: &mut RbeeWorld, step: &cucumber::gherkin::Step) {
 #[given("a hive of its own on a new node, whose cpu worker binary is that copy")]
 async fn own_hive_with_binary(w: &mut RbeeWorld) {
     let bin = w.dl.worker_bin.display().to_string();
-    own_hive(w, vec![("RBEE_WORKER_BIN".into(), bin)], None).await;
+    w.own_hive(vec![("RBEE_WORKER_BIN".into(), bin)], None).await;
 }
 
 #[given("a worker is started on that node")]
@@ -431,13 +430,13 @@ fn mem_available() -> u64 {
 
 #[given(expr = "a hive of its own on a new node whose RAM factor leaves {int} GiB of the RAM free now to spare")]
 async fn hive_with_tight_ram(w: &mut RbeeWorld, spare_gib: u64) {
-    let needed = rbee_bus::estimated_memory_bytes(super::downloads::model_size());
+    let needed = rbee_bus::estimated_memory_bytes(rbee_features::default_model_size());
     let percent = (mem_available() - (spare_gib << 30)) * 100 / needed;
     let mut env: Vec<(String, String)> = crate::download_env().into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     env.push(("RBEE_RAM_FACTOR_PERCENT".into(), percent.to_string()));
     // The hub's stall lasts while the test takes RAM: the hive must not reconnect around it meanwhile.
     env.push(("RBEE_DOWNLOAD_STALL_SECS".into(), "120".into()));
-    own_hive(w, env, None).await;
+    w.own_hive(env, None).await;
 }
 
 #[when("a worker for the default model is started on that node from the hub, in the background")]
@@ -458,7 +457,7 @@ fn start_from_hub_in_background(w: &mut RbeeWorld) {
 
 #[given(expr = "the hub stalls the default model at {int}% until released")]
 fn hub_stalls_until_released(w: &mut RbeeWorld, percent: u64) {
-    let offset = super::downloads::model_size() * percent / 100;
+    let offset = rbee_features::default_model_size() * percent / 100;
     w.dl.stall_at = offset;
     crate::hub().set_fault(&w.dl.file.0, &w.dl.file.1, rbee_features::hub::Fault::StallAt { offset, times: 1 });
 }
@@ -467,7 +466,7 @@ fn hub_stalls_until_released(w: &mut RbeeWorld, percent: u64) {
 async fn take_ram_while_stalled(w: &mut RbeeWorld, gib: usize) {
     let offset = w.dl.stall_at;
     eventually("the hub stalls the transfer", Duration::from_secs(60), || async {
-        let sent = super::downloads::hub_gets(w).iter().map(|s| s.sent()).max().unwrap_or(0);
+        let sent = w.hub_gets().iter().map(|s| s.sent()).max().unwrap_or(0);
         if sent >= offset { Ok(()) } else { Err(sent) }
     })
     .await;
@@ -482,7 +481,7 @@ async fn take_ram_while_stalled(w: &mut RbeeWorld, gib: usize) {
 
 #[then(expr = "the background start fails with exit code {int} and {string}")]
 async fn background_start_failed(w: &mut RbeeWorld, code: i32, error: String) {
-    w.output = super::downloads::background_pulls(w).await.pop();
+    w.output = w.background_pulls().await.pop();
     start_failed(w, code, error);
 }
 
@@ -585,7 +584,7 @@ async fn hive_with_gpus(w: &mut RbeeWorld, step: &cucumber::gherkin::Step) {
         ("RBEE_GPU_INVENTORY_FILE".to_string(), file.display().to_string()),
         ("RBEE_WORKER_BIN_CUDA".to_string(), rbee_features::bin("rbee-worker").display().to_string()),
     ];
-    own_hive(w, env, None).await;
+    w.own_hive(env, None).await;
 }
 
 #[then(expr = "the worker process is given GPU {int} only")]

@@ -10,10 +10,11 @@ mod recovery;
 mod registry;
 mod serving;
 
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rbee_features::cluster::Cluster;
+use rbee_features::poll::eventually;
 use rbee_features::signal::{self, Signal};
 use serde_json::{Value, json};
 
@@ -90,6 +91,85 @@ impl std::fmt::Debug for RbeeWorld {
 }
 
 impl RbeeWorld {
+    /// Waits for the pulls started in the background (2 min each at most); their outputs.
+    pub async fn background_pulls(&mut self) -> Vec<std::process::Output> {
+        let mut outs = Vec::new();
+        for handle in std::mem::take(&mut self.dl.background) {
+            let (out, took) = tokio::time::timeout(Duration::from_secs(120), handle)
+                .await
+                .expect("the pull ends")
+                .expect("pull task");
+            self.dl.pull_took = took;
+            outs.push(out);
+        }
+        outs
+    }
+
+    /// The hub's GETs of the scenario's model file since the scenario started.
+    pub fn hub_gets(&self) -> Vec<rbee_features::hub::Seen> {
+        let needle = format!("{}/{}", self.dl.file.0, self.dl.file.1);
+        crate::hub().seen("")[self.dl.mark..]
+            .iter()
+            .filter(|s| s.method == "GET" && s.path == needle)
+            .cloned()
+            .collect()
+    }
+
+    /// Starts a hive of the scenario's own on a new node (its models on a tmpfs of `models_fs_mb`
+    /// when given) and waits for it to register.
+    pub async fn own_hive(&mut self, env: Vec<(String, String)>, models_fs_mb: Option<u64>) {
+        self.dl.node = rbee_features::cluster::unique_node();
+        self.dl.hive_dir = rbee_features::scratch_dir("hive");
+        self.dl.hive_env = env;
+        if let Some(mb) = models_fs_mb {
+            let models = self.dl.hive_dir.join("models");
+            std::fs::create_dir_all(&models).unwrap();
+            let status = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+                .arg(&models)
+                .status()
+                .expect("run mount");
+            assert!(status.success(), "a small filesystem for the disk-full scenario needs mount (root): {status}");
+            self.dl.mount = Some(models);
+        }
+        self.dl.hive = Some(self.cluster().spawn_hive(&self.dl.node, &self.dl.hive_dir, &self.dl.hive_env));
+        let node = self.dl.node.clone();
+        self.one_event("node.registered", "node", &node).await;
+    }
+
+    /// Starts `rbee-queen` on a free port against the scenario's cluster (and its event store when
+    /// `with_store`); returns its URL.
+    pub async fn start_queen(&mut self, with_store: bool) -> String {
+        let port = rbee_local::process::free_port().unwrap();
+        let mut args = vec![
+            "--nats-url".to_string(),
+            self.cluster().nats_url.clone(),
+            "--bind".into(),
+            format!("127.0.0.1:{port}"),
+        ];
+        if with_store {
+            args.extend(["--database-url".to_string(), self.cluster().database_url.clone()]);
+        }
+        let child = Command::new(rbee_features::bin("rbee-queen"))
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("rbee-queen starts");
+        self.children.push(child);
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/health");
+        eventually("the second queen answers", DEADLINE, || async { reqwest::get(&health).await.map(|_| ()) }).await;
+        url
+    }
+
+    /// SIGKILLs the second queen (the last process the scenario started).
+    pub fn kill_second_queen(&mut self) {
+        let mut queen = self.children.pop().expect("the second queen");
+        queen.kill().expect("SIGKILL");
+        queen.wait().unwrap();
+    }
+
     fn new() -> Self {
         RbeeWorld {
             own: None,

@@ -1,7 +1,6 @@
 //! Steps of queens.feature: a second queen process on the same cluster.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
 
 use cucumber::{given, then, when};
 use rbee_features::poll::eventually;
@@ -9,31 +8,9 @@ use serde_json::{Value, json};
 
 use super::{DEADLINE, MODEL, RbeeWorld};
 
-/// Starts `rbee-queen` on a free port against the scenario's cluster (and its event store when
-/// `with_store`); returns its URL.
-pub async fn start_queen(w: &mut RbeeWorld, with_store: bool) -> String {
-    let port = rbee_local::process::free_port().unwrap();
-    let mut args =
-        vec!["--nats-url".to_string(), w.cluster().nats_url.clone(), "--bind".into(), format!("127.0.0.1:{port}")];
-    if with_store {
-        args.extend(["--database-url".to_string(), w.cluster().database_url.clone()]);
-    }
-    let child = Command::new(rbee_features::bin("rbee-queen"))
-        .args(&args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("rbee-queen starts");
-    w.children.push(child);
-    let url = format!("http://127.0.0.1:{port}");
-    let health = format!("{url}/health");
-    eventually("the second queen answers", DEADLINE, || async { reqwest::get(&health).await.map(|_| ()) }).await;
-    url
-}
-
 #[given("a second queen serving the same cluster")]
 async fn second_queen(w: &mut RbeeWorld) {
-    w.second_queen = start_queen(w, false).await;
+    w.second_queen = w.start_queen(false).await;
 }
 
 /// Seconds requests waited for a slot at the queen at `url`, summed (its slot-wait histogram).
@@ -120,17 +97,10 @@ async fn all_released(w: &mut RbeeWorld) {
     .await;
 }
 
-/// SIGKILLs the second queen (the last process the scenario started).
-pub fn kill_second_queen(w: &mut RbeeWorld) {
-    let mut queen = w.children.pop().expect("the second queen");
-    queen.kill().expect("SIGKILL");
-    queen.wait().unwrap();
-}
-
 #[when("the second queen is killed with SIGKILL and started again")]
 async fn kill_and_restart(w: &mut RbeeWorld) {
-    kill_second_queen(w);
-    w.second_queen = start_queen(w, false).await;
+    w.kill_second_queen();
+    w.second_queen = w.start_queen(false).await;
 }
 
 /// The restarted queen's registry and catalog are the log's: its digest is a replay's, which

@@ -164,7 +164,7 @@ async fn checkpoint_seq(pool: &sqlx::PgPool) -> Option<i64> {
 
 #[given("a second queen with the event store, which has checkpointed the registry and catalog")]
 async fn queen_with_checkpoint(w: &mut RbeeWorld) {
-    w.second_queen = super::queens::start_queen(w, true).await;
+    w.second_queen = w.start_queen(true).await;
     checkpoint_covers_log(w).await;
 }
 
@@ -183,7 +183,7 @@ async fn checkpoint_covers_log(w: &RbeeWorld) {
 
 #[when("the stored checkpoint is corrupted and that queen is restarted")]
 async fn corrupt_and_restart(w: &mut RbeeWorld) {
-    super::queens::kill_second_queen(w);
+    w.kill_second_queen();
     let pool = store(w).await;
     // Flip one byte in the middle of the stored snapshot.
     let changed = sqlx::query(
@@ -193,7 +193,7 @@ async fn corrupt_and_restart(w: &mut RbeeWorld) {
     .await
     .unwrap();
     assert_eq!(changed.rows_affected(), 1);
-    w.second_queen = super::queens::start_queen(w, true).await;
+    w.second_queen = w.start_queen(true).await;
 }
 
 async fn health(w: &RbeeWorld) -> Value {
@@ -277,7 +277,7 @@ async fn kill_purge(w: &mut RbeeWorld) {
 
 #[when("a queen with the event store starts on it")]
 async fn queen_starts(w: &mut RbeeWorld) {
-    w.second_queen = super::queens::start_queen(w, true).await;
+    w.second_queen = w.start_queen(true).await;
 }
 
 #[then("the queen reports that the purged events were read from the Postgres archive")]
