@@ -99,7 +99,7 @@ codes! {
     RateLimited "RATE_LIMITED" 429 "the model hub rate-limited the download";
     DownloadFailed "DOWNLOAD_FAILED" 502 "the download failed after its retries";
     DownloadTimeout "DOWNLOAD_TIMEOUT" 504 "no bytes arrived within the stall timeout, after the retries";
-    DownloadTakenOver "DOWNLOAD_TAKEN_OVER" 409 "another hive process took over the download";
+    DownloadTakenOver "DOWNLOAD_TAKEN_OVER" 409 "another live hive process holds the download, or took it over";
     InsufficientDisk "INSUFFICIENT_DISK" 507 "not enough free disk for the model; remove models";
     DiskFull "DISK_FULL" 507 "the disk filled during the download; the partial file is removed";
     // The CLI and the local cluster.

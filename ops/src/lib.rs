@@ -10,6 +10,7 @@ pub mod infer;
 pub mod live;
 pub mod log_point;
 pub mod models;
+pub mod node_command;
 pub mod progress;
 pub mod projections_cmd;
 pub mod replay;

@@ -8,7 +8,8 @@ use crate::progress::{Bar, mb, next_event};
 use futures::StreamExt;
 use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
-use rbee_bus::{AggregateKind, Event, Expected, Meta, ModelPullRequested, ModelRemoveRequested, download_id, subjects};
+use rbee_bus::{AggregateKind, Event, Meta, ModelPullRequested, ModelRemoveRequested, download_id, subjects};
+use rbee_projections::aggregate::node::NodeCommand;
 
 use crate::error::{CliError, CliResult};
 use crate::live::unavailable;
@@ -85,17 +86,14 @@ pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> 
     let mut downloads =
         client.subscribe(subjects::aggregate(AggregateKind::Download, &id)).await.map_err(unavailable)?;
     let mut models = client.subscribe(subjects::aggregate(AggregateKind::Model, &model)).await.map_err(unavailable)?;
-    let command = Event::ModelPullRequested(ModelPullRequested {
+    let command = NodeCommand::PullModel(ModelPullRequested {
         node: node.into(),
         model: model.clone(),
         source,
         sha256: args.sha256.clone(),
     });
-    cluster
-        .log
-        .append(command, Expected::Any, &Meta { correlation: Some(id.clone()), traceparent: None })
-        .await
-        .map_err(unavailable)?;
+    crate::node_command::send(&cluster.log, command, &Meta { correlation: Some(id.clone()), traceparent: None })
+        .await?;
     println!("pulling {model} to {node} from {}", args.reference);
     let bar = Bar::new();
     let follow = async {
@@ -135,8 +133,8 @@ pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
     };
     let mut models =
         cluster.log.client().subscribe(subjects::aggregate(AggregateKind::Model, model)).await.map_err(unavailable)?;
-    let command = Event::ModelRemoveRequested(ModelRemoveRequested { node: node.into(), model: model.into() });
-    cluster.log.append(command, Expected::Any, &Meta::default()).await.map_err(unavailable)?;
+    let command = NodeCommand::RemoveModel(ModelRemoveRequested { node: node.into(), model: model.into() });
+    crate::node_command::send(&cluster.log, command, &Meta::default()).await?;
     let wait = async {
         while let Some(msg) = models.next().await {
             match rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload).map(|env| env.event) {

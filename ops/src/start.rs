@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use rbee_bus::{AggregateKind, Code, Event, EventLog, Expected, Meta, WorkerStartRequested, WorkerState, subjects};
+use rbee_bus::{AggregateKind, Code, Event, EventLog, Meta, WorkerStartRequested, WorkerState, subjects};
 use rbee_local::model;
 use rbee_projections::LiveView;
+use rbee_projections::aggregate::node::NodeCommand;
 
 use crate::error::{CliError, CliResult};
 use crate::progress::{Bar, next_event};
@@ -50,7 +51,7 @@ pub async fn start_and_wait(
         return Ok(());
     }
     if let Some(r) = &request {
-        let command = Event::WorkerStartRequested(WorkerStartRequested {
+        let command = NodeCommand::StartWorker(WorkerStartRequested {
             node: r.node.to_string(),
             worker: worker.to_string(),
             model: r.source.name.clone(),
@@ -60,9 +61,8 @@ pub async fn start_and_wait(
             backend: r.backend.to_string(),
             device: r.device,
         });
-        log.append(command, Expected::Any, &Meta { correlation: Some(worker.to_string()), traceparent: None })
-            .await
-            .map_err(|e| unavailable(e.to_string()))?;
+        let meta = Meta { correlation: Some(worker.to_string()), traceparent: None };
+        crate::node_command::send(log, command, &meta).await?;
         println!("starting worker {worker} for {} ...", r.source.name);
     }
     let bar = Bar::new();

@@ -24,6 +24,7 @@ use rbee_bus::{
     AggregateKind, AppendError, DownloadFailed, DownloadFinished, DownloadProgressed, DownloadRetried, DownloadStarted,
     Event, EventLog, Expected, Meta, Position, download_id, subjects,
 };
+use rbee_projections::aggregate;
 use rbee_projections::{DownloadStatus, Downloads, LiveView};
 
 use sha_state::ResumableSha256;
@@ -193,7 +194,8 @@ impl Downloader {
     }
 
     /// Reads the download's history and either claims it (resuming what a dead holder left) or
-    /// reports who holds it.
+    /// reports who holds it; the download aggregate's rules decide
+    /// ([`rbee_projections::aggregate::download`]).
     async fn claim(
         &self,
         id: &str,
@@ -211,33 +213,43 @@ impl Downloader {
             history.iter().for_each(|r| folded.apply(r));
             let last = history.last().map(|r| Position { seq: r.stream_seq, version: r.envelope.version });
             let previous = folded.by_id.get(id);
-            if let Some(d) = previous.filter(|d| d.status == DownloadStatus::Active && self.holder_alive(d)) {
-                tracing::info!(holder = %d.owner, pid = d.pid, offset = d.offset, "another hive is downloading this model; waiting");
-                return Ok(Claim::Held { seen: d.position.seq });
-            }
-            if let Some(done) = previous.and_then(|d| self.finished_file(d, model)) {
-                return Ok(Claim::Done(done));
-            }
-            // Resume what an ended holder left, if the partial file still has those bytes.
-            let resumable = previous.filter(|d| d.status == DownloadStatus::Active).and_then(|d| {
-                let on_disk = std::fs::metadata(self.partial_path(model)).map(|m| m.len()).unwrap_or(0);
-                let hasher = ResumableSha256::resume(&d.sha256_state, d.offset)?;
-                (d.offset > 0 && on_disk >= d.offset).then_some((d.offset, hasher, d.total_bytes))
-            });
-            let (resume_from, hasher, total) = resumable.unwrap_or((0, ResumableSha256::default(), 0));
-            let started = Event::DownloadStarted(DownloadStarted {
-                download: id.to_string(),
-                node: self.node.clone(),
-                model: model.to_string(),
-                source: source.to_string(),
-                total_bytes: total,
-                sha256: expected.clone(),
-                resume_from,
-                owner: self.owner.clone(),
-                pid: std::process::id(),
-            });
-            let expect = last.map_or(Expected::NoStream, Expected::At);
-            match self.log.append(started, expect, meta).await {
+            // What only this hive can see: the holder's process, the files on its disk.
+            let finished = previous.and_then(|d| self.finished_file(d, model));
+            let hasher = previous.and_then(|d| ResumableSha256::resume(&d.sha256_state, d.offset));
+            let on_disk = std::fs::metadata(self.partial_path(model)).map(|m| m.len()).unwrap_or(0);
+            let command = aggregate::download::Claim {
+                started: DownloadStarted {
+                    download: id.to_string(),
+                    node: self.node.clone(),
+                    model: model.to_string(),
+                    source: source.to_string(),
+                    total_bytes: 0,
+                    sha256: expected.clone(),
+                    resume_from: 0,
+                    owner: self.owner.clone(),
+                    pid: std::process::id(),
+                },
+                holder_alive: previous.is_some_and(|d| self.holder_alive(d)),
+                finished_in_place: finished.is_some(),
+                resumable_bytes: if hasher.is_some() { on_disk } else { 0 },
+            };
+            let decided = aggregate::download::decide(previous, &command).map(|events| events.into_iter().next());
+            let started = match (decided, previous, finished) {
+                (Err(_), Some(d), _) => {
+                    tracing::info!(holder = %d.owner, pid = d.pid, offset = d.offset, "another hive is downloading this model; waiting");
+                    return Ok(Claim::Held { seen: d.position.seq });
+                }
+                (Ok(None), _, Some(done)) => return Ok(Claim::Done(done)),
+                (Ok(Some(Event::DownloadStarted(started))), _, _) => started,
+                (other, _, _) => {
+                    let why = format!("the download rules gave {other:?} for {id}");
+                    return Err(Failure::fatal(Code::InternalError, why));
+                }
+            };
+            let (resume_from, total) = (started.resume_from, started.total_bytes);
+            let event = Event::DownloadStarted(started);
+            let hasher = if resume_from > 0 { hasher.unwrap_or_default() } else { ResumableSha256::default() };
+            match self.log.append(event, last.map_or(Expected::NoStream, Expected::At), meta).await {
                 Ok(position) => {
                     if resume_from > 0 {
                         tracing::info!(resume_from, total, "resuming a download its previous holder left");

@@ -5,7 +5,9 @@
 //! events are appended at the aggregate's position, so of two racing writers the log takes one; the
 //! other reads again and decides again, a bounded number of times.
 
+pub mod download;
 pub mod model;
+pub mod node;
 pub mod request;
 pub mod worker;
 
