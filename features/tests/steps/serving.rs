@@ -213,12 +213,7 @@ fn http_error(w: &mut RbeeWorld, status: u16, code: String, limit: u32) {
 #[then("no slot was claimed for that request")]
 fn no_slot_claimed(w: &mut RbeeWorld) {
     assert!(!w.request_id.is_empty());
-    let claims: Vec<Value> = w
-        .cluster()
-        .events_of("slot.claimed")
-        .into_iter()
-        .filter(|e| e["data"]["request"] == w.request_id.as_str())
-        .collect();
+    let claims = w.request_events("slot.claimed");
     assert!(claims.is_empty(), "{claims:?}");
     assert!(w.request_events("request.accepted").is_empty());
 }

@@ -74,11 +74,7 @@ mod tests {
 
     fn given(events: Vec<Event>) -> Option<Download> {
         let mut downloads = Downloads::default();
-        for (i, event) in events.into_iter().enumerate() {
-            let seq = i as u64 + 1;
-            let envelope = Envelope::new(event.clone(), seq, &Meta::default());
-            downloads.apply(&Recorded { stream_seq: seq, subject: subjects::for_event(&event), envelope });
-        }
+        super::super::recorded(events).iter().for_each(|rec| downloads.apply(rec));
         downloads.by_id.get(ID).cloned()
     }
 

@@ -18,6 +18,19 @@ use rbee_bus::{AggregateKind, AppendError, Code, Event, EventLog, Expected, Meta
 
 use crate::LiveView;
 
+/// `events` as the log would hold them, at sequences 1, 2, ...: the "given" of the rules' tests.
+#[cfg(test)]
+fn recorded(events: Vec<Event>) -> Vec<Recorded> {
+    (1..)
+        .zip(events)
+        .map(|(seq, event)| Recorded {
+            stream_seq: seq,
+            subject: rbee_bus::subjects::for_event(&event),
+            envelope: rbee_bus::Envelope::new(event, seq, &Meta::default()),
+        })
+        .collect()
+}
+
 /// How many times a command is decided again after losing a race.
 const ATTEMPTS: usize = 8;
 

@@ -73,11 +73,7 @@ mod tests {
     /// Given these events, when `command`, then the result.
     fn given(events: Vec<Event>) -> Option<Worker> {
         let mut registry = Registry::default();
-        for (i, event) in events.into_iter().enumerate() {
-            let seq = i as u64 + 1;
-            let envelope = Envelope::new(event.clone(), seq, &Meta::default());
-            registry.apply(&Recorded { stream_seq: seq, subject: subjects::for_event(&event), envelope });
-        }
+        super::super::recorded(events).iter().for_each(|rec| registry.apply(rec));
         registry.workers.get("w1").cloned()
     }
 
