@@ -49,8 +49,9 @@ pub struct InvalidSetting(pub String);
 pub enum ReadError {
     #[error("event log unavailable: {0}")]
     Unavailable(String),
-    #[error(transparent)]
-    Decode(#[from] DecodeError),
+    /// The event at `seq` cannot be decoded; `pending` more followed it when it was read.
+    #[error("event {seq} cannot be decoded: {source}")]
+    Undecodable { seq: u64, pending: u64, source: DecodeError },
 }
 
 /// Durability and retention of the two streams.
@@ -368,7 +369,11 @@ impl EventLog {
 /// Decodes a JetStream message into a [`Recorded`] event.
 pub fn decode_message(msg: &jetstream::Message) -> Result<Recorded, ReadError> {
     let info = msg.info().map_err(|e| ReadError::Unavailable(e.to_string()))?;
-    let envelope = Envelope::decode(msg.headers.as_ref(), &msg.payload)?;
+    let envelope = Envelope::decode(msg.headers.as_ref(), &msg.payload).map_err(|source| ReadError::Undecodable {
+        seq: info.stream_sequence,
+        pending: info.pending,
+        source,
+    })?;
     Ok(Recorded { stream_seq: info.stream_sequence, subject: msg.subject.to_string(), envelope })
 }
 

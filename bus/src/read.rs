@@ -70,26 +70,46 @@ pub async fn read_to_end(
     stream: &str,
     from: StartAt,
 ) -> Result<Vec<Result<Recorded, ReadError>>, ReadError> {
-    let end = last_sequence(log, stream).await?;
     let mut out = Vec::new();
+    each_to_end(log, stream, from, |item| {
+        out.push(item);
+        true
+    })
+    .await?;
+    Ok(out)
+}
+
+/// Hands each event of a stream, from `from` up to the last one present when called, to `visit`
+/// in order (an undecodable one as its error), without holding them all; `visit` returns false
+/// to stop early.
+pub async fn each_to_end(
+    log: &EventLog,
+    stream: &str,
+    from: StartAt,
+    mut visit: impl FnMut(Result<Recorded, ReadError>) -> bool,
+) -> Result<(), ReadError> {
+    let end = last_sequence(log, stream).await?;
     if end == 0 || matches!(from, StartAt::Seq(seq) if seq > end) {
-        return Ok(out);
+        return Ok(());
     }
     let mut events = Box::pin(follow(log, stream, from).await?);
     while let Some(item) = events.next().await {
         match item {
             Ok(d) => {
                 let (seq, done) = (d.recorded.stream_seq, d.pending == 0);
-                out.push(Ok(d.recorded));
-                if seq >= end || done {
+                if !visit(Ok(d.recorded)) || seq >= end || done {
                     break;
                 }
             }
             Err(ReadError::Unavailable(e)) => return Err(ReadError::Unavailable(e)),
-            Err(e) => out.push(Err(e)),
+            Err(e @ ReadError::Undecodable { seq, pending, .. }) => {
+                if !visit(Err(e)) || seq >= end || pending == 0 {
+                    break;
+                }
+            }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Every event of one subject (an aggregate), in order, as of now.

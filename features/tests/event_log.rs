@@ -114,3 +114,27 @@ async fn a_retried_publish_after_a_lost_ack_is_one_event() {
     assert!(matches!(log.publish_envelope(&subject, &other, 0).await, Err(AppendError::Conflict { .. })));
     assert_eq!(read_subject(&log, &subject).await.unwrap().len(), 1);
 }
+
+/// A replay reads to the end even when the last event cannot be decoded: it is skipped and
+/// counted, and the replay returns instead of waiting for an event after it.
+#[tokio::test]
+async fn a_replay_skips_an_undecodable_last_event_and_returns() {
+    let nats = Nats::start().await;
+    let log = log(&nats).await;
+    log.append(registered("w1"), Expected::NoStream, &Meta::default()).await.expect("registration");
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Rbee-Event", "worker.registered");
+    headers.insert("Rbee-Schema", "4");
+    let garbage: &[u8] = b"\xff\xff\xff not postcard";
+    log.jetstream()
+        .publish_with_headers("rbee.ev.worker.w2", headers, garbage.into())
+        .await
+        .unwrap()
+        .await
+        .expect("stored");
+    let replay = rbee_projections::history::replay_to(&log, None, rbee_projections::history::Until::End);
+    let folded = tokio::time::timeout(Duration::from_secs(10), replay).await.expect("the replay returns").unwrap();
+    assert_eq!(folded.skipped, 1);
+    assert_eq!(folded.view.last_seq, 1);
+    assert!(folded.view.registry.workers.contains_key("w1"));
+}

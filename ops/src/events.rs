@@ -99,7 +99,7 @@ pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
             item = merged.next() => match item {
                 Some((stream, Ok(d))) if wanted(&args, since_ms, &d.recorded) => println!("{}", to_json(&stream, &d.recorded)),
                 Some((_, Ok(_))) => {}
-                Some((_, Err(ReadError::Decode(e)))) => eprintln!("undecodable event: {e}"),
+                Some((_, Err(e @ ReadError::Undecodable { .. }))) => eprintln!("undecodable event: {e}"),
                 Some((_, Err(e))) => return Err(unavailable(e.to_string())),
                 None => return Ok(()),
             },

@@ -96,18 +96,22 @@ async fn fold_onto(
         }
     }
     let start = StartAt::Seq(folded.view.last_seq + 1);
-    for item in read::read_to_end(log, subjects::EVENTS_STREAM, start).await.map_err(log_error)? {
-        match item {
-            Ok(rec) if until.excludes(&rec) => return Ok(()),
-            Ok(rec) if rec.stream_seq > folded.view.last_seq => folded.view.apply(&rec),
-            Ok(_) => {}
-            Err(error) => {
-                tracing::error!(%error, "event skipped: it cannot be decoded");
-                folded.skipped += 1;
+    read::each_to_end(log, subjects::EVENTS_STREAM, start, |item| match item {
+        Ok(rec) if until.excludes(&rec) => false,
+        Ok(rec) => {
+            if rec.stream_seq > folded.view.last_seq {
+                folded.view.apply(&rec);
             }
+            true
         }
-    }
-    Ok(())
+        Err(error) => {
+            tracing::error!(%error, "event skipped: it cannot be decoded");
+            folded.skipped += 1;
+            true
+        }
+    })
+    .await
+    .map_err(log_error)
 }
 
 /// The state as it was at `until`, folded from the very first event.
