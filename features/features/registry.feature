@@ -24,7 +24,7 @@ Feature: The worker registry is a projection of worker events
     Given a running cluster without workers
     And a worker is started for the default model through rbee up
     When that worker process is paused so its heartbeats stop
-    Then rbee workers shows it as stale
+    Then the log marks it stale, and the registry replayed at that event shows it stale
     And a chat completion for its model is refused with HTTP 503 and code "NO_READY_WORKER"
     And rbee workers no longer lists it
     And the log records worker.removed for it with the reason "no heartbeat"
@@ -51,7 +51,7 @@ Feature: The worker registry is a projection of worker events
     And a worker is started for the default model through rbee up
     And a streaming request of "Write a long story about a bee." with max_tokens 40 is running on it
     When that worker process is paused so its heartbeats stop
-    Then rbee workers shows it as stale
+    Then the log marks it stale, and the registry replayed at that event shows it stale
     And a chat completion for its model is refused with HTTP 503 and code "NO_READY_WORKER"
     And after the grace period the log records worker.removed for it, saying its request was abandoned
     When the paused worker process resumes

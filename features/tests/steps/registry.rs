@@ -155,13 +155,24 @@ fn pause_worker(w: &mut RbeeWorld) {
     w.stop_at_end.push(pid);
 }
 
-#[then("rbee workers shows it as stale")]
+/// An idle stale worker is removed at the reaper's next tick: rather than race that half second,
+/// the registry is replayed to the moment the worker was marked stale.
+#[then("the log marks it stale, and the registry replayed at that event shows it stale")]
 async fn shown_stale(w: &mut RbeeWorld) {
-    eventually("the worker is marked stale", DEADLINE, || async {
-        let found = listed(w, &["--state", "stale"]);
-        if found.len() == 1 { Ok(()) } else { Err(listed(w, &[])) }
+    let seq = eventually("the worker is marked stale", DEADLINE, || async {
+        let marked = w
+            .cluster()
+            .events_of("worker.state_changed")
+            .into_iter()
+            .find(|e| e["data"]["worker"] == w.worker_id.as_str() && e["data"]["state"] == "Stale");
+        marked.and_then(|e| e["seq"].as_u64()).ok_or(())
     })
     .await;
+    let out = w.cluster().rbee(&["replay", "--at", &seq.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let worker = view["workers"].as_array().unwrap().iter().find(|x| x["id"] == w.worker_id.as_str()).cloned();
+    assert_eq!(worker.as_ref().map(|x| x["state"].clone()), Some(Value::from("Stale")), "{view}");
 }
 
 #[then(expr = "a chat completion for its model is refused with HTTP {int} and code {string}")]
