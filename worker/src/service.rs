@@ -14,6 +14,7 @@ use rbee_bus::{
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::engine::{Engine, EngineError, Generation, Output, Prepared, Prompter, SequenceId};
@@ -35,6 +36,9 @@ struct Shared {
     prompter: Arc<Prompter>,
     jobs: std::sync::mpsc::Sender<Job>,
     busy: AtomicU32,
+    /// Each accepted request's tail: recording its outcome and publishing its last frames. A
+    /// draining worker waits for these, not just for its slots, so no stream loses its end.
+    streams: TaskTracker,
 }
 
 /// Runs the worker until `shutdown`. Registration comes first, so a duplicate id fails fast.
@@ -91,7 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     set_state(&log, &config.worker_id, WorkerState::Ready, context_length, &meta).await;
     tracing::info!(worker = %config.worker_id, context_length, "ready");
 
-    let shared = Arc::new(Shared { config, log, prompter, jobs, busy: AtomicU32::new(0) });
+    let shared = Arc::new(Shared { config, log, prompter, jobs, busy: AtomicU32::new(0), streams: TaskTracker::new() });
     // Heartbeats go on while draining; they stop when the worker does.
     let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), CancellationToken::new()));
     loop {
@@ -110,11 +114,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     if in_flight > 0 {
         tracing::info!(in_flight, "draining: finishing the requests in flight");
         set_state(&shared.log, &shared.config.worker_id, WorkerState::Draining, 0, &meta).await;
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(shared.config.drain_secs);
-        while shared.busy.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
     }
+    // Every request's outcome recorded and its last frame sent, then flushed, before the exit.
+    shared.streams.close();
+    let drain = std::time::Duration::from_secs(shared.config.drain_secs);
+    if tokio::time::timeout(drain, shared.streams.wait()).await.is_err() {
+        tracing::warn!(in_flight = shared.busy.load(Ordering::SeqCst), "drain deadline passed; exiting");
+    }
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shared.log.client().flush()).await;
     heartbeats.abort();
     // Recording the stop is best effort when the log is gone too: never hang on the way out.
     let stopped = set_state(&shared.log, &shared.config.worker_id, WorkerState::Stopped, 0, &meta);
@@ -211,8 +218,8 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
     }
     let _ = client.publish(reply, frames::encode(&WorkAccepted::Accepted).into()).await;
     tokio::spawn(watch_cancellation(cancellations, cancel));
-    tokio::spawn(forward_frames(client, subjects::tokens(&item.request), frames_rx));
-    tokio::spawn(finish(shared, item, frames_tx, done_rx));
+    shared.streams.spawn(forward_frames(client, subjects::tokens(&item.request), frames_rx));
+    shared.streams.spawn(finish(shared.clone(), item, frames_tx, done_rx));
 }
 
 /// Sets `cancel` when a `request.cancelled` event for the request is published.
