@@ -14,6 +14,9 @@ pub enum HiveError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Config(String),
+    /// A part of the hive could not be set up (e.g. the downloader's HTTP client).
+    #[error("{0}")]
+    Setup(Refusal),
 }
 
 impl HiveError {
@@ -23,6 +26,7 @@ impl HiveError {
             HiveError::Bus(_) => Code::EventLogUnavailable,
             HiveError::Io(_) => Code::DataDirUnusable,
             HiveError::Config(_) => Code::InvalidConfig,
+            HiveError::Setup(r) => r.code,
         }
     }
 }

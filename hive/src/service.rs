@@ -84,7 +84,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     let mut commands = consumer.messages().await.map_err(bus)?;
     let downloader =
         Downloader::new(log.clone(), view.clone(), node.clone(), config.models_dir(), config.download_settings())
-            .map_err(|f| HiveError::Bus(f.message))?;
+            .map_err(|f| HiveError::Setup(f.into()))?;
     let provisioner = Provisioner::new(log.clone(), view.clone(), node.clone(), config.models_dir(), downloader);
     let hive = std::sync::Arc::new(Hive {
         log,
