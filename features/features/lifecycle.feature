@@ -48,7 +48,8 @@ Feature: Workers live and die cleanly under their hive
     And a hive of its own on a new node
     And a worker is started on that node
     When a streaming request with max_tokens 48 is running and the hive is stopped
-    Then the request completes with finish_reason "length" and 48 tokens
+    Then a request sent while the worker drained was refused with HTTP 503 and code "NO_READY_WORKER", and no slot of the worker was claimed after it began draining
+    And the request completes with finish_reason "length" and 48 tokens
     And the log records the worker draining, then its exit with code 0
     And the hive exits with code 0 and no process of the worker is left
 

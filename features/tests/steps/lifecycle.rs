@@ -318,10 +318,51 @@ fn exits_on_node(w: &mut RbeeWorld, n: usize) {
     assert_eq!(exits, n);
 }
 
+/// The drain lasts as long as the request in flight, a fraction of a second: the worker is frozen
+/// the moment it reports draining (heard on NATS, not polled), a new request is sent, and the
+/// worker is let go again to finish the one it has.
 #[when(expr = "a streaming request with max_tokens {int} is running and the hive is stopped")]
 async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
+    use futures::StreamExt;
     w.stream_in_background("Tell me a long story about a bee.", max_tokens).await;
-    stop_hive(w).await;
+    let client = async_nats::connect(&w.cluster().nats_url).await.expect("connect");
+    let subject = rbee_bus::subjects::aggregate(rbee_bus::AggregateKind::Worker, &w.worker_id);
+    let mut events = client.subscribe(subject).await.expect("subscribe");
+    client.flush().await.expect("flush");
+    let pid = worker_pid(w) as u32;
+    let mut hive = w.dl.hive.take().expect("the scenario's hive");
+    let started = Instant::now();
+    signal::send(hive.id(), Signal::Terminate);
+    let draining = tokio::time::timeout(DEADLINE, async {
+        while let Some(msg) = events.next().await {
+            let event = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload).map(|e| e.event);
+            if matches!(event, Ok(rbee_bus::Event::WorkerStateChanged(s)) if s.state == rbee_bus::WorkerState::Draining) {
+                return;
+            }
+        }
+    });
+    draining.await.expect("the worker reports draining");
+    signal::send(pid, Signal::Stop);
+    w.ask("Say hello.", 3).await;
+    let drained_meanwhile = !rbee_runtime::alive(pid);
+    signal::send(pid, Signal::Continue);
+    assert!(!drained_meanwhile, "the worker was gone before the new request: not sent during the drain");
+    let status = tokio::task::spawn_blocking(move || hive.wait().expect("reap the hive")).await.unwrap();
+    w.dl.hive_exit = Some((status, started.elapsed()));
+}
+
+#[then(expr = "a request sent while the worker drained was refused with HTTP {int} and code {string}, and no slot of the worker was claimed after it began draining")]
+fn refused_while_draining(w: &mut RbeeWorld, status: u16, code: String) {
+    assert_eq!(w.status, status, "{}", w.body);
+    assert_eq!(w.body["error"]["code"], code.as_str(), "{}", w.body);
+    let events: Vec<Value> =
+        w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let draining = events
+        .iter()
+        .position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Draining")
+        .expect("draining recorded");
+    let late: Vec<&Value> = events[draining..].iter().filter(|e| e["type"] == "slot.claimed").collect();
+    assert!(late.is_empty(), "slots claimed after the drain began: {late:?}");
 }
 
 #[then(expr = "the request completes with finish_reason {string} and {int} tokens")]

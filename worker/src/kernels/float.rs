@@ -4,6 +4,7 @@
 use half::f16;
 
 /// One query head over `positions` keys and values (rows `stride` apart): softmax-weighted sum.
+#[inline]
 pub fn attend(q: &[f32], keys: &[f16], values: &[f16], stride: usize, positions: usize, scale: f32, out: &mut [f32]) {
     let head_dim = q.len();
     assert!(
@@ -144,6 +145,7 @@ mod avx2 {
 }
 
 /// `out = gate / (1 + e^-gate) * up`.
+#[inline]
 pub fn silu_times(gate: &[f32], up: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::simd() != super::Simd::Portable {
