@@ -336,7 +336,8 @@ async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
     let draining = tokio::time::timeout(DEADLINE, async {
         while let Some(msg) = events.next().await {
             let event = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload).map(|e| e.event);
-            if matches!(event, Ok(rbee_bus::Event::WorkerStateChanged(s)) if s.state == rbee_bus::WorkerState::Draining) {
+            if matches!(event, Ok(rbee_bus::Event::WorkerStateChanged(s)) if s.state == rbee_bus::WorkerState::Draining)
+            {
                 return;
             }
         }
@@ -351,7 +352,9 @@ async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
     w.dl.hive_exit = Some((status, started.elapsed()));
 }
 
-#[then(expr = "a request sent while the worker drained was refused with HTTP {int} and code {string}, and no slot of the worker was claimed after it began draining")]
+#[then(
+    expr = "a request sent while the worker drained was refused with HTTP {int} and code {string}, and no slot of the worker was claimed after it began draining"
+)]
 fn refused_while_draining(w: &mut RbeeWorld, status: u16, code: String) {
     assert_eq!(w.status, status, "{}", w.body);
     assert_eq!(w.body["error"]["code"], code.as_str(), "{}", w.body);
