@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 
 use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
-use rbee_bus::{AggregateKind, Event, EventLog, Meta, ModelRegistered, subjects};
+use rbee_bus::{EventLog, Meta, ModelRegistered, subjects};
 use rbee_projections::LiveView;
-use rbee_projections::aggregate::model::{ModelCommand, ModelState};
-use rbee_projections::aggregate::{self, on_subject};
+use rbee_projections::aggregate::model::ModelCommand;
+use rbee_projections::aggregate::on_model;
 use sha2::{Digest, Sha256};
 
 use crate::fetch::{Downloader, Failure, Fetched, gguf_check};
@@ -106,16 +106,9 @@ impl Provisioner {
             sha256: f.sha256.clone(),
             memory_required_bytes: rbee_bus::estimated_memory_bytes(f.size_bytes),
         };
-        self.run_model_command(model, ModelCommand::Register(registered), meta).await.map(|_| ())
-    }
-
-    /// Runs a command on the model's aggregate, decided by its rules.
-    async fn run_model_command(&self, model: &str, command: ModelCommand, meta: &Meta) -> Result<Vec<Event>, String> {
-        let subject = subjects::aggregate(AggregateKind::Model, model);
-        let fold =
-            |state: &mut ModelState, rec: &rbee_bus::Recorded| aggregate::model::apply(state, &rec.envelope.event);
-        on_subject(&self.log, &subject, fold, |state| aggregate::model::decide(state, &command), meta)
+        on_model(&self.log, model, &ModelCommand::Register(registered), meta)
             .await
+            .map(|_| ())
             .map_err(|e| format!("could not record {model} in the catalog: {e}"))
     }
 
@@ -150,10 +143,9 @@ impl Provisioner {
             node: self.node.clone(),
             reason: "removed on request (rbee models rm)".into(),
         };
-        self.run_model_command(model, command, meta)
-            .await
-            .map(|_| freed)
-            .map_err(|e| Failure::fatal(Code::EventLogUnavailable, e))
+        on_model(&self.log, model, &command, meta).await.map(|_| freed).map_err(|e| {
+            Failure::fatal(Code::EventLogUnavailable, format!("could not record {model} in the catalog: {e}"))
+        })
     }
 }
 

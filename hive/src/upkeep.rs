@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use rbee_bus::{AggregateKind, EventLog, Meta, subjects};
 use rbee_projections::LiveView;
-use rbee_projections::aggregate::model::{ModelCommand, ModelState};
-use rbee_projections::aggregate::{self, CommandError, on_subject};
+use rbee_projections::aggregate::model::ModelCommand;
+use rbee_projections::aggregate::{CommandError, on_model};
 use tokio_util::sync::CancellationToken;
 
 /// Checks this node's catalog entries every `every` until `shutdown`.
@@ -37,11 +37,9 @@ pub async fn run(log: EventLog, view: LiveView, node: String, every: Duration, s
 async fn remove(log: &EventLog, node: &str, model: &str, path: &str) -> Result<(), CommandError> {
     let reason = format!("model file {path} is gone");
     let command = ModelCommand::Remove { model: model.into(), node: node.into(), reason: reason.clone() };
-    let subject = subjects::aggregate(AggregateKind::Model, model);
-    let fold = |state: &mut ModelState, rec: &rbee_bus::Recorded| aggregate::model::apply(state, &rec.envelope.event);
-    let recorded =
-        on_subject(log, &subject, fold, |state| aggregate::model::decide(state, &command), &Meta::default()).await?;
+    let recorded = on_model(log, model, &command, &Meta::default()).await?;
     if !recorded.is_empty() {
+        let subject = subjects::aggregate(AggregateKind::Model, model);
         tracing::warn!(%model, %reason, %subject, "removed from the catalog");
     }
     Ok(())

@@ -2,9 +2,9 @@
 //! ran or was being dispatched. The request aggregate's rules decide
 //! ([`rbee_projections::aggregate::request`]): at most one `request.cancelled`, none after it ended.
 
-use rbee_bus::{AggregateKind, Code, EventLog, Meta, subjects};
-use rbee_projections::aggregate::request::{self, RequestCommand, RequestState};
-use rbee_projections::aggregate::{CommandError, on_subject};
+use rbee_bus::{Code, EventLog, Meta};
+use rbee_projections::aggregate::request::RequestCommand;
+use rbee_projections::aggregate::{CommandError, on_request};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cancelled {
@@ -26,9 +26,7 @@ pub async fn cancel(
     meta: &Meta,
 ) -> Result<Cancelled, CommandError> {
     let command = RequestCommand::Cancel { request: request.into(), reason: reason.into(), in_dispatch };
-    let subject = subjects::aggregate(AggregateKind::Request, request);
-    let fold = |state: &mut RequestState, rec: &rbee_bus::Recorded| request::apply(state, &rec.envelope.event);
-    match on_subject(log, &subject, fold, |state| request::decide(*state, &command), meta).await {
+    match on_request(log, request, &command, meta).await {
         Ok(events) if events.is_empty() => Ok(Cancelled::AlreadyEnded),
         Ok(_) => Ok(Cancelled::Now),
         Err(CommandError::Rejected(Code::RequestNotFound)) => Ok(Cancelled::Unknown),

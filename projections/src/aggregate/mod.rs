@@ -1,7 +1,7 @@
 //! Every aggregate's rules, each a pure `decide(state, command) -> Result<Vec<Event>, Code>` beside
 //! the fold that gives its state, and the two ways a process runs a command: against the live view
 //! ([`on_worker`]: a worker's history is long, the view already holds its state and position) or
-//! against the aggregate's own events ([`on_subject`]: a request has a handful). Either way the
+//! against the aggregate's own events ([`on_request`], [`on_model`]: a handful each). Either way the
 //! events are appended at the aggregate's position, so of two racing writers the log takes one; the
 //! other reads again and decides again, a bounded number of times.
 
@@ -14,18 +14,18 @@ pub mod worker;
 use std::time::Duration;
 
 use rbee_bus::read::read_subject;
-use rbee_bus::{AggregateKind, AppendError, Code, Event, EventLog, Expected, Meta, Position, Recorded};
+use rbee_bus::{AggregateKind, AppendError, Code, Event, EventLog, Expected, Meta, Position, subjects};
 
 use crate::LiveView;
 
 /// `events` as the log would hold them, at sequences 1, 2, ...: the "given" of the rules' tests.
 #[cfg(test)]
-fn recorded(events: Vec<Event>) -> Vec<Recorded> {
+fn recorded(events: Vec<Event>) -> Vec<rbee_bus::Recorded> {
     (1..)
         .zip(events)
-        .map(|(seq, event)| Recorded {
+        .map(|(seq, event)| rbee_bus::Recorded {
             stream_seq: seq,
-            subject: rbee_bus::subjects::for_event(&event),
+            subject: subjects::for_event(&event),
             envelope: rbee_bus::Envelope::new(event, seq, &Meta::default()),
         })
         .collect()
@@ -88,19 +88,41 @@ pub async fn on_worker(
     Err(CommandError::Contended)
 }
 
+/// Runs `command` on request `id`, folded from its own events; returns what was recorded.
+pub async fn on_request(
+    log: &EventLog,
+    id: &str,
+    command: &request::RequestCommand,
+    meta: &Meta,
+) -> Result<Vec<Event>, CommandError> {
+    let subject = subjects::aggregate(AggregateKind::Request, id);
+    on_subject(log, &subject, request::apply, |state| request::decide(*state, command), meta).await
+}
+
+/// Runs `command` on model `id`, folded from its own events; returns what was recorded.
+pub async fn on_model(
+    log: &EventLog,
+    id: &str,
+    command: &model::ModelCommand,
+    meta: &Meta,
+) -> Result<Vec<Event>, CommandError> {
+    let subject = subjects::aggregate(AggregateKind::Model, id);
+    on_subject(log, &subject, model::apply, |state| model::decide(state, command), meta).await
+}
+
 /// Runs a command on the aggregate whose events are on `subject`: folds them with `apply`, asks
 /// `decide`, appends after the last one; a lost race reads again.
-pub async fn on_subject<S: Default>(
+async fn on_subject<S: Default>(
     log: &EventLog,
     subject: &str,
-    apply: impl Fn(&mut S, &Recorded),
+    apply: fn(&mut S, &Event),
     decide: impl Fn(&S) -> Result<Vec<Event>, Code>,
     meta: &Meta,
 ) -> Result<Vec<Event>, CommandError> {
     for _ in 0..ATTEMPTS {
         let history = read_subject(log, subject).await.map_err(unavailable)?;
         let mut state = S::default();
-        history.iter().for_each(|rec| apply(&mut state, rec));
+        history.iter().for_each(|rec| apply(&mut state, &rec.envelope.event));
         let events = decide(&state).map_err(CommandError::Rejected)?;
         if events.is_empty() {
             return Ok(events);
