@@ -84,23 +84,6 @@ impl Checkpoint {
     }
 }
 
-/// Folds into `view` the archived events after `view.last_seq` and before `first_in_log`, the first
-/// sequence JetStream still holds. Returns how many were folded.
-pub async fn fill_from_archive(
-    view: &mut ClusterView,
-    pool: &PgPool,
-    first_in_log: u64,
-) -> Result<usize, rbee_bus::archive::ArchiveError> {
-    if first_in_log <= view.last_seq + 1 {
-        return Ok(0);
-    }
-    let archived = rbee_bus::archive::read_archive(pool, view.last_seq, first_in_log).await?;
-    for rec in &archived {
-        view.apply(rec);
-    }
-    Ok(archived.len())
-}
-
 /// A row of `projection_checkpoints`: last_seq, last_event_id, schema_version, snapshot, sha256.
 type CheckpointRow = (i64, Option<Uuid>, i32, Vec<u8>, String);
 

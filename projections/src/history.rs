@@ -76,14 +76,14 @@ pub struct Folded {
 }
 
 /// Folds every event after `folded.view.last_seq`, up to `until`: first those only the archive
-/// still holds (when there is an archive), then the stream's.
+/// still holds (before `first_in_log`, the first sequence JetStream holds), then the stream's.
 async fn fold_onto(
     folded: &mut Folded,
     log: &EventLog,
     pool: Option<&PgPool>,
+    first_in_log: u64,
     until: Until,
 ) -> Result<(), HistoryError> {
-    let (first_in_log, _) = log.events_bounds().await.map_err(log_error)?;
     if let Some(pool) = pool
         && first_in_log > folded.view.last_seq + 1
     {
@@ -116,8 +116,9 @@ async fn fold_onto(
 
 /// The state as it was at `until`, folded from the very first event.
 pub async fn replay_to(log: &EventLog, pool: Option<&PgPool>, until: Until) -> Result<Folded, HistoryError> {
+    let (first_in_log, _) = log.events_bounds().await.map_err(log_error)?;
     let mut folded = Folded::default();
-    fold_onto(&mut folded, log, pool, until).await?;
+    fold_onto(&mut folded, log, pool, first_in_log, until).await?;
     Ok(folded)
 }
 
@@ -162,7 +163,7 @@ pub async fn recover(log: &EventLog, pool: Option<&PgPool>) -> Result<Recovered,
         },
     };
     let mut folded = Folded { view, ..Folded::default() };
-    fold_onto(&mut folded, log, Some(pool), Until::End).await?;
+    fold_onto(&mut folded, log, Some(pool), first_in_log, Until::End).await?;
     if folded.from_archive > 0 {
         report.push_str(&format!(
             "; {} event(s) before sequence {first_in_log} read from the Postgres archive",
