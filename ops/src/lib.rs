@@ -12,7 +12,6 @@ pub mod log_point;
 pub mod models;
 pub mod node_command;
 pub mod progress;
-pub mod projections_cmd;
 pub mod replay;
 pub mod start;
 pub mod up;
@@ -160,6 +159,11 @@ pub enum EventsCommand {
 }
 
 impl Cli {
+    /// The event store a command reads: the one given, else this cluster's.
+    fn database_url(&self, given: &Option<String>) -> Option<String> {
+        given.clone().or_else(|| ClusterFile::load(&self.data_dir).and_then(|c| c.database_url))
+    }
+
     fn nats_url(&self) -> String {
         self.nats_url
             .clone()
@@ -198,16 +202,16 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             Ok(())
         }
         Command::Replay { at, digest, database_url } => {
-            let url = database_url.clone().or_else(|| ClusterFile::load(data_dir).and_then(|c| c.database_url));
+            let url = cli.database_url(database_url);
             replay::replay(&cli.nats_url(), url.as_deref(), at.as_deref(), *digest).await
         }
         Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
         Command::Projections { command: ProjectionsCommand::Rebuild { database_url } } => {
-            let url = database_url.clone().or_else(|| ClusterFile::load(data_dir).and_then(|c| c.database_url));
+            let url = cli.database_url(database_url);
             let url = url.ok_or_else(|| {
                 error::CliError::new(Code::EventStoreUnavailable, "no event store: pass --database-url or run rbee up")
             })?;
-            projections_cmd::rebuild(&cli.nats_url(), &url).await
+            replay::rebuild(&cli.nats_url(), &url).await
         }
         Command::Models { action: None | Some(ModelAction::List), node, json } => {
             models::list(&cli.nats_url(), node.as_deref(), *json).await
