@@ -43,10 +43,6 @@ pub struct Placement {
     pub reason: String,
 }
 
-fn refuse(code: Code, message: String) -> Refusal {
-    Refusal::new(code, message)
-}
-
 fn mb(bytes: u64) -> u64 {
     bytes / (1 << 20)
 }
@@ -75,15 +71,15 @@ pub fn place(
 ) -> Result<Placement, Refusal> {
     let requested: Vec<&str> = backend.split([',', '+']).map(str::trim).filter(|b| !b.is_empty()).collect();
     if requested.contains(&"cuda") && requested.contains(&"metal") {
-        return Err(refuse(
+        return Err(Refusal::new(
             Code::IncompatibleFeatures,
-            "cuda and metal cannot be used together: cuda runs on NVIDIA GPUs (Linux, Windows), metal on Apple GPUs (macOS); ask for one".into(),
+            "cuda and metal cannot be used together: cuda runs on NVIDIA GPUs (Linux, Windows), metal on Apple GPUs (macOS); ask for one",
         ));
     }
     let backend = match requested.as_slice() {
         [one] => *one,
         [] => "auto",
-        _ => return Err(refuse(Code::IncompatibleFeatures, format!("one backend per worker, got {backend:?}"))),
+        _ => return Err(Refusal::new(Code::IncompatibleFeatures, format!("one backend per worker, got {backend:?}"))),
     };
     let available = inv.backends();
     let chosen: &'static str = match backend {
@@ -92,7 +88,7 @@ pub fn place(
         "cuda" => "cuda",
         "metal" => "metal",
         other => {
-            return Err(refuse(
+            return Err(Refusal::new(
                 Code::InvalidBackend,
                 format!(
                     "unknown backend {:?}; use cpu, cuda, metal or auto",
@@ -102,7 +98,7 @@ pub fn place(
         }
     };
     if !available.contains(&chosen) {
-        return Err(refuse(
+        return Err(Refusal::new(
             Code::BackendUnavailable,
             format!("backend {chosen} is not available on this machine; available: {}", available.join(", ")),
         ));
@@ -112,13 +108,13 @@ pub fn place(
         "cuda" => place_on_gpu(inv, device, needed, limits),
         _ => {
             if device.is_some_and(|d| d > 0) {
-                return Err(refuse(
+                return Err(Refusal::new(
                     Code::InvalidDevice,
                     format!("backend {chosen} has one device, 0; got {}", device.unwrap_or(0)),
                 ));
             }
             if needed > inv.ram_available_bytes {
-                return Err(refuse(
+                return Err(Refusal::new(
                     Code::InsufficientRam,
                     format!(
                         "the model needs {} MB of RAM, {} MB are available; try a smaller quantisation of the model, stop idle workers (rbee workers), or start it on another node",
@@ -140,7 +136,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
     let valid = || inv.gpus.iter().map(|g| g.index.to_string()).collect::<Vec<_>>().join(", ");
     let check = |g: &Gpu| -> Result<(), Refusal> {
         if g.temperature_c >= limits.max_gpu_temperature_c {
-            return Err(refuse(
+            return Err(Refusal::new(
                 Code::GpuTooHot,
                 format!(
                     "GPU {} ({}) is at {} C, the limit is {} C",
@@ -149,7 +145,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
             ));
         }
         if g.vram_free_bytes < needed {
-            return Err(refuse(
+            return Err(Refusal::new(
                 Code::InsufficientVram,
                 format!(
                     "GPU {} has {} MB of VRAM free, the model needs {} MB",
@@ -163,7 +159,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
     };
     if let Some(d) = device {
         let gpu = inv.gpus.iter().find(|g| g.index == d).ok_or_else(|| {
-            refuse(Code::InvalidDevice, format!("GPU {d} does not exist; valid devices: {}", valid()))
+            Refusal::new(Code::InvalidDevice, format!("GPU {d} does not exist; valid devices: {}", valid()))
         })?;
         check(gpu)?;
         return Ok(Placement {
@@ -176,7 +172,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
     if cool.is_empty() {
         let hottest =
             inv.gpus.iter().map(|g| format!("GPU {} at {} C", g.index, g.temperature_c)).collect::<Vec<_>>().join(", ");
-        return Err(refuse(
+        return Err(Refusal::new(
             Code::GpuTooHot,
             format!("every GPU is at or above {} C: {hottest}", limits.max_gpu_temperature_c),
         ));
@@ -185,7 +181,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
     if best.vram_free_bytes < needed {
         let total_free: u64 = cool.iter().map(|g| g.vram_free_bytes).sum();
         if total_free >= needed {
-            return Err(refuse(
+            return Err(Refusal::new(
                 Code::VramFragmented,
                 format!(
                     "the GPUs have {} MB free together but at most {} MB on one; the model needs {} MB on one GPU",
@@ -195,7 +191,7 @@ fn place_on_gpu(inv: &Inventory, device: Option<u32>, needed: u64, limits: &Limi
                 ),
             ));
         }
-        return Err(refuse(
+        return Err(Refusal::new(
             Code::InsufficientVram,
             format!(
                 "the most free VRAM on a GPU is {} MB (GPU {}); the model needs {} MB",
