@@ -155,8 +155,7 @@ fn printed_loading_then_ready(w: &mut RbeeWorld) {
 
 #[then("the log holds worker.registered, then worker.state_changed to ready, for it")]
 fn registered_then_ready(w: &mut RbeeWorld) {
-    let events: Vec<Value> =
-        w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let events = w.worker_history();
     let registered = events.iter().position(|e| e["type"] == "worker.registered").expect("registered");
     let ready = events
         .iter()
@@ -358,8 +357,7 @@ async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
 fn refused_while_draining(w: &mut RbeeWorld, status: u16, code: String) {
     assert_eq!(w.status, status, "{}", w.body);
     assert_eq!(w.body["error"]["code"], code.as_str(), "{}", w.body);
-    let events: Vec<Value> =
-        w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let events = w.worker_history();
     let draining = events
         .iter()
         .position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Draining")
@@ -381,8 +379,7 @@ async fn request_completed(w: &mut RbeeWorld, reason: String, tokens: u64) {
 
 #[then("the log records the worker draining, then its exit with code 0")]
 fn drained_then_exited(w: &mut RbeeWorld) {
-    let events: Vec<Value> =
-        w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let events = w.worker_history();
     let draining = events
         .iter()
         .position(|e| e["type"] == "worker.state_changed" && e["data"]["state"] == "Draining")

@@ -246,6 +246,11 @@ impl RbeeWorld {
         }));
     }
 
+    /// Every event (heartbeats aside) about the current worker id, in log order.
+    pub fn worker_history(&self) -> Vec<Value> {
+        self.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == self.worker_id.as_str()).collect()
+    }
+
     /// Events of `kind` for the current request id.
     pub fn request_events(&self, kind: &str) -> Vec<Value> {
         self.cluster()

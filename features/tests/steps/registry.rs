@@ -255,8 +255,7 @@ async fn listed_with_two_slots(w: &mut RbeeWorld) {
 
 #[then("the log holds two worker.registered events for that id, the second after the first one stopped")]
 fn two_registrations(w: &mut RbeeWorld) {
-    let events: Vec<Value> =
-        w.cluster().events(false).into_iter().filter(|e| e["data"]["worker"] == w.worker_id.as_str()).collect();
+    let events = w.worker_history();
     let kinds: Vec<(String, Value)> =
         events.iter().map(|e| (e["type"].as_str().unwrap().to_string(), e["data"]["state"].clone())).collect();
     let registrations: Vec<usize> =
