@@ -126,6 +126,9 @@ codes! {
     Cancelled "CANCELLED" 499 "the request was cancelled (client gone, `DELETE`, Ctrl+C) before it ended";
     InternalError "INTERNAL_ERROR" 500 "a process failed inside (a thread could not start, a task panicked); see its log";
     Unknown "UNKNOWN" 500 "a code this version of rbee does not know (written by another version)";
+    // Added with roles and credentials (schema 4 still: codes only ever go at the end).
+    NatsAuthFailed "NATS_AUTH_FAILED" 503 "nats-server refused this process's credentials: missing, wrong or for another cluster";
+    ForgedEvent "FORGED_EVENT" 500 "an event claims another origin than the subject it was written on; skipped and reported";
 }
 
 impl Code {

@@ -5,6 +5,7 @@
 //! and the core-NATS frames in [`frames`].
 
 pub mod archive;
+pub mod auth;
 pub mod code;
 pub mod envelope;
 pub mod event;
@@ -16,6 +17,7 @@ pub mod schema;
 pub mod subjects;
 pub mod trace;
 
+pub use auth::NatsAccess;
 pub use code::Code;
 pub use envelope::{Envelope, Meta};
 pub use event::*;

@@ -9,6 +9,9 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, context::PublishErrorKind, stream};
 
+use async_nats::ConnectErrorKind;
+
+use crate::auth::{Credentials, NatsAccess, roles};
 use crate::envelope::{DecodeError, Envelope, HEADER_EXPECTED_LAST_SUBJECT_SEQ, Meta};
 use crate::event::{AggregateKind, Event};
 use crate::subjects;
@@ -38,6 +41,9 @@ pub enum AppendError {
     Conflict { subject: String, expected: Expected },
     #[error("event log unavailable: {0}")]
     Unavailable(String),
+    /// nats-server refused this process's identity (or it has none it can use).
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 /// A stream setting in the environment is not usable; the message names the variable.
@@ -125,18 +131,38 @@ const ANY_RETRIES: usize = 16;
 const PUBLISH_ATTEMPTS: u32 = 4;
 
 impl EventLog {
-    /// Connects to NATS. Fails fast when nobody listens.
-    pub async fn connect(url: &str) -> Result<Self, AppendError> {
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(Duration::from_secs(5))
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connect(url);
-        let client = tokio::time::timeout(Duration::from_secs(10), client)
-            .await
-            .map_err(|_| AppendError::Unavailable(format!("no NATS server answered at {url}")))?
-            .map_err(|e| AppendError::Unavailable(format!("cannot connect to NATS at {url}: {e}")))?;
-        Ok(Self::from_client(client))
+    /// Connects to NATS as the identity in `access.creds`. Fails fast when nobody listens or the
+    /// server refuses the credentials; waits up to 10 s for a server that is still starting.
+    pub async fn connect(access: &NatsAccess) -> Result<Self, AppendError> {
+        let url = &access.url;
+        let creds = access.creds.as_deref().map(Credentials::read).transpose().map_err(AppendError::Unauthorized)?;
+        let options = || -> Result<async_nats::ConnectOptions, AppendError> {
+            let options = match &creds {
+                Some(c) => async_nats::ConnectOptions::with_credentials(&c.text)
+                    .map_err(|e| AppendError::Unauthorized(format!("unusable NATS credentials: {e}")))?
+                    .custom_inbox_prefix(roles::inbox_prefix(&c.public_key)),
+                None => async_nats::ConnectOptions::new(),
+            };
+            Ok(options.connection_timeout(Duration::from_secs(5)).max_reconnects(None))
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match options()?.connect(url).await {
+                Ok(client) => return Ok(Self::from_client(client)),
+                Err(e) if e.kind() == ConnectErrorKind::AuthorizationViolation => {
+                    return Err(AppendError::Unauthorized(format!(
+                        "nats-server at {url} refused {}",
+                        access.creds.as_ref().map_or("a client without credentials".into(), |p| {
+                            format!("the credentials in {}", p.display())
+                        })
+                    )));
+                }
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(AppendError::Unavailable(format!("cannot connect to NATS at {url}: {e}")));
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+            }
+        }
     }
 
     pub fn from_client(client: async_nats::Client) -> Self {

@@ -3,7 +3,7 @@
 //! * `rbee.ev.<aggregate>.<id>`  domain events, stream `RBEE`
 //! * `rbee.hb.<node>.<worker>`   heartbeats, stream `RBEE_HB` (last per subject kept)
 //! * `rbee.work.<worker>`        core NATS: a request's text dispatched to a worker
-//! * `rbee.tok.<request>`        core NATS: token frames streamed back
+//! * `rbee.tok.<worker>.<request>` core NATS: token frames streamed back by the worker serving it
 
 use crate::event::{AggregateKind, Event};
 
@@ -11,6 +11,7 @@ pub const EVENTS_STREAM: &str = "RBEE";
 pub const HEARTBEATS_STREAM: &str = "RBEE_HB";
 pub const EVENTS_SUBJECTS: &str = "rbee.ev.>";
 pub const HEARTBEATS_SUBJECTS: &str = "rbee.hb.>";
+pub const TOKENS_SUBJECTS: &str = "rbee.tok.>";
 
 pub fn aggregate(kind: AggregateKind, id: &str) -> String {
     format!("rbee.ev.{}.{id}", kind.as_str())
@@ -24,8 +25,9 @@ pub fn work(worker: &str) -> String {
     format!("rbee.work.{worker}")
 }
 
-pub fn tokens(request: &str) -> String {
-    format!("rbee.tok.{request}")
+/// Token frames carry the worker's id, so a worker can only ever stream under its own name.
+pub fn tokens(worker: &str, request: &str) -> String {
+    format!("rbee.tok.{worker}.{request}")
 }
 
 /// Where an event is published.

@@ -53,7 +53,7 @@ async fn ttft_direct(log: &EventLog, worker: &str, n: usize) -> f64 {
         sampling: Sampling::default(),
         traceparent: None,
     };
-    let mut tokens = log.client().subscribe(subjects::tokens(&request)).await.unwrap();
+    let mut tokens = log.client().subscribe(subjects::tokens(worker, &request)).await.unwrap();
     let t0 = Instant::now();
     let reply = log.client().request(subjects::work(worker), frames::encode(&item).into()).await.unwrap();
     assert_eq!(frames::decode::<WorkAccepted>(&reply.payload).unwrap(), WorkAccepted::Accepted);

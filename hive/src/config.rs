@@ -6,9 +6,11 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "rbee-hive", version, about = "rbee hive: one per machine; provisions models and supervises workers")]
 pub struct Config {
-    /// NATS server (JetStream enabled).
-    #[arg(long, env = "RBEE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: rbee_runtime::NatsArgs,
+    /// File with this node's seed for signing its workers' NATS identities (from `rbee nodes add`).
+    #[arg(long, env = "RBEE_WORKER_SIGNING_KEY")]
+    pub worker_signing_key: Option<PathBuf>,
     /// This machine's name in the cluster (default: the host name).
     #[arg(long, env = "RBEE_NODE")]
     pub node: Option<String>,

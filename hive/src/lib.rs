@@ -4,6 +4,7 @@
 pub mod config;
 pub mod error;
 pub mod fetch;
+pub mod identity;
 pub mod lifecycle;
 pub mod preflight;
 pub mod provision;

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{HiveError, Refusal};
 use crate::fetch::Downloader;
+use crate::identity::WorkerIdentities;
 use crate::provision::Provisioner;
 use crate::supervisor::{Supervisor, WorkerSpec};
 use crate::{Config, resources};
@@ -25,7 +26,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     let node = config.node_name();
     subjects::validate_name("node", &node)?;
     std::fs::create_dir_all(config.models_dir())?;
-    let log = EventLog::connect(&config.nats_url).await.map_err(bus)?;
+    let log = EventLog::connect(&config.nats.access()).await.map_err(bus)?;
     log.ensure_streams(&rbee_bus::StreamSettings::from_env()?).await.map_err(bus)?;
 
     let r = resources::read(&config.data_dir);
@@ -46,10 +47,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     let every = std::time::Duration::from_secs(config.catalog_check_secs.max(1));
     tokio::spawn(crate::upkeep::run(log.clone(), view.clone(), node.clone(), every, shutdown.clone()));
     let cores = config.cores().map_err(HiveError::Config)?;
+    let identities = WorkerIdentities::load(
+        config.nats.nats_creds.as_deref(),
+        config.worker_signing_key.as_deref(),
+        config.data_dir.join("workers-creds"),
+    )
+    .map_err(HiveError::Config)?;
     let supervisor = Supervisor::new(
         log.clone(),
         node.clone(),
-        config.nats_url.clone(),
+        config.nats.nats_url.clone(),
+        identities,
         config.logs_dir(),
         config.supervisor_settings(),
     );
@@ -60,7 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     if let Some(idle) = config.idle_timeout() {
         tokio::spawn(crate::lifecycle::stop_idle_workers(view.clone(), supervisor.clone(), idle, shutdown.clone()));
     }
-    let durable = format!("hive-{node}");
+    let durable = rbee_bus::auth::roles::hive_consumer(&node);
     let consumer = log
         .events_stream()
         .await

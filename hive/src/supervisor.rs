@@ -15,6 +15,8 @@ use rbee_bus::Code;
 use rbee_bus::{Event, EventLog, Expected, Meta, WorkerExited, WorkerSignalled};
 use tokio_util::task::TaskTracker;
 
+use crate::identity::WorkerIdentities;
+
 #[derive(Debug, thiserror::Error)]
 pub enum SpawnError {
     #[error("worker binary {0} not found; build it (cargo build) or pass --worker-bin")]
@@ -80,21 +82,33 @@ pub struct Supervisor {
     log: EventLog,
     node: String,
     nats_url: String,
+    identities: Arc<WorkerIdentities>,
     logs_dir: PathBuf,
     settings: SupervisorSettings,
     running: Arc<Mutex<HashMap<String, Tracked>>>,
     watchers: TaskTracker,
 }
 
+/// The environment variable (and flag) that holds the node's worker signing key.
+pub const WORKER_SIGNING_KEY_ENV: &str = "RBEE_WORKER_SIGNING_KEY";
+
 /// How long recording an exit may take when the log is unreachable: never hang a shutdown on it.
 const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Supervisor {
-    pub fn new(log: EventLog, node: String, nats_url: String, logs_dir: PathBuf, settings: SupervisorSettings) -> Self {
+    pub fn new(
+        log: EventLog,
+        node: String,
+        nats_url: String,
+        identities: WorkerIdentities,
+        logs_dir: PathBuf,
+        settings: SupervisorSettings,
+    ) -> Self {
         Supervisor {
             log,
             node,
             nats_url,
+            identities: Arc::new(identities),
             logs_dir,
             settings,
             running: Default::default(),
@@ -123,7 +137,13 @@ impl Supervisor {
             .create(true)
             .append(true)
             .open(self.logs_dir.join(format!("worker-{}.log", spec.worker)))?;
+        let creds = self.identities.issue(&spec.worker)?;
         let mut command = tokio::process::Command::new(binary);
+        // The worker speaks as itself: its own credentials, never the hive's or its signing key.
+        command.env_remove(WORKER_SIGNING_KEY_ENV).env_remove("RBEE_NATS_CREDS");
+        if let Some(creds) = creds {
+            command.env("RBEE_NATS_CREDS", creds);
+        }
         command
             .arg("--nats-url")
             .arg(&self.nats_url)
@@ -195,6 +215,9 @@ impl Supervisor {
             }
         };
         tracing::info!(%worker, pid, ?exit_code, ?signal, "worker exited");
+        if tracked.is_some() {
+            self.identities.revoke(worker);
+        }
         if !self.was_registered_incarnation(worker, pid).await {
             tracing::info!(%worker, pid, "the exited process never held this worker id (another incarnation does); nothing recorded");
             return;

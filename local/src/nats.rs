@@ -60,6 +60,22 @@ pub struct NatsPlan<'a> {
     pub log: &'a Path,
     /// JetStream's `sync_interval`: `always` (fsync before every ack) or a duration such as `2m`.
     pub sync_interval: &'a str,
+    /// Who the server trusts and what each identity may do ([`crate::trust::Trust::server_config`]).
+    pub auth: &'a str,
+}
+
+/// The server's authorization, beside its config file (includes are relative to it).
+const AUTH_FILE: &str = "auth.conf";
+
+/// Gives the server `pid`, started with `store_dir`, new authorization without a restart (a node
+/// joined): rewrites its auth file and signals it to reload.
+pub fn reload_auth(store_dir: &Path, auth: &str, pid: u32) -> LocalResult<()> {
+    crate::trust::write_secret(&store_dir.join(AUTH_FILE), auth)?;
+    if !process::is_ours(pid, "nats-server") {
+        return Err(LocalError::new(Code::NatsStartFailed, format!("nats-server {pid} is not running")));
+    }
+    process::signal(pid, libc::SIGHUP);
+    Ok(())
 }
 
 /// Accepts `always` or a number followed by ms, s or m.
@@ -82,11 +98,12 @@ pub async fn start(plan: &NatsPlan<'_>) -> LocalResult<u32> {
     std::fs::create_dir_all(plan.store_dir).map_err(|e| process::io_error("create", plan.store_dir, e))?;
     let config = plan.store_dir.join("nats.conf");
     let text = format!(
-        "jetstream {{\n  store_dir: {:?}\n  sync_interval: {}\n}}\n",
+        "jetstream {{\n  store_dir: {:?}\n  sync_interval: {}\n}}\ninclude {AUTH_FILE:?}\n",
         plan.store_dir.display().to_string(),
         plan.sync_interval
     );
     std::fs::write(&config, text).map_err(|e| process::io_error("write", &config, e))?;
+    crate::trust::write_secret(&plan.store_dir.join(AUTH_FILE), plan.auth)?;
     let args: Vec<String> = [
         "-c",
         &config.display().to_string(),

@@ -61,7 +61,7 @@ pub fn stop(pid: u32, expected: &str, grace: Duration) -> bool {
     true
 }
 
-fn signal(pid: u32, sig: i32) {
+pub fn signal(pid: u32, sig: i32) {
     // SAFETY: plain syscall; the pid was checked to be a process we started.
     unsafe { libc::kill(pid as i32, sig) };
 }

@@ -5,6 +5,7 @@
 //! sha256 of everything before it. A restore verifies it, then republishes the events in order into
 //! an empty `RBEE` stream; projections then rebuild from the log, equal to the original's.
 
+use rbee_bus::NatsAccess;
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -12,7 +13,7 @@ use std::path::Path;
 use base64::Engine as _;
 use rbee_bus::Code;
 use rbee_bus::read::{self, RawEvent};
-use rbee_bus::{EventLog, subjects};
+use rbee_bus::subjects;
 use serde_json::{Value, json};
 use sha2::Digest;
 
@@ -27,8 +28,8 @@ fn invalid(path: &Path, why: impl std::fmt::Display) -> CliError {
 }
 
 /// Writes every event of `RBEE` to `path`. Returns the number of events.
-pub async fn backup(nats_url: &str, path: &Path) -> CliResult<usize> {
-    let log = EventLog::connect(nats_url).await.map_err(unavailable)?;
+pub async fn backup(nats: &NatsAccess, path: &Path) -> CliResult<usize> {
+    let log = crate::live::connect_log(nats).await?;
     let events = read::raw_to_end(&log, subjects::EVENTS_STREAM).await.map_err(unavailable)?;
     let mut body = Vec::new();
     let header = json!({
@@ -98,9 +99,9 @@ pub fn read_backup(path: &Path) -> CliResult<Vec<RawEvent>> {
 }
 
 /// Republishes a verified backup into an empty `RBEE` stream. Returns the number of events.
-pub async fn restore(nats_url: &str, path: &Path) -> CliResult<usize> {
+pub async fn restore(nats: &NatsAccess, path: &Path) -> CliResult<usize> {
     let events = read_backup(path)?;
-    let log = EventLog::connect(nats_url).await.map_err(unavailable)?;
+    let log = crate::live::connect_log(nats).await?;
     let settings =
         rbee_bus::StreamSettings::from_env().map_err(|e| CliError::new(Code::InvalidConfig, e.to_string()))?;
     log.ensure_streams(&settings).await.map_err(unavailable)?;

@@ -8,12 +8,12 @@ use rbee_projections::history::Until;
 
 use crate::cluster_file::ClusterFile;
 use crate::error::CliResult;
-use rbee_local::{postgres, process};
+use rbee_local::{postgres, process, trust};
 
 pub async fn down(data_dir: &Path) -> CliResult<()> {
     match ClusterFile::load(data_dir) {
         Some(cf) => {
-            let leftovers = workers_on_node(&cf).await;
+            let leftovers = workers_on_node(&cf, data_dir).await;
             stop_cluster(&cf);
             // Workers whose hive died (SIGKILL) outlive it; the log knows them by id and pid.
             for (worker, pid) in leftovers {
@@ -30,8 +30,10 @@ pub async fn down(data_dir: &Path) -> CliResult<()> {
 }
 
 /// Workers the log places on this cluster's node, with their pids.
-async fn workers_on_node(cf: &ClusterFile) -> Vec<(String, u32)> {
-    let Ok(log) = rbee_bus::EventLog::connect(&cf.nats_url).await else { return Vec::new() };
+async fn workers_on_node(cf: &ClusterFile, data_dir: &Path) -> Vec<(String, u32)> {
+    let reader = trust::creds_path(&trust::dir_in(data_dir), trust::Identity::Operator);
+    let nats = rbee_bus::NatsAccess::new(&cf.nats_url, Some(reader));
+    let Ok(log) = rbee_bus::EventLog::connect(&nats).await else { return Vec::new() };
     let Ok(folded) = rbee_projections::history::replay_to(&log, None, Until::End).await else { return Vec::new() };
     let view = folded.view;
     view.registry.workers.values().filter(|w| w.node == cf.node).map(|w| (w.id.clone(), w.pid)).collect()

@@ -2,9 +2,10 @@
 
 use futures::StreamExt;
 use rbee_bus::Code;
+use rbee_bus::NatsAccess;
 use rbee_bus::log::ReadError;
 use rbee_bus::read::{self, StartAt};
-use rbee_bus::{EventLog, Recorded, subjects};
+use rbee_bus::{Recorded, subjects};
 use rbee_projections::history::Until;
 use serde_json::{Value, json};
 
@@ -50,7 +51,7 @@ fn wanted(args: &TailArgs, since_ms: u64, rec: &Recorded) -> bool {
         && args.aggregate.as_deref().is_none_or(|a| rec.envelope.event.aggregate().0.as_str() == a)
 }
 
-pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
+pub async fn tail(nats: &NatsAccess, args: TailArgs) -> CliResult<()> {
     let since_ms = match crate::log_point::parse(args.since.as_deref())? {
         Until::TimeMs(ms) => ms,
         Until::End => 0,
@@ -65,7 +66,7 @@ pub async fn tail(nats_url: &str, args: TailArgs) -> CliResult<()> {
             format!("--aggregate must be node, worker, model or request, got \"{shown}\""),
         ));
     }
-    let log = EventLog::connect(nats_url).await.map_err(|e| unavailable(e.to_string()))?;
+    let log = crate::live::connect_log(nats).await?;
     let mut streams = vec![subjects::EVENTS_STREAM];
     if !args.no_heartbeats {
         streams.push(subjects::HEARTBEATS_STREAM);

@@ -17,7 +17,8 @@ pub mod start;
 pub mod up;
 pub mod workers;
 
-use rbee_bus::Code;
+use rbee_bus::{Code, NatsAccess};
+use rbee_local::trust::{self, Identity};
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
@@ -34,6 +35,10 @@ pub struct Cli {
     /// NATS server (default: the one `rbee up` started).
     #[arg(long, global = true, env = "RBEE_NATS_URL")]
     pub nats_url: Option<String>,
+    /// Credentials file of the NATS identity to act as (default: the local cluster's operator
+    /// identity to read, its admin identity for commands that change something).
+    #[arg(long, global = true, env = "RBEE_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
     /// Queen base URL (default: the one `rbee up` started).
     #[arg(long, global = true, env = "RBEE_URL")]
     pub url: Option<String>,
@@ -164,11 +169,19 @@ impl Cli {
         given.clone().or_else(|| ClusterFile::load(&self.data_dir).and_then(|c| c.database_url))
     }
 
-    fn nats_url(&self) -> String {
-        self.nats_url
+    /// NATS, as the identity a command needs: read-only unless it changes the cluster.
+    fn nats(&self, access: Access) -> NatsAccess {
+        let url = self
+            .nats_url
             .clone()
             .or_else(|| ClusterFile::load(&self.data_dir).map(|c| c.nats_url))
-            .unwrap_or_else(|| "nats://127.0.0.1:4222".into())
+            .unwrap_or_else(|| "nats://127.0.0.1:4222".into());
+        let identity = match access {
+            Access::Read => Identity::Operator,
+            Access::Admin => Identity::Admin,
+        };
+        let local = trust::creds_path(&trust::dir_in(&self.data_dir), identity);
+        NatsAccess::new(url, self.nats_creds.clone().or_else(|| local.exists().then_some(local)))
     }
 
     /// The node a command addresses: the one given, else this cluster's, else this host.
@@ -185,6 +198,13 @@ impl Cli {
     }
 }
 
+/// What a command does to the cluster, and so which identity it acts as.
+#[derive(Debug, Clone, Copy)]
+enum Access {
+    Read,
+    Admin,
+}
+
 pub async fn run(cli: Cli) -> CliResult<()> {
     let data_dir: &Path = &cli.data_dir;
     match &cli.command {
@@ -192,18 +212,18 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Down => down::down(data_dir).await,
         Command::Setup(args) => setup(args, data_dir),
         Command::Backup { file } => {
-            let n = backup::backup(&cli.nats_url(), file).await?;
+            let n = backup::backup(&cli.nats(Access::Admin), file).await?;
             println!("backed up {n} events to {}", file.display());
             Ok(())
         }
         Command::Restore { file } => {
-            let n = backup::restore(&cli.nats_url(), file).await?;
+            let n = backup::restore(&cli.nats(Access::Admin), file).await?;
             println!("restored {n} events from {}", file.display());
             Ok(())
         }
         Command::Replay { at, digest, database_url } => {
             let url = cli.database_url(database_url);
-            replay::replay(&cli.nats_url(), url.as_deref(), at.as_deref(), *digest).await
+            replay::replay(&cli.nats(Access::Read), url.as_deref(), at.as_deref(), *digest).await
         }
         Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
         Command::Projections { command: ProjectionsCommand::Rebuild { database_url } } => {
@@ -211,24 +231,28 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             let url = url.ok_or_else(|| {
                 error::CliError::new(Code::EventStoreUnavailable, "no event store: pass --database-url or run rbee up")
             })?;
-            replay::rebuild(&cli.nats_url(), &url).await
+            replay::rebuild(&cli.nats(Access::Read), &url).await
         }
         Command::Models { action: None | Some(ModelAction::List), node, json } => {
-            models::list(&cli.nats_url(), node.as_deref(), *json).await
+            models::list(&cli.nats(Access::Read), node.as_deref(), *json).await
         }
         Command::Models { action: Some(ModelAction::Pull(args)), node, .. } => {
-            models::pull(&cli.nats_url(), &cli.node(node.as_deref()), args).await
+            models::pull(&cli.nats(Access::Admin), &cli.node(node.as_deref()), args).await
         }
         Command::Models { action: Some(ModelAction::Rm { model }), node, .. } => {
-            models::remove(&cli.nats_url(), &cli.node(node.as_deref()), model).await
+            models::remove(&cli.nats(Access::Admin), &cli.node(node.as_deref()), model).await
         }
         Command::Workers { action: Some(WorkerAction::Start(args)), .. } => {
-            workers::start(&cli.nats_url(), &cli.node(args.node.as_deref()), args).await
+            workers::start(&cli.nats(Access::Admin), &cli.node(args.node.as_deref()), args).await
         }
         Command::Workers { action: Some(WorkerAction::Drain { worker }), .. } => {
-            workers::drain(&cli.nats_url(), worker).await
+            workers::drain(&cli.nats(Access::Admin), worker).await
         }
-        Command::Workers { action: None, filter, json } => workers::workers(&cli.nats_url(), filter, *json).await,
-        Command::Events { command: EventsCommand::Tail(args) } => events::tail(&cli.nats_url(), args.clone()).await,
+        Command::Workers { action: None, filter, json } => {
+            workers::workers(&cli.nats(Access::Read), filter, *json).await
+        }
+        Command::Events { command: EventsCommand::Tail(args) } => {
+            events::tail(&cli.nats(Access::Read), args.clone()).await
+        }
     }
 }

@@ -1,10 +1,11 @@
 //! The CLI's window on a running cluster: a connection to its log and a view folded up to now,
 //! following new events until dropped.
 
+use rbee_bus::NatsAccess;
 use std::time::Duration;
 
 use rbee_bus::Code;
-use rbee_bus::EventLog;
+use rbee_bus::{AppendError, EventLog};
 use rbee_projections::LiveView;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -28,9 +29,17 @@ pub fn unavailable(e: impl std::fmt::Display) -> CliError {
     CliError::new(Code::EventLogUnavailable, format!("{e}; is the cluster up (rbee up)?"))
 }
 
+/// Connects to the log; a refused identity is NATS_AUTH_FAILED, anything else unavailable.
+pub async fn connect_log(nats: &NatsAccess) -> Result<EventLog, CliError> {
+    EventLog::connect(nats).await.map_err(|e| match e {
+        AppendError::Unauthorized(why) => CliError::new(Code::NatsAuthFailed, why),
+        other => unavailable(other),
+    })
+}
+
 /// Connects to the cluster's log and folds it up to now.
-pub async fn connect(nats_url: &str) -> Result<Connected, CliError> {
-    let log = EventLog::connect(nats_url).await.map_err(unavailable)?;
+pub async fn connect(nats: &NatsAccess) -> Result<Connected, CliError> {
+    let log = connect_log(nats).await?;
     let stop = CancellationToken::new();
     let view = LiveView::start(&log, stop.clone()).await.map_err(unavailable)?;
     let connected = Connected { log, view, _stop: stop.drop_guard() };

@@ -2,6 +2,7 @@
 //! A pull shows a progress bar fed by the download's events, so it shows any hive's download of
 //! that model to that node, including one resumed after a crash.
 
+use rbee_bus::NatsAccess;
 use std::time::Duration;
 
 use crate::progress::{Bar, mb, next_event};
@@ -30,8 +31,8 @@ pub struct PullArgs {
 }
 
 /// `rbee models list`: the catalog, then downloads under way.
-pub async fn list(nats_url: &str, node: Option<&str>, json: bool) -> CliResult<()> {
-    let cluster = crate::live::connect(nats_url).await?;
+pub async fn list(nats: &NatsAccess, node: Option<&str>, json: bool) -> CliResult<()> {
+    let cluster = crate::live::connect(nats).await?;
     let (entries, downloads): (Vec<_>, Vec<_>) = cluster.view.read(|v| {
         let entries = v.catalog.page(node, None, usize::MAX).into_iter().cloned().collect();
         let downloads = v.downloads.active().filter(|d| node.is_none_or(|n| d.node == n)).cloned().collect();
@@ -63,7 +64,7 @@ pub async fn list(nats_url: &str, node: Option<&str>, json: bool) -> CliResult<(
 }
 
 /// `rbee models pull`: asks the node's hive for the model and follows its download to the end.
-pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> {
+pub async fn pull(nats: &NatsAccess, node: &str, args: &PullArgs) -> CliResult<()> {
     let reference =
         ModelRef::parse(&args.reference).map_err(|e| CliError::new(Code::InvalidModelSource, e.to_string()))?;
     let model = args.name.clone().unwrap_or_else(|| reference.default_name());
@@ -76,7 +77,7 @@ pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> 
         }
         _ => args.reference.clone(),
     };
-    let cluster = crate::live::connect(nats_url).await?;
+    let cluster = crate::live::connect(nats).await?;
     if let Some(e) = cluster.view.read(|v| v.catalog.get(&model, node).cloned()) {
         println!("{model} is already on {node}: {} ({} MB)", e.path, mb(e.size_bytes));
         return Ok(());
@@ -125,9 +126,9 @@ pub async fn pull(nats_url: &str, node: &str, args: &PullArgs) -> CliResult<()> 
 }
 
 /// `rbee models rm`: the node's hive deletes the file and records `model.removed`.
-pub async fn remove(nats_url: &str, node: &str, model: &str) -> CliResult<()> {
+pub async fn remove(nats: &NatsAccess, node: &str, model: &str) -> CliResult<()> {
     subjects::validate_name("model", model).map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
-    let cluster = crate::live::connect(nats_url).await?;
+    let cluster = crate::live::connect(nats).await?;
     let Some(entry) = cluster.view.read(|v| v.catalog.get(model, node).cloned()) else {
         return Err(CliError::new(Code::ModelNotFound, format!("{model} is not on node {node} (rbee models list)")));
     };

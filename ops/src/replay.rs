@@ -3,7 +3,8 @@
 //! were at a point of the log; `rbee projections rebuild` resets and replays, setting the stored
 //! checkpoint aside and storing the fresh one.
 
-use rbee_bus::{Code, EventLog};
+use rbee_bus::Code;
+use rbee_bus::NatsAccess;
 use rbee_projections::ClusterView;
 use rbee_projections::checkpoint::CLUSTER_VIEW;
 use rbee_projections::history::{self, Folded, HistoryError};
@@ -11,7 +12,6 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::error::{CliError, CliResult};
-use crate::live::unavailable;
 
 async fn connect_store(url: &str) -> CliResult<PgPool> {
     rbee_bus::archive::connect_store(url).await.map_err(|e| CliError::new(Code::EventStoreUnavailable, e.to_string()))
@@ -26,9 +26,9 @@ fn folded(result: Result<Folded, HistoryError>) -> CliResult<Folded> {
     Ok(folded)
 }
 
-pub async fn replay(nats_url: &str, database_url: Option<&str>, at: Option<&str>, digest: bool) -> CliResult<()> {
+pub async fn replay(nats: &NatsAccess, database_url: Option<&str>, at: Option<&str>, digest: bool) -> CliResult<()> {
     let until = crate::log_point::parse(at)?;
-    let log = EventLog::connect(nats_url).await.map_err(unavailable)?;
+    let log = crate::live::connect_log(nats).await?;
     let pool = match database_url {
         Some(url) => Some(connect_store(url).await?),
         None => None,
@@ -42,8 +42,8 @@ pub async fn replay(nats_url: &str, database_url: Option<&str>, at: Option<&str>
     Ok(())
 }
 
-pub async fn rebuild(nats_url: &str, database_url: &str) -> CliResult<()> {
-    let log = EventLog::connect(nats_url).await.map_err(unavailable)?;
+pub async fn rebuild(nats: &NatsAccess, database_url: &str) -> CliResult<()> {
+    let log = crate::live::connect_log(nats).await?;
     let pool = connect_store(database_url).await?;
     let folded = folded(history::rebuild(&log, &pool).await)?;
     println!(

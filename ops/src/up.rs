@@ -10,6 +10,7 @@ use rbee_bus::WorkerState;
 use crate::cluster_file::ClusterFile;
 use crate::error::{CliError, CliResult};
 use crate::start::{StartRequest, new_worker_id, start_and_wait};
+use rbee_local::trust::{self, Identity, Trust};
 use rbee_local::{model, nats, postgres, process};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -78,7 +79,7 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
         }
     };
     if !args.no_worker {
-        ensure_worker(&cluster, &source, args.slots.max(1), Duration::from_secs(args.timeout_secs)).await?;
+        ensure_worker(&cluster, &data_dir, &source, args.slots.max(1), Duration::from_secs(args.timeout_secs)).await?;
     }
     println!("rbee is up: {}/v1  (model {})", cluster.queen_url, source.name);
     println!("try: curl {}/v1/chat/completions -H 'Content-Type: application/json' \\", cluster.queen_url);
@@ -114,6 +115,10 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let node = args.node.clone().unwrap_or_else(rbee_runtime::hostname);
     rbee_bus::subjects::validate_name("node", &node).map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
 
+    // The cluster's identities: made on the first start, kept (0600) in <data-dir>/trust.
+    let trust = Trust::open(&trust::dir_in(data_dir))?;
+    trust.add_node(&node)?;
+
     // Every port at once: ports picked one by one can collide, and then a process fails to bind.
     let ports = process::free_ports(4)?;
     let (nats_port, monitor_port, pg_port) = (ports[0], ports[1], ports[2]);
@@ -140,6 +145,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
         store_dir: &data_dir.join("nats"),
         log: &logs.join("nats.log"),
         sync_interval: &args.nats_sync_interval,
+        auth: &trust.server_config()?,
     })
     .await?;
     cf.save(data_dir)?;
@@ -153,7 +159,13 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     cf.database_url = Some(database_url.clone());
     cf.save(data_dir)?;
 
-    let env = [("RBEE_NATS_URL", cf.nats_url.clone())];
+    let path = |p: PathBuf| p.display().to_string();
+    let hive_env = [
+        ("RBEE_NATS_URL", cf.nats_url.clone()),
+        ("RBEE_NATS_CREDS", path(trust.creds(Identity::Hive(&node)))),
+        ("RBEE_WORKER_SIGNING_KEY", path(trust.worker_signer(&node))),
+    ];
+    let queen_env = [("RBEE_NATS_URL", cf.nats_url.clone()), ("RBEE_NATS_CREDS", path(trust.creds(Identity::Queen)))];
     let hive_args = vec![
         "--node".into(),
         node,
@@ -164,7 +176,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
         "--max-workers".into(),
         args.max_workers.to_string(),
     ];
-    cf.hive_pid = process::spawn_detached(&hive_bin, &hive_args, &logs.join("hive.log"), &env)?;
+    cf.hive_pid = process::spawn_detached(&hive_bin, &hive_args, &logs.join("hive.log"), &hive_env)?;
     cf.save(data_dir)?;
     let queen_args = vec![
         "--bind".into(),
@@ -176,7 +188,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
         "--stale-grace-secs".into(),
         args.stale_grace_secs.to_string(),
     ];
-    cf.queen_pid = process::spawn_detached(&queen_bin, &queen_args, &logs.join("queen.log"), &env)?;
+    cf.queen_pid = process::spawn_detached(&queen_bin, &queen_args, &logs.join("queen.log"), &queen_env)?;
     cf.save(data_dir)?;
     let queen = Some((cf.queen_pid, "rbee-queen"));
     rbee_local::wait_serving(&format!("{}/health", cf.queen_url), queen, Duration::from_secs(30)).await.map_err(
@@ -195,8 +207,16 @@ const FRESH_HEARTBEAT_MS: u64 = 10_000;
 
 /// Makes sure a live worker serves the model on this node: reuses one, or asks the hive for one and
 /// waits until it is ready.
-async fn ensure_worker(cf: &ClusterFile, source: &model::ModelSource, slots: u32, timeout: Duration) -> CliResult<()> {
-    let crate::live::Connected { log, view, .. } = &crate::live::connect(&cf.nats_url).await?;
+async fn ensure_worker(
+    cf: &ClusterFile,
+    data_dir: &Path,
+    source: &model::ModelSource,
+    slots: u32,
+    timeout: Duration,
+) -> CliResult<()> {
+    let admin = trust::creds_path(&trust::dir_in(data_dir), Identity::Admin);
+    let nats = rbee_bus::NatsAccess::new(&cf.nats_url, Some(admin));
+    let crate::live::Connected { log, view, .. } = &crate::live::connect(&nats).await?;
     let now = rbee_bus::envelope::now_ms();
     let existing = view.read(|v| {
         v.registry

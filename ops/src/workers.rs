@@ -1,6 +1,7 @@
 //! `rbee workers`: the worker registry, folded from the log right now.
 
 use rbee_bus::Code;
+use rbee_bus::NatsAccess;
 use std::time::Duration;
 
 use crate::error::{CliError, CliResult};
@@ -34,7 +35,7 @@ pub struct StartArgs {
 }
 
 /// `rbee workers start`: a new worker, started by a hive through a command event.
-pub async fn start(nats_url: &str, node: &str, args: &StartArgs) -> CliResult<()> {
+pub async fn start(nats: &NatsAccess, node: &str, args: &StartArgs) -> CliResult<()> {
     rbee_bus::subjects::validate_name("node", node).map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
     let mut source = rbee_local::model::resolve(
         args.model.as_deref(),
@@ -44,7 +45,7 @@ pub async fn start(nats_url: &str, node: &str, args: &StartArgs) -> CliResult<()
     if args.sha256.is_some() {
         source.sha256 = args.sha256.clone();
     }
-    let cluster = crate::live::connect(nats_url).await?;
+    let cluster = crate::live::connect(nats).await?;
     let worker = crate::start::new_worker_id(node);
     let request = crate::start::StartRequest {
         node,
@@ -85,7 +86,7 @@ impl WorkerFilter {
     }
 }
 
-pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliResult<()> {
+pub async fn workers(nats: &NatsAccess, filter: &WorkerFilter, json: bool) -> CliResult<()> {
     if let Some(state) = filter.state.as_deref().filter(|s| !["loading", "ready", "draining", "stale"].contains(s)) {
         let shown: String = state.chars().take(40).flat_map(char::escape_default).collect();
         return Err(CliError::new(
@@ -93,7 +94,7 @@ pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliRe
             format!("--state must be loading, ready, draining or stale, got \"{shown}\""),
         ));
     }
-    let cluster = crate::live::connect(nats_url).await?;
+    let cluster = crate::live::connect(nats).await?;
     let workers: Vec<_> =
         cluster.view.read(|v| v.registry.workers.values().filter(|w| filter.matches(w)).cloned().collect());
     if json {
@@ -129,12 +130,12 @@ pub async fn workers(nats_url: &str, filter: &WorkerFilter, json: bool) -> CliRe
 
 /// `rbee workers drain <id>`: the worker takes no new requests; its current ones finish. The
 /// worker aggregate's rules decide whether it may drain.
-pub async fn drain(nats_url: &str, worker: &str) -> CliResult<()> {
+pub async fn drain(nats: &NatsAccess, worker: &str) -> CliResult<()> {
     use rbee_projections::aggregate::worker::WorkerCommand;
     use rbee_projections::aggregate::{CommandError, on_worker};
     rbee_bus::subjects::validate_name("worker id", worker)
         .map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
-    let cluster = crate::live::connect(nats_url).await?;
+    let cluster = crate::live::connect(nats).await?;
     match on_worker(&cluster.log, &cluster.view, worker, &WorkerCommand::Drain, &rbee_bus::Meta::default()).await {
         Ok(events) if events.is_empty() => println!("worker {worker} is already draining"),
         Ok(_) => println!("worker {worker} is draining: it takes no new requests"),

@@ -239,7 +239,7 @@ async fn dispatch(
 ) -> Result<async_nats::Subscriber, ApiError> {
     let client = state.log.client();
     // Subscribe before dispatching so the first token cannot be missed.
-    let tokens = client.subscribe(subjects::tokens(request)).await.map_err(ApiError::log_unavailable)?;
+    let tokens = client.subscribe(subjects::tokens(&claim.worker, request)).await.map_err(ApiError::log_unavailable)?;
     let item = WorkItem {
         request: request.into(),
         slot: claim.slot,

@@ -6,9 +6,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "rbee-queen", version, about = "rbee queen: OpenAI-compatible gateway and scheduler")]
 pub struct Config {
-    /// NATS server (JetStream enabled).
-    #[arg(long, env = "RBEE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: rbee_runtime::NatsArgs,
     /// Address the HTTP API listens on.
     #[arg(long, env = "RBEE_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,

@@ -80,7 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Runs the queen until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), QueenError> {
-    let log = EventLog::connect(&config.nats_url).await.map_err(|e| QueenError::Bus(e.to_string()))?;
+    let log = EventLog::connect(&config.nats.access()).await.map_err(|e| QueenError::Bus(e.to_string()))?;
     let settings = rbee_bus::StreamSettings::from_env()?;
     log.ensure_streams(&settings).await.map_err(|e| QueenError::Bus(e.to_string()))?;
     let pool = match &config.database_url {

@@ -72,3 +72,20 @@ pub fn exit_code<E: std::fmt::Display>(result: Result<(), E>, code: impl Fn(&E) 
         }
     }
 }
+
+/// How a process reaches NATS and as whom: the same two flags on every rbee process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NatsArgs {
+    /// NATS server (JetStream enabled).
+    #[arg(long, env = "RBEE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Credentials file of this process's NATS identity (a path: the secret is never on the command line).
+    #[arg(long, env = "RBEE_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+}
+
+impl NatsArgs {
+    pub fn access(&self) -> rbee_bus::NatsAccess {
+        rbee_bus::NatsAccess::new(&self.nats_url, self.nats_creds.clone())
+    }
+}

@@ -6,9 +6,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "rbee-worker", version, about = "rbee inference worker: serves one GGUF model over NATS")]
 pub struct Config {
-    /// NATS server (JetStream enabled).
-    #[arg(long, env = "RBEE_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
+    #[command(flatten)]
+    pub nats: rbee_runtime::NatsArgs,
     /// The node (machine) this worker runs on.
     #[arg(long, env = "RBEE_NODE")]
     pub node: String,

@@ -46,7 +46,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     for (field, value) in [("node", &config.node), ("worker id", &config.worker_id), ("model", &config.model)] {
         rbee_bus::subjects::validate_name(field, value)?;
     }
-    let log = EventLog::connect(&config.nats_url).await?;
+    let log = EventLog::connect(&config.nats.access()).await?;
     log.ensure_streams(&rbee_bus::StreamSettings::from_env()?).await?;
     let meta = Meta { correlation: Some(config.worker_id.clone()), traceparent: None };
     let registered = Event::WorkerRegistered(WorkerRegistered {
@@ -218,7 +218,7 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
     }
     let _ = client.publish(reply, frames::encode(&WorkAccepted::Accepted).into()).await;
     tokio::spawn(watch_cancellation(cancellations, cancel));
-    shared.streams.spawn(forward_frames(client, subjects::tokens(&item.request), frames_rx));
+    shared.streams.spawn(forward_frames(client, subjects::tokens(&shared.config.worker_id, &item.request), frames_rx));
     shared.streams.spawn(finish(shared.clone(), item, frames_tx, done_rx));
 }
 

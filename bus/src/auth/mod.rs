@@ -1,0 +1,83 @@
+//! Who may say what on the bus. Every process connects to nats-server as a user of the cluster's
+//! account, with a credentials file (a JWT signed by the account or one of its scoped keys, and the
+//! user's seed). The JWT carries the role's subject permissions ([`roles`]) and nats-server
+//! enforces them; [`jwt`] writes the operator, account and user JWTs.
+
+pub mod jwt;
+pub mod roles;
+
+use std::path::{Path, PathBuf};
+
+/// Where a process finds nats-server and which identity it speaks as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatsAccess {
+    pub url: String,
+    /// A `.creds` file; None connects anonymously, which an rbee cluster refuses.
+    pub creds: Option<PathBuf>,
+}
+
+impl NatsAccess {
+    pub fn new(url: impl Into<String>, creds: Option<PathBuf>) -> Self {
+        NatsAccess { url: url.into(), creds }
+    }
+}
+
+/// A user's identity read from its credentials file: the JWT and the key that proves it.
+pub struct Credentials {
+    pub text: String,
+    pub public_key: String,
+    /// The account the user belongs to (the public key that signed it, or the one it names).
+    pub account: String,
+}
+
+impl Credentials {
+    /// Reads a `.creds` file; the error names the file, never its content.
+    pub fn read(path: &Path) -> Result<Credentials, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read NATS credentials {}: {e}", path.display()))?;
+        let seed = seed_of(&text).ok_or_else(|| format!("{} is not a NATS credentials file", path.display()))?;
+        let key =
+            nkeys::KeyPair::from_seed(seed).map_err(|_| format!("{} holds no valid user seed", path.display()))?;
+        let claims = jwt_of(&text).and_then(jwt::claims).unwrap_or_default();
+        let account =
+            claims["nats"]["issuer_account"].as_str().or(claims["iss"].as_str()).unwrap_or_default().to_string();
+        Ok(Credentials { public_key: key.public_key(), account, text })
+    }
+}
+
+/// The JWT between the `NATS USER JWT` markers of a credentials file.
+fn jwt_of(creds: &str) -> Option<&str> {
+    let mut lines = creds.lines().map(str::trim);
+    lines.find(|l| l.starts_with("-----BEGIN NATS USER JWT"))?;
+    lines.next()
+}
+
+/// The seed between the `USER NKEY SEED` markers of a credentials file.
+fn seed_of(creds: &str) -> Option<&str> {
+    let mut lines = creds.lines().map(str::trim);
+    lines.find(|l| l.starts_with("-----BEGIN USER NKEY SEED"))?;
+    lines.next().filter(|l| l.starts_with('S'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credentials_file_gives_back_its_user() {
+        let user = nkeys::KeyPair::new_user();
+        let account = nkeys::KeyPair::new_account();
+        let token = jwt::user(&account, &account.public_key(), &user.public_key(), "u", None);
+        let dir = std::env::temp_dir().join(format!("rbee-creds-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("u.creds");
+        std::fs::write(&path, jwt::creds(&token, &user.seed().unwrap())).unwrap();
+        let creds = Credentials::read(&path).unwrap();
+        assert_eq!(creds.public_key, user.public_key());
+        assert_eq!(creds.account, account.public_key());
+        std::fs::write(&path, "nothing here").unwrap();
+        let err = Credentials::read(&path).err().unwrap();
+        assert!(err.contains("not a NATS credentials file") && !err.contains("nothing here"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
