@@ -15,9 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::envelope::HEADER_SCHEMA;
 use crate::log::{EventLog, decode_message, header_pairs};
-use crate::subjects;
+use crate::subjects::{self, ARCHIVER_CONSUMER};
 
-pub const ARCHIVER_CONSUMER: &str = "archiver";
 const BATCH: usize = 2000;
 
 #[derive(Debug, thiserror::Error)]

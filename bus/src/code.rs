@@ -128,6 +128,7 @@ codes! {
     Unknown "UNKNOWN" 500 "a code this version of rbee does not know (written by another version)";
     // Added with roles and credentials (schema 4 still: codes only ever go at the end).
     NatsAuthFailed "NATS_AUTH_FAILED" 503 "nats-server refused this process's credentials: missing, wrong or for another cluster";
+    ClusterNotFound "CLUSTER_NOT_FOUND" 404 "no local cluster is recorded in the data directory; run `rbee up`";
     ForgedEvent "FORGED_EVENT" 500 "an event claims another origin than the subject it was written on; skipped and reported";
 }
 

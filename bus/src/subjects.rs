@@ -13,6 +13,14 @@ pub const EVENTS_SUBJECTS: &str = "rbee.ev.>";
 pub const HEARTBEATS_SUBJECTS: &str = "rbee.hb.>";
 pub const TOKENS_SUBJECTS: &str = "rbee.tok.>";
 
+/// The durable consumer the archiver copies `RBEE` into Postgres through.
+pub const ARCHIVER_CONSUMER: &str = "archiver";
+
+/// The durable consumer a hive reads its node's commands through.
+pub fn hive_consumer(node: &str) -> String {
+    format!("hive-{node}")
+}
+
 pub fn aggregate(kind: AggregateKind, id: &str) -> String {
     format!("rbee.ev.{}.{id}", kind.as_str())
 }

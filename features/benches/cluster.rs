@@ -103,7 +103,7 @@ async fn cancel_to_release_ms(cluster: &Cluster) -> f64 {
 /// expected version, and raw JetStream publishes to the same stream.
 async fn appends_per_second(n: usize) -> (f64, f64, f64, f64, f64) {
     let nats = Nats::start().await;
-    let log = EventLog::connect(&nats.url).await.unwrap();
+    let log = EventLog::connect(&nats.admin).await.unwrap();
     log.ensure_streams(&Default::default()).await.unwrap();
     let claim = |i: usize, worker: &str| {
         Event::SlotClaimed(SlotClaimed { worker: worker.into(), slot: 0, request: format!("r{i}") })
@@ -183,7 +183,7 @@ fn register(worker: &str) -> Event {
 #[tokio::main]
 async fn main() {
     let cluster = Cluster::up(&[]).expect("cluster starts");
-    let log = EventLog::connect(&cluster.nats_url).await.unwrap();
+    let log = EventLog::connect(&cluster.admin).await.unwrap();
     let worker = cluster.workers()[0]["id"].as_str().unwrap().to_string();
     ttft_queen(&cluster).await; // warm-up
     let (mut via_queen, mut direct) = (Vec::new(), Vec::new());

@@ -90,6 +90,7 @@ async fn rebuild_from_jetstream(log: &EventLog) -> (ClusterView, f64) {
 fn queen(nats: &Nats, pg: &Postgres, port: u16) -> Child {
     Command::new(rbee_features::bin("rbee-queen"))
         .args(["--nats-url", &nats.url, "--database-url", &pg.url, "--bind", &format!("127.0.0.1:{port}")])
+        .env("RBEE_NATS_CREDS", nats.creds(rbee_local::trust::Identity::Queen))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -124,7 +125,7 @@ async fn queen_caught_up(nats: &Nats, pg: &Postgres, end: u64) -> (Child, f64) {
 async fn main() {
     let n: u64 = std::env::var("RBEE_BENCH_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let (nats, pg) = (Nats::start().await, Postgres::start().await);
-    let log = EventLog::connect(&nats.url).await.unwrap();
+    let log = EventLog::connect(&nats.admin).await.unwrap();
     log.ensure_streams(&Default::default()).await.unwrap();
     let t0 = Instant::now();
     fill(&log, n).await;

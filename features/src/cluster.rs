@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Output};
 
+use rbee_bus::NatsAccess;
+use rbee_local::trust::{self, Identity};
 use serde_json::Value;
 
 /// A running cluster; `rbee down` when dropped.
@@ -10,6 +12,8 @@ pub struct Cluster {
     pub data_dir: PathBuf,
     pub queen_url: String,
     pub nats_url: String,
+    /// NATS as the cluster's admin (every right): what a test uses to look and to meddle.
+    pub admin: NatsAccess,
     pub database_url: String,
     pub node: String,
     /// What `rbee up` printed.
@@ -37,9 +41,12 @@ impl Cluster {
         let file = data_dir.join("cluster.json");
         let cluster_file: Value =
             std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
+        let nats_url = cluster_file["nats_url"].as_str().unwrap_or_default().to_string();
+        let admin_creds = trust::creds_path(&trust::dir_in(&data_dir), Identity::Admin);
         let cluster = Cluster {
             queen_url: cluster_file["queen_url"].as_str().unwrap_or_default().to_string(),
-            nats_url: cluster_file["nats_url"].as_str().unwrap_or_default().to_string(),
+            admin: NatsAccess::new(&nats_url, Some(admin_creds)),
+            nats_url,
             database_url: cluster_file["database_url"].as_str().unwrap_or_default().to_string(),
             data_dir,
             node,
@@ -97,6 +104,48 @@ impl Cluster {
         serde_json::from_slice::<Value>(&out.stdout).expect("workers JSON").as_array().cloned().unwrap_or_default()
     }
 
+    /// A client of this cluster's NATS as its admin.
+    pub async fn admin_client(&self) -> async_nats::Client {
+        rbee_bus::EventLog::connect(&self.admin).await.expect("admin connects").client().clone()
+    }
+
+    /// The path of `identity`'s credentials file in this cluster's trust.
+    pub fn creds(&self, identity: Identity) -> PathBuf {
+        trust::creds_path(&trust::dir_in(&self.data_dir), identity)
+    }
+
+    /// The environment a hive of `node` runs with: this cluster's NATS and the node's identity.
+    /// A node other than the cluster's joins first (`rbee nodes add`).
+    pub fn hive_env(&self, node: &str) -> Vec<(&'static str, String)> {
+        let signer = trust::dir_in(&self.data_dir).join("nodes").join(format!("{node}.nk"));
+        if !signer.exists() {
+            let out = self.rbee(&["nodes", "add", node]);
+            assert!(out.status.success(), "rbee nodes add {node}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        vec![
+            ("RBEE_NATS_URL", self.nats_url.clone()),
+            ("RBEE_NATS_CREDS", self.creds(Identity::Hive(node)).display().to_string()),
+            ("RBEE_WORKER_SIGNING_KEY", signer.display().to_string()),
+        ]
+    }
+
+    /// The environment a queen runs with: this cluster's NATS as the queen.
+    pub fn queen_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("RBEE_NATS_URL", self.nats_url.clone()),
+            ("RBEE_NATS_CREDS", self.creds(Identity::Queen).display().to_string()),
+        ]
+    }
+
+    /// Credentials for a worker `worker` of `node`, issued as that node's hive issues them.
+    pub fn worker_creds(&self, node: &str, worker: &str) -> PathBuf {
+        let env = self.hive_env(node);
+        let issuer = rbee_bus::auth::WorkerIssuer::load(env[1].1.as_ref(), env[2].1.as_ref()).expect("signing key");
+        let path = self.data_dir.join(format!("{worker}.creds"));
+        trust::write_secret(&path, &issuer.issue(worker)).expect("worker credentials");
+        path
+    }
+
     /// Starts one more hive on this cluster's log, as another node with its own data directory.
     pub fn spawn_hive<K: AsRef<std::ffi::OsStr>>(
         &self,
@@ -107,8 +156,9 @@ impl Cluster {
         std::fs::create_dir_all(data_dir.join("logs")).expect("hive data dir");
         let log = std::fs::File::create(data_dir.join("logs").join(format!("hive-{node}.log"))).expect("hive log");
         Command::new(crate::bin("rbee-hive"))
-            .args(["--node", node, "--nats-url", &self.nats_url, "--data-dir"])
+            .args(["--node", node, "--data-dir"])
             .arg(data_dir)
+            .envs(self.hive_env(node))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().expect("hive log"))
             .stderr(log)
@@ -160,6 +210,7 @@ pub fn rbee_command(data_dir: &std::path::Path, args: &[&str]) -> Command {
         .env("RBEE_CACHE_DIR", crate::cache_dir())
         .env_remove("RBEE_URL")
         .env_remove("RBEE_NATS_URL")
+        .env_remove("RBEE_NATS_CREDS")
         .env_remove("RBEE_PORT");
     cmd
 }

@@ -4,22 +4,39 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use rbee_local::trust::{Identity, Trust};
 use rbee_local::{nats, postgres, process};
 
-/// A private nats-server; stopped (by PID) when dropped.
+/// A private nats-server that requires credentials, as every rbee cluster's does; stopped (by PID)
+/// when dropped.
 pub struct Nats {
     pub url: String,
+    /// Its admin identity (every right).
+    pub admin: rbee_bus::NatsAccess,
     pub monitor_url: String,
     pid: u32,
     dir: PathBuf,
 }
 
 impl Nats {
+    /// The credentials file of `identity` in this server's trust.
+    pub fn creds(&self, identity: Identity) -> PathBuf {
+        rbee_local::trust::creds_path(&self.dir.join("trust"), identity)
+    }
+
+    /// `rbee` flags that point a command at this server as its admin.
+    pub fn cli_args(&self) -> Vec<String> {
+        let creds = self.creds(Identity::Admin).display().to_string();
+        vec!["--nats-url".into(), self.url.clone(), "--nats-creds".into(), creds]
+    }
+
     pub async fn start() -> Nats {
         let binary = nats::find_or_install(&crate::tools_dir()).expect("nats-server available");
         let dir = crate::scratch_dir("nats");
         let ports = process::free_ports(2).unwrap();
         let (port, monitor_port) = (ports[0], ports[1]);
+        let trust = Trust::open(&dir.join("trust")).expect("trust");
+        let auth = trust.server_config().expect("server config");
         let plan = nats::NatsPlan {
             binary: &binary,
             port,
@@ -27,10 +44,13 @@ impl Nats {
             store_dir: &dir.join("store"),
             log: &dir.join("nats.log"),
             sync_interval: "2m",
+            auth: &auth,
         };
         let pid = nats::start(&plan).await.expect("nats-server starts");
+        let url = format!("nats://127.0.0.1:{port}");
         Nats {
-            url: format!("nats://127.0.0.1:{port}"),
+            admin: rbee_bus::NatsAccess::new(&url, Some(trust.creds(Identity::Admin))),
+            url,
             monitor_url: format!("http://127.0.0.1:{monitor_port}"),
             pid,
             dir,

@@ -13,6 +13,7 @@ use rbee_bus::{Event, EventLog, Expected, Meta, RequestCancelled, subjects};
 use rbee_features::infra::{Nats, Postgres};
 use rbee_features::poll::eventually;
 use rbee_features::signal::{self, Signal};
+use rbee_local::trust::Identity;
 
 fn queen(nats: &Nats, pg: &Postgres) -> KillOnDrop {
     queen_on(nats, pg, rbee_local::process::free_port().unwrap())
@@ -22,6 +23,7 @@ fn queen_on(nats: &Nats, pg: &Postgres, port: u16) -> KillOnDrop {
     KillOnDrop(
         Command::new(rbee_features::bin("rbee-queen"))
             .args(["--nats-url", &nats.url, "--database-url", &pg.url, "--bind", &format!("127.0.0.1:{port}")])
+            .env("RBEE_NATS_CREDS", nats.creds(Identity::Queen))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -32,7 +34,7 @@ fn queen_on(nats: &Nats, pg: &Postgres, port: u16) -> KillOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
     let (nats, pg) = (Nats::start().await, Postgres::start().await);
-    let log = EventLog::connect(&nats.url).await.unwrap();
+    let log = EventLog::connect(&nats.admin).await.unwrap();
     log.ensure_streams(&Default::default()).await.unwrap();
     let mut next = kill_schedule();
 
@@ -135,7 +137,8 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     signal::send(up_hive as u32, Signal::Kill);
     let hive = || {
         let child = Command::new(rbee_features::bin("rbee-hive"))
-            .args(["--nats-url", &cluster.nats_url, "--node", &cluster.node])
+            .args(["--node", &cluster.node])
+            .envs(cluster.hive_env(&cluster.node))
             .arg("--data-dir")
             .arg(&cluster.data_dir)
             .stdout(Stdio::null())
@@ -144,7 +147,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
             .expect("rbee-hive starts");
         rbee_features::KillOnDrop(child)
     };
-    let log = EventLog::connect(&cluster.nats_url).await.unwrap();
+    let log = EventLog::connect(&cluster.admin).await.unwrap();
     let model = rbee_features::default_model_file();
     let mut next = kill_schedule();
     let mut workers = Vec::new();

@@ -10,7 +10,7 @@ use rbee_features::poll::eventually;
 use tokio_util::sync::CancellationToken;
 
 async fn log(nats: &Nats) -> EventLog {
-    let log = EventLog::connect(&nats.url).await.expect("connect");
+    let log = EventLog::connect(&nats.admin).await.expect("connect");
     log.ensure_streams(&Default::default()).await.expect("streams");
     log
 }

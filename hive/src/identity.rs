@@ -7,36 +7,22 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use nkeys::KeyPair;
-use rbee_bus::auth::{Credentials, jwt};
+use rbee_bus::auth::WorkerIssuer;
 
-/// Issues workers' identities; `None` inside when the hive itself connects without credentials.
+/// Issues workers' identities; no issuer when the hive itself connects without credentials.
 pub struct WorkerIdentities {
-    issuer: Option<Issuer>,
+    issuer: Option<WorkerIssuer>,
     dir: PathBuf,
 }
 
-struct Issuer {
-    signer: KeyPair,
-    account: String,
-}
-
 impl WorkerIdentities {
-    /// The hive's own credentials name the account; `signing_key` holds the node's scoped seed.
     pub fn load(hive_creds: Option<&Path>, signing_key: Option<&Path>, dir: PathBuf) -> Result<Self, String> {
         let issuer = match (hive_creds, signing_key) {
             (None, _) => None,
             (Some(_), None) => {
                 return Err("--worker-signing-key is required when the hive has NATS credentials".into());
             }
-            (Some(creds), Some(key)) => {
-                let account = Credentials::read(creds)?.account;
-                let seed = std::fs::read_to_string(key)
-                    .map_err(|e| format!("cannot read the worker signing key {}: {e}", key.display()))?;
-                let signer = KeyPair::from_seed(seed.trim())
-                    .map_err(|_| format!("{} holds no valid signing key", key.display()))?;
-                Some(Issuer { signer, account })
-            }
+            (Some(creds), Some(key)) => Some(WorkerIssuer::load(creds, key)?),
         };
         Ok(WorkerIdentities { issuer, dir })
     }
@@ -45,13 +31,10 @@ impl WorkerIdentities {
     pub fn issue(&self, worker: &str) -> std::io::Result<Option<PathBuf>> {
         let Some(issuer) = &self.issuer else { return Ok(None) };
         std::fs::create_dir_all(&self.dir)?;
-        let user = KeyPair::new_user();
-        let token = jwt::user(&issuer.signer, &issuer.account, &user.public_key(), worker, None);
-        let seed = user.seed().map_err(std::io::Error::other)?;
         let path = self.dir.join(format!("{worker}.creds"));
         let _ = std::fs::remove_file(&path);
         let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        file.write_all(jwt::creds(&token, &seed).as_bytes())?;
+        file.write_all(issuer.issue(worker).as_bytes())?;
         Ok(Some(path))
     }
 

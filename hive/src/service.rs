@@ -68,7 +68,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     if let Some(idle) = config.idle_timeout() {
         tokio::spawn(crate::lifecycle::stop_idle_workers(view.clone(), supervisor.clone(), idle, shutdown.clone()));
     }
-    let durable = rbee_bus::auth::roles::hive_consumer(&node);
+    let durable = subjects::hive_consumer(&node);
     let consumer = log
         .events_stream()
         .await

@@ -68,14 +68,30 @@ pub struct NatsPlan<'a> {
 const AUTH_FILE: &str = "auth.conf";
 
 /// Gives the server `pid`, started with `store_dir`, new authorization without a restart (a node
-/// joined): rewrites its auth file and signals it to reload.
-pub fn reload_auth(store_dir: &Path, auth: &str, pid: u32) -> LocalResult<()> {
-    crate::trust::write_secret(&store_dir.join(AUTH_FILE), auth)?;
+/// joined): rewrites its auth file, signals it to reload and waits until it has (its monitoring
+/// endpoint reports a new config load time).
+pub async fn reload_auth(store_dir: &Path, auth: &str, pid: u32, monitor_url: &str) -> LocalResult<()> {
+    let failed = |why: String| LocalError::new(Code::NatsStartFailed, why);
     if !process::is_ours(pid, "nats-server") {
-        return Err(LocalError::new(Code::NatsStartFailed, format!("nats-server {pid} is not running")));
+        return Err(failed(format!("nats-server {pid} is not running")));
     }
+    let varz = format!("{monitor_url}/varz");
+    let loaded_at = || async {
+        let body = reqwest::get(&varz).await.ok()?.text().await.ok()?;
+        let at = body.split("\"config_load_time\":").nth(1)?.split(',').next()?;
+        Some(at.trim().to_string())
+    };
+    let before = loaded_at().await;
+    crate::trust::write_secret(&store_dir.join(AUTH_FILE), auth)?;
     process::signal(pid, libc::SIGHUP);
-    Ok(())
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if loaded_at().await.is_some_and(|at| Some(&at) != before.as_ref()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(failed(format!("nats-server {pid} did not reload its configuration within 10 s")))
 }
 
 /// Accepts `always` or a number followed by ms, s or m.

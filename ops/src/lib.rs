@@ -11,6 +11,7 @@ pub mod live;
 pub mod log_point;
 pub mod models;
 pub mod node_command;
+pub mod nodes;
 pub mod progress;
 pub mod replay;
 pub mod start;
@@ -103,6 +104,11 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// The machines of the cluster.
+    Nodes {
+        #[command(subcommand)]
+        action: NodeAction,
+    },
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -155,6 +161,12 @@ pub enum ModelAction {
     Pull(models::PullArgs),
     /// Delete a model's file from a node and the catalog.
     Rm { model: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeAction {
+    /// Make a machine a member of the local cluster: its hive's NATS credentials and worker signing key.
+    Add { node: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -251,6 +263,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Workers { action: None, filter, json } => {
             workers::workers(&cli.nats(Access::Read), filter, *json).await
         }
+        Command::Nodes { action: NodeAction::Add { node } } => nodes::add(data_dir, node).await,
         Command::Events { command: EventsCommand::Tail(args) } => {
             events::tail(&cli.nats(Access::Read), args.clone()).await
         }

@@ -45,6 +45,32 @@ impl Credentials {
     }
 }
 
+/// Gives the workers of one node their identities: a user per worker, named after it and signed by
+/// the node's scoped key, so the account's template for that node decides what it may do.
+pub struct WorkerIssuer {
+    signer: nkeys::KeyPair,
+    account: String,
+}
+
+impl WorkerIssuer {
+    /// The hive's own credentials name the account; `signing_key` holds the node's scoped seed.
+    pub fn load(hive_creds: &Path, signing_key: &Path) -> Result<Self, String> {
+        let account = Credentials::read(hive_creds)?.account;
+        let seed = std::fs::read_to_string(signing_key)
+            .map_err(|e| format!("cannot read the worker signing key {}: {e}", signing_key.display()))?;
+        let signer = nkeys::KeyPair::from_seed(seed.trim())
+            .map_err(|_| format!("{} holds no valid signing key", signing_key.display()))?;
+        Ok(WorkerIssuer { signer, account })
+    }
+
+    /// The text of a credentials file for `worker` (a fresh key pair each time).
+    pub fn issue(&self, worker: &str) -> String {
+        let user = nkeys::KeyPair::new_user();
+        let token = jwt::user(&self.signer, &self.account, &user.public_key(), worker, None);
+        jwt::creds(&token, &user.seed().expect("a generated key pair holds its seed"))
+    }
+}
+
 /// The JWT between the `NATS USER JWT` markers of a credentials file.
 fn jwt_of(creds: &str) -> Option<&str> {
     let mut lines = creds.lines().map(str::trim);

@@ -4,9 +4,8 @@
 //! included: only the admin, which has no list, may use them.
 
 use super::jwt::Permissions;
-use crate::archive::ARCHIVER_CONSUMER;
 use crate::event::AggregateKind::{Download, Model, Node, Request, Worker};
-use crate::subjects::{self, EVENTS_STREAM, HEARTBEATS_STREAM, aggregate};
+use crate::subjects::{self, ARCHIVER_CONSUMER, EVENTS_STREAM, HEARTBEATS_STREAM, aggregate, hive_consumer};
 
 /// Any one token of a subject.
 const ANY: &str = "*";
@@ -73,11 +72,6 @@ pub fn hive(node: &str, inbox: &str) -> Permissions {
         aggregate(Model, ANY),
     ]);
     p
-}
-
-/// The durable consumer a hive reads its node's commands through.
-pub fn hive_consumer(node: &str) -> String {
-    format!("hive-{node}")
 }
 
 /// Any worker of `node`, as a template: `{{name()}}` is the worker's id, `{{subject()}}` its key.

@@ -10,7 +10,7 @@ use super::{DEADLINE, RbeeWorld};
 
 #[when(expr = "{int} models on {int} nodes are registered in the catalog")]
 async fn register_models(w: &mut RbeeWorld, count: usize, nodes: usize) {
-    let log = EventLog::connect(&w.cluster().nats_url).await.unwrap();
+    let log = EventLog::connect(&w.cluster().admin).await.unwrap();
     let prefix = &uuid::Uuid::now_v7().simple().to_string()[20..];
     w.catalog_prefix = format!("bulk{prefix}");
     let meta = Meta::default();
@@ -109,7 +109,8 @@ fn own_cluster_extra_hives(w: &mut RbeeWorld, extra: usize) {
     for _ in 0..extra {
         let c = w.cluster();
         let child = std::process::Command::new(rbee_features::bin("rbee-hive"))
-            .args(["--nats-url", &c.nats_url, "--node", &c.node])
+            .args(["--node", &c.node])
+            .envs(c.hive_env(&c.node))
             .arg("--data-dir")
             .arg(&c.data_dir)
             .stdout(std::process::Stdio::null())

@@ -334,7 +334,7 @@ fn exits_on_node(w: &mut RbeeWorld, n: usize) {
 async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
     use futures::StreamExt;
     w.stream_in_background("Tell me a long story about a bee.", max_tokens).await;
-    let client = async_nats::connect(&w.cluster().nats_url).await.expect("connect");
+    let client = w.cluster().admin_client().await;
     let subject = rbee_bus::subjects::aggregate(rbee_bus::AggregateKind::Worker, &w.worker_id);
     let mut events = client.subscribe(subject).await.expect("subscribe");
     client.flush().await.expect("flush");

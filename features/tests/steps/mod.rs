@@ -141,17 +141,13 @@ impl RbeeWorld {
     /// `with_store`); returns its URL.
     pub async fn start_queen(&mut self, with_store: bool) -> String {
         let port = rbee_local::process::free_port().unwrap();
-        let mut args = vec![
-            "--nats-url".to_string(),
-            self.cluster().nats_url.clone(),
-            "--bind".into(),
-            format!("127.0.0.1:{port}"),
-        ];
+        let mut args = vec!["--bind".to_string(), format!("127.0.0.1:{port}")];
         if with_store {
             args.extend(["--database-url".to_string(), self.cluster().database_url.clone()]);
         }
         let child = Command::new(rbee_features::bin("rbee-queen"))
             .args(&args)
+            .envs(self.cluster().queen_env())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

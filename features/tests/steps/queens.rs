@@ -137,7 +137,7 @@ async fn restarted_answers(w: &mut RbeeWorld, prompt: String, expected: String) 
 async fn two_work_items(w: &mut RbeeWorld) {
     use rbee_bus::frames::{self, ChatMessage, Sampling, WorkAccepted, WorkItem};
     let worker = w.cluster().workers()[0]["id"].as_str().unwrap().to_string();
-    let client = async_nats::connect(&w.cluster().nats_url).await.unwrap();
+    let client = w.cluster().admin_client().await;
     let sends = (0..2).map(|i| {
         let (client, worker) = (client.clone(), worker.clone());
         async move {

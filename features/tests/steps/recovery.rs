@@ -9,12 +9,15 @@ use serde_json::Value;
 
 use super::{DEADLINE, RbeeWorld};
 
-fn digest(w: &RbeeWorld, nats_url: Option<&str>) -> String {
-    let mut args = vec!["replay", "--digest"];
-    if let Some(url) = nats_url {
-        args = vec!["--nats-url", url, "replay", "--digest"];
-    }
-    let out = w.cluster().rbee(&args);
+/// `rbee <args>` against the scenario's cluster, or against `nats` when given.
+fn rbee_on(w: &RbeeWorld, nats: Option<&Nats>, args: &[&str]) -> std::process::Output {
+    let mut all: Vec<String> = nats.map(Nats::cli_args).unwrap_or_default();
+    all.extend(args.iter().map(|a| a.to_string()));
+    w.cluster().rbee(&all.iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn digest(w: &RbeeWorld, nats: Option<&Nats>) -> String {
+    let out = rbee_on(w, nats, &["replay", "--digest"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -39,28 +42,28 @@ fn back_up(w: &mut RbeeWorld) {
 #[when("I restore the file into a fresh, empty JetStream")]
 async fn restore_fresh(w: &mut RbeeWorld) {
     let nats = Nats::start().await;
-    let out = w.cluster().rbee(&["--nats-url", &nats.url, "restore", w.backup.as_ref().unwrap().to_str().unwrap()]);
+    let out = rbee_on(w, Some(&nats), &["restore", w.backup.as_ref().unwrap().to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     w.spare_nats.push(nats);
 }
 
 #[then("the registry and catalog folded from the restored log have the same digest")]
 fn same_digest(w: &mut RbeeWorld) {
-    let restored = digest(w, Some(&w.spare_nats[0].url));
+    let restored = digest(w, Some(&w.spare_nats[0]));
     assert_eq!(restored, w.digest);
 }
 
 #[then(expr = "restoring the file again into the now non-empty log is refused with {string}")]
 fn restore_again_refused(w: &mut RbeeWorld, code: String) {
-    let url = w.spare_nats[0].url.clone();
-    let out = w.cluster().rbee(&["--nats-url", &url, "restore", w.backup.as_ref().unwrap().to_str().unwrap()]);
+    let spare = Some(&w.spare_nats[0]);
+    let out = rbee_on(w, spare, &["restore", w.backup.as_ref().unwrap().to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!("error[{code}]")),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(digest(w, Some(&url)), w.digest, "nothing changed");
+    assert_eq!(digest(w, spare), w.digest, "nothing changed");
 }
 
 #[then(expr = "a backup file with one byte changed is refused with {string} and restores nothing")]
@@ -72,14 +75,14 @@ async fn corrupt_backup_refused(w: &mut RbeeWorld, code: String) {
     let file = w.backup.as_ref().unwrap().with_file_name("corrupt.backup");
     std::fs::write(&file, corrupt).unwrap();
     let nats = Nats::start().await;
-    let out = w.cluster().rbee(&["--nats-url", &nats.url, "restore", file.to_str().unwrap()]);
+    let out = rbee_on(w, Some(&nats), &["restore", file.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains(&format!("error[{code}]")),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let events = w.cluster().rbee(&["--nats-url", &nats.url, "events", "tail", "--no-follow"]);
+    let events = rbee_on(w, Some(&nats), &["events", "tail", "--no-follow"]);
     assert!(events.stdout.is_empty(), "nothing was restored: {}", String::from_utf8_lossy(&events.stdout));
     w.spare_nats.push(nats);
 }
@@ -88,7 +91,7 @@ async fn corrupt_backup_refused(w: &mut RbeeWorld, code: String) {
 async fn old_schema_event(w: &mut RbeeWorld) {
     // Bytes written by rbee 0.1 (schema 1, before model.registered carried memory_required_bytes).
     let body = include_bytes!("../../../bus/tests/fixtures/schema1/model.registered.bin");
-    let client = async_nats::connect(&w.cluster().nats_url).await.expect("connect");
+    let client = w.cluster().admin_client().await;
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Rbee-Event", "model.registered");
     headers.insert("Rbee-Schema", "1");
@@ -268,7 +271,7 @@ async fn kill_purge(w: &mut RbeeWorld) {
     sqlx::query("DELETE FROM projection_checkpoints").execute(&pool).await.unwrap();
     let last = w.cluster().events(false).len() as u64;
     w.purged_below = last / 2 + 1;
-    let js = async_nats::jetstream::new(async_nats::connect(&w.cluster().nats_url).await.unwrap());
+    let js = async_nats::jetstream::new(w.cluster().admin_client().await);
     let stream = js.get_stream("RBEE").await.unwrap();
     stream.purge().sequence(w.purged_below).await.expect("purged");
     let left = w.cluster().events(false);

@@ -204,6 +204,7 @@ fn removed_in_log(w: &mut RbeeWorld, reason: String) {
 fn spawn_worker(w: &mut RbeeWorld, slots: u32, stderr: Stdio) {
     let c = w.cluster();
     let child = Command::new(rbee_features::bin("rbee-worker"))
+        .env("RBEE_NATS_CREDS", c.worker_creds(&c.node, &w.worker_id))
         .args([
             "--nats-url",
             &c.nats_url,
