@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod hub;
 pub mod infra;
+pub mod intruder;
 pub mod poll;
 pub mod signal;
 

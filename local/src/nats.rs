@@ -76,8 +76,13 @@ pub async fn reload_auth(store_dir: &Path, auth: &str, pid: u32, monitor_url: &s
         return Err(failed(format!("nats-server {pid} is not running")));
     }
     let varz = format!("{monitor_url}/varz");
+    rbee_runtime::use_ring_for_tls();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| failed(format!("no HTTP client: {e}")))?;
     let loaded_at = || async {
-        let body = reqwest::get(&varz).await.ok()?.text().await.ok()?;
+        let body = http.get(&varz).send().await.ok()?.text().await.ok()?;
         let at = body.split("\"config_load_time\":").nth(1)?.split(',').next()?;
         Some(at.trim().to_string())
     };
@@ -113,28 +118,19 @@ pub async fn start(plan: &NatsPlan<'_>) -> LocalResult<u32> {
     // JetStream's settings go in a config file (the command line has no flag for sync_interval).
     std::fs::create_dir_all(plan.store_dir).map_err(|e| process::io_error("create", plan.store_dir, e))?;
     let config = plan.store_dir.join("nats.conf");
+    // Everything in the file, nothing on the command line: a reload (a node joined) rereads the
+    // file, and refuses settings that differ from flags the server was started with.
     let text = format!(
-        "jetstream {{\n  store_dir: {:?}\n  sync_interval: {}\n}}\ninclude {AUTH_FILE:?}\n",
+        "server_name: rbee-local\nhost: 127.0.0.1\nport: {}\nhttp_port: {}\n\
+         jetstream {{\n  store_dir: {:?}\n  sync_interval: {}\n}}\ninclude {AUTH_FILE:?}\n",
+        plan.port,
+        plan.monitor_port,
         plan.store_dir.display().to_string(),
         plan.sync_interval
     );
     std::fs::write(&config, text).map_err(|e| process::io_error("write", &config, e))?;
     crate::trust::write_secret(&plan.store_dir.join(AUTH_FILE), plan.auth)?;
-    let args: Vec<String> = [
-        "-c",
-        &config.display().to_string(),
-        "-a",
-        "127.0.0.1",
-        "-p",
-        &plan.port.to_string(),
-        "-m",
-        &plan.monitor_port.to_string(),
-        "-n",
-        "rbee-local",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args = vec!["-c".to_string(), config.display().to_string()];
     let pid = process::spawn_detached(plan.binary, &args, plan.log, &[])?;
     let url = format!("http://127.0.0.1:{}/healthz?js-enabled-only=true", plan.monitor_port);
     if crate::wait_serving(&url, Some((pid, "nats-server")), Duration::from_secs(20)).await.is_err() {

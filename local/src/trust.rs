@@ -118,7 +118,16 @@ impl Trust {
             });
         }
         let (system, account) = (self.system.public_key(), self.account.public_key());
-        let operator_jwt = jwt::operator(&self.operator, "rbee", &system);
+        // The operator's JWT never changes once made: nats-server refuses a reload that changes it.
+        let operator_path = self.dir.join("operator.jwt");
+        let operator_jwt = match std::fs::read_to_string(&operator_path) {
+            Ok(text) => text.trim().to_string(),
+            Err(_) => {
+                let token = jwt::operator(&self.operator, "rbee", &system);
+                write_secret(&operator_path, &token)?;
+                token
+            }
+        };
         let system_jwt = jwt::account(&self.operator, &system, "SYS", false, &[]);
         let account_jwt = jwt::account(&self.operator, &account, "RBEE", true, &scoped);
         Ok(format!(

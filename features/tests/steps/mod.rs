@@ -8,6 +8,7 @@ mod lifecycle;
 mod queens;
 mod recovery;
 mod registry;
+mod security;
 mod serving;
 
 use std::process::{Child, Command, Stdio};
@@ -78,6 +79,8 @@ pub struct RbeeWorld {
     second_worker: String,
     /// What a download scenario set up and saw.
     dl: downloads::Dl,
+    /// What a security scenario's intruder tried.
+    attempt: security::Attempt,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -195,6 +198,7 @@ impl RbeeWorld {
             background: None,
             second_worker: String::new(),
             dl: downloads::Dl::default(),
+            attempt: security::Attempt::default(),
         }
     }
 

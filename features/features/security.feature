@@ -1,0 +1,98 @@
+Feature: Nobody gets in: every client of the bus speaks only as the role it holds
+
+  rbee up makes the cluster's NATS identities and starts nats-server requiring them. Each role may
+  publish and subscribe only its own subjects, and the server enforces it. Every attack below is
+  tried by a client without credentials and by clients holding the wrong role; each is refused by
+  the server, the log does not change and the cluster goes on serving.
+
+  @SEC-7
+  Scenario Outline: Nobody but the queen and the serving worker reads prompts or tokens
+    Given a running cluster
+    When a client <who> subscribes to "rbee.work.>" and "rbee.tok.>"
+    Then nats-server refuses that client
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+    And that client received no message
+
+    Examples:
+      | who                         |
+      | without credentials         |
+      | as the operator             |
+      | as a worker of its node     |
+      | as the hive of another node |
+
+  @SEC-8
+  Scenario Outline: Nobody streams tokens under the serving worker's name
+    Given a running cluster
+    When a client <who> publishes a token frame as the serving worker
+    Then nats-server refuses that client
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+
+    Examples:
+      | who                         |
+      | without credentials         |
+      | as the operator             |
+      | as a worker of its node     |
+      | as the hive of another node |
+
+  @SEC-9
+  Scenario Outline: Nobody registers a worker but the worker itself
+    Given a running cluster
+    And I note the number of events in the log
+    When a client <who> registers a forged worker of the default model on the cluster's node
+    Then nats-server refuses that client
+    And the log holds no event of the forged worker and no more events of other kinds than noted
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+
+    Examples:
+      | who                     |
+      | without credentials     |
+      | as the operator         |
+      | as a worker of its node |
+
+  @SEC-10
+  Scenario Outline: Nobody but the queen claims a slot
+    Given a running cluster
+    And I note the number of events in the log
+    When a client <who> claims every slot of the serving worker
+    Then nats-server refuses that client
+    And the log holds no more slot events than noted
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+
+    Examples:
+      | who                     |
+      | without credentials     |
+      | as the operator         |
+      | as a worker of its node |
+
+  @SEC-11
+  Scenario Outline: Nobody but the admin commands a hive
+    Given a running cluster
+    And I note the number of events in the log
+    And a listener on a free local port that counts connections
+    When a client <who> asks the cluster's hive to start a worker from a URL on that port
+    Then nats-server refuses that client
+    And the log holds no event of the forged worker and no more events of other kinds than noted
+    And after 3 seconds the listener has had no connection
+
+    Examples:
+      | who                         |
+      | without credentials         |
+      | as the operator             |
+      | as a worker of its node     |
+      | as the hive of another node |
+
+  @SEC-12
+  Scenario Outline: Nobody but the admin deletes or purges a stream or a consumer
+    Given a running cluster
+    And I note the number of events in the log
+    When a client <who> asks JetStream to delete and purge the event stream and delete the archiver
+    Then nats-server refuses that client and JetStream answered none of it
+    And the event stream and the archiver's consumer are still there, with at least the noted events
+
+    Examples:
+      | who                         |
+      | without credentials         |
+      | as the operator             |
+      | as a worker of its node     |
+      | as the hive of another node |
+      | as the queen                |

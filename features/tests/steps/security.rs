@@ -1,0 +1,223 @@
+//! Steps of security.feature: clients holding no credentials or the wrong role try what only
+//! another role may do; nats-server must refuse each, and nothing may change.
+
+use std::time::Duration;
+
+use cucumber::{given, then, when};
+use rbee_bus::frames::{self, TokenFrame};
+use rbee_bus::{Event, SlotClaimed, WorkerRegistered, WorkerStartRequested, subjects};
+use rbee_features::intruder::Intruder;
+use rbee_local::trust::Identity;
+
+use super::{MODEL, RbeeWorld};
+
+/// What the scenario's intruder tried, to check the server's answer against.
+#[derive(Default)]
+pub struct Attempt {
+    pub intruder: Option<Intruder>,
+    /// Subjects the server must have refused to this client.
+    pub refused: Vec<String>,
+    pub forged_worker: String,
+    pub events_before: usize,
+    pub connections: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
+    pub listener_port: u16,
+}
+
+impl RbeeWorld {
+    /// Connects as `who` to the scenario's cluster.
+    async fn intrude(&mut self, who: &str) {
+        let c = self.cluster();
+        let creds = match who {
+            "without credentials" => None,
+            "as the operator" => Some(c.creds(Identity::Operator)),
+            "as the queen" => Some(c.creds(Identity::Queen)),
+            "as a worker of its node" => {
+                let id = format!("intruder-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+                Some(c.worker_creds(&c.node.clone(), &id))
+            }
+            "as the hive of another node" => {
+                let node = rbee_features::cluster::unique_node();
+                c.hive_env(&node);
+                Some(c.creds(Identity::Hive(&node)))
+            }
+            other => panic!("unknown identity {other:?}"),
+        };
+        self.attempt.intruder = Some(Intruder::connect(&c.nats_url, creds.as_deref()).await);
+    }
+
+    fn intruder(&self) -> &Intruder {
+        self.attempt.intruder.as_ref().expect("a client tried")
+    }
+
+    /// A ready worker of the default model and its node.
+    fn serving_worker(&self) -> (String, String, u32) {
+        let workers = self.cluster().workers();
+        let w = workers
+            .iter()
+            .find(|w| w["model"] == MODEL && w["state"] == "Ready")
+            .expect("a ready worker of the default model");
+        let id = w["id"].as_str().unwrap().to_string();
+        (id, w["node"].as_str().unwrap().to_string(), w["slots"].as_u64().unwrap_or(1) as u32)
+    }
+
+    fn new_forged_worker(&mut self) -> String {
+        self.attempt.forged_worker = format!("forged-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+        self.attempt.forged_worker.clone()
+    }
+}
+
+#[given("I note the number of events in the log")]
+fn note_events(w: &mut RbeeWorld) {
+    w.attempt.events_before = w.cluster().events(false).len();
+}
+
+#[given("a listener on a free local port that counts connections")]
+async fn counting_listener(w: &mut RbeeWorld) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    w.attempt.listener_port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    w.attempt.connections = Some(count);
+}
+
+#[when(regex = r#"^a client (without credentials|as [a-z ]+) subscribes to "(.+)" and "(.+)"$"#)]
+async fn subscribes(w: &mut RbeeWorld, who: String, first: String, second: String) {
+    w.intrude(&who).await;
+    for subject in [first, second] {
+        w.intruder().subscribe(&subject).await;
+        w.attempt.refused.push(subject);
+    }
+}
+
+#[when(regex = r"^a client (without credentials|as [a-z ]+) publishes a token frame as the serving worker$")]
+async fn publishes_tokens(w: &mut RbeeWorld, who: String) {
+    w.intrude(&who).await;
+    let (worker, _, _) = w.serving_worker();
+    let subject = subjects::tokens(&worker, "forged-request");
+    let frame = TokenFrame::Delta { text: "forged".into() };
+    w.intruder().publish(&subject, frames::encode(&frame)).await;
+    w.attempt.refused.push(subject);
+}
+
+#[when(
+    regex = r"^a client (without credentials|as [a-z ]+) registers a forged worker of the default model on the cluster's node$"
+)]
+async fn registers_forged_worker(w: &mut RbeeWorld, who: String) {
+    w.intrude(&who).await;
+    let worker = w.new_forged_worker();
+    let event = Event::WorkerRegistered(WorkerRegistered {
+        worker,
+        node: w.cluster().node.clone(),
+        model: MODEL.into(),
+        slots: 4,
+        pid: std::process::id(),
+        backend: "cpu".into(),
+    });
+    w.attempt.refused.push(subjects::for_event(&event));
+    w.intruder().append(event).await;
+}
+
+#[when(regex = r"^a client (without credentials|as [a-z ]+) claims every slot of the serving worker$")]
+async fn claims_slots(w: &mut RbeeWorld, who: String) {
+    w.intrude(&who).await;
+    let (worker, _, slots) = w.serving_worker();
+    for slot in 0..slots {
+        let event = Event::SlotClaimed(SlotClaimed { worker: worker.clone(), slot, request: format!("forged-{slot}") });
+        w.attempt.refused.push(subjects::for_event(&event));
+        w.intruder().append(event).await;
+    }
+}
+
+#[when(
+    regex = r"^a client (without credentials|as [a-z ]+) asks the cluster's hive to start a worker from a URL on that port$"
+)]
+async fn forges_hive_command(w: &mut RbeeWorld, who: String) {
+    w.intrude(&who).await;
+    let worker = w.new_forged_worker();
+    let event = Event::WorkerStartRequested(WorkerStartRequested {
+        node: w.cluster().node.clone(),
+        worker,
+        model: "forged-model".into(),
+        source: format!("http://127.0.0.1:{}/forged.gguf", w.attempt.listener_port),
+        sha256: None,
+        slots: 1,
+        backend: "cpu".into(),
+        device: None,
+    });
+    w.attempt.refused.push(subjects::for_event(&event));
+    w.intruder().append(event).await;
+}
+
+#[when(
+    regex = r"^a client (without credentials|as [a-z ]+) asks JetStream to delete and purge the event stream and delete the archiver$"
+)]
+async fn jetstream_vandal(w: &mut RbeeWorld, who: String) {
+    w.intrude(&who).await;
+    let stream = subjects::EVENTS_STREAM;
+    for subject in [
+        format!("$JS.API.STREAM.PURGE.{stream}"),
+        format!("$JS.API.CONSUMER.DELETE.{stream}.{}", subjects::ARCHIVER_CONSUMER),
+        format!("$JS.API.STREAM.DELETE.{stream}"),
+    ] {
+        let answered = w.intruder().jetstream_api(&subject).await;
+        assert!(!answered, "JetStream answered {subject}");
+        w.attempt.refused.push(subject);
+    }
+}
+
+#[then(regex = r"^nats-server refuses that client(?: and JetStream answered none of it)?$")]
+async fn server_refuses(w: &mut RbeeWorld) {
+    let intruder = w.intruder();
+    if !intruder.connected() {
+        let why = intruder.connect_error.clone().unwrap_or_default();
+        assert!(why.to_lowercase().contains("authorization"), "refused as unauthorized: {why}");
+        return;
+    }
+    for subject in &w.attempt.refused {
+        let violations = intruder.violations_naming(subject, Duration::from_secs(5)).await;
+        assert!(!violations.is_empty(), "nats-server reported a permissions violation for {subject}");
+    }
+}
+
+#[then("that client received no message")]
+async fn received_nothing(w: &mut RbeeWorld) {
+    assert_eq!(w.intruder().received(), 0, "a refused subscription delivers nothing");
+}
+
+#[then("the log holds no event of the forged worker and no more events of other kinds than noted")]
+fn no_forged_events(w: &mut RbeeWorld) {
+    let events = w.cluster().events(false);
+    let forged = &w.attempt.forged_worker;
+    let about_it: Vec<_> = events.iter().filter(|e| e["data"]["worker"] == forged.as_str()).collect();
+    assert!(about_it.is_empty(), "events of the forged worker: {about_it:?}");
+    assert_eq!(events.len(), w.attempt.events_before, "the log did not grow");
+    assert!(w.cluster().workers().iter().all(|x| x["id"] != forged.as_str()), "the registry does not list it");
+}
+
+#[then("the log holds no more slot events than noted")]
+fn no_forged_slots(w: &mut RbeeWorld) {
+    let events = w.cluster().events(false);
+    assert!(events.iter().all(|e| !e["data"]["request"].as_str().unwrap_or("").starts_with("forged-")));
+    assert_eq!(events.len(), w.attempt.events_before, "the log did not grow");
+}
+
+#[then(expr = "after {int} seconds the listener has had no connection")]
+async fn no_connection(w: &mut RbeeWorld, secs: u64) {
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let count = w.attempt.connections.as_ref().expect("a listener").load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(count, 0, "nobody connected to the forged source");
+}
+
+#[then("the event stream and the archiver's consumer are still there, with at least the noted events")]
+async fn stream_intact(w: &mut RbeeWorld) {
+    let js = async_nats::jetstream::new(w.cluster().admin_client().await);
+    let mut stream = js.get_stream(subjects::EVENTS_STREAM).await.expect("the event stream exists");
+    let info = stream.info().await.expect("stream info");
+    assert!(info.state.messages as usize >= w.attempt.events_before, "no event was purged: {:?}", info.state);
+    stream.consumer_info(subjects::ARCHIVER_CONSUMER).await.expect("the archiver's consumer exists");
+}
