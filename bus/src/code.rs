@@ -96,7 +96,7 @@ codes! {
     ChecksumMismatch "CHECKSUM_MISMATCH" 422 "the file's sha256 is not the expected one";
     AccessDenied "ACCESS_DENIED" 403 "the model hub refused access (set `HF_TOKEN`)";
     AmbiguousModelFile "AMBIGUOUS_MODEL_FILE" 400 "the repository has several .gguf files; name one";
-    RateLimited "RATE_LIMITED" 429 "the model hub rate-limited the download";
+    RateLimited "RATE_LIMITED" 429 "over a rate limit: an API key's own (retry after `Retry-After` seconds), or the model hub's for a download";
     DownloadFailed "DOWNLOAD_FAILED" 502 "the download failed after its retries";
     DownloadTimeout "DOWNLOAD_TIMEOUT" 504 "no bytes arrived within the stall timeout, after the retries";
     DownloadTakenOver "DOWNLOAD_TAKEN_OVER" 409 "another live hive process holds the download, or took it over";
@@ -130,6 +130,10 @@ codes! {
     NatsAuthFailed "NATS_AUTH_FAILED" 503 "nats-server refused this process's credentials: missing, wrong or for another cluster";
     ClusterNotFound "CLUSTER_NOT_FOUND" 404 "no local cluster is recorded in the data directory; run `rbee up`";
     ForgedEvent "FORGED_EVENT" 500 "an event claims another origin than the subject it was written on; skipped and reported";
+    // Added with API keys.
+    MissingApiKey "MISSING_API_KEY" 401 "no `Authorization: Bearer <key>` header; `rbee keys create` makes a key";
+    InvalidApiKey "INVALID_API_KEY" 401 "the API key is unknown or revoked";
+    KeyNotFound "KEY_NOT_FOUND" 404 "no API key with that id";
 }
 
 impl Code {

@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::Event;
-use crate::schema::{Framed, v1, v2, v3};
+use crate::schema::{Framed, v1, v2, v3, v4};
 
 /// The body schema written today.
-pub const SCHEMA_VERSION: u16 = 4;
+pub const SCHEMA_VERSION: u16 = 5;
 
 pub const HEADER_EVENT: &str = "Rbee-Event";
 pub const HEADER_SCHEMA: &str = "Rbee-Schema";
@@ -92,26 +92,29 @@ impl Envelope {
     /// Reads a body written with the given schema version, upcasting it step by step.
     pub fn decode_schema(schema: &str, body: &[u8]) -> Result<Self, DecodeError> {
         match schema {
-            "1" => {
-                Ok(upcast(postcard::from_bytes::<Framed<v1::Event>>(body)?, |e| v3::Event::from(v2::Event::from(e))))
+            "1" => Ok(upcast(postcard::from_bytes::<Framed<v1::Event>>(body)?, |e| {
+                v4::Event::from(v3::Event::from(v2::Event::from(e)))
+            })),
+            "2" => {
+                Ok(upcast(postcard::from_bytes::<Framed<v2::Event>>(body)?, |e| v4::Event::from(v3::Event::from(e))))
             }
-            "2" => Ok(upcast(postcard::from_bytes::<Framed<v2::Event>>(body)?, v3::Event::from)),
-            "3" => Ok(upcast(postcard::from_bytes::<Framed<v3::Event>>(body)?, |e| e)),
-            "4" => Ok(postcard::from_bytes(body)?),
+            "3" => Ok(upcast(postcard::from_bytes::<Framed<v3::Event>>(body)?, v4::Event::from)),
+            "4" => Ok(upcast(postcard::from_bytes::<Framed<v4::Event>>(body)?, |e| e)),
+            "5" => Ok(postcard::from_bytes(body)?),
             other => Err(DecodeError::UnknownSchema(other.chars().take(16).collect())),
         }
     }
 }
 
-/// An old frame with its event brought to schema 3, then to today's.
-fn upcast<E>(old: Framed<E>, to_v3: impl FnOnce(E) -> v3::Event) -> Envelope {
+/// An old frame with its event brought to schema 4, then to today's.
+fn upcast<E>(old: Framed<E>, to_v4: impl FnOnce(E) -> v4::Event) -> Envelope {
     Envelope {
         id: old.id,
         version: old.version,
         at_ms: old.at_ms,
         correlation: old.correlation,
         traceparent: old.traceparent,
-        event: to_v3(old.event).into(),
+        event: to_v4(old.event).into(),
     }
 }
 

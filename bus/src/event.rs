@@ -168,6 +168,8 @@ pub struct RequestAccepted {
     pub slot: u32,
     pub max_tokens: Option<u32>,
     pub stream: bool,
+    /// The id of the API key that made the request (schema 5; None before keys, or with `--no-auth`).
+    pub key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +303,32 @@ pub struct ModelRemoveRefused {
     pub message: String,
 }
 
+/// What one API key may use; `None` is no limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyLimits {
+    pub requests_per_minute: Option<u32>,
+    pub tokens_per_minute: Option<u32>,
+    pub concurrent_requests: Option<u32>,
+}
+
+/// An API key of the queens was made. The secret itself is never recorded, only its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyCreated {
+    /// The key's public id, `k-` and 12 hex digits; requests record it.
+    pub key: String,
+    pub name: String,
+    /// SHA-256 of the whole secret token, hex.
+    pub secret_sha256: String,
+    pub limits: KeyLimits,
+}
+
+/// An API key may no longer be used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyRevoked {
+    pub key: String,
+    pub reason: String,
+}
+
 /// The id of the download of `model` to `node`.
 pub fn download_id(node: &str, model: &str) -> String {
     format!("{node}.{model}")
@@ -333,6 +361,8 @@ pub enum Event {
     DownloadFailed(DownloadFailed),
     WorkerSignalled(WorkerSignalled),
     ModelRemoveRefused(ModelRemoveRefused),
+    KeyCreated(KeyCreated),
+    KeyRevoked(KeyRevoked),
 }
 
 /// The kinds of aggregate an event belongs to; the second token of its subject.
@@ -344,6 +374,8 @@ pub enum AggregateKind {
     Request,
     /// `rbee.ev.download.<node>.<model>`
     Download,
+    /// An API key of the queens.
+    Key,
 }
 
 impl AggregateKind {
@@ -354,6 +386,7 @@ impl AggregateKind {
             AggregateKind::Model => "model",
             AggregateKind::Request => "request",
             AggregateKind::Download => "download",
+            AggregateKind::Key => "key",
         }
     }
 }
@@ -386,6 +419,8 @@ impl Event {
             Event::DownloadFailed(_) => "download.failed",
             Event::WorkerSignalled(_) => "worker.signalled",
             Event::ModelRemoveRefused(_) => "model.remove_refused",
+            Event::KeyCreated(_) => "key.created",
+            Event::KeyRevoked(_) => "key.revoked",
         }
     }
 
@@ -419,6 +454,8 @@ impl Event {
             Event::DownloadFailed(e) => (Download, &e.download),
             Event::WorkerSignalled(e) => (Worker, &e.worker),
             Event::ModelRemoveRefused(e) => (Model, &e.model),
+            Event::KeyCreated(e) => (Key, &e.key),
+            Event::KeyRevoked(e) => (Key, &e.key),
         }
     }
 }

@@ -119,6 +119,15 @@ pub struct Recorded {
     pub envelope: Envelope,
 }
 
+impl Recorded {
+    /// Whether the event was written on the subject its own content names. Identity lives in the
+    /// subject and nats-server checks who may write there; an event whose body claims another
+    /// aggregate (a worker registering under another worker's name) is forged, whoever wrote it.
+    pub fn origin_matches(&self) -> bool {
+        subjects::for_event(&self.envelope.event) == self.subject
+    }
+}
+
 /// A handle to the log. Cheap to clone.
 #[derive(Clone)]
 pub struct EventLog {

@@ -125,5 +125,5 @@ fn the_architecture_lists_every_event_with_its_fields() {
         assert_eq!(listed, actual, "docs/ARCHITECTURE.md lists other fields for {kind}");
         events += 1;
     }
-    assert_eq!(events, 24);
+    assert_eq!(events, 26);
 }

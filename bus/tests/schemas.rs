@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use rbee_bus::envelope::SCHEMA_VERSION;
-use rbee_bus::schema::{Framed, v1, v2, v3};
+use rbee_bus::schema::{Framed, v1, v2, v3, v4};
 use rbee_bus::*;
 use serde::Serialize;
 use serde_json::Value;
@@ -15,7 +15,7 @@ fn fixtures(schema: u16) -> PathBuf {
 }
 
 /// How many event types each schema had.
-const TYPES_PER_SCHEMA: [(u16, usize); 4] = [(1, 13), (2, 15), (3, 24), (4, 24)];
+const TYPES_PER_SCHEMA: [(u16, usize); 5] = [(1, 13), (2, 15), (3, 24), (4, 24), (5, 26)];
 
 #[test]
 fn every_event_type_of_every_schema_decodes_to_its_expected_event() {
@@ -60,7 +60,8 @@ fn write_missing_fixtures() {
         // Each older schema's shape of the same fact, where the schema had that type.
         write_if_missing(1, event.kind(), serde_json::from_value::<v1::Event>(json.clone()).ok());
         write_if_missing(2, event.kind(), serde_json::from_value::<v2::Event>(json.clone()).ok());
-        write_if_missing(3, event.kind(), serde_json::from_value::<v3::Event>(json).ok());
+        write_if_missing(3, event.kind(), serde_json::from_value::<v3::Event>(json.clone()).ok());
+        write_if_missing(4, event.kind(), serde_json::from_value::<v4::Event>(json).ok());
         write_if_missing(SCHEMA_VERSION, event.kind(), Some(event.clone()));
     }
 }
@@ -138,6 +139,7 @@ fn samples() -> Vec<Event> {
             slot: 1,
             max_tokens: Some(64),
             stream: true,
+            key: Some("k-0123456789ab".into()),
         }),
         Event::RequestFinished(RequestFinished {
             request: "chatcmpl-1".into(),
@@ -217,5 +219,12 @@ fn samples() -> Vec<Event> {
             code: Code::ModelInUse,
             message: "worker n1-w1 serves it".into(),
         }),
+        Event::KeyCreated(KeyCreated {
+            key: "k-0123456789ab".into(),
+            name: "ci".into(),
+            secret_sha256: "ab".repeat(32),
+            limits: KeyLimits { requests_per_minute: Some(60), tokens_per_minute: None, concurrent_requests: Some(2) },
+        }),
+        Event::KeyRevoked(KeyRevoked { key: "k-0123456789ab".into(), reason: "rotated".into() }),
     ]
 }

@@ -24,12 +24,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 async fn ttft_queen(cluster: &Cluster) -> f64 {
     let body = json!({"model": "SmolLM2-135M-Instruct", "stream": true, "max_tokens": 2, "messages": [{"role": "user", "content": PROMPT}]});
     let t0 = Instant::now();
-    let response = rbee_features::http()
-        .post(format!("{}/v1/chat/completions", cluster.queen_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        cluster.http().post(format!("{}/v1/chat/completions", cluster.queen_url)).json(&body).send().await.unwrap();
     let mut bytes = response.bytes_stream();
     let mut seen = String::new();
     let mut first = None;
@@ -73,12 +69,8 @@ async fn ttft_direct(log: &EventLog, worker: &str, n: usize) -> f64 {
 /// Milliseconds from `request.cancelled` to `slot.released`, from the log's own timestamps.
 async fn cancel_to_release_ms(cluster: &Cluster) -> f64 {
     let body = json!({"model": "SmolLM2-135M-Instruct", "stream": true, "max_tokens": 400, "messages": [{"role": "user", "content": "Write a long story about a bee."}]});
-    let response = rbee_features::http()
-        .post(format!("{}/v1/chat/completions", cluster.queen_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response =
+        cluster.http().post(format!("{}/v1/chat/completions", cluster.queen_url)).json(&body).send().await.unwrap();
     let request = response.headers()["x-request-id"].to_str().unwrap().to_string();
     let mut bytes = response.bytes_stream();
     let mut chunks = 0;

@@ -30,6 +30,7 @@ fn event(i: u64) -> Event {
             slot: 0,
             max_tokens: Some(64),
             stream: true,
+            key: Some(format!("k-{:012}", i / 4 % 10)),
         }),
         2 => Event::RequestFinished(RequestFinished {
             request,

@@ -96,3 +96,10 @@ Feature: Nobody gets in: every client of the bus speaks only as the role it hold
       | as a worker of its node     |
       | as the hive of another node |
       | as the queen                |
+
+  @SEC-9
+  Scenario: A worker that registers another worker on its own subject is not believed
+    Given a running cluster
+    When a client as a worker of its node registers a forged worker on its own subject
+    Then nats-server stores it, and rbee workers does not list the forged worker
+    And the queen's log reports FORGED_EVENT for it

@@ -15,6 +15,8 @@ pub struct Cluster {
     /// NATS as the cluster's admin (every right): what a test uses to look and to meddle.
     pub admin: NatsAccess,
     pub database_url: String,
+    /// The API key `rbee up` made for the cluster.
+    pub api_key: String,
     pub node: String,
     /// What `rbee up` printed.
     pub up_output: String,
@@ -43,7 +45,9 @@ impl Cluster {
             std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
         let nats_url = cluster_file["nats_url"].as_str().unwrap_or_default().to_string();
         let admin_creds = trust::creds_path(&trust::dir_in(&data_dir), Identity::Admin);
+        let api_key = std::fs::read_to_string(data_dir.join("api-key")).unwrap_or_default().trim().to_string();
         let cluster = Cluster {
+            api_key,
             queen_url: cluster_file["queen_url"].as_str().unwrap_or_default().to_string(),
             admin: NatsAccess::new(&nats_url, Some(admin_creds)),
             nats_url,
@@ -102,6 +106,15 @@ impl Cluster {
         let out = self.rbee(&["workers", "--json"]);
         assert!(out.status.success(), "rbee workers failed: {}", String::from_utf8_lossy(&out.stderr));
         serde_json::from_slice::<Value>(&out.stdout).expect("workers JSON").as_array().cloned().unwrap_or_default()
+    }
+
+    /// An HTTP client that sends this cluster's API key with every request.
+    pub fn http(&self) -> reqwest::Client {
+        rbee_runtime::use_ring_for_tls();
+        let mut headers = reqwest::header::HeaderMap::new();
+        let bearer = format!("Bearer {}", self.api_key);
+        headers.insert(reqwest::header::AUTHORIZATION, bearer.parse().expect("a key is a valid header value"));
+        reqwest::Client::builder().default_headers(headers).build().expect("an HTTP client")
     }
 
     /// A client of this cluster's NATS as its admin.

@@ -68,12 +68,14 @@ impl Intruder {
 
     /// Publishes `event` on its own subject, encoded as rbee writes events.
     pub async fn append(&self, event: Event) {
+        self.append_on(&subjects::for_event(&event), event).await;
+    }
+
+    /// Publishes `event`, encoded as rbee writes events, on `subject`.
+    pub async fn append_on(&self, subject: &str, event: Event) {
         let Some(client) = &self.client else { return };
-        let (headers, body) = Envelope::new(event.clone(), 0, &Meta::default()).encode();
-        client
-            .publish_with_headers(subjects::for_event(&event), headers, body.into())
-            .await
-            .expect("the client takes the message");
+        let (headers, body) = Envelope::new(event, 0, &Meta::default()).encode();
+        client.publish_with_headers(subject.to_string(), headers, body.into()).await.expect("the client takes it");
         let _ = client.flush().await;
     }
 

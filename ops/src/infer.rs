@@ -25,9 +25,16 @@ pub struct InferArgs {
     pub temperature: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// The API key (default: the one `rbee up` made, in <data-dir>/api-key).
+    #[arg(long, env = "RBEE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
-pub async fn infer(args: InferArgs, queen_url: &str) -> CliResult<()> {
+pub async fn infer(args: InferArgs, queen_url: &str, data_dir: &std::path::Path) -> CliResult<()> {
+    let key = args
+        .api_key
+        .clone()
+        .or_else(|| std::fs::read_to_string(crate::keys::local_key_file(data_dir)).ok().map(|k| k.trim().to_string()));
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(json!({"role": "system", "content": system}));
@@ -45,12 +52,17 @@ pub async fn infer(args: InferArgs, queen_url: &str) -> CliResult<()> {
     }
     rbee_runtime::use_ring_for_tls();
     let client = reqwest::Client::new();
-    let response = client.post(format!("{queen_url}/v1/chat/completions")).json(&body).send().await.map_err(|e| {
-        CliError::new(
-            Code::QueenUnreachable,
-            format!("cannot reach the queen at {queen_url}: {e}; is the cluster up (rbee up)?"),
-        )
-    })?;
+    let bearer = |r: reqwest::RequestBuilder| match &key {
+        Some(k) => r.bearer_auth(k),
+        None => r,
+    };
+    let response =
+        bearer(client.post(format!("{queen_url}/v1/chat/completions"))).json(&body).send().await.map_err(|e| {
+            CliError::new(
+                Code::QueenUnreachable,
+                format!("cannot reach the queen at {queen_url}: {e}; is the cluster up (rbee up)?"),
+            )
+        })?;
     let request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string);
     if !response.status().is_success() {
         let status = response.status();
@@ -62,7 +74,7 @@ pub async fn infer(args: InferArgs, queen_url: &str) -> CliResult<()> {
         result = streamed => result,
         _ = tokio::signal::ctrl_c() => {
             if let Some(id) = request_id {
-                let _ = client.delete(format!("{queen_url}/v1/requests/{id}")).send().await;
+                let _ = bearer(client.delete(format!("{queen_url}/v1/requests/{id}"))).send().await;
                 eprintln!("\ncancelled request {id}");
             }
             Err(CliError::interrupted())

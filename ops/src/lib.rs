@@ -7,6 +7,7 @@ pub mod down;
 pub mod error;
 pub mod events;
 pub mod infer;
+pub mod keys;
 pub mod live;
 pub mod log_point;
 pub mod models;
@@ -104,6 +105,11 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// The queens' API keys.
+    Keys {
+        #[command(subcommand)]
+        action: KeyAction,
+    },
     /// The machines of the cluster.
     Nodes {
         #[command(subcommand)]
@@ -161,6 +167,25 @@ pub enum ModelAction {
     Pull(models::PullArgs),
     /// Delete a model's file from a node and the catalog.
     Rm { model: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyAction {
+    /// Make a key; its secret is printed once.
+    Create(keys::CreateArgs),
+    /// List keys: id, name, fingerprint, state, limits (never a secret).
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: every queen refuses it as soon as it reads the log.
+    Revoke {
+        key: String,
+        /// Why (recorded in the log).
+        #[arg(long, default_value = "revoked")]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,7 +262,12 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             let url = cli.database_url(database_url);
             replay::replay(&cli.nats(Access::Read), url.as_deref(), at.as_deref(), *digest).await
         }
-        Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url()).await,
+        Command::Infer(args) => infer::infer(args.clone(), &cli.queen_url(), data_dir).await,
+        Command::Keys { action: KeyAction::Create(args) } => keys::create(&cli.nats(Access::Admin), args).await,
+        Command::Keys { action: KeyAction::List { json } } => keys::list(&cli.nats(Access::Read), *json).await,
+        Command::Keys { action: KeyAction::Revoke { key, reason } } => {
+            keys::revoke(&cli.nats(Access::Admin), key, reason).await
+        }
         Command::Projections { command: ProjectionsCommand::Rebuild { database_url } } => {
             let url = cli.database_url(database_url);
             let url = url.ok_or_else(|| {

@@ -78,11 +78,24 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
             start_cluster(&args, &data_dir, &source.name).await?
         }
     };
+    let key_file = crate::keys::local_key_file(&data_dir);
+    if !key_file.exists() {
+        let admin = trust::creds_path(&trust::dir_in(&data_dir), Identity::Admin);
+        let nats = rbee_bus::NatsAccess::new(&cluster.nats_url, Some(admin));
+        let (id, secret) = crate::keys::create_key(&nats, "local", Default::default()).await?;
+        trust::write_secret(&key_file, &secret)?;
+        println!("made API key {id}, kept in {} (rbee infer uses it)", key_file.display());
+    }
     if !args.no_worker {
         ensure_worker(&cluster, &data_dir, &source, args.slots.max(1), Duration::from_secs(args.timeout_secs)).await?;
     }
     println!("rbee is up: {}/v1  (model {})", cluster.queen_url, source.name);
-    println!("try: curl {}/v1/chat/completions -H 'Content-Type: application/json' \\", cluster.queen_url);
+    println!(
+        "try: curl {}/v1/chat/completions -H \"Authorization: Bearer $(cat {})\" \\",
+        cluster.queen_url,
+        key_file.display()
+    );
+    println!("       -H 'Content-Type: application/json' \\");
     println!(
         "       -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'",
         source.name

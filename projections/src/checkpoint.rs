@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::ClusterView;
 
 /// Bumped whenever the shape of [`ClusterView`] changes: older snapshots are then rebuilt.
-pub const SNAPSHOT_SCHEMA: i32 = 4;
+pub const SNAPSHOT_SCHEMA: i32 = 5;
 /// The name of the cluster view's checkpoint row.
 pub const CLUSTER_VIEW: &str = "cluster_view";
 

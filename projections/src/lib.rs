@@ -6,10 +6,12 @@ pub mod catalog;
 pub mod checkpoint;
 pub mod downloads;
 pub mod history;
+pub mod keys;
 pub mod live;
 pub mod registry;
 
 pub use catalog::{Catalog, CatalogEntry};
 pub use downloads::{Download, DownloadStatus, Downloads};
+pub use keys::{Key, Keys};
 pub use live::{ClusterView, LiveView};
 pub use registry::{Node, Registry, Worker};

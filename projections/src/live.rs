@@ -19,6 +19,7 @@ pub struct ClusterView {
     pub registry: Registry,
     pub catalog: Catalog,
     pub downloads: crate::Downloads,
+    pub keys: crate::Keys,
     /// The last `RBEE` sequence folded in.
     pub last_seq: u64,
     /// The last `RBEE_HB` sequence folded in.
@@ -29,9 +30,25 @@ pub struct ClusterView {
 
 impl ClusterView {
     pub fn apply(&mut self, rec: &Recorded) {
-        self.registry.apply(rec);
-        self.catalog.apply(rec);
-        self.downloads.apply(rec);
+        if !rec.origin_matches() {
+            // Not folded: the same decision on every reader, so every view still agrees.
+            tracing::error!(
+                code = %rbee_bus::Code::ForgedEvent,
+                seq = rec.stream_seq,
+                subject = %rec.subject,
+                event = rec.envelope.event.kind(),
+                "event skipped: its content names another aggregate than the subject it was written on"
+            );
+        } else {
+            self.registry.apply(rec);
+            self.catalog.apply(rec);
+            self.downloads.apply(rec);
+            self.keys.apply(rec);
+        }
+        self.advance(rec);
+    }
+
+    fn advance(&mut self, rec: &Recorded) {
         if matches!(rec.envelope.event, rbee_bus::Event::WorkerHeartbeat(_)) {
             self.last_heartbeat_seq = self.last_heartbeat_seq.max(rec.stream_seq);
         } else if rec.stream_seq > self.last_seq {

@@ -159,7 +159,9 @@ impl Registry {
             | Event::DownloadFinished(_)
             | Event::DownloadFailed(_)
             | Event::WorkerSignalled(_)
-            | Event::ModelRemoveRefused(_) => {}
+            | Event::ModelRemoveRefused(_)
+            | Event::KeyCreated(_)
+            | Event::KeyRevoked(_) => {}
         }
     }
 

@@ -18,14 +18,16 @@ pub enum Cancelled {
 
 /// Cancels `request`. `in_dispatch`: the caller holds its slot and is handing it to a worker, so
 /// it exists even before any of its events does.
+/// `by`: the API key asking (None: the queen itself, for a client that went away).
 pub async fn cancel(
     log: &EventLog,
     request: &str,
     reason: &str,
     in_dispatch: bool,
+    by: Option<String>,
     meta: &Meta,
 ) -> Result<Cancelled, CommandError> {
-    let command = RequestCommand::Cancel { request: request.into(), reason: reason.into(), in_dispatch };
+    let command = RequestCommand::Cancel { request: request.into(), reason: reason.into(), in_dispatch, by };
     match on_request(log, request, &command, meta).await {
         Ok(events) if events.is_empty() => Ok(Cancelled::AlreadyEnded),
         Ok(_) => Ok(Cancelled::Now),

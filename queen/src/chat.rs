@@ -19,6 +19,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::cancel::cancel;
 use crate::chat_request::{self, ValidatedChat};
 use crate::error::ApiError;
@@ -28,6 +29,7 @@ const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<Caller>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -35,14 +37,20 @@ pub async fn chat_completions(
     let parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let meta = Meta { correlation: Some(request.clone()), traceparent: Some(rbee_bus::trace::child_of(parent)) };
     let span = tracing::info_span!("queen.chat_completions", request = %request, traceparent = meta.traceparent.as_deref().unwrap_or(""));
-    let mut response = handle(state, body, request.clone(), meta).instrument(span).await;
+    let mut response = handle(state, caller, body, request.clone(), meta).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&request) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
 }
 
-async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, request: String, meta: Meta) -> Response {
+async fn handle(
+    state: Arc<AppState>,
+    caller: Caller,
+    body: Result<Bytes, BytesRejection>,
+    request: String,
+    meta: Meta,
+) -> Response {
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -60,7 +68,7 @@ async fn handle(state: Arc<AppState>, body: Result<Bytes, BytesRejection>, reque
             return e.into_response();
         }
     };
-    match start(&state, &chat, &request, &meta).await {
+    match start(&state, &caller, &chat, &request, &meta).await {
         Err(e) => {
             tracing::info!(code = %e.code, "request refused");
             // Refused before any worker: an unknown model must not become a label.
@@ -164,7 +172,7 @@ impl Drop for RequestGuard {
                 // got it just never hears of it), then give the slot back.
                 tracing::info!(%request, "client went away during dispatch; cancelling and releasing the slot");
                 tokio::spawn(async move {
-                    if let Err(e) = cancel(&log, &request, "client_disconnected", true, &meta).await {
+                    if let Err(e) = cancel(&log, &request, "client_disconnected", true, None, &meta).await {
                         tracing::error!(error = %e, "cancellation not recorded");
                     }
                     release_slot(&log, &claim, &request, &meta).await;
@@ -173,7 +181,7 @@ impl Drop for RequestGuard {
             Stage::Running => {
                 tracing::info!(%request, "client went away; cancelling");
                 tokio::spawn(async move {
-                    if let Err(e) = cancel(&log, &request, "client_disconnected", false, &meta).await {
+                    if let Err(e) = cancel(&log, &request, "client_disconnected", false, None, &meta).await {
                         tracing::error!(error = %e, "cancellation not recorded");
                     }
                 });
@@ -182,7 +190,14 @@ impl Drop for RequestGuard {
     }
 }
 
-async fn start(state: &Arc<AppState>, chat: &ValidatedChat, request: &str, meta: &Meta) -> Result<Running, ApiError> {
+async fn start(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    chat: &ValidatedChat,
+    request: &str,
+    meta: &Meta,
+) -> Result<Running, ApiError> {
+    crate::auth::admit(state, caller)?;
     let started = std::time::Instant::now();
     let claim =
         claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, state.config.slot_wait(), meta)
@@ -203,6 +218,7 @@ async fn start(state: &Arc<AppState>, chat: &ValidatedChat, request: &str, meta:
                 slot: claim.slot,
                 max_tokens: chat.max_tokens,
                 stream: chat.stream,
+                key: caller.key.clone(),
             });
             if let Err(e) = state.log.append(accepted, Expected::Any, meta).await {
                 tracing::error!(error = %e, "request.accepted not recorded");

@@ -26,6 +26,9 @@ pub struct Config {
     /// Seconds a stale worker busy with requests keeps them before it is removed.
     #[arg(long, env = "RBEE_STALE_GRACE_SECS", default_value_t = 30)]
     pub stale_grace_secs: u64,
+    /// Serve `/v1` without API keys. Only for a queen bound to loopback; it says so in its log.
+    #[arg(long, env = "RBEE_NO_AUTH")]
+    pub no_auth: bool,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "RBEE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

@@ -1,6 +1,7 @@
 //! rbee's queen: the OpenAI-compatible gateway and scheduler. It keeps no state of its own beyond
 //! a live projection of the log, so any number of queens can serve one cluster.
 
+pub mod auth;
 pub mod cancel;
 pub mod chat;
 pub mod chat_request;
@@ -66,11 +67,14 @@ impl QueenError {
 
 pub fn router(state: Arc<AppState>) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(routes::models))
         .route("/v1/catalog", get(routes::catalog))
         .route("/v1/requests/{id}", delete(routes::cancel_request))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
+    Router::new()
+        .merge(api)
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
@@ -80,6 +84,16 @@ pub fn router(state: Arc<AppState>) -> Router {
 
 /// Runs the queen until `shutdown`.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), QueenError> {
+    if config.no_auth {
+        if !config.bind.ip().is_loopback() {
+            return Err(QueenError::Config(rbee_bus::InvalidSetting(format!(
+                "--no-auth serves /v1 to anyone without an API key and is only allowed on a loopback \
+                 address, not {}; make keys with `rbee keys create` instead",
+                config.bind
+            ))));
+        }
+        tracing::warn!("--no-auth: /v1 answers without API keys; only processes on this machine can reach it");
+    }
     let log = EventLog::connect(&config.nats.access()).await.map_err(|e| QueenError::Bus(e.to_string()))?;
     let settings = rbee_bus::StreamSettings::from_env()?;
     log.ensure_streams(&settings).await.map_err(|e| QueenError::Bus(e.to_string()))?;

@@ -95,12 +95,17 @@ pub async fn catalog(
 }
 
 /// `DELETE /v1/requests/{id}`: cancels a request. 204 also when it already ended or was cancelled.
-pub async fn cancel_request(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+/// A request made with another API key is not found (404), as if it did not exist.
+pub async fn cancel_request(
+    State(state): State<Arc<AppState>>,
+    axum::Extension(caller): axum::Extension<crate::auth::Caller>,
+    Path(id): Path<String>,
+) -> Response {
     if let Err(e) = subjects::validate_name("request id", &id) {
         return ApiError::invalid("id", e.to_string()).into_response();
     }
     let meta = Meta { correlation: Some(id.clone()), traceparent: None };
-    match cancel(&state.log, &id, "deleted", false, &meta).await {
+    match cancel(&state.log, &id, "deleted", false, caller.key, &meta).await {
         Ok(Cancelled::Unknown) => ApiError::new(Code::RequestNotFound, format!("no request {id}")).into_response(),
         Ok(Cancelled::Now | Cancelled::AlreadyEnded) => StatusCode::NO_CONTENT.into_response(),
         Err(e) => ApiError::log_unavailable(e).into_response(),

@@ -163,8 +163,7 @@ async fn streaming_together(w: &mut RbeeWorld, n: usize) {
 async fn cancel_all(w: &mut RbeeWorld, n: usize) {
     assert_eq!(w.streams.len(), n);
     let queen = w.cluster().queen_url.clone();
-    let deletes =
-        w.streams.iter().map(|(id, _)| rbee_features::http().delete(format!("{queen}/v1/requests/{id}")).send());
+    let deletes = w.streams.iter().map(|(id, _)| w.cluster().http().delete(format!("{queen}/v1/requests/{id}")).send());
     for answer in futures::future::join_all(deletes).await {
         assert_eq!(answer.expect("the queen answers").status().as_u16(), 204);
     }

@@ -46,7 +46,7 @@ async fn page_through(w: &RbeeWorld, node: Option<&str>, limit: usize) -> Vec<(S
         if let Some(a) = &after {
             url.push_str(&format!("&after={a}"));
         }
-        let page: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let page: Value = w.cluster().http().get(&url).send().await.unwrap().json().await.unwrap();
         let data = page["data"].as_array().unwrap();
         assert!(data.len() <= limit);
         keys.extend(
@@ -93,7 +93,7 @@ async fn page_too_big(w: &mut RbeeWorld, status: u16, param: String) {
         format!("{}/v1/catalog?limit=1001", w.cluster().queen_url),
         format!("{}/v1/catalog?limit=lots", w.cluster().queen_url),
     ] {
-        let response = reqwest::get(&url).await.unwrap();
+        let response = w.cluster().http().get(&url).send().await.unwrap();
         assert_eq!(response.status().as_u16(), status);
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");

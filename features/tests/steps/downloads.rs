@@ -482,7 +482,9 @@ async fn worker_answers(w: &mut RbeeWorld) {
     assert!(out.status.success(), "{}", text(out));
     let body =
         serde_json::json!({"model": w.dl.model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4});
-    let resp = rbee_features::http()
+    let resp = w
+        .cluster()
+        .http()
         .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
         .json(&body)
         .send()

@@ -209,7 +209,8 @@ impl RbeeWorld {
     /// POSTs a chat completion request for `prompt` to the queen.
     pub async fn post_chat(&self, prompt: &str, max_tokens: u32, stream: bool) -> reqwest::Response {
         let body = json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "stream": stream});
-        rbee_features::http()
+        self.cluster()
+            .http()
             .post(format!("{}/v1/chat/completions", self.cluster().queen_url))
             .json(&body)
             .send()

@@ -24,11 +24,13 @@ async fn slot_wait_seconds(url: &str) -> f64 {
 async fn concurrent_requests(w: &mut RbeeWorld, n: usize) {
     let urls = [w.cluster().queen_url.clone(), w.second_queen.clone()];
     w.slot_waits_before = slot_wait_seconds(&urls[0]).await + slot_wait_seconds(&urls[1]).await;
+    let client = w.cluster().http();
     let requests = (0..n).map(|i| {
         let url = format!("{}/v1/chat/completions", urls[i % 2]);
+        let client = client.clone();
         async move {
             let body = json!({"model": MODEL, "max_tokens": 3, "messages": [{"role": "user", "content": format!("Say {i}.")}]});
-            let response = rbee_features::http().post(url).json(&body).send().await.expect("a queen answers");
+            let response = client.post(url).json(&body).send().await.expect("a queen answers");
             let status = response.status().as_u16();
             let id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
             (status, id, response.json::<Value>().await.unwrap_or(Value::Null))
@@ -118,7 +120,8 @@ async fn restarted_lists_worker(w: &mut RbeeWorld) {
         if health["digest"] == replayed.as_str() && health["ready_workers"] == 1 { Ok(()) } else { Err(health) }
     })
     .await;
-    let models: Value = reqwest::get(format!("{}/v1/models", w.second_queen)).await.unwrap().json().await.unwrap();
+    let models: Value =
+        w.cluster().http().get(format!("{}/v1/models", w.second_queen)).send().await.unwrap().json().await.unwrap();
     assert_eq!(models["data"][0]["id"], MODEL);
 }
 
@@ -126,7 +129,7 @@ async fn restarted_lists_worker(w: &mut RbeeWorld) {
 async fn restarted_answers(w: &mut RbeeWorld, prompt: String, expected: String) {
     let body = json!({"model": MODEL, "max_tokens": 64, "messages": [{"role": "user", "content": prompt}]});
     let response =
-        rbee_features::http().post(format!("{}/v1/chat/completions", w.second_queen)).json(&body).send().await.unwrap();
+        w.cluster().http().post(format!("{}/v1/chat/completions", w.second_queen)).json(&body).send().await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     let body: Value = response.json().await.unwrap();
     let content = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();

@@ -125,7 +125,7 @@ async fn queen_lists_model(w: &mut RbeeWorld) {
     let url = format!("{}/v1/catalog?node=n1", w.cluster().queen_url);
     let expected_memory = rbee_bus::estimated_memory_bytes(98_362_432);
     eventually("the queen catalogues the model on node n1", DEADLINE, || async {
-        let body: Value = reqwest::get(&url).await.unwrap().json().await.unwrap();
+        let body: Value = w.cluster().http().get(&url).send().await.unwrap().json().await.unwrap();
         let entries = body["data"].as_array().cloned().unwrap_or_default();
         let found = entries.iter().any(|e| {
             e["model"] == "SmolLM2-135M-Instruct"

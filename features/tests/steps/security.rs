@@ -9,7 +9,9 @@ use rbee_bus::{Event, SlotClaimed, WorkerRegistered, WorkerStartRequested, subje
 use rbee_features::intruder::Intruder;
 use rbee_local::trust::Identity;
 
-use super::{MODEL, RbeeWorld};
+use rbee_features::poll::eventually;
+
+use super::{DEADLINE, MODEL, RbeeWorld};
 
 /// What the scenario's intruder tried, to check the server's answer against.
 #[derive(Default)]
@@ -21,19 +23,24 @@ pub struct Attempt {
     pub events_before: usize,
     pub connections: Option<std::sync::Arc<std::sync::atomic::AtomicUsize>>,
     pub listener_port: u16,
+    /// The worker id of a worker identity the client holds.
+    pub as_worker: String,
 }
 
 impl RbeeWorld {
     /// Connects as `who` to the scenario's cluster.
     async fn intrude(&mut self, who: &str) {
         let c = self.cluster();
+        let mut worker = String::new();
         let creds = match who {
             "without credentials" => None,
             "as the operator" => Some(c.creds(Identity::Operator)),
             "as the queen" => Some(c.creds(Identity::Queen)),
             "as a worker of its node" => {
                 let id = format!("intruder-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-                Some(c.worker_creds(&c.node.clone(), &id))
+                let creds = c.worker_creds(&c.node.clone(), &id);
+                worker = id;
+                Some(creds)
             }
             "as the hive of another node" => {
                 let node = rbee_features::cluster::unique_node();
@@ -42,7 +49,9 @@ impl RbeeWorld {
             }
             other => panic!("unknown identity {other:?}"),
         };
-        self.attempt.intruder = Some(Intruder::connect(&c.nats_url, creds.as_deref()).await);
+        let intruder = Intruder::connect(&c.nats_url, creds.as_deref()).await;
+        self.attempt.intruder = Some(intruder);
+        self.attempt.as_worker = worker;
     }
 
     fn intruder(&self) -> &Intruder {
@@ -120,6 +129,51 @@ async fn registers_forged_worker(w: &mut RbeeWorld, who: String) {
     });
     w.attempt.refused.push(subjects::for_event(&event));
     w.intruder().append(event).await;
+}
+
+#[when("a client as a worker of its node registers a forged worker on its own subject")]
+async fn registers_under_own_subject(w: &mut RbeeWorld) {
+    w.intrude("as a worker of its node").await;
+    let forged = w.new_forged_worker();
+    let event = Event::WorkerRegistered(WorkerRegistered {
+        worker: forged,
+        node: w.cluster().node.clone(),
+        model: MODEL.into(),
+        slots: 4,
+        pid: std::process::id(),
+        backend: "cpu".into(),
+    });
+    let own = subjects::aggregate(rbee_bus::AggregateKind::Worker, &w.attempt.as_worker);
+    w.intruder().append_on(&own, event).await;
+    w.attempt.refused.clear();
+}
+
+#[then("nats-server stores it, and rbee workers does not list the forged worker")]
+async fn stored_but_not_believed(w: &mut RbeeWorld) {
+    let own = subjects::aggregate(rbee_bus::AggregateKind::Worker, &w.attempt.as_worker);
+    let js = async_nats::jetstream::new(w.cluster().admin_client().await);
+    let stream = js.get_stream(subjects::EVENTS_STREAM).await.expect("the event stream");
+    let stored = eventually("the server stores the event on the worker's own subject", DEADLINE, || async {
+        stream.get_last_raw_message_by_subject(&own).await.map_err(|e| e.to_string())
+    })
+    .await;
+    assert!(stored.sequence > 0);
+    assert!(w.intruder().violations_naming(&own, Duration::from_millis(500)).await.is_empty());
+    // The queen has folded past it by the time it answers a request.
+    let forged = w.attempt.forged_worker.clone();
+    assert!(w.cluster().workers().iter().all(|x| x["id"] != forged.as_str()), "rbee workers does not list it");
+}
+
+#[then("the queen's log reports FORGED_EVENT for it")]
+async fn queen_reports_forgery(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    eventually("the queen reports the forged event", DEADLINE, || async {
+        let log = c.log_file("queen.log");
+        let line =
+            log.lines().find(|l| l.contains(rbee_bus::Code::ForgedEvent.as_str()) && l.contains("worker.registered"));
+        line.map(str::to_string).ok_or(())
+    })
+    .await;
 }
 
 #[when(regex = r"^a client (without credentials|as [a-z ]+) claims every slot of the serving worker$")]

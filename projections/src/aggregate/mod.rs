@@ -96,7 +96,7 @@ pub async fn on_request(
     meta: &Meta,
 ) -> Result<Vec<Event>, CommandError> {
     let subject = subjects::aggregate(AggregateKind::Request, id);
-    on_subject(log, &subject, request::apply, |state| request::decide(*state, command), meta).await
+    on_subject(log, &subject, request::apply, |state| request::decide(state, command), meta).await
 }
 
 /// Runs `command` on model `id`, folded from its own events; returns what was recorded.

@@ -7,7 +7,7 @@ use rbee_bus::{Code, Event, RequestCancelled};
 
 /// Where a request stands, as its own events say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RequestState {
+pub enum Stage {
     /// No event yet: unknown, or still being dispatched.
     #[default]
     Unrecorded,
@@ -17,10 +17,20 @@ pub enum RequestState {
     Ended,
 }
 
+/// A request's stage and the API key that made it (it belongs to that key).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestState {
+    pub stage: Stage,
+    pub key: Option<String>,
+}
+
 pub fn apply(state: &mut RequestState, event: &Event) {
     match event {
-        Event::RequestAccepted(_) if *state == RequestState::Unrecorded => *state = RequestState::Running,
-        Event::RequestFinished(_) | Event::RequestCancelled(_) => *state = RequestState::Ended,
+        Event::RequestAccepted(e) if state.stage == Stage::Unrecorded => {
+            state.stage = Stage::Running;
+            state.key = e.key.clone();
+        }
+        Event::RequestFinished(_) | Event::RequestCancelled(_) => state.stage = Stage::Ended,
         _ => {}
     }
 }
@@ -30,19 +40,24 @@ pub fn apply(state: &mut RequestState, event: &Event) {
 pub enum RequestCommand {
     /// Stop it. `in_dispatch`: the asker holds the request's slot and is handing it to a worker,
     /// so a request with no event yet exists all the same (the worker may already have it).
-    Cancel { request: String, reason: String, in_dispatch: bool },
+    /// `by`: the API key asking; a request of another key is not found (its existence is not
+    /// revealed). None: the cluster itself asks (the client went away, or a queen without keys).
+    Cancel { request: String, reason: String, in_dispatch: bool, by: Option<String> },
 }
 
 /// The events `command` records, or why it is refused. An empty list: it already ended.
-pub fn decide(state: RequestState, command: &RequestCommand) -> Result<Vec<Event>, Code> {
-    let RequestCommand::Cancel { request, reason, in_dispatch } = command;
+pub fn decide(state: &RequestState, command: &RequestCommand) -> Result<Vec<Event>, Code> {
+    let RequestCommand::Cancel { request, reason, in_dispatch, by } = command;
     let cancelled =
         || vec![Event::RequestCancelled(RequestCancelled { request: request.clone(), reason: reason.clone() })];
-    match state {
-        RequestState::Unrecorded if *in_dispatch => Ok(cancelled()),
-        RequestState::Unrecorded => Err(Code::RequestNotFound),
-        RequestState::Running => Ok(cancelled()),
-        RequestState::Ended => Ok(vec![]),
+    if by.is_some() && state.stage != Stage::Unrecorded && state.key != *by {
+        return Err(Code::RequestNotFound);
+    }
+    match state.stage {
+        Stage::Unrecorded if *in_dispatch => Ok(cancelled()),
+        Stage::Unrecorded => Err(Code::RequestNotFound),
+        Stage::Running => Ok(cancelled()),
+        Stage::Ended => Ok(vec![]),
     }
 }
 
@@ -65,6 +80,7 @@ mod tests {
             slot: 0,
             max_tokens: None,
             stream: true,
+            key: Some("k-1".into()),
         })
     }
 
@@ -82,7 +98,16 @@ mod tests {
     }
 
     fn cancel(in_dispatch: bool) -> RequestCommand {
-        RequestCommand::Cancel { request: "r1".into(), reason: "deleted".into(), in_dispatch }
+        RequestCommand::Cancel { request: "r1".into(), reason: "deleted".into(), in_dispatch, by: None }
+    }
+
+    fn cancel_by(key: &str) -> RequestCommand {
+        RequestCommand::Cancel {
+            request: "r1".into(),
+            reason: "deleted".into(),
+            in_dispatch: false,
+            by: Some(key.into()),
+        }
     }
 
     fn cancelled() -> Event {
@@ -91,19 +116,26 @@ mod tests {
 
     #[test]
     fn a_running_request_is_cancelled_once() {
-        assert_eq!(decide(given(&[accepted()]), &cancel(false)), Ok(vec![cancelled()]));
-        assert_eq!(decide(given(&[accepted(), cancelled()]), &cancel(false)), Ok(vec![]));
+        assert_eq!(decide(&given(&[accepted()]), &cancel(false)), Ok(vec![cancelled()]));
+        assert_eq!(decide(&given(&[accepted(), cancelled()]), &cancel(false)), Ok(vec![]));
     }
 
     #[test]
     fn a_finished_request_is_not_cancelled() {
-        assert_eq!(decide(given(&[accepted(), finished()]), &cancel(false)), Ok(vec![]));
-        assert_eq!(decide(given(&[accepted(), finished()]), &cancel(true)), Ok(vec![]));
+        assert_eq!(decide(&given(&[accepted(), finished()]), &cancel(false)), Ok(vec![]));
+        assert_eq!(decide(&given(&[accepted(), finished()]), &cancel(true)), Ok(vec![]));
+    }
+
+    #[test]
+    fn only_the_key_that_made_a_request_cancels_it() {
+        assert_eq!(decide(&given(&[accepted()]), &cancel_by("k-1")), Ok(vec![cancelled()]));
+        assert_eq!(decide(&given(&[accepted()]), &cancel_by("k-2")), Err(Code::RequestNotFound));
+        assert_eq!(decide(&given(&[accepted(), finished()]), &cancel_by("k-2")), Err(Code::RequestNotFound));
     }
 
     #[test]
     fn an_unrecorded_request_is_unknown_unless_its_dispatcher_cancels_it() {
-        assert_eq!(decide(given(&[]), &cancel(false)), Err(Code::RequestNotFound));
-        assert_eq!(decide(given(&[]), &cancel(true)), Ok(vec![cancelled()]));
+        assert_eq!(decide(&given(&[]), &cancel(false)), Err(Code::RequestNotFound));
+        assert_eq!(decide(&given(&[]), &cancel(true)), Ok(vec![cancelled()]));
     }
 }
