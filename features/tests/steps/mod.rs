@@ -4,6 +4,7 @@
 mod cancellation;
 mod catalog;
 mod downloads;
+mod keys;
 mod lifecycle;
 mod queens;
 mod recovery;
@@ -81,6 +82,15 @@ pub struct RbeeWorld {
     dl: downloads::Dl,
     /// What a security scenario's intruder tried.
     attempt: security::Attempt,
+    /// API keys the scenario made: name and secret.
+    api_keys: Vec<(String, String)>,
+    /// Headers of the last HTTP answer.
+    www_authenticate: String,
+    retry_after: Option<String>,
+    /// When the scenario revoked a key.
+    revoked_at: Option<std::time::Instant>,
+    /// Log file of a queen the scenario started.
+    queen_log: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -199,6 +209,11 @@ impl RbeeWorld {
             second_worker: String::new(),
             dl: downloads::Dl::default(),
             attempt: security::Attempt::default(),
+            api_keys: Vec::new(),
+            www_authenticate: String::new(),
+            retry_after: None,
+            revoked_at: None,
+            queen_log: Default::default(),
         }
     }
 
