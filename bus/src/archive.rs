@@ -25,18 +25,44 @@ pub enum ArchiveError {
     Database(#[from] sqlx::Error),
     #[error("event store migration failed: {0}")]
     Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Schema(String),
     #[error("event log unavailable: {0}")]
     Log(String),
 }
 
-/// Connects to Postgres and brings the schema up to date.
+/// Brings the schema up to date. Run as the role that owns the schema (`rbee up` does), never as
+/// the role processes archive with, which may not change the schema.
+pub async fn migrate(owner_url: &str) -> Result<(), ArchiveError> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(owner_url)
+        .await?;
+    sqlx::migrate!("./migrations").run(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Connects to the event store and checks that its schema is the one this rbee writes.
 pub async fn connect_store(database_url: &str) -> Result<PgPool, ArchiveError> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(5)
         .acquire_timeout(Duration::from_secs(10))
         .connect(database_url)
         .await?;
-    sqlx::migrate!("./migrations").run(&pool).await?;
+    let expected = sqlx::migrate!("./migrations").iter().map(|m| m.version).max().unwrap_or(0);
+    let found: Option<i64> = sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+        .fetch_one(&pool)
+        .await
+        .map_err(|e| ArchiveError::Schema(format!("the event store has no rbee schema ({e})")))?;
+    if found != Some(expected) {
+        return Err(ArchiveError::Schema(format!(
+            "the event store's schema is at migration {}, this rbee needs {expected}; run the migrations as \
+             the schema's owner (rbee up does)",
+            found.unwrap_or(0)
+        )));
+    }
     Ok(pool)
 }
 

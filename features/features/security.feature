@@ -103,3 +103,28 @@ Feature: Nobody gets in: every client of the bus speaks only as the role it hold
     When a client as a worker of its node registers a forged worker on its own subject
     Then nats-server stores it, and rbee workers does not list the forged worker
     And the queen's log reports FORGED_EVENT for it
+
+  @SEC-14
+  Scenario Outline: The role the queens use may only read and append the archive
+    Given a running cluster
+    And every event of its log is archived in Postgres
+    When the role the queens use runs "<statement>" on the event store
+    Then Postgres refuses it for lack of privilege
+    And the archive still holds every event it held
+
+    Examples:
+      | statement                                                |
+      | DELETE FROM events                                       |
+      | UPDATE events SET event_type = 'forged'                  |
+      | TRUNCATE events                                          |
+      | ALTER TABLE events DISABLE TRIGGER events_append_only    |
+      | DROP TABLE events                                        |
+      | CREATE TABLE forged (x int)                              |
+      | COPY (SELECT 1) TO PROGRAM 'touch /tmp/rbee-forged'      |
+      | ALTER ROLE rbee SUPERUSER                                |
+
+  @SEC-14
+  Scenario: The event store takes no connection without a password
+    Given a running cluster
+    When a client connects to the event store as the role the queens use without its password
+    Then Postgres refuses the connection

@@ -51,7 +51,11 @@ impl Cluster {
             queen_url: cluster_file["queen_url"].as_str().unwrap_or_default().to_string(),
             admin: NatsAccess::new(&nats_url, Some(admin_creds)),
             nats_url,
-            database_url: cluster_file["database_url"].as_str().unwrap_or_default().to_string(),
+            database_url: rbee_local::postgres::with_password(
+                cluster_file["database_url"].as_str().unwrap_or_default(),
+                &trust::dir_in(&data_dir),
+            )
+            .unwrap_or_default(),
             data_dir,
             node,
             up_output,

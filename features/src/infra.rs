@@ -76,7 +76,10 @@ impl Postgres {
     pub async fn start() -> Postgres {
         let bin = postgres::find_bin_dir().expect("postgres binaries");
         let root = postgres::prepare_root(&crate::scratch_dir("pg")).expect("postgres dir");
-        let (_, url) = postgres::start(&bin, &root, process::free_port().unwrap()).await.expect("postgres starts");
+        let secrets = root.join("secrets");
+        let (_, url) =
+            postgres::start(&bin, &root, process::free_port().unwrap(), &secrets).await.expect("postgres starts");
+        let url = postgres::with_password(&url, &secrets).expect("the rbee role's password");
         Postgres { url, bin, root }
     }
 }

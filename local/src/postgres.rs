@@ -1,6 +1,11 @@
 //! Postgres for the local stack: the machine's own binaries, a cluster under the data directory,
 //! listening on a loopback port only, run as the `postgres` user when rbee runs as root (initdb
 //! refuses root).
+//!
+//! Least privilege: every role logs in with a generated password (SCRAM), kept 0600 in the
+//! secrets directory. `rbee_admin` (the superuser initdb makes) only sets up roles and the
+//! database; `rbee_owner` owns the schema and runs the migrations; `rbee`, the role the queens
+//! use, may read and append events and keep checkpoints, nothing else.
 
 use rbee_bus::Code;
 use std::path::{Path, PathBuf};
@@ -10,8 +15,43 @@ use std::time::Duration;
 use crate::process::{self, run_checked};
 use crate::{LocalError, LocalResult};
 
+/// The role processes connect as.
 pub const USER: &str = "rbee";
+/// The role that owns the schema and runs migrations.
+pub const OWNER: &str = "rbee_owner";
+/// The superuser initdb makes; used only to set up roles and the database.
+pub const ADMIN: &str = "rbee_admin";
 pub const DATABASE: &str = "rbee";
+
+/// The password of `role`, made on first use and kept 0600 in `secrets`.
+pub fn password(secrets: &Path, role: &str) -> LocalResult<String> {
+    let path = secrets.join(format!("postgres-{role}.password"));
+    match std::fs::read_to_string(&path) {
+        Ok(p) => Ok(p.trim().to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(secrets).map_err(|e| process::io_error("create", secrets, e))?;
+            let random = || uuid::Uuid::new_v4().simple().to_string();
+            let password = format!("{}{}", random(), random());
+            crate::trust::write_secret(&path, &password)?;
+            Ok(password)
+        }
+        Err(e) => Err(process::io_error("read", &path, e)),
+    }
+}
+
+/// The database URL of `role` on `port`, with its password: give it to a process in its
+/// environment or keep it in memory, never on a command line or in a log.
+pub fn url_with_password(secrets: &Path, role: &str, port: u16, database: &str) -> LocalResult<String> {
+    Ok(format!("postgres://{role}:{}@127.0.0.1:{port}/{database}", password(secrets, role)?))
+}
+
+/// `url` (as `cluster.json` keeps it, without a password) with the role's password put in.
+pub fn with_password(url: &str, secrets: &Path) -> LocalResult<String> {
+    match url.strip_prefix(&format!("postgres://{USER}@")) {
+        Some(rest) => Ok(format!("postgres://{USER}:{}@{rest}", password(secrets, USER)?)),
+        None => Ok(url.to_string()),
+    }
+}
 
 /// Where the Postgres binaries are: `pg_ctl` on PATH, else the newest /usr/lib/postgresql/*/bin.
 pub fn find_bin_dir() -> LocalResult<PathBuf> {
@@ -87,26 +127,31 @@ fn chown_postgres(dir: &Path) -> LocalResult<()> {
     run_checked(Command::new("chown").arg("-R").arg("postgres:postgres").arg(dir), "chown postgres").map(|_| ())
 }
 
-/// Creates the cluster if missing, starts it on `port`, creates the `rbee` database.
-/// Returns (postmaster pid, database URL).
-pub async fn start(bin: &Path, root: &Path, port: u16) -> LocalResult<(u32, String)> {
+/// Creates the cluster if missing, starts it on `port`, sets up the roles and the `rbee` database
+/// and brings its schema up to date. Returns (postmaster pid, the `rbee` role's URL without its
+/// password; [`with_password`] completes it).
+pub async fn start(bin: &Path, root: &Path, port: u16, secrets: &Path) -> LocalResult<(u32, String)> {
     let data = root.join("data");
     let log = root.join("postgres.log");
+    let admin_password = password(secrets, ADMIN)?;
     if !data.join("PG_VERSION").is_file() {
-        run_checked(
-            as_owner(&bin.join("initdb")).arg("-D").arg(&data).args([
-                "-U",
-                USER,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ]),
-            "initdb",
-        )
-        .map_err(|e| LocalError::new(Code::PostgresStartFailed, e.message))?;
+        // initdb reads the superuser's password from a file the cluster's owner can read.
+        let pwfile = root.join("initdb.password");
+        std::fs::write(&pwfile, &admin_password).map_err(|e| process::io_error("write", &pwfile, e))?;
+        if is_root() {
+            chown_postgres(&pwfile)?;
+        }
+        let made =
+            run_checked(
+                as_owner(&bin.join("initdb"))
+                    .arg("-D")
+                    .arg(&data)
+                    .arg(format!("--pwfile={}", pwfile.display()))
+                    .args(["-U", ADMIN, "-A", "scram-sha-256", "-E", "UTF8", "--no-sync", "--no-instructions"]),
+                "initdb",
+            );
+        let _ = std::fs::remove_file(&pwfile);
+        made.map_err(|e| LocalError::new(Code::PostgresStartFailed, e.message))?;
     }
     let options = format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories=''");
     run_checked(
@@ -122,27 +167,62 @@ pub async fn start(bin: &Path, root: &Path, port: u16) -> LocalResult<(u32, Stri
     let pid = postmaster_pid(root).ok_or_else(|| {
         LocalError::new(Code::PostgresStartFailed, format!("no postmaster.pid in {}", data.display()))
     })?;
-    let admin = format!("postgres://{USER}@127.0.0.1:{port}/postgres");
-    create_database(&admin).await?;
+    set_up_roles(secrets, port).await?;
+    let owner = url_with_password(secrets, OWNER, port, DATABASE)?;
+    rbee_bus::archive::migrate(&owner)
+        .await
+        .map_err(|e| LocalError::new(Code::PostgresStartFailed, format!("cannot migrate the event store: {e}")))?;
     Ok((pid, format!("postgres://{USER}@127.0.0.1:{port}/{DATABASE}")))
 }
 
-async fn create_database(admin_url: &str) -> LocalResult<()> {
-    let fail =
-        |e: sqlx::Error| LocalError::new(Code::PostgresStartFailed, format!("cannot create database {DATABASE}: {e}"));
+/// The owner and the processes' role, with their passwords, and the database the owner owns.
+/// Idempotent: a restart sets the same passwords again.
+async fn set_up_roles(secrets: &Path, port: u16) -> LocalResult<()> {
+    let fail = |e: sqlx::Error| {
+        LocalError::new(Code::PostgresStartFailed, format!("cannot set up the roles of the event store: {e}"))
+    };
+    let admin = url_with_password(secrets, ADMIN, port, "postgres")?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(admin_url)
+        .connect(&admin)
         .await
-        .map_err(fail)?;
+        .map_err(|e| {
+            LocalError::new(
+                Code::PostgresStartFailed,
+                format!(
+                    "cannot log in to Postgres as {ADMIN} ({e}); a cluster made by an older rbee has no \
+                     passwords: stop it and remove its postgres directory"
+                ),
+            )
+        })?;
+    for (role, extra) in [(OWNER, ""), (USER, " NOINHERIT")] {
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&pool)
+            .await
+            .map_err(fail)?;
+        if !exists {
+            sqlx::query(&format!("CREATE ROLE {role}")).execute(&pool).await.map_err(fail)?;
+        }
+        // A password is a literal here (ALTER ROLE takes no parameters); it is hex, so it needs no quoting.
+        let pw = password(secrets, role)?;
+        let alter = format!("ALTER ROLE {role} WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE{extra} PASSWORD '{pw}'");
+        sqlx::query(&alter).execute(&pool).await.map_err(fail)?;
+    }
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
         .bind(DATABASE)
         .fetch_one(&pool)
         .await
         .map_err(fail)?;
     if !exists {
-        sqlx::query(&format!("CREATE DATABASE {DATABASE}")).execute(&pool).await.map_err(fail)?;
+        sqlx::query(&format!("CREATE DATABASE {DATABASE} OWNER {OWNER}")).execute(&pool).await.map_err(fail)?;
+    }
+    for grant in [
+        format!("REVOKE ALL ON DATABASE {DATABASE} FROM PUBLIC"),
+        format!("GRANT CONNECT ON DATABASE {DATABASE} TO {OWNER}, {USER}"),
+    ] {
+        sqlx::query(&grant).execute(&pool).await.map_err(fail)?;
     }
     pool.close().await;
     Ok(())

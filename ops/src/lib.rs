@@ -202,8 +202,12 @@ pub enum EventsCommand {
 
 impl Cli {
     /// The event store a command reads: the one given, else this cluster's.
+    /// The cluster's URL gets the password `rbee up` made, from its trust directory.
     fn database_url(&self, given: &Option<String>) -> Option<String> {
-        given.clone().or_else(|| ClusterFile::load(&self.data_dir).and_then(|c| c.database_url))
+        given.clone().or_else(|| {
+            let url = ClusterFile::load(&self.data_dir).and_then(|c| c.database_url)?;
+            rbee_local::postgres::with_password(&url, &trust::dir_in(&self.data_dir)).ok()
+        })
     }
 
     /// NATS, as the identity a command needs: read-only unless it changes the cluster.

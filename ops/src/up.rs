@@ -167,7 +167,8 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let pg_root = postgres::prepare_root(&data_dir.join("postgres"))?;
     cf.postgres_bin = Some(pg_bin.clone());
     cf.postgres_root = Some(pg_root.clone());
-    let (pg_pid, database_url) = postgres::start(&pg_bin, &pg_root, pg_port).await?;
+    let secrets = trust::dir_in(data_dir);
+    let (pg_pid, database_url) = postgres::start(&pg_bin, &pg_root, pg_port, &secrets).await?;
     cf.postgres_pid = Some(pg_pid);
     cf.database_url = Some(database_url.clone());
     cf.save(data_dir)?;
@@ -178,7 +179,12 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
         ("RBEE_NATS_CREDS", path(trust.creds(Identity::Hive(&node)))),
         ("RBEE_WORKER_SIGNING_KEY", path(trust.worker_signer(&node))),
     ];
-    let queen_env = [("RBEE_NATS_URL", cf.nats_url.clone()), ("RBEE_NATS_CREDS", path(trust.creds(Identity::Queen)))];
+    // Credentials by file or environment, never on a command line.
+    let queen_env = [
+        ("RBEE_NATS_URL", cf.nats_url.clone()),
+        ("RBEE_NATS_CREDS", path(trust.creds(Identity::Queen))),
+        ("RBEE_DATABASE_URL", postgres::with_password(&database_url, &secrets)?),
+    ];
     let hive_args = vec![
         "--node".into(),
         node,
@@ -194,8 +200,6 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     let queen_args = vec![
         "--bind".into(),
         format!("127.0.0.1:{queen_port}"),
-        "--database-url".into(),
-        database_url,
         "--heartbeat-timeout-secs".into(),
         args.heartbeat_timeout_secs.to_string(),
         "--stale-grace-secs".into(),

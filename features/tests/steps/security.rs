@@ -25,6 +25,8 @@ pub struct Attempt {
     pub listener_port: u16,
     /// The worker id of a worker identity the client holds.
     pub as_worker: String,
+    /// What Postgres answered: a SQLSTATE, or the connection error.
+    pub sql_error: Option<String>,
 }
 
 impl RbeeWorld {
@@ -274,4 +276,52 @@ async fn stream_intact(w: &mut RbeeWorld) {
     let info = stream.info().await.expect("stream info");
     assert!(info.state.messages as usize >= w.attempt.events_before, "no event was purged: {:?}", info.state);
     stream.consumer_info(subjects::ARCHIVER_CONSUMER).await.expect("the archiver's consumer exists");
+}
+
+#[when(expr = "the role the queens use runs {string} on the event store")]
+async fn archiver_runs(w: &mut RbeeWorld, statement: String) {
+    let pool = sqlx::PgPool::connect(&w.cluster().database_url).await.expect("the queens' role connects");
+    w.attempt.events_before =
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap() as usize;
+    let result = sqlx::query(&statement).execute(&pool).await;
+    w.attempt.sql_error = match result {
+        Ok(done) => panic!("{statement} was allowed ({} rows)", done.rows_affected()),
+        Err(e) => {
+            Some(e.as_database_error().and_then(|d| d.code()).map(|c| c.to_string()).unwrap_or_else(|| e.to_string()))
+        }
+    };
+    pool.close().await;
+}
+
+#[then("Postgres refuses it for lack of privilege")]
+fn refused_privilege(w: &mut RbeeWorld) {
+    // 42501: insufficient_privilege ("permission denied", "must be owner").
+    assert_eq!(w.attempt.sql_error.as_deref(), Some("42501"));
+}
+
+#[then("the archive still holds every event it held")]
+async fn archive_intact(w: &mut RbeeWorld) {
+    let pool = sqlx::PgPool::connect(&w.cluster().database_url).await.unwrap();
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM events").fetch_one(&pool).await.unwrap();
+    assert!(n as usize >= w.attempt.events_before, "{n} < {}", w.attempt.events_before);
+    let forged: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE event_type = 'forged'").fetch_one(&pool).await.unwrap();
+    assert_eq!(forged, 0);
+    assert!(!std::path::Path::new("/tmp/rbee-forged").exists(), "no program ran");
+}
+
+#[when("a client connects to the event store as the role the queens use without its password")]
+async fn connect_without_password(w: &mut RbeeWorld) {
+    let url = w.cluster().database_url.clone();
+    let (user_and_password, rest) = url.split_once('@').unwrap();
+    let user = user_and_password.split(':').take(2).collect::<Vec<_>>().join(":");
+    let without = format!("{user}@{rest}");
+    assert!(!without.contains(&rbee_local::postgres::password(&w.cluster().data_dir.join("trust"), "rbee").unwrap()));
+    w.attempt.sql_error = sqlx::PgPool::connect(&without).await.err().map(|e| e.to_string());
+}
+
+#[then("Postgres refuses the connection")]
+fn connection_refused(w: &mut RbeeWorld) {
+    let why = w.attempt.sql_error.clone().expect("the connection was refused");
+    assert!(why.contains("password"), "{why}");
 }
