@@ -180,6 +180,8 @@ impl RbeeWorld {
     }
 
     fn new() -> Self {
+        // Every HTTP client of a scenario, reqwest::get included, uses ring for TLS.
+        rbee_runtime::use_ring_for_tls();
         RbeeWorld {
             own: None,
             shared: None,
