@@ -134,6 +134,7 @@ codes! {
     MissingApiKey "MISSING_API_KEY" 401 "no `Authorization: Bearer <key>` header; `rbee keys create` makes a key";
     InvalidApiKey "INVALID_API_KEY" 401 "the API key is unknown or revoked";
     KeyNotFound "KEY_NOT_FOUND" 404 "no API key with that id";
+    SourceNotAllowed "SOURCE_NOT_ALLOWED" 403 "the model source is not on the hive's allow-list (`--allowed-hosts`, `--allowed-dirs`)";
 }
 
 impl Code {

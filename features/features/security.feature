@@ -128,3 +128,19 @@ Feature: Nobody gets in: every client of the bus speaks only as the role it hold
     Given a running cluster
     When a client connects to the event store as the role the queens use without its password
     Then Postgres refuses the connection
+
+  @SEC-16
+  Scenario Outline: A model source outside the hive's allow-list is refused before any connection
+    Given a running cluster without workers
+    And a listener on a free local port that counts connections
+    When I pull "<source>" onto the cluster's node with rbee models pull
+    Then the pull fails with exit code 1 and "SOURCE_NOT_ALLOWED"
+    And after 2 seconds the listener has had no connection
+    And the log holds no download or catalog entry of the model "forged-source"
+
+    Examples:
+      | source                                         |
+      | http://127.0.0.1:{port}/forged.gguf            |
+      | https://user@127.0.0.1:{port}/forged.gguf      |
+      | file:///etc/passwd                             |
+      | file:///root/.cache/rbee/models/../../../etc/hostname |

@@ -143,6 +143,8 @@ impl Cluster {
             ("RBEE_NATS_URL", self.nats_url.clone()),
             ("RBEE_NATS_CREDS", self.creds(Identity::Hive(node)).display().to_string()),
             ("RBEE_WORKER_SIGNING_KEY", signer.display().to_string()),
+            // Workers start from the default model in the shared cache.
+            ("RBEE_ALLOWED_DIRS", crate::cache_dir().display().to_string()),
         ]
     }
 

@@ -66,6 +66,12 @@ pub struct Config {
     /// The model hub (a mirror works), as huggingface_hub reads it.
     #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
     pub hf_endpoint: String,
+    /// Hosts models may be downloaded from, as URLs (default: HF_ENDPOINT). Anything else is refused.
+    #[arg(long, env = "RBEE_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
+    /// Directories local model files may be taken from (default: <data-dir>/models). Anything else is refused.
+    #[arg(long, env = "RBEE_ALLOWED_DIRS", value_delimiter = ',')]
+    pub allowed_dirs: Vec<PathBuf>,
     /// Token for gated or private models, sent as a bearer token.
     #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
     pub hf_token: Option<String>,
@@ -105,6 +111,15 @@ impl Config {
 
     pub fn node_name(&self) -> String {
         self.node.clone().unwrap_or_else(rbee_runtime::hostname)
+    }
+
+    /// Where models may come from: the listed hosts and directories, or HF_ENDPOINT and the models directory.
+    pub fn source_policy(&self) -> Result<crate::sources::SourcePolicy, String> {
+        let hosts =
+            if self.allowed_hosts.is_empty() { vec![self.hf_endpoint.clone()] } else { self.allowed_hosts.clone() };
+        let mut dirs = self.allowed_dirs.clone();
+        dirs.push(std::path::absolute(self.models_dir()).map_err(|e| e.to_string())?);
+        crate::sources::SourcePolicy::new(&hosts, &dirs)
     }
 
     pub fn models_dir(&self) -> PathBuf {

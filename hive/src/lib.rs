@@ -10,6 +10,7 @@ pub mod preflight;
 pub mod provision;
 pub mod resources;
 pub mod service;
+pub mod sources;
 pub mod supervisor;
 pub mod upkeep;
 

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use rbee_bus::Code;
 use rbee_bus::model_ref::ModelRef;
+
+use crate::sources::SourcePolicy;
 use rbee_bus::{EventLog, Meta, ModelRegistered, subjects};
 use rbee_projections::LiveView;
 use rbee_projections::aggregate::model::ModelCommand;
@@ -23,6 +25,7 @@ pub struct Provisioner {
     node: String,
     models_dir: PathBuf,
     downloader: Downloader,
+    sources: SourcePolicy,
 }
 
 /// A model ready to serve, and how it got here.
@@ -34,8 +37,15 @@ pub struct Provisioned {
 }
 
 impl Provisioner {
-    pub fn new(log: EventLog, view: LiveView, node: String, models_dir: PathBuf, downloader: Downloader) -> Self {
-        Provisioner { log, view, node, models_dir, downloader }
+    pub fn new(
+        log: EventLog,
+        view: LiveView,
+        node: String,
+        models_dir: PathBuf,
+        downloader: Downloader,
+        sources: SourcePolicy,
+    ) -> Self {
+        Provisioner { log, view, node, models_dir, downloader, sources }
     }
 
     /// Ensures `model` is on this node and in the catalog.
@@ -52,6 +62,7 @@ impl Provisioner {
             return Ok(Provisioned { file, how: "catalog" });
         }
         let reference = ModelRef::parse(source).map_err(|e| Failure::fatal(Code::InvalidModelSource, e.to_string()))?;
+        self.sources.check(&reference)?;
         let provisioned = match &reference {
             ModelRef::File(path) => {
                 let (dir, model, path, sha) =
@@ -79,7 +90,10 @@ impl Provisioner {
         if let Some(e) = self.view.read(|v| v.catalog.get(model, &self.node).cloned()) {
             return Some(e.size_bytes);
         }
-        match ModelRef::parse(source).ok()? {
+        let reference = ModelRef::parse(source).ok()?;
+        // Not even asked about before it is known to be allowed.
+        self.sources.check(&reference).ok()?;
+        match reference {
             ModelRef::File(path) => std::fs::metadata(path).ok().map(|m| m.len()),
             remote => self.downloader.announced_size(&remote).await,
         }

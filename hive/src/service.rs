@@ -93,7 +93,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     let downloader =
         Downloader::new(log.clone(), view.clone(), node.clone(), config.models_dir(), config.download_settings())
             .map_err(|f| HiveError::Setup(f.into()))?;
-    let provisioner = Provisioner::new(log.clone(), view.clone(), node.clone(), config.models_dir(), downloader);
+    let sources = config.source_policy().map_err(HiveError::Config)?;
+    let provisioner =
+        Provisioner::new(log.clone(), view.clone(), node.clone(), config.models_dir(), downloader, sources);
     let hive = std::sync::Arc::new(Hive {
         log,
         node,
@@ -198,10 +200,11 @@ impl Hive {
             Ok(p) => tracing::info!(how = p.how, path = %p.file.path.display(), "model pulled"),
             Err(f) => {
                 tracing::error!(code = %f.code, error = %f.message, "model not pulled");
+                // The downloader records its own failures; a refusal before it ran is recorded here.
                 let downloaded = !matches!(
                     rbee_bus::model_ref::ModelRef::parse(&cmd.source),
                     Ok(rbee_bus::model_ref::ModelRef::File(_)) | Err(_)
-                );
+                ) && f.code != Code::SourceNotAllowed;
                 if subjects::validate_name("model", &cmd.model).is_ok() && !downloaded {
                     let failed = Event::DownloadFailed(DownloadFailed {
                         download: download_id(&self.node, &cmd.model),

@@ -75,7 +75,7 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
             if let Some(cf) = stale {
                 crate::down::stop_cluster(&cf);
             }
-            start_cluster(&args, &data_dir, &source.name).await?
+            start_cluster(&args, &data_dir, &source).await?
         }
     };
     let key_file = crate::keys::local_key_file(&data_dir);
@@ -120,7 +120,22 @@ fn binary(name: &str) -> CliResult<PathBuf> {
     })
 }
 
-async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult<ClusterFile> {
+/// What the local hive may fetch models from: the hub, the model cache, and the source this `up`
+/// was given (the operator named it).
+fn allowed_sources(args: &UpArgs, source: &model::ModelSource) -> (String, String) {
+    let mut hosts = vec![std::env::var("HF_ENDPOINT").unwrap_or_else(|_| "https://huggingface.co".into())];
+    let mut dirs = vec![args.cache_dir.clone().unwrap_or_else(model::default_cache_dir)];
+    match rbee_bus::model_ref::ModelRef::parse(&source.source) {
+        Ok(rbee_bus::model_ref::ModelRef::Url(url)) => hosts.push(url),
+        Ok(rbee_bus::model_ref::ModelRef::File(path)) => dirs.extend(path.parent().map(Path::to_path_buf)),
+        _ => {}
+    }
+    let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    (hosts.join(","), dirs.join(","))
+}
+
+async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSource) -> CliResult<ClusterFile> {
+    let model = source.name.as_str();
     let (queen_bin, hive_bin, _) = (binary("rbee-queen")?, binary("rbee-hive")?, binary("rbee-worker")?);
     let tools_dir = args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools"));
     let nats_bin = nats::find_or_install(&tools_dir)?;
@@ -174,10 +189,13 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, model: &str) -> CliResult
     cf.save(data_dir)?;
 
     let path = |p: PathBuf| p.display().to_string();
+    let (allowed_hosts, allowed_dirs) = allowed_sources(args, source);
     let hive_env = [
         ("RBEE_NATS_URL", cf.nats_url.clone()),
         ("RBEE_NATS_CREDS", path(trust.creds(Identity::Hive(&node)))),
         ("RBEE_WORKER_SIGNING_KEY", path(trust.worker_signer(&node))),
+        ("RBEE_ALLOWED_HOSTS", allowed_hosts),
+        ("RBEE_ALLOWED_DIRS", allowed_dirs),
     ];
     // Credentials by file or environment, never on a command line.
     let queen_env = [

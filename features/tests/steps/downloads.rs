@@ -47,7 +47,7 @@ pub struct Dl {
     pub(super) worker_bin: PathBuf,
     /// A filesystem mounted for the scenario (unmounted at the end).
     pub(super) mount: Option<PathBuf>,
-    pull: Option<Output>,
+    pub(super) pull: Option<Output>,
     pub(super) pull_took: Duration,
     pub(super) background: Vec<tokio::task::JoinHandle<(Output, Duration)>>,
     /// The last chunk offset the log recorded before the hive was killed.

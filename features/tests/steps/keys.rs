@@ -87,7 +87,9 @@ async fn open_endpoints(w: &mut RbeeWorld) {
 #[when(regex = r"^a queen is started with --no-auth on (\S+)$")]
 async fn queen_no_auth(w: &mut RbeeWorld, host: String) {
     let port = rbee_local::process::free_port().unwrap();
-    let log = rbee_features::scratch_dir("queen").join("queen.log");
+    let dir = rbee_features::scratch_dir("queen");
+    w.dl.scratch.push(dir.clone());
+    let log = dir.join("queen.log");
     let file = std::fs::File::create(&log).unwrap();
     let child = Command::new(rbee_features::bin("rbee-queen"))
         .args(["--no-auth", "--bind", &format!("{host}:{port}")])

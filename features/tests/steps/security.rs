@@ -325,3 +325,24 @@ fn connection_refused(w: &mut RbeeWorld) {
     let why = w.attempt.sql_error.clone().expect("the connection was refused");
     assert!(why.contains("password"), "{why}");
 }
+
+#[when(expr = "I pull {string} onto the cluster's node with rbee models pull")]
+async fn pull_forbidden(w: &mut RbeeWorld, source: String) {
+    let source = source.replace("{port}", &w.attempt.listener_port.to_string());
+    let c = w.cluster();
+    let args = ["models", "pull", source.as_str(), "--name", "forged-source", "--node", c.node.as_str()];
+    let mut cmd = c.rbee_command_for(&args);
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("rbee models pull runs")).await.unwrap();
+    w.dl.pull = Some(out);
+}
+
+#[then(expr = "the log holds no download or catalog entry of the model {string}")]
+fn no_download(w: &mut RbeeWorld, model: String) {
+    let events = w.cluster().events(false);
+    let fetched: Vec<_> = events
+        .iter()
+        .filter(|e| e["data"]["model"] == model.as_str())
+        .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("download.") || t == "model.registered"))
+        .collect();
+    assert!(fetched.is_empty(), "{fetched:?}");
+}
