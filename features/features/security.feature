@@ -144,3 +144,12 @@ Feature: Nobody gets in: every client of the bus speaks only as the role it hold
       | https://user@127.0.0.1:{port}/forged.gguf      |
       | file:///etc/passwd                             |
       | file:///root/.cache/rbee/models/../../../etc/hostname |
+
+  @SEC-13
+  Scenario: rbee down stops only the processes it started, whatever the log says
+    Given a cluster of my own without workers, with 0 more hives on its node
+    And an unrelated process whose command line names the worker "forged-worker"
+    When a client as the admin records worker "forged-worker" on the cluster's node with that process's pid
+    And I stop the cluster with rbee down
+    Then the unrelated process is still alive
+    And the processes rbee up started are gone

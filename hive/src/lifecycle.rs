@@ -85,7 +85,9 @@ pub async fn adopt_running_workers(
             .collect()
     });
     for (w, model_path) in listed {
-        if is_worker_process(w.pid, &w.id) {
+        // Only a process a hive of this data directory recorded starting: a pid in the log alone
+        // could name any process.
+        if is_worker_process(w.pid, &w.id) && supervisor.recorded(&w.id, w.pid) {
             if supervised_by_live_hive(w.pid) {
                 continue;
             }

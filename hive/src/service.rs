@@ -58,6 +58,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
         node.clone(),
         config.nats.nats_url.clone(),
         identities,
+        rbee_runtime::worker_records(&config.data_dir),
         config.logs_dir(),
         config.supervisor_settings(),
     );

@@ -83,6 +83,8 @@ pub struct Supervisor {
     node: String,
     nats_url: String,
     identities: Arc<WorkerIdentities>,
+    /// One file per running worker this hive started: its process identity (see `rbee down`).
+    records_dir: PathBuf,
     logs_dir: PathBuf,
     settings: SupervisorSettings,
     running: Arc<Mutex<HashMap<String, Tracked>>>,
@@ -101,6 +103,7 @@ impl Supervisor {
         node: String,
         nats_url: String,
         identities: WorkerIdentities,
+        records_dir: PathBuf,
         logs_dir: PathBuf,
         settings: SupervisorSettings,
     ) -> Self {
@@ -109,6 +112,7 @@ impl Supervisor {
             node,
             nats_url,
             identities: Arc::new(identities),
+            records_dir,
             logs_dir,
             settings,
             running: Default::default(),
@@ -171,6 +175,14 @@ impl Supervisor {
         }
         let child = command.spawn()?;
         let pid = child.id().unwrap_or(0);
+        match rbee_runtime::ProcessIdentity::of(pid) {
+            Some(identity) => {
+                if let Err(e) = identity.save(&self.record_path(&spec.worker)) {
+                    tracing::warn!(worker = %spec.worker, error = %e, "worker process not recorded");
+                }
+            }
+            None => tracing::warn!(worker = %spec.worker, pid, "worker process gone before it was recorded"),
+        }
         tracing::info!(worker = %spec.worker, pid, restarts, cores = ?spec.cores, "worker spawned");
         let worker = spec.worker.clone();
         self.lock().insert(worker.clone(), Tracked { pid, spec, stopping: None, restarts });
@@ -187,6 +199,16 @@ impl Supervisor {
             this.exited(&worker, pid, exit_code, signal).await;
         });
         Ok(pid)
+    }
+
+    /// Where the process identity of `worker` is recorded.
+    fn record_path(&self, worker: &str) -> PathBuf {
+        self.records_dir.join(format!("{worker}.json"))
+    }
+
+    /// Whether `pid` is the very process a hive of this data directory recorded for `worker`.
+    pub fn recorded(&self, worker: &str, pid: u32) -> bool {
+        rbee_runtime::ProcessIdentity::load(&self.record_path(worker)).is_some_and(|r| r.pid == pid && r.is_running())
     }
 
     /// Takes charge of a worker process a previous hive started and that still runs: it is watched
@@ -217,6 +239,7 @@ impl Supervisor {
         tracing::info!(%worker, pid, ?exit_code, ?signal, "worker exited");
         if tracked.is_some() {
             self.identities.revoke(worker);
+            let _ = std::fs::remove_file(self.record_path(worker));
         }
         if !self.was_registered_incarnation(worker, pid).await {
             tracing::info!(%worker, pid, "the exited process never held this worker id (another incarnation does); nothing recorded");

@@ -22,6 +22,10 @@ pub struct ClusterFile {
     pub postgres_pid: Option<u32>,
     pub postgres_root: Option<PathBuf>,
     pub postgres_bin: Option<PathBuf>,
+    /// The identity (pid, start time, executable) of each process `up` started: `down` signals a
+    /// recorded pid only while it is still that very process.
+    #[serde(default)]
+    pub processes: Vec<rbee_runtime::ProcessIdentity>,
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {
@@ -29,6 +33,16 @@ pub fn path(data_dir: &Path) -> PathBuf {
 }
 
 impl ClusterFile {
+    /// Records the process `pid` that `up` just started.
+    pub fn record(&mut self, pid: u32) {
+        self.processes.extend(rbee_runtime::ProcessIdentity::of(pid));
+    }
+
+    /// Whether `pid` is still the process `up` recorded under it.
+    pub fn still_ours(&self, pid: u32) -> bool {
+        self.processes.iter().any(|p| p.pid == pid && p.is_running())
+    }
+
     pub fn load(data_dir: &Path) -> Option<ClusterFile> {
         let text = std::fs::read_to_string(path(data_dir)).ok()?;
         serde_json::from_str(&text).ok()

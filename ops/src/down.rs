@@ -4,21 +4,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rbee_projections::history::Until;
-
 use crate::cluster_file::ClusterFile;
 use crate::error::CliResult;
-use rbee_local::{postgres, process, trust};
+use rbee_local::{postgres, process};
 
 pub async fn down(data_dir: &Path) -> CliResult<()> {
     match ClusterFile::load(data_dir) {
         Some(cf) => {
-            let leftovers = workers_on_node(&cf, data_dir).await;
             stop_cluster(&cf);
-            // Workers whose hive died (SIGKILL) outlive it; the log knows them by id and pid.
-            for (worker, pid) in leftovers {
-                if process::stop(pid, &worker, Duration::from_secs(10)) {
-                    println!("stopped worker {worker} (pid {pid}) that had lost its hive");
+            // Workers whose hive died (SIGKILL) outlive it; the hive recorded each one it started.
+            for (worker, identity) in recorded_workers(data_dir) {
+                if identity.is_running() && process::stop(identity.pid, "rbee-worker", Duration::from_secs(10)) {
+                    println!("stopped worker {worker} (pid {}) that had lost its hive", identity.pid);
                 }
             }
             ClusterFile::remove(data_dir);
@@ -29,22 +26,30 @@ pub async fn down(data_dir: &Path) -> CliResult<()> {
     Ok(())
 }
 
-/// Workers the log places on this cluster's node, with their pids.
-async fn workers_on_node(cf: &ClusterFile, data_dir: &Path) -> Vec<(String, u32)> {
-    let reader = trust::creds_path(&trust::dir_in(data_dir), trust::Identity::Operator);
-    let nats = rbee_bus::NatsAccess::new(&cf.nats_url, Some(reader));
-    let Ok(log) = rbee_bus::EventLog::connect(&nats).await else { return Vec::new() };
-    let Ok(folded) = rbee_projections::history::replay_to(&log, None, Until::End).await else { return Vec::new() };
-    let view = folded.view;
-    view.registry.workers.values().filter(|w| w.node == cf.node).map(|w| (w.id.clone(), w.pid)).collect()
+/// The worker processes the local hive recorded starting (never pids read from the log, which
+/// anyone who could write an event there would choose).
+fn recorded_workers(data_dir: &Path) -> Vec<(String, rbee_runtime::ProcessIdentity)> {
+    let dir = rbee_runtime::worker_records(data_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| {
+            let worker = e.path().file_stem()?.to_str()?.to_string();
+            Some((worker, rbee_runtime::ProcessIdentity::load(&e.path())?))
+        })
+        .collect()
 }
 
 /// Stops every process the file names that is still ours. Safe on a half-started cluster.
 pub fn stop_cluster(cf: &ClusterFile) {
-    process::stop(cf.queen_pid, "rbee-queen", Duration::from_secs(10));
     // The hive gives its workers their own grace period before it exits.
-    process::stop(cf.hive_pid, "rbee-hive", Duration::from_secs(30));
-    process::stop(cf.nats_pid, "nats-server", Duration::from_secs(10));
+    for (pid, name, grace) in
+        [(cf.queen_pid, "rbee-queen", 10), (cf.hive_pid, "rbee-hive", 30), (cf.nats_pid, "nats-server", 10)]
+    {
+        if cf.still_ours(pid) {
+            process::stop(pid, name, Duration::from_secs(grace));
+        }
+    }
     if let (Some(bin), Some(root)) = (&cf.postgres_bin, &cf.postgres_root)
         && postgres::postmaster_pid(root).is_some_and(|pid| process::is_ours(pid, "postgres"))
         && let Err(e) = postgres::stop(bin, root)

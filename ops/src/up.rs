@@ -176,6 +176,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         auth: &trust.server_config()?,
     })
     .await?;
+    cf.record(cf.nats_pid);
     cf.save(data_dir)?;
 
     let pg_bin = postgres::find_bin_dir()?;
@@ -214,6 +215,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         args.max_workers.to_string(),
     ];
     cf.hive_pid = process::spawn_detached(&hive_bin, &hive_args, &logs.join("hive.log"), &hive_env)?;
+    cf.record(cf.hive_pid);
     cf.save(data_dir)?;
     let queen_args = vec![
         "--bind".into(),
@@ -224,6 +226,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         args.stale_grace_secs.to_string(),
     ];
     cf.queen_pid = process::spawn_detached(&queen_bin, &queen_args, &logs.join("queen.log"), &queen_env)?;
+    cf.record(cf.queen_pid);
     cf.save(data_dir)?;
     let queen = Some((cf.queen_pid, "rbee-queen"));
     rbee_local::wait_serving(&format!("{}/health", cf.queen_url), queen, Duration::from_secs(30)).await.map_err(

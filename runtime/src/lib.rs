@@ -89,3 +89,66 @@ impl NatsArgs {
         rbee_bus::NatsAccess::new(&self.nats_url, self.nats_creds.clone())
     }
 }
+
+/// A process as the kernel knows it: its pid, when it started (clock ticks after boot) and its
+/// executable. A pid alone can be reused, and a command line can be made to say anything; all
+/// three together name one process, so rbee signals only what it recorded when it started it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ProcessIdentity {
+    pub pid: u32,
+    pub start_ticks: u64,
+    pub exe: std::path::PathBuf,
+}
+
+impl ProcessIdentity {
+    /// The identity of the live process `pid`, if there is one.
+    pub fn of(pid: u32) -> Option<ProcessIdentity> {
+        if !alive(pid) {
+            return None;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Field 22 (starttime); fields after the parenthesised command name start at 3.
+        let start_ticks = stat.rsplit(')').next()?.split_whitespace().nth(19)?.parse().ok()?;
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+        // A binary replaced after the start shows as "<path> (deleted)": still the same process.
+        let exe = exe.to_string_lossy().trim_end_matches(" (deleted)").into();
+        Some(ProcessIdentity { pid, start_ticks, exe })
+    }
+
+    /// Whether the recorded process still runs (and is not another one with the same pid).
+    pub fn is_running(&self) -> bool {
+        ProcessIdentity::of(self.pid).as_ref() == Some(self)
+    }
+
+    /// Writes the record to `path`.
+    pub fn save(&self, path: &std::path::Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(path, serde_json::to_vec(self).map_err(std::io::Error::other)?)
+    }
+
+    /// The record in `path`, if it holds one.
+    pub fn load(path: &std::path::Path) -> Option<ProcessIdentity> {
+        serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+    }
+}
+
+/// Where a hive records the worker processes it started, one file per worker: `<data-dir>/workers`.
+pub fn worker_records(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("workers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_process_is_known_by_pid_start_and_executable() {
+        let me = ProcessIdentity::of(std::process::id()).expect("this process");
+        assert!(me.is_running());
+        assert_eq!(me.exe, std::env::current_exe().unwrap());
+        let other = ProcessIdentity { start_ticks: me.start_ticks + 1, ..me.clone() };
+        assert!(!other.is_running(), "the same pid started at another time is another process");
+    }
+}

@@ -27,6 +27,8 @@ pub struct Attempt {
     pub as_worker: String,
     /// What Postgres answered: a SQLSTATE, or the connection error.
     pub sql_error: Option<String>,
+    /// The pids of nats-server, the hive and the queen `rbee up` recorded.
+    pub cluster_pids: Vec<u32>,
 }
 
 impl RbeeWorld {
@@ -345,4 +347,58 @@ fn no_download(w: &mut RbeeWorld, model: String) {
         .filter(|e| e["type"].as_str().is_some_and(|t| t.starts_with("download.") || t == "model.registered"))
         .collect();
     assert!(fetched.is_empty(), "{fetched:?}");
+}
+
+#[given(expr = "an unrelated process whose command line names the worker {string}")]
+fn unrelated_process(w: &mut RbeeWorld, worker: String) {
+    // Its command line says rbee-worker and --worker-id <worker>: only a recorded identity tells it apart.
+    let child = std::process::Command::new("sh")
+        .args(["-c", "sleep 300", "rbee-worker", "--worker-id", &worker])
+        .spawn()
+        .expect("sh starts");
+    w.children.push(child);
+}
+
+#[when(expr = "a client as the admin records worker {string} on the cluster's node with that process's pid")]
+async fn admin_forges_registration(w: &mut RbeeWorld, worker: String) {
+    let pid = w.children.last().expect("the unrelated process").id();
+    let c = w.cluster();
+    let intruder = Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin))).await;
+    let event = Event::WorkerRegistered(WorkerRegistered {
+        worker: worker.clone(),
+        node: c.node.clone(),
+        model: MODEL.into(),
+        slots: 1,
+        pid,
+        backend: "cpu".into(),
+    });
+    intruder.append(event).await;
+    eventually("the registration is in the log", DEADLINE, || async {
+        let listed = c.workers().iter().any(|x| x["id"] == worker.as_str());
+        if listed { Ok(()) } else { Err(()) }
+    })
+    .await;
+}
+
+#[when("I stop the cluster with rbee down")]
+fn stop_with_down(w: &mut RbeeWorld) {
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(w.cluster().data_dir.join("cluster.json")).unwrap()).unwrap();
+    w.attempt.cluster_pids =
+        ["nats_pid", "hive_pid", "queen_pid"].iter().map(|k| file[k].as_u64().unwrap() as u32).collect();
+    let out = w.cluster().rbee(&["down"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[then("the unrelated process is still alive")]
+fn unrelated_alive(w: &mut RbeeWorld) {
+    let child = w.children.last_mut().expect("the unrelated process");
+    assert!(child.try_wait().unwrap().is_none(), "rbee down killed a process it did not start");
+}
+
+#[then("the processes rbee up started are gone")]
+fn cluster_gone(w: &mut RbeeWorld) {
+    for pid in &w.attempt.cluster_pids {
+        assert!(!rbee_runtime::alive(*pid), "pid {pid} still runs");
+    }
 }
