@@ -135,6 +135,7 @@ codes! {
     InvalidApiKey "INVALID_API_KEY" 401 "the API key is unknown or revoked";
     KeyNotFound "KEY_NOT_FOUND" 404 "no API key with that id";
     SourceNotAllowed "SOURCE_NOT_ALLOWED" 403 "the model source is not on the hive's allow-list (`--allowed-hosts`, `--allowed-dirs`)";
+    UnsupportedMediaType "UNSUPPORTED_MEDIA_TYPE" 415 "a JSON endpoint was sent a body that is not `Content-Type: application/json`";
 }
 
 impl Code {

@@ -53,3 +53,16 @@ Feature: Only holders of an API key use the queen, each within its limits and ov
     Then mallory gets HTTP 404 with code "REQUEST_NOT_FOUND"
     And the request's stream runs to its end, not cancelled
     And the log records that request as made by the key "alice" and never cancelled
+
+  # What a web page can send without asking the browser first (text/plain, a form) never runs.
+  @Gap-S1
+  Scenario Outline: A chat completion not sent as JSON is refused with 415
+    Given a running cluster
+    When I post a chat completion with the cluster's key as "<content type>"
+    Then the response is HTTP 415 with code "UNSUPPORTED_MEDIA_TYPE" and no slot was claimed for it
+
+    Examples:
+      | content type                      |
+      | text/plain                        |
+      | application/x-www-form-urlencoded |
+      | multipart/form-data; boundary=x   |

@@ -37,20 +37,35 @@ pub async fn chat_completions(
     let parent = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let meta = Meta { correlation: Some(request.clone()), traceparent: Some(rbee_bus::trace::child_of(parent)) };
     let span = tracing::info_span!("queen.chat_completions", request = %request, traceparent = meta.traceparent.as_deref().unwrap_or(""));
-    let mut response = handle(state, caller, body, request.clone(), meta).instrument(span).await;
+    let mut response = handle(state, caller, &headers, body, request.clone(), meta).instrument(span).await;
     if let Ok(v) = HeaderValue::from_str(&request) {
         response.headers_mut().insert("x-request-id", v);
     }
     response
 }
 
+/// Whether the body is declared JSON. Anything else is refused: a web page can send text/plain or
+/// a form to any address without asking the browser first, but not application/json.
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
 async fn handle(
     state: Arc<AppState>,
     caller: Caller,
+    headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     request: String,
     meta: Meta,
 ) -> Response {
+    if !is_json(&headers) {
+        return ApiError::new(Code::UnsupportedMediaType, "send the body as JSON, with Content-Type: application/json")
+            .into_response();
+    }
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {

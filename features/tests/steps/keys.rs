@@ -310,3 +310,26 @@ fn recorded_owner(w: &mut RbeeWorld, name: String) {
     assert_eq!(accepted["data"]["key"], id);
     assert!(mine.iter().all(|e| e["type"] != "request.cancelled"), "{mine:?}");
 }
+
+#[when(expr = "I post a chat completion with the cluster's key as {string}")]
+async fn post_as(w: &mut RbeeWorld, content_type: String) {
+    w.counts_before = w.count_events(&["slot.claimed"]);
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2});
+    let response = w
+        .cluster()
+        .http()
+        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    w.record(response).await;
+}
+
+#[then(expr = "the response is HTTP {int} with code {string} and no slot was claimed for it")]
+fn refused_media_type(w: &mut RbeeWorld, status: u16, code: String) {
+    assert_eq!(w.status, status, "{}", w.body);
+    assert_eq!(w.body["error"]["code"], code.as_str());
+    assert_eq!(w.count_events(&["slot.claimed"]), w.counts_before, "nothing ran");
+}
