@@ -153,3 +153,13 @@ Feature: Nobody gets in: every client of the bus speaks only as the role it hold
     And I stop the cluster with rbee down
     Then the unrelated process is still alive
     And the processes rbee up started are gone
+
+  @SEC-6
+  Scenario: No secret of the cluster is ever shown, and secret files are its owner's alone
+    Given a running cluster
+    Then asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+    When I gather the cluster's secrets: its API key, database passwords and NATS seeds
+    Then none of them appears in the logs of its processes, their command lines, /health or /metrics
+    And none of them appears in rbee events tail or in a backup of its log
+    And every file of its trust directory, and its API key file, is readable by its owner only
+    And rbee-queen --help does not show the value of RBEE_DATABASE_URL

@@ -81,7 +81,7 @@ pub enum Command {
         #[arg(long)]
         digest: bool,
         /// The Postgres event store, for events JetStream no longer holds (default: this cluster's).
-        #[arg(long, env = "RBEE_DATABASE_URL")]
+        #[arg(long, env = "RBEE_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
     /// The model catalog (which node holds which model, where), and pulling or removing models.
@@ -146,7 +146,7 @@ pub enum ProjectionsCommand {
     /// Fold the whole log again and store a fresh checkpoint (the old one is set aside).
     Rebuild {
         /// Postgres event store (default: the one `rbee up` started).
-        #[arg(long, env = "RBEE_DATABASE_URL")]
+        #[arg(long, env = "RBEE_DATABASE_URL", hide_env_values = true)]
         database_url: Option<String>,
     },
 }

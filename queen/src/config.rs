@@ -12,7 +12,8 @@ pub struct Config {
     #[arg(long, env = "RBEE_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
     /// Postgres event store; when set, this queen archives the log into it.
-    #[arg(long, env = "RBEE_DATABASE_URL")]
+    /// It holds a password: pass it in the environment, not on the command line.
+    #[arg(long, env = "RBEE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// How long a request waits for a free slot before `ALL_SLOTS_BUSY`.
     #[arg(long, env = "RBEE_SLOT_WAIT_SECS", default_value_t = 10)]

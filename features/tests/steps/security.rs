@@ -29,6 +29,8 @@ pub struct Attempt {
     pub sql_error: Option<String>,
     /// The pids of nats-server, the hive and the queen `rbee up` recorded.
     pub cluster_pids: Vec<u32>,
+    /// Every secret of the scenario's cluster.
+    pub secrets: Vec<String>,
 }
 
 impl RbeeWorld {
@@ -401,4 +403,106 @@ fn cluster_gone(w: &mut RbeeWorld) {
     for pid in &w.attempt.cluster_pids {
         assert!(!rbee_runtime::alive(*pid), "pid {pid} still runs");
     }
+}
+
+#[when("I gather the cluster's secrets: its API key, database passwords and NATS seeds")]
+fn gather_secrets(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let mut secrets = vec![c.api_key.clone()];
+    for entry in walk(&c.data_dir.join("trust")) {
+        let text = std::fs::read_to_string(&entry).unwrap_or_default();
+        let name = entry.file_name().unwrap().to_string_lossy().to_string();
+        if name.ends_with(".password") || name.ends_with(".nk") {
+            secrets.push(text.trim().to_string());
+        }
+        // A credentials file's seed (the JWT beside it is public: the server holds those).
+        let mut lines = text.lines();
+        while let Some(line) = lines.next() {
+            if line.contains("BEGIN USER NKEY SEED") {
+                secrets.extend(lines.next().map(|s| s.trim().to_string()));
+            }
+        }
+    }
+    assert!(secrets.len() >= 8, "the key, 3 passwords, 4 seeds at least: {}", secrets.len());
+    assert!(secrets.iter().all(|s| s.len() >= 32), "every secret is long");
+    w.attempt.secrets = secrets;
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() { files.extend(walk(&path)) } else { files.push(path) }
+    }
+    files
+}
+
+fn assert_no_secret(w: &RbeeWorld, place: &str, text: &str) {
+    for secret in &w.attempt.secrets {
+        assert!(!text.contains(secret.as_str()), "a secret appears in {place}");
+    }
+}
+
+#[then("none of them appears in the logs of its processes, their command lines, /health or /metrics")]
+async fn no_secret_in_logs(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    for log in walk(&c.data_dir.join("logs")) {
+        assert_no_secret(w, &log.display().to_string(), &String::from_utf8_lossy(&std::fs::read(&log).unwrap()));
+    }
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(c.data_dir.join("cluster.json")).unwrap()).unwrap();
+    let mut pids: Vec<u64> = ["nats_pid", "hive_pid", "queen_pid"].iter().filter_map(|k| file[k].as_u64()).collect();
+    pids.extend(c.workers().iter().filter_map(|x| x["pid"].as_u64()));
+    assert!(pids.len() >= 4, "nats-server, hive, queen and a worker");
+    for pid in pids {
+        let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+            .replace('\0', " ");
+        assert!(!cmdline.is_empty(), "pid {pid} runs");
+        assert_no_secret(w, &format!("the command line of {pid}"), &cmdline);
+    }
+    assert_no_secret(w, "cluster.json", &file.to_string());
+    for path in ["/health", "/metrics"] {
+        let text = reqwest::get(format!("{}{path}", c.queen_url)).await.unwrap().text().await.unwrap();
+        assert_no_secret(w, path, &text);
+    }
+}
+
+#[then("none of them appears in rbee events tail or in a backup of its log")]
+fn no_secret_in_log(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let events = c.rbee(&["events", "tail", "--no-follow"]);
+    assert!(events.status.success());
+    assert_no_secret(w, "rbee events tail", &String::from_utf8_lossy(&events.stdout));
+    let dir = rbee_features::scratch_dir("backup");
+    let file = dir.join("rbee.backup");
+    let out = c.rbee(&["backup", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let backup = String::from_utf8_lossy(&std::fs::read(&file).unwrap()).to_string();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_no_secret(w, "the backup", &backup);
+}
+
+#[then("every file of its trust directory, and its API key file, is readable by its owner only")]
+fn secret_files_private(w: &mut RbeeWorld) {
+    use std::os::unix::fs::PermissionsExt;
+    let c = w.cluster();
+    let mut files = walk(&c.data_dir.join("trust"));
+    files.push(c.data_dir.join("api-key"));
+    for file in files {
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+}
+
+#[then("rbee-queen --help does not show the value of RBEE_DATABASE_URL")]
+fn help_hides_url(w: &mut RbeeWorld) {
+    let out = std::process::Command::new(rbee_features::bin("rbee-queen"))
+        .arg("--help")
+        .env("RBEE_DATABASE_URL", &w.cluster().database_url)
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(help.contains("RBEE_DATABASE_URL"), "{help}");
+    assert_no_secret(w, "rbee-queen --help", &help);
+    assert!(!help.contains(&w.cluster().database_url), "{help}");
 }
