@@ -62,7 +62,7 @@ async fn handle(
     request: String,
     meta: Meta,
 ) -> Response {
-    if !is_json(&headers) {
+    if !is_json(headers) {
         return ApiError::new(Code::UnsupportedMediaType, "send the body as JSON, with Content-Type: application/json")
             .into_response();
     }
