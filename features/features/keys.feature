@@ -66,3 +66,14 @@ Feature: Only holders of an API key use the queen, each within its limits and ov
       | text/plain                        |
       | application/x-www-form-urlencoded |
       | multipart/form-data; boundary=x   |
+
+  # Slow-header (slowloris) clients and clients that hoard connections.
+  @Gap-S2
+  Scenario: A client that trickles its headers is cut off, and no client holds more than its share of connections
+    Given a running cluster
+    And a second queen on it with RBEE_HEADER_TIMEOUT_SECS=1 and RBEE_MAX_CONNECTIONS_PER_CLIENT=3
+    When a client sends that queen half of a request's headers and waits
+    Then that queen closes the connection within 3 seconds, having answered nothing
+    When a client opens 3 connections to that queen and then a fourth
+    Then the fourth is closed at once while the first 3 stay open
+    And once they are gone that queen answers a chat completion

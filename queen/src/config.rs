@@ -30,6 +30,12 @@ pub struct Config {
     /// Serve `/v1` without API keys. Only for a queen bound to loopback; it says so in its log.
     #[arg(long, env = "RBEE_NO_AUTH")]
     pub no_auth: bool,
+    /// Seconds a client has to send a request's headers; a slower one is disconnected.
+    #[arg(long, env = "RBEE_HEADER_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub header_timeout_secs: f64,
+    /// Open connections one client address may hold; more are closed at once.
+    #[arg(long, env = "RBEE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
+    pub max_connections_per_client: usize,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "RBEE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

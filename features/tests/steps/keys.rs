@@ -333,3 +333,85 @@ fn refused_media_type(w: &mut RbeeWorld, status: u16, code: String) {
     assert_eq!(w.body["error"]["code"], code.as_str());
     assert_eq!(w.count_events(&["slot.claimed"]), w.counts_before, "nothing ran");
 }
+
+#[given(expr = "a second queen on it with RBEE_HEADER_TIMEOUT_SECS={int} and RBEE_MAX_CONNECTIONS_PER_CLIENT={int}")]
+async fn queen_with_limits(w: &mut RbeeWorld, timeout: u64, max: usize) {
+    let env = [
+        ("RBEE_HEADER_TIMEOUT_SECS".to_string(), timeout.to_string()),
+        ("RBEE_MAX_CONNECTIONS_PER_CLIENT".to_string(), max.to_string()),
+    ];
+    w.second_queen = w.start_queen_with(false, &env).await;
+}
+
+fn queen_address(w: &RbeeWorld) -> String {
+    w.second_queen.trim_start_matches("http://").to_string()
+}
+
+/// Reads until the peer closes; the bytes it sent and how long it took (None: still open at `limit`).
+async fn until_closed(stream: &mut tokio::net::TcpStream, limit: Duration) -> (Vec<u8>, Option<Duration>) {
+    use tokio::io::AsyncReadExt;
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (received, Some(started.elapsed())),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => return (received, None),
+        }
+    }
+}
+
+#[when("a client sends that queen half of a request's headers and waits")]
+async fn trickle_headers(w: &mut RbeeWorld) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(queen_address(w)).await.unwrap();
+    stream.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Ty").await.unwrap();
+    let (received, closed_after) = until_closed(&mut stream, Duration::from_secs(3)).await;
+    w.slow_client = Some((received, closed_after));
+}
+
+#[then("that queen closes the connection within 3 seconds, having answered nothing")]
+fn slow_client_cut(w: &mut RbeeWorld) {
+    let (received, closed_after) = w.slow_client.take().expect("a slow client");
+    assert!(closed_after.is_some(), "the connection is still open after 3 s");
+    let text = String::from_utf8_lossy(&received);
+    assert!(!text.contains("200 OK"), "{text}");
+}
+
+#[when(expr = "a client opens {int} connections to that queen and then a fourth")]
+async fn hoard_connections(w: &mut RbeeWorld, n: usize) {
+    let address = queen_address(w);
+    let mut held = Vec::new();
+    for _ in 0..n {
+        held.push(tokio::net::TcpStream::connect(&address).await.unwrap());
+    }
+    // The queen counts a connection once it accepts it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fourth = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (_, closed_after) = until_closed(&mut fourth, Duration::from_millis(500)).await;
+    let mut first_open = true;
+    for stream in &mut held {
+        let (_, closed) = until_closed(stream, Duration::from_millis(50)).await;
+        first_open &= closed.is_none();
+    }
+    w.hoarded = Some((closed_after, first_open));
+}
+
+#[then(expr = "the fourth is closed at once while the first {int} stay open")]
+fn fourth_refused(w: &mut RbeeWorld, _n: usize) {
+    let (closed_after, first_open) = w.hoarded.take().expect("connections were opened");
+    assert!(closed_after.is_some(), "the fourth connection was kept");
+    assert!(first_open, "the first connections were closed too early");
+}
+
+#[then("once they are gone that queen answers a chat completion")]
+async fn limited_queen_serves(w: &mut RbeeWorld) {
+    let url = w.second_queen.clone();
+    let key = w.cluster().api_key.clone();
+    eventually("the queen serves again", DEADLINE, || async {
+        let s = chat(&url, Some(&key), "Say hi.", 2, false).await.status().as_u16();
+        if s == 200 { Ok(()) } else { Err(s) }
+    })
+    .await;
+}

@@ -91,6 +91,10 @@ pub struct RbeeWorld {
     revoked_at: Option<std::time::Instant>,
     /// Log file of a queen the scenario started.
     queen_log: std::path::PathBuf,
+    /// What a client that trickled its headers received, and when the queen closed it.
+    slow_client: Option<(Vec<u8>, Option<Duration>)>,
+    /// When the connection over a client's share closed, and whether the others stayed open.
+    hoarded: Option<(Option<Duration>, bool)>,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -153,14 +157,20 @@ impl RbeeWorld {
     /// Starts `rbee-queen` on a free port against the scenario's cluster (and its event store when
     /// `with_store`); returns its URL.
     pub async fn start_queen(&mut self, with_store: bool) -> String {
+        self.start_queen_with(with_store, &[]).await
+    }
+
+    /// [`RbeeWorld::start_queen`] with more environment.
+    pub async fn start_queen_with(&mut self, with_store: bool, env: &[(String, String)]) -> String {
         let port = rbee_local::process::free_port().unwrap();
-        let mut args = vec!["--bind".to_string(), format!("127.0.0.1:{port}")];
+        let mut command = Command::new(rbee_features::bin("rbee-queen"));
+        command.args(["--bind", &format!("127.0.0.1:{port}")]).envs(self.cluster().queen_env());
         if with_store {
-            args.extend(["--database-url".to_string(), self.cluster().database_url.clone()]);
+            // The URL holds the password: in the environment, never on the command line.
+            command.env("RBEE_DATABASE_URL", &self.cluster().database_url);
         }
-        let child = Command::new(rbee_features::bin("rbee-queen"))
-            .args(&args)
-            .envs(self.cluster().queen_env())
+        let child = command
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -216,6 +226,8 @@ impl RbeeWorld {
             retry_after: None,
             revoked_at: None,
             queen_log: Default::default(),
+            slow_client: None,
+            hoarded: None,
         }
     }
 
