@@ -77,3 +77,12 @@ Feature: Only holders of an API key use the queen, each within its limits and ov
     When a client opens 3 connections to that queen and then a fourth
     Then the fourth is closed at once while the first 3 stay open
     And once they are gone that queen answers a chat completion
+
+  # CORS is off unless origins are configured.
+  @Gap-S3
+  Scenario: A web page may call the API only from an origin the queen was given
+    Given a running cluster
+    And a second queen on it with RBEE_CORS_ORIGINS=https://app.example
+    Then a browser's preflight from "https://evil.example" is allowed by neither queen
+    And a browser's preflight from "https://app.example" is allowed by the second queen for POST with authorization and content-type
+    And a chat completion from "https://app.example" with the cluster's key is answered with Access-Control-Allow-Origin "https://app.example"

@@ -36,6 +36,9 @@ pub struct Config {
     /// Open connections one client address may hold; more are closed at once.
     #[arg(long, env = "RBEE_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
     pub max_connections_per_client: usize,
+    /// Web origins (`https://app.example`) whose pages may call the API from a browser; none by default.
+    #[arg(long, env = "RBEE_CORS_ORIGINS", value_delimiter = ',')]
+    pub cors_origins: Vec<String>,
     /// Largest request body accepted, in bytes.
     #[arg(long, env = "RBEE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,

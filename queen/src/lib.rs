@@ -6,6 +6,7 @@ pub mod cancel;
 pub mod chat;
 pub mod chat_request;
 pub mod config;
+pub mod cors;
 pub mod error;
 pub mod metrics;
 pub mod reaper;
@@ -79,6 +80,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(routes::health))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), cors::cors))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }

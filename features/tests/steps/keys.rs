@@ -415,3 +415,60 @@ async fn limited_queen_serves(w: &mut RbeeWorld) {
     })
     .await;
 }
+
+#[given(expr = "a second queen on it with RBEE_CORS_ORIGINS={word}")]
+async fn queen_with_cors(w: &mut RbeeWorld, origins: String) {
+    w.second_queen = w.start_queen_with(false, &[("RBEE_CORS_ORIGINS".to_string(), origins)]).await;
+}
+
+async fn preflight(url: &str, origin: &str) -> reqwest::Response {
+    rbee_features::http()
+        .request(reqwest::Method::OPTIONS, format!("{url}/v1/chat/completions"))
+        .header("origin", origin)
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "authorization, content-type")
+        .send()
+        .await
+        .unwrap()
+}
+
+#[then(expr = "a browser's preflight from {string} is allowed by neither queen")]
+async fn preflight_refused(w: &mut RbeeWorld, origin: String) {
+    for url in [w.cluster().queen_url.clone(), w.second_queen.clone()] {
+        let response = preflight(&url, &origin).await;
+        assert!(response.headers().get("access-control-allow-origin").is_none(), "{url}: {:?}", response.headers());
+    }
+}
+
+#[then(
+    expr = "a browser's preflight from {string} is allowed by the second queen for POST with authorization and content-type"
+)]
+async fn preflight_allowed(w: &mut RbeeWorld, origin: String) {
+    let response = preflight(&w.second_queen, &origin).await;
+    let h = response.headers();
+    assert_eq!(h.get("access-control-allow-origin").and_then(|v| v.to_str().ok()), Some(origin.as_str()));
+    let methods = h.get("access-control-allow-methods").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let headers = h.get("access-control-allow-headers").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    assert!(methods.contains("POST") && headers.contains("authorization") && headers.contains("content-type"));
+}
+
+#[then(
+    expr = "a chat completion from {string} with the cluster's key is answered with Access-Control-Allow-Origin {string}"
+)]
+async fn cors_answer(w: &mut RbeeWorld, origin: String, expected: String) {
+    let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2});
+    let response = w
+        .cluster()
+        .http()
+        .post(format!("{}/v1/chat/completions", w.second_queen))
+        .header("origin", &origin)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(
+        response.headers().get("access-control-allow-origin").and_then(|v| v.to_str().ok()),
+        Some(expected.as_str())
+    );
+}
