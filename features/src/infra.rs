@@ -31,12 +31,21 @@ impl Nats {
     }
 
     pub async fn start() -> Nats {
+        Nats::start_with(true).await
+    }
+
+    /// A nats-server that lets anyone in: only a benchmark's baseline for the cost of credentials.
+    pub async fn start_without_auth() -> Nats {
+        Nats::start_with(false).await
+    }
+
+    async fn start_with(auth: bool) -> Nats {
         let binary = nats::find_or_install(&crate::tools_dir()).expect("nats-server available");
         let dir = crate::scratch_dir("nats");
         let ports = process::free_ports(2).unwrap();
         let (port, monitor_port) = (ports[0], ports[1]);
         let trust = Trust::open(&dir.join("trust")).expect("trust");
-        let auth = trust.server_config().expect("server config");
+        let auth = if auth { trust.server_config().expect("server config") } else { String::new() };
         let plan = nats::NatsPlan {
             binary: &binary,
             port,

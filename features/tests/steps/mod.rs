@@ -11,6 +11,7 @@ mod recovery;
 mod registry;
 mod security;
 mod serving;
+mod validation;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;

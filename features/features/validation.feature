@@ -1,0 +1,38 @@
+Feature: Bad input gets a clear error and changes nothing
+
+  @VAL-1 @VAL-2
+  # <BEL>, <TAB> and <ESC> stand for those control characters.
+  Scenario Outline: A name that could escape a path, a subject or a shell is refused before use, without echoing control characters
+    Given a running cluster
+    And I note the number of events in the log
+    When I run rbee with <args> and the name <name>
+    Then it exits with code 1 and "INVALID_NAME", naming the field <field> and the rule
+    And the output holds no raw control character
+    And the log holds no more events than noted
+
+    Examples:
+      | args                              | name              | field   |
+      | "models pull hf:org/repo --name"  | "../../etc"       | "model" |
+      | "models pull hf:org/repo --name"  | "a;rm -rf ~"      | "model" |
+      | "models pull hf:org/repo --name"  | "bell<BEL>tab<TAB>"  | "model" |
+      | "workers start --node"            | "node*"           | "node"  |
+      | "workers start --node"            | "néud"            | "node"  |
+      | "models rm"                       | "$(reboot)"       | "model" |
+
+  @VAL-1
+  Scenario Outline: A chat request naming a model that could escape a subject is refused with 400 naming the field
+    Given a running cluster
+    When I ask for the model <model> with the cluster's key
+    Then the response is HTTP 400 with code "INVALID_REQUEST" for the parameter "model", echoing no control character
+
+    Examples:
+      | model           |
+      | "../etc"        |
+      | "m.>"           |
+      | "m<ESC>[31m"   |
+
+  @VAL-3
+  Scenario: A body over the limit is refused with 413 and runs nothing
+    Given a running cluster
+    When I send a chat request of 2 MiB with the cluster's key
+    Then the response is HTTP 413 with code "REQUEST_TOO_LARGE" and no slot was claimed for it
