@@ -10,6 +10,7 @@ pub mod code;
 pub mod envelope;
 pub mod event;
 pub mod frames;
+pub mod fuzz;
 pub mod log;
 pub mod model_ref;
 pub mod read;

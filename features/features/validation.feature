@@ -36,3 +36,12 @@ Feature: Bad input gets a clear error and changes nothing
     Given a running cluster
     When I send a chat request of 2 MiB with the cluster's key
     Then the response is HTTP 413 with code "REQUEST_TOO_LARGE" and no slot was claimed for it
+
+  @VAL-6
+  Scenario: Fuzzed request bodies and event bodies change nothing and stop nothing
+    Given a cluster of my own serving the default model
+    When 300 mutated chat request bodies are posted to the queen with the cluster's key
+    Then each is answered with a 4xx OpenAI-shaped error or a completion, and the queen still reports healthy
+    When the admin publishes 300 mutated event bodies on a subject of their own
+    Then the queen, the hive and rbee events tail report them as undecodable and go on
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"

@@ -76,7 +76,10 @@ impl Drop for Nats {
 
 /// A private Postgres cluster; stopped when dropped.
 pub struct Postgres {
+    /// As the role the queens use (read and append).
     pub url: String,
+    /// As the schema's owner.
+    pub owner_url: String,
     bin: PathBuf,
     root: PathBuf,
 }
@@ -86,10 +89,11 @@ impl Postgres {
         let bin = postgres::find_bin_dir().expect("postgres binaries");
         let root = postgres::prepare_root(&crate::scratch_dir("pg")).expect("postgres dir");
         let secrets = root.join("secrets");
-        let (_, url) =
-            postgres::start(&bin, &root, process::free_port().unwrap(), &secrets).await.expect("postgres starts");
+        let port = process::free_port().unwrap();
+        let (_, url) = postgres::start(&bin, &root, port, &secrets).await.expect("postgres starts");
         let url = postgres::with_password(&url, &secrets).expect("the rbee role's password");
-        Postgres { url, bin, root }
+        let owner_url = postgres::url_with_password(&secrets, postgres::OWNER, port, postgres::DATABASE).unwrap();
+        Postgres { url, owner_url, bin, root }
     }
 }
 

@@ -85,3 +85,91 @@ async fn huge_request(w: &mut RbeeWorld, mib: usize) {
     w.status = response.status().as_u16();
     w.body = response.json().await.unwrap_or(Value::Null);
 }
+
+/// Request bodies to mutate: valid ones that ask for one token, so the mutations that stay
+/// valid finish at once.
+fn chat_corpus() -> Vec<Vec<u8>> {
+    [
+        json!({"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": "Hi"}]}),
+        json!({"model": MODEL, "max_tokens": 1, "stream": true, "temperature": 0.5, "seed": 3,
+               "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Où? 😀"}]}),
+        json!({"model": MODEL, "max_tokens": 1, "top_p": 0.9, "top_k": 4, "messages": [{"role": "user", "content": ""}]}),
+    ]
+    .iter()
+    .map(|v| v.to_string().into_bytes())
+    .collect()
+}
+
+#[when(expr = "{int} mutated chat request bodies are posted to the queen with the cluster's key")]
+async fn fuzz_queen(w: &mut RbeeWorld, n: usize) {
+    let corpus = chat_corpus();
+    let mut mutator = rbee_bus::fuzz::Mutator::new(0x5eed_0006);
+    let client = w.cluster().http();
+    let url = format!("{}/v1/chat/completions", w.cluster().queen_url);
+    w.batch.clear();
+    for _ in 0..n {
+        let body = mutator.input(&corpus);
+        let response =
+            client.post(&url).header("content-type", "application/json").body(body.clone()).send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        w.batch.push((status, String::from_utf8_lossy(&body).into_owned(), Value::String(text)));
+    }
+}
+
+#[then("each is answered with a 4xx OpenAI-shaped error or a completion, and the queen still reports healthy")]
+async fn fuzz_answers(w: &mut RbeeWorld) {
+    for (status, body, answer) in &w.batch {
+        let text = answer.as_str().unwrap_or_default();
+        match status {
+            200 => assert!(text.contains("chat.completion"), "{body:?} -> {text}"),
+            400..=499 => {
+                let error: Value = serde_json::from_str(text).unwrap_or_else(|_| panic!("{body:?} -> {text}"));
+                assert!(error["error"]["code"].is_string() && error["error"]["message"].is_string(), "{text}");
+            }
+            other => panic!("{body:?} -> {other} {text}"),
+        }
+    }
+    let health: Value = reqwest::get(format!("{}/health", w.cluster().queen_url)).await.unwrap().json().await.unwrap();
+    assert_eq!(health["status"], "ok");
+}
+
+#[when(expr = "the admin publishes {int} mutated event bodies on a subject of their own")]
+async fn fuzz_log(w: &mut RbeeWorld, n: usize) {
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bus/tests/fixtures/schema5");
+    let corpus: Vec<Vec<u8>> = std::fs::read_dir(fixtures)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "bin"))
+        .map(|e| std::fs::read(e.path()).unwrap())
+        .collect();
+    let mut mutator = rbee_bus::fuzz::Mutator::new(0x5eed_0007);
+    let js = async_nats::jetstream::new(w.cluster().admin_client().await);
+    for i in 0..n {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Rbee-Event", "fuzz");
+        headers.insert("Rbee-Schema", "5");
+        headers.insert("Nats-Msg-Id", uuid::Uuid::now_v7().to_string().as_str());
+        let body = mutator.input(&corpus);
+        js.publish_with_headers(format!("rbee.ev.fuzz.f{i}"), headers, body.into()).await.unwrap().await.unwrap();
+    }
+}
+
+#[then("the queen, the hive and rbee events tail report them as undecodable and go on")]
+async fn fuzz_reported(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let tail = c.rbee(&["events", "tail", "--no-follow", "--no-heartbeats"]);
+    assert!(tail.status.success());
+    assert!(String::from_utf8_lossy(&tail.stderr).contains("undecodable event"));
+    for log in ["queen.log", "hive.log"] {
+        rbee_features::poll::eventually("the process reports skipped events", super::DEADLINE, || async {
+            let text = c.log_file(log);
+            if text.contains("cannot be decoded") || text.contains(rbee_bus::Code::ForgedEvent.as_str()) {
+                Ok(())
+            } else {
+                Err(())
+            }
+        })
+        .await;
+    }
+}

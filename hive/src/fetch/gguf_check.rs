@@ -178,3 +178,33 @@ mod tests {
         }
     }
 }
+
+/// VAL-6 for GGUF headers: any bytes are a well-formed header or a named reason, never a panic,
+/// and never a read past the file's end. The corpus is a tiny well-formed file and the first
+/// 64 KiB of the real model when the cache holds it.
+#[cfg(test)]
+mod fuzz {
+    use rbee_bus::fuzz::{Mutator, cases};
+
+    #[test]
+    fn mutated_headers_never_panic_the_check() {
+        let mut corpus = vec![super::tiny_gguf()];
+        let model = std::env::var_os("HOME")
+            .map(std::path::PathBuf::from)
+            .map(|h| h.join(".cache/rbee/models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+        if let Some(bytes) = model.and_then(|p| std::fs::read(p).ok()) {
+            corpus.push(bytes[..bytes.len().min(64 << 10)].to_vec());
+        }
+        let dir = std::env::temp_dir().join(format!("rbee-gguf-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("case.gguf");
+        let mut mutator = Mutator::new(0x5eed_0003);
+        for case in 0..cases() {
+            let bytes = mutator.input(&corpus);
+            std::fs::write(&path, &bytes).unwrap();
+            let result = std::panic::catch_unwind(|| super::check(&path));
+            assert!(result.is_ok(), "case {case} panicked");
+        }
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
