@@ -19,7 +19,7 @@ impl Mutator {
         Mutator { state: seed.max(1) }
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.state ^= self.state >> 12;
         self.state ^= self.state << 25;
         self.state ^= self.state >> 27;
@@ -27,21 +27,21 @@ impl Mutator {
     }
 
     fn below(&mut self, n: usize) -> usize {
-        if n == 0 { 0 } else { (self.next() % n as u64) as usize }
+        if n == 0 { 0 } else { (self.next_u64() % n as u64) as usize }
     }
 
     /// One input: a mutation of a corpus entry, or (one time in eight) noise.
     pub fn input(&mut self, corpus: &[Vec<u8>]) -> Vec<u8> {
         if corpus.is_empty() || self.below(8) == 0 {
             let len = self.below(512);
-            return (0..len).map(|_| self.next() as u8).collect();
+            return (0..len).map(|_| self.next_u64() as u8).collect();
         }
         let mut bytes = corpus[self.below(corpus.len())].clone();
         for _ in 0..=self.below(4) {
             let at = self.below(bytes.len().max(1));
             match self.below(6) {
                 0 if !bytes.is_empty() => bytes[at] ^= 1 << self.below(8),
-                1 if !bytes.is_empty() => bytes[at] = self.next() as u8,
+                1 if !bytes.is_empty() => bytes[at] = self.next_u64() as u8,
                 2 => bytes.truncate(at),
                 3 => {
                     let other = corpus[self.below(corpus.len())].clone();
@@ -56,7 +56,7 @@ impl Mutator {
                     bytes.splice(at..at, std::iter::repeat_n(0xff, n));
                 }
                 _ => {
-                    let b = self.next() as u8;
+                    let b = self.next_u64() as u8;
                     bytes.insert(at.min(bytes.len()), b);
                 }
             }
