@@ -152,6 +152,10 @@ impl EventLog {
                     .custom_inbox_prefix(roles::inbox_prefix(&c.public_key)),
                 None => async_nats::ConnectOptions::new(),
             };
+            let options = match &access.ca {
+                Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
+                None => options,
+            };
             Ok(options.connection_timeout(Duration::from_secs(5)).max_reconnects(None))
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -54,6 +54,7 @@ impl Nats {
             log: &dir.join("nats.log"),
             sync_interval: "2m",
             auth: &auth,
+            tls: None,
         };
         let pid = nats::start(&plan).await.expect("nats-server starts");
         let url = format!("nats://127.0.0.1:{port}");

@@ -7,6 +7,7 @@ pub mod nats;
 pub mod postgres;
 pub mod process;
 pub mod pypi;
+pub mod tls;
 pub mod trust;
 
 use std::time::Duration;

@@ -62,6 +62,8 @@ pub struct NatsPlan<'a> {
     pub sync_interval: &'a str,
     /// Who the server trusts and what each identity may do ([`crate::trust::Trust::server_config`]).
     pub auth: &'a str,
+    /// When set, clients must connect over TLS ([`crate::tls::ensure`]).
+    pub tls: Option<&'a crate::tls::TlsFiles>,
 }
 
 /// The server's authorization, beside its config file (includes are relative to it).
@@ -128,6 +130,14 @@ pub async fn start(plan: &NatsPlan<'_>) -> LocalResult<u32> {
         plan.store_dir.display().to_string(),
         plan.sync_interval
     );
+    let text = match plan.tls {
+        Some(tls) => format!(
+            "{text}tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  timeout: 5\n}}\n",
+            tls.server_cert.display().to_string(),
+            tls.server_key.display().to_string()
+        ),
+        None => text,
+    };
     std::fs::write(&config, text).map_err(|e| process::io_error("write", &config, e))?;
     crate::trust::write_secret(&plan.store_dir.join(AUTH_FILE), plan.auth)?;
     let args = vec!["-c".to_string(), config.display().to_string()];

@@ -26,6 +26,9 @@ pub struct ClusterFile {
     /// recorded pid only while it is still that very process.
     #[serde(default)]
     pub processes: Vec<rbee_runtime::ProcessIdentity>,
+    /// The CA that signed nats-server's certificate, when it serves TLS (`rbee up --nats-tls`).
+    #[serde(default)]
+    pub nats_ca: Option<PathBuf>,
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {
@@ -33,6 +36,11 @@ pub fn path(data_dir: &Path) -> PathBuf {
 }
 
 impl ClusterFile {
+    /// NATS as `creds`, over TLS when the cluster serves it.
+    pub fn nats(&self, creds: Option<PathBuf>) -> rbee_bus::NatsAccess {
+        rbee_bus::NatsAccess::new(&self.nats_url, creds).with_ca(self.nats_ca.clone())
+    }
+
     /// Records the process `pid` that `up` just started.
     pub fn record(&mut self, pid: u32) {
         self.processes.extend(rbee_runtime::ProcessIdentity::of(pid));

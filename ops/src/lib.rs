@@ -41,6 +41,9 @@ pub struct Cli {
     /// identity to read, its admin identity for commands that change something).
     #[arg(long, global = true, env = "RBEE_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
+    /// The CA of a cluster whose NATS serves TLS (default: the local cluster's, when it does).
+    #[arg(long, global = true, env = "RBEE_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
     /// Queen base URL (default: the one `rbee up` started).
     #[arg(long, global = true, env = "RBEE_URL")]
     pub url: Option<String>,
@@ -222,7 +225,8 @@ impl Cli {
             Access::Admin => Identity::Admin,
         };
         let local = trust::creds_path(&trust::dir_in(&self.data_dir), identity);
-        NatsAccess::new(url, self.nats_creds.clone().or_else(|| local.exists().then_some(local)))
+        let ca = self.nats_ca.clone().or_else(|| ClusterFile::load(&self.data_dir).and_then(|c| c.nats_ca));
+        NatsAccess::new(url, self.nats_creds.clone().or_else(|| local.exists().then_some(local))).with_ca(ca)
     }
 
     /// The node a command addresses: the one given, else this cluster's, else this host.

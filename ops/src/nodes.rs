@@ -22,5 +22,8 @@ pub async fn add(data_dir: &Path, node: &str) -> CliResult<()> {
     println!("  RBEE_NATS_URL={}", cf.nats_url);
     println!("  RBEE_NATS_CREDS={}", trust.creds(Identity::Hive(node)).display());
     println!("  RBEE_WORKER_SIGNING_KEY={}", trust.worker_signer(node).display());
+    if let Some(ca) = &cf.nats_ca {
+        println!("  RBEE_NATS_CA={}", ca.display());
+    }
     Ok(())
 }

@@ -52,6 +52,10 @@ pub struct UpArgs {
     /// duration such as `2m` (NATS' default: faster, may lose the last acked events on power loss).
     #[arg(long, env = "RBEE_NATS_SYNC_INTERVAL", default_value = "always")]
     pub nats_sync_interval: String,
+    /// Serve NATS over TLS with a certificate signed by a CA rbee makes (`.rbee/trust/nats-ca.pem`);
+    /// needed when processes on other machines connect. On loopback it may stay plain TCP.
+    #[arg(long, env = "RBEE_NATS_TLS")]
+    pub nats_tls: bool,
     /// Most workers the registry may hold (passed to the hive).
     #[arg(long, env = "RBEE_MAX_WORKERS", default_value_t = 64)]
     pub max_workers: usize,
@@ -81,7 +85,7 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
     let key_file = crate::keys::local_key_file(&data_dir);
     if !key_file.exists() {
         let admin = trust::creds_path(&trust::dir_in(&data_dir), Identity::Admin);
-        let nats = rbee_bus::NatsAccess::new(&cluster.nats_url, Some(admin));
+        let nats = cluster.nats(Some(admin));
         let (id, secret) = crate::keys::create_key(&nats, "local", Default::default()).await?;
         trust::write_secret(&key_file, &secret)?;
         println!("made API key {id}, kept in {} (rbee infer uses it)", key_file.display());
@@ -147,6 +151,13 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
     let trust = Trust::open(&trust::dir_in(data_dir))?;
     trust.add_node(&node)?;
 
+    let tls = if args.nats_tls {
+        let names = ["127.0.0.1".to_string(), "localhost".to_string(), rbee_runtime::hostname()];
+        Some(rbee_local::tls::ensure(&trust::dir_in(data_dir), &names)?)
+    } else {
+        None
+    };
+
     // Every port at once: ports picked one by one can collide, and then a process fails to bind.
     let ports = process::free_ports(4)?;
     let (nats_port, monitor_port, pg_port) = (ports[0], ports[1], ports[2]);
@@ -163,6 +174,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         queen_url: format!("http://127.0.0.1:{queen_port}"),
         node: node.clone(),
         model: model.into(),
+        nats_ca: tls.as_ref().map(|t| t.ca.clone()),
         ..Default::default()
     };
     // Record each process as soon as it exists, so `down` can stop a half-started cluster.
@@ -174,6 +186,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         log: &logs.join("nats.log"),
         sync_interval: &args.nats_sync_interval,
         auth: &trust.server_config()?,
+        tls: tls.as_ref(),
     })
     .await?;
     cf.record(cf.nats_pid);
@@ -191,7 +204,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
 
     let path = |p: PathBuf| p.display().to_string();
     let (allowed_hosts, allowed_dirs) = allowed_sources(args, source);
-    let hive_env = [
+    let mut hive_env = vec![
         ("RBEE_NATS_URL", cf.nats_url.clone()),
         ("RBEE_NATS_CREDS", path(trust.creds(Identity::Hive(&node)))),
         ("RBEE_WORKER_SIGNING_KEY", path(trust.worker_signer(&node))),
@@ -199,11 +212,16 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         ("RBEE_ALLOWED_DIRS", allowed_dirs),
     ];
     // Credentials by file or environment, never on a command line.
-    let queen_env = [
+    let mut queen_env = vec![
         ("RBEE_NATS_URL", cf.nats_url.clone()),
         ("RBEE_NATS_CREDS", path(trust.creds(Identity::Queen))),
         ("RBEE_DATABASE_URL", postgres::with_password(&database_url, &secrets)?),
     ];
+    if let Some(ca) = &cf.nats_ca {
+        for env in [&mut hive_env, &mut queen_env] {
+            env.push(("RBEE_NATS_CA", path(ca.clone())));
+        }
+    }
     let hive_args = vec![
         "--node".into(),
         node,
@@ -253,7 +271,7 @@ async fn ensure_worker(
     timeout: Duration,
 ) -> CliResult<()> {
     let admin = trust::creds_path(&trust::dir_in(data_dir), Identity::Admin);
-    let nats = rbee_bus::NatsAccess::new(&cf.nats_url, Some(admin));
+    let nats = cf.nats(Some(admin));
     let crate::live::Connected { log, view, .. } = &crate::live::connect(&nats).await?;
     let now = rbee_bus::envelope::now_ms();
     let existing = view.read(|v| {

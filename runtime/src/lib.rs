@@ -82,11 +82,14 @@ pub struct NatsArgs {
     /// Credentials file of this process's NATS identity (a path: the secret is never on the command line).
     #[arg(long, env = "RBEE_NATS_CREDS")]
     pub nats_creds: Option<std::path::PathBuf>,
+    /// The cluster's CA certificate: connect over TLS, to a server it signed only.
+    #[arg(long, env = "RBEE_NATS_CA")]
+    pub nats_ca: Option<std::path::PathBuf>,
 }
 
 impl NatsArgs {
     pub fn access(&self) -> rbee_bus::NatsAccess {
-        rbee_bus::NatsAccess::new(&self.nats_url, self.nats_creds.clone())
+        rbee_bus::NatsAccess::new(&self.nats_url, self.nats_creds.clone()).with_ca(self.nats_ca.clone())
     }
 }
 

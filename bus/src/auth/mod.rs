@@ -14,11 +14,18 @@ pub struct NatsAccess {
     pub url: String,
     /// A `.creds` file; None connects anonymously, which an rbee cluster refuses.
     pub creds: Option<PathBuf>,
+    /// The cluster's CA (PEM): when set, the connection must be TLS to a server it signed.
+    pub ca: Option<PathBuf>,
 }
 
 impl NatsAccess {
     pub fn new(url: impl Into<String>, creds: Option<PathBuf>) -> Self {
-        NatsAccess { url: url.into(), creds }
+        NatsAccess { url: url.into(), creds, ca: None }
+    }
+
+    pub fn with_ca(mut self, ca: Option<PathBuf>) -> Self {
+        self.ca = ca;
+        self
     }
 }
 
