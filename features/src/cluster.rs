@@ -14,6 +14,8 @@ pub struct Cluster {
     pub nats_url: String,
     /// NATS as the cluster's admin (every right): what a test uses to look and to meddle.
     pub admin: NatsAccess,
+    /// The CA of the cluster's nats-server when it serves TLS.
+    pub nats_ca: Option<PathBuf>,
     pub database_url: String,
     /// The API key `rbee up` made for the cluster.
     pub api_key: String,
@@ -45,11 +47,13 @@ impl Cluster {
             std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
         let nats_url = cluster_file["nats_url"].as_str().unwrap_or_default().to_string();
         let admin_creds = trust::creds_path(&trust::dir_in(&data_dir), Identity::Admin);
+        let nats_ca = cluster_file["nats_ca"].as_str().map(PathBuf::from);
         let api_key = std::fs::read_to_string(data_dir.join("api-key")).unwrap_or_default().trim().to_string();
         let cluster = Cluster {
             api_key,
             queen_url: cluster_file["queen_url"].as_str().unwrap_or_default().to_string(),
-            admin: NatsAccess::new(&nats_url, Some(admin_creds)),
+            admin: NatsAccess::new(&nats_url, Some(admin_creds)).with_ca(nats_ca.clone()),
+            nats_ca,
             nats_url,
             database_url: rbee_local::postgres::with_password(
                 cluster_file["database_url"].as_str().unwrap_or_default(),
@@ -139,21 +143,25 @@ impl Cluster {
             let out = self.rbee(&["nodes", "add", node]);
             assert!(out.status.success(), "rbee nodes add {node}: {}", String::from_utf8_lossy(&out.stderr));
         }
-        vec![
+        let mut env = vec![
             ("RBEE_NATS_URL", self.nats_url.clone()),
             ("RBEE_NATS_CREDS", self.creds(Identity::Hive(node)).display().to_string()),
             ("RBEE_WORKER_SIGNING_KEY", signer.display().to_string()),
             // Workers start from the default model in the shared cache.
             ("RBEE_ALLOWED_DIRS", crate::cache_dir().display().to_string()),
-        ]
+        ];
+        env.extend(self.nats_ca.iter().map(|ca| ("RBEE_NATS_CA", ca.display().to_string())));
+        env
     }
 
     /// The environment a queen runs with: this cluster's NATS as the queen.
     pub fn queen_env(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut env = vec![
             ("RBEE_NATS_URL", self.nats_url.clone()),
             ("RBEE_NATS_CREDS", self.creds(Identity::Queen).display().to_string()),
-        ]
+        ];
+        env.extend(self.nats_ca.iter().map(|ca| ("RBEE_NATS_CA", ca.display().to_string())));
+        env
     }
 
     /// Credentials for a worker `worker` of `node`, issued as that node's hive issues them.

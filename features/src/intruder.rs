@@ -18,13 +18,17 @@ pub struct Intruder {
 }
 
 impl Intruder {
-    /// Connects to `url` with `creds` (None: no credentials at all).
-    pub async fn connect(url: &str, creds: Option<&Path>) -> Intruder {
+    /// Connects to `url` with `creds` (None: no credentials at all), over TLS trusting `ca` when given.
+    pub async fn connect(url: &str, creds: Option<&Path>, ca: Option<&Path>) -> Intruder {
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
         let seen = violations.clone();
         let options = match creds {
             Some(path) => async_nats::ConnectOptions::with_credentials_file(path).await.expect("credentials file"),
             None => async_nats::ConnectOptions::new(),
+        };
+        let options = match ca {
+            Some(ca) => options.add_root_certificates(ca.to_path_buf()).require_tls(true),
+            None => options,
         };
         let options = options.event_callback(move |event| {
             let seen = seen.clone();

@@ -48,6 +48,7 @@ impl RbeeWorld {
                 worker = id;
                 Some(creds)
             }
+            "as the hive of its node" => Some(c.creds(Identity::Hive(&c.node))),
             "as the hive of another node" => {
                 let node = rbee_features::cluster::unique_node();
                 c.hive_env(&node);
@@ -55,7 +56,7 @@ impl RbeeWorld {
             }
             other => panic!("unknown identity {other:?}"),
         };
-        let intruder = Intruder::connect(&c.nats_url, creds.as_deref()).await;
+        let intruder = Intruder::connect(&c.nats_url, creds.as_deref(), c.nats_ca.as_deref()).await;
         self.attempt.intruder = Some(intruder);
         self.attempt.as_worker = worker;
     }
@@ -365,7 +366,7 @@ fn unrelated_process(w: &mut RbeeWorld, worker: String) {
 async fn admin_forges_registration(w: &mut RbeeWorld, worker: String) {
     let pid = w.children.last().expect("the unrelated process").id();
     let c = w.cluster();
-    let intruder = Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin))).await;
+    let intruder = Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), c.nats_ca.as_deref()).await;
     let event = Event::WorkerRegistered(WorkerRegistered {
         worker: worker.clone(),
         node: c.node.clone(),
@@ -505,4 +506,43 @@ fn help_hides_url(w: &mut RbeeWorld) {
     assert!(help.contains("RBEE_DATABASE_URL"), "{help}");
     assert_no_secret(w, "rbee-queen --help", &help);
     assert!(!help.contains(&w.cluster().database_url), "{help}");
+}
+
+#[given("a cluster of my own started with --nats-tls")]
+async fn tls_cluster(w: &mut RbeeWorld) {
+    let cluster = tokio::task::spawn_blocking(|| rbee_features::cluster::Cluster::up(&["--nats-tls"])).await.unwrap();
+    w.own = Some(cluster.expect("rbee up --nats-tls"));
+    assert!(w.cluster().nats_ca.is_some(), "cluster.json names the CA");
+}
+
+#[then("a client that does not trust the cluster's CA cannot connect, even with the admin's credentials")]
+async fn untrusted_ca_refused(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    // A CA of its own: the client dials over TLS but cannot verify the server.
+    let other = rbee_features::scratch_dir("other-ca");
+    let other_ca = rbee_local::tls::ensure(&other, &["127.0.0.1".to_string()]).unwrap().ca;
+    let intruder = Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), Some(&other_ca)).await;
+    let _ = std::fs::remove_dir_all(other);
+    assert!(!intruder.connected(), "connected to a server another CA signed");
+    assert!(intruder.connect_error.is_some());
+}
+
+#[then("a client that connects without TLS is refused, even with the admin's credentials")]
+async fn plain_tcp_refused(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let intruder = Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), None).await;
+    assert!(!intruder.connected(), "a plain TCP client was let in");
+}
+
+#[when(
+    regex = r"^a client as the hive of its node, over TLS, sends the serving worker a work item and listens to tokens$"
+)]
+async fn hive_as_queen(w: &mut RbeeWorld) {
+    w.intrude("as the hive of its node").await;
+    assert!(w.intruder().connected(), "the hive's identity connects over TLS");
+    let (worker, _, _) = w.serving_worker();
+    let work = subjects::work(&worker);
+    w.intruder().publish(&work, b"not a work item".to_vec()).await;
+    w.intruder().subscribe(subjects::TOKENS_SUBJECTS).await;
+    w.attempt.refused = vec![work, subjects::TOKENS_SUBJECTS.to_string()];
 }
