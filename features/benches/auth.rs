@@ -65,18 +65,22 @@ async fn ttft(url: &str, key: Option<&str>) -> f64 {
 #[tokio::main]
 async fn main() {
     // Appends: the queen's identity on a server with credentials, anonymous on one without.
-    let (closed, open) = (Nats::start().await, Nats::start_without_auth().await);
+    let (closed, tls, open) = (Nats::start().await, Nats::start_with_tls().await, Nats::start_without_auth().await);
     let as_queen = EventLog::connect(&NatsAccess::new(&closed.url, Some(closed.creds(Identity::Queen)))).await.unwrap();
+    let queen_tls =
+        NatsAccess::new(&tls.url, Some(tls.creds(Identity::Queen))).with_ca(Some(tls.ca().expect("a TLS server")));
+    let as_queen_tls = EventLog::connect(&queen_tls).await.unwrap();
     let anonymous = EventLog::connect(&NatsAccess::new(&open.url, None)).await.unwrap();
-    for log in [&as_queen, &anonymous] {
+    for log in [&as_queen, &as_queen_tls, &anonymous] {
         log.ensure_streams(&Default::default()).await.unwrap();
     }
-    let (mut with_auth, mut without) = (Vec::new(), Vec::new());
+    let (mut with_auth, mut with_tls, mut without) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         with_auth.push(appends_per_sec(&as_queen, round).await);
+        with_tls.push(appends_per_sec(&as_queen_tls, round).await);
         without.push(appends_per_sec(&anonymous, round).await);
     }
-    let (appends_auth, appends_open) = (median(with_auth), median(without));
+    let (appends_auth, appends_tls, appends_open) = (median(with_auth), median(with_tls), median(without));
 
     // Time to first token: the cluster's queen (API keys) and a --no-auth queen beside it.
     let cluster = tokio::task::spawn_blocking(|| Cluster::up(&[]).expect("rbee up")).await.unwrap();
@@ -108,12 +112,16 @@ async fn main() {
     let (ttft_keyed, ttft_open) = (median(keyed) * 1000.0, median(unkeyed) * 1000.0);
 
     println!(
-        "auth cost: nats-server 2.15.1, loopback, plain TCP; medians of {ROUNDS} rounds x {APPENDS} appends and {TTFT_RUNS} requests, interleaved"
+        "auth cost: nats-server 2.15.1 on loopback; medians of {ROUNDS} rounds x {APPENDS} appends and {TTFT_RUNS} requests, interleaved"
     );
     println!("| measure | with auth | without | ratio (aim >= 0.95) |\n|---|---|---|---|");
     println!(
         "| acked appends/s, one at a time (queen's JWT identity vs anonymous) | {appends_auth:.0} | {appends_open:.0} | {:.2} |",
         appends_auth / appends_open
+    );
+    println!(
+        "| acked appends/s, one at a time (queen's JWT identity over TLS vs anonymous plain TCP) | {appends_tls:.0} | {appends_open:.0} | {:.2} |",
+        appends_tls / appends_open
     );
     println!(
         "| time to first token through the queen (API key vs --no-auth), ms | {ttft_keyed:.1} | {ttft_open:.1} | {:.2} |",

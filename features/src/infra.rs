@@ -31,21 +31,34 @@ impl Nats {
     }
 
     pub async fn start() -> Nats {
-        Nats::start_with(true).await
+        Nats::start_with(true, false).await
     }
 
     /// A nats-server that lets anyone in: only a benchmark's baseline for the cost of credentials.
     pub async fn start_without_auth() -> Nats {
-        Nats::start_with(false).await
+        Nats::start_with(false, false).await
     }
 
-    async fn start_with(auth: bool) -> Nats {
+    /// A nats-server that requires credentials and TLS (its CA is [`Nats::ca`]).
+    pub async fn start_with_tls() -> Nats {
+        Nats::start_with(true, true).await
+    }
+
+    /// The CA a TLS server's certificate is signed by.
+    pub fn ca(&self) -> Option<PathBuf> {
+        let ca = self.dir.join("trust").join("nats-ca.pem");
+        ca.exists().then_some(ca)
+    }
+
+    async fn start_with(auth: bool, tls: bool) -> Nats {
         let binary = nats::find_or_install(&crate::tools_dir()).expect("nats-server available");
         let dir = crate::scratch_dir("nats");
         let ports = process::free_ports(2).unwrap();
         let (port, monitor_port) = (ports[0], ports[1]);
         let trust = Trust::open(&dir.join("trust")).expect("trust");
         let auth = if auth { trust.server_config().expect("server config") } else { String::new() };
+        let tls_files =
+            tls.then(|| rbee_local::tls::ensure(&dir.join("trust"), &["127.0.0.1".into()]).expect("TLS files"));
         let plan = nats::NatsPlan {
             binary: &binary,
             port,
@@ -54,12 +67,13 @@ impl Nats {
             log: &dir.join("nats.log"),
             sync_interval: "2m",
             auth: &auth,
-            tls: None,
+            tls: tls_files.as_ref(),
         };
         let pid = nats::start(&plan).await.expect("nats-server starts");
         let url = format!("nats://127.0.0.1:{port}");
         Nats {
-            admin: rbee_bus::NatsAccess::new(&url, Some(trust.creds(Identity::Admin))),
+            admin: rbee_bus::NatsAccess::new(&url, Some(trust.creds(Identity::Admin)))
+                .with_ca(tls_files.as_ref().map(|t| t.ca.clone())),
             url,
             monitor_url: format!("http://127.0.0.1:{monitor_port}"),
             pid,

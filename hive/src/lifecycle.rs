@@ -12,7 +12,8 @@ use crate::Config;
 use crate::error::Refusal;
 use crate::supervisor::{Supervisor, WorkerSpec};
 
-/// Waits until a spawned worker is ready. Past `timeout` it is killed (`LOADING_TIMEOUT`); a worker
+/// Waits until a spawned worker is ready. Past `timeout` the answer is `LOADING_TIMEOUT` and the
+/// caller records it, then kills the worker, so the reason is in the log before the exit; a worker
 /// that exits while loading has its exit recorded by the supervisor.
 pub async fn wait_ready(
     view: &LiveView,
@@ -30,7 +31,6 @@ pub async fn wait_ready(
             return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            supervisor.kill(worker, "loading_timeout").await;
             return Err(Refusal::new(
                 Code::LoadingTimeout,
                 format!("worker {worker} was not ready within {:.1}s; killed", timeout.as_secs_f64()),

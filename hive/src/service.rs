@@ -257,6 +257,7 @@ impl Hive {
         }
         if let Err(Refusal { code, message }) = self.try_start(&cmd, meta).await {
             tracing::error!(%code, %message, "worker not started");
+            let too_slow = code == Code::LoadingTimeout;
             let failed = Event::WorkerStartFailed(WorkerStartFailed {
                 worker: cmd.worker.clone(),
                 node: self.node.clone(),
@@ -265,6 +266,10 @@ impl Hive {
             });
             if let Err(e) = self.log.append(failed, Expected::Any, meta).await {
                 tracing::error!(error = %e, "failure not recorded");
+            }
+            // Killed only once the reason is recorded: whoever waits sees why before the exit.
+            if too_slow {
+                self.supervisor.kill(&cmd.worker, "loading_timeout").await;
             }
         }
     }
