@@ -111,17 +111,7 @@ async fn streams_at_once(w: &mut RbeeWorld, n: usize, prompt: String, max_tokens
     let responses = futures::future::join_all((0..n).map(|_| w.post_chat(&prompt, max_tokens, true))).await;
     for response in responses {
         assert_eq!(response.status().as_u16(), 200);
-        let id = response.headers()["x-request-id"].to_str().unwrap().to_string();
-        let received = std::sync::Arc::new(std::sync::Mutex::new((String::new(), false)));
-        let sink = received.clone();
-        tokio::spawn(async move {
-            let mut bytes = response.bytes_stream();
-            while let Some(Ok(chunk)) = bytes.next().await {
-                sink.lock().unwrap().0.push_str(&String::from_utf8_lossy(&chunk));
-            }
-            sink.lock().unwrap().1 = true;
-        });
-        w.streams.push((id, received));
+        w.streams.push(super::follow_stream(response));
     }
 }
 

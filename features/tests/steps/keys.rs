@@ -4,7 +4,6 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use cucumber::{given, then, when};
-use futures::StreamExt;
 use rbee_features::poll::eventually;
 use serde_json::{Value, json};
 
@@ -19,6 +18,15 @@ async fn chat(url: &str, key: Option<&str>, prompt: &str, max_tokens: u32, strea
         None => request,
     };
     request.send().await.expect("the queen answers")
+}
+
+/// Waits until the queen at `url` has read the creation of `key` from the log.
+async fn until_known(url: &str, key: &str) {
+    eventually("the queen knows the key", DEADLINE, || async {
+        let s = rbee_features::http().get(format!("{url}/v1/models")).bearer_auth(key).send().await.unwrap().status();
+        if s.as_u16() == 200 { Ok(()) } else { Err(s) }
+    })
+    .await;
 }
 
 impl RbeeWorld {
@@ -206,11 +214,7 @@ async fn ask_n_times(w: &mut RbeeWorld, n: usize, name: String) {
     let key = w.key(&name);
     let url = w.cluster().queen_url.clone();
     // The queen folds the key's creation before it can judge it.
-    eventually("the queen knows the key", DEADLINE, || async {
-        let s = rbee_features::http().get(format!("{url}/v1/models")).bearer_auth(&key).send().await.unwrap().status();
-        if s.as_u16() == 200 { Ok(()) } else { Err(s) }
-    })
-    .await;
+    until_known(&url, &key).await;
     w.batch.clear();
     for _ in 0..n {
         let response = chat(&url, Some(&key), "Say hi.", 2, false).await;
@@ -250,24 +254,12 @@ async fn other_key_answered(w: &mut RbeeWorld, name: String) {
 async fn key_streams(w: &mut RbeeWorld, name: String, prompt: String, max_tokens: u32) {
     let key = w.key(&name);
     let url = w.cluster().queen_url.clone();
-    eventually("the queen knows the key", DEADLINE, || async {
-        let s = rbee_features::http().get(format!("{url}/v1/models")).bearer_auth(&key).send().await.unwrap().status();
-        if s.as_u16() == 200 { Ok(()) } else { Err(s) }
-    })
-    .await;
+    until_known(&url, &key).await;
     let response = chat(&url, Some(&key), &prompt, max_tokens, true).await;
     assert_eq!(response.status().as_u16(), 200);
-    w.request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
-    let received = std::sync::Arc::new(std::sync::Mutex::new((String::new(), false)));
-    let sink = received.clone();
-    tokio::spawn(async move {
-        let mut bytes = response.bytes_stream();
-        while let Some(Ok(chunk)) = bytes.next().await {
-            sink.lock().unwrap().0.push_str(&String::from_utf8_lossy(&chunk));
-        }
-        sink.lock().unwrap().1 = true;
-    });
-    w.streams.push((w.request_id.clone(), received));
+    let (id, received) = super::follow_stream(response);
+    w.request_id = id.clone();
+    w.streams.push((id, received));
 }
 
 #[when(expr = "the key {string} sends DELETE for that request")]

@@ -27,6 +27,22 @@ pub const DEADLINE: Duration = Duration::from_secs(15);
 /// A stream's bytes received so far and whether it ended, shared with the task reading it.
 pub type SharedStream = std::sync::Arc<std::sync::Mutex<(String, bool)>>;
 
+/// Reads a streaming answer in the background; returns its request id and what it received.
+pub fn follow_stream(response: reqwest::Response) -> (String, SharedStream) {
+    use futures::StreamExt;
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let received: SharedStream = Default::default();
+    let sink = received.clone();
+    tokio::spawn(async move {
+        let mut bytes = response.bytes_stream();
+        while let Some(Ok(chunk)) = bytes.next().await {
+            sink.lock().unwrap().0.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        sink.lock().unwrap().1 = true;
+    });
+    (id, received)
+}
+
 #[derive(cucumber::World)]
 #[world(init = Self::new)]
 pub struct RbeeWorld {
