@@ -25,12 +25,39 @@ pub struct InferArgs {
     pub temperature: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Send a prompt that carries chat-template control text (`<|im_start|>`, `[INST]`, ...)
+    /// without asking; otherwise the CLI asks on a terminal and refuses elsewhere.
+    #[arg(long, env = "RBEE_ALLOW_CONTROL_TEXT")]
+    pub allow_control_text: bool,
     /// The API key (default: the one `rbee up` made, in <data-dir>/api-key).
     #[arg(long, env = "RBEE_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
 }
 
+/// A prompt that carries chat-template control text may be trying to speak as the system: sent
+/// only when allowed, or confirmed on a terminal.
+fn confirm_control_text(args: &InferArgs) -> CliResult<()> {
+    use std::io::{BufRead, IsTerminal};
+    let markers = rbee_bus::prompt::control_markers(&args.prompt);
+    if markers.is_empty() || args.allow_control_text {
+        return Ok(());
+    }
+    let what = format!("the prompt carries chat-template control text ({})", markers.join(" "));
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::new(
+            Code::InvalidArgument,
+            format!("{what}, which may try to speak as the system; pass --allow-control-text to send it"),
+        ));
+    }
+    eprint!("{what}, which may try to speak as the system. Send it anyway? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if answer.trim().eq_ignore_ascii_case("y") { Ok(()) } else { Err(CliError::new(Code::InvalidArgument, "not sent")) }
+}
+
 pub async fn infer(args: InferArgs, queen_url: &str, data_dir: &std::path::Path) -> CliResult<()> {
+    confirm_control_text(&args)?;
     let key = args
         .api_key
         .clone()

@@ -83,7 +83,11 @@ async fn handle(
             return e.into_response();
         }
     };
-    match start(&state, &caller, &chat, &request, &meta).await {
+    for warning in &chat.warnings {
+        tracing::warn!(%warning, "suspicious prompt served");
+    }
+    let warnings = chat.warnings.join("; ");
+    let mut response = match start(&state, &caller, &chat, &request, &meta).await {
         Err(e) => {
             tracing::info!(code = %e.code, "request refused");
             // Refused before any worker: an unknown model must not become a label.
@@ -92,7 +96,13 @@ async fn handle(
         }
         Ok(running) if chat.stream => stream_response(running).into_response(),
         Ok(running) => json_response(running).await,
+    };
+    if !warnings.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&warnings)
+    {
+        response.headers_mut().insert("x-rbee-warnings", v);
     }
+    response
 }
 
 /// A request running on a worker.

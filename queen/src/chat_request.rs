@@ -29,6 +29,28 @@ pub struct ValidatedChat {
     pub max_tokens: Option<u32>,
     pub sampling: Sampling,
     pub stream: bool,
+    /// What the request carries that it probably should not (served anyway, flagged to the client
+    /// in `x-rbee-warnings` and in the queen's log).
+    pub warnings: Vec<String>,
+}
+
+/// A warning for every message other than the system's that carries chat-template control text.
+fn smuggling_warnings(messages: &[ChatMessage]) -> Vec<String> {
+    messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.role != "system")
+        .filter_map(|(i, m)| {
+            let markers = rbee_bus::prompt::control_markers(&m.content);
+            (!markers.is_empty()).then(|| {
+                format!(
+                    "message {i} ({}) carries chat-template control text {}: it may try to speak as the system",
+                    m.role,
+                    markers.join(" ")
+                )
+            })
+        })
+        .collect()
 }
 
 const MAX_MESSAGES: usize = 1024;
@@ -70,7 +92,15 @@ pub fn parse(body: &[u8]) -> Result<ValidatedChat, ApiError> {
     {
         return Err(ApiError::invalid("n", "only n = 1 is supported"));
     }
-    Ok(ValidatedChat { model, messages, max_tokens, sampling: Sampling { temperature, top_p, top_k, seed }, stream })
+    let warnings = smuggling_warnings(&messages);
+    Ok(ValidatedChat {
+        model,
+        messages,
+        max_tokens,
+        sampling: Sampling { temperature, top_p, top_k, seed },
+        stream,
+        warnings,
+    })
 }
 
 fn parse_messages(value: Option<Value>) -> Result<Vec<ChatMessage>, ApiError> {

@@ -112,6 +112,9 @@ pub struct RbeeWorld {
     slow_client: Option<(Vec<u8>, Option<Duration>)>,
     /// When the connection over a client's share closed, and whether the others stayed open.
     hoarded: Option<(Option<Duration>, bool)>,
+    /// The prompt a validation scenario sends, and the queen's `x-rbee-warnings` for it.
+    prompt: String,
+    warnings_header: String,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -245,6 +248,8 @@ impl RbeeWorld {
             queen_log: Default::default(),
             slow_client: None,
             hoarded: None,
+            prompt: String::new(),
+            warnings_header: String::new(),
         }
     }
 

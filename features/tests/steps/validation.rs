@@ -173,3 +173,71 @@ async fn fuzz_reported(w: &mut RbeeWorld) {
         .await;
     }
 }
+
+#[when(expr = "I ask the queen with the cluster's key, in a user message, {string}")]
+async fn ask_smuggled(w: &mut RbeeWorld, prompt: String) {
+    let prompt = prompt.replace("\\n", "\n");
+    w.counts_before = w.count_events(&["request.accepted"]);
+    let body = json!({"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": prompt.clone()}]});
+    let response = w
+        .cluster()
+        .http()
+        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    w.status = response.status().as_u16();
+    w.warnings_header =
+        response.headers().get("x-rbee-warnings").and_then(|v| v.to_str().ok()).unwrap_or_default().into();
+    w.body = response.json().await.unwrap_or(Value::Null);
+    w.prompt = prompt;
+}
+
+#[then(expr = "it is answered, with the header x-rbee-warnings naming {string} and {string}")]
+fn flagged(w: &mut RbeeWorld, first: String, second: String) {
+    assert_eq!(w.status, 200, "{}", w.body);
+    let header = &w.warnings_header;
+    assert!(header.contains(&first) && header.contains(&second) && header.contains("message 0 (user)"), "{header}");
+}
+
+#[then("the queen's log warns of the suspicious prompt")]
+async fn queen_warns(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    rbee_features::poll::eventually("the queen logs the warning", super::DEADLINE, || async {
+        if c.log_file("queen.log").contains("suspicious prompt served") { Ok(()) } else { Err(()) }
+    })
+    .await;
+}
+
+#[when("I run rbee infer with that prompt, without a terminal")]
+fn infer_without_tty(w: &mut RbeeWorld) {
+    w.counts_before = w.count_events(&["request.accepted"]);
+    let prompt = w.prompt.clone();
+    let out = w.cluster().rbee_command_for(&["infer", &prompt]).stdin(std::process::Stdio::null()).output().unwrap();
+    w.output = Some(out);
+}
+
+#[then(expr = "it exits with code 1 naming {string}, and nothing was asked of the queen")]
+fn infer_refused(w: &mut RbeeWorld, flag: String) {
+    let out = w.output.as_ref().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&flag) && stderr.contains("<|im_start|>"), "{stderr}");
+    assert_eq!(w.count_events(&["request.accepted"]), w.counts_before, "no request was made");
+}
+
+#[when("I run rbee infer with that prompt and --allow-control-text")]
+fn infer_allowed(w: &mut RbeeWorld) {
+    let prompt = w.prompt.clone();
+    let args = ["infer", "--allow-control-text", "--max-tokens", "4", prompt.as_str()];
+    let out = w.cluster().rbee_command_for(&args).stdin(std::process::Stdio::null()).output().unwrap();
+    w.output = Some(out);
+}
+
+#[then("it exits with code 0 and prints an answer")]
+fn infer_answered(w: &mut RbeeWorld) {
+    let out = w.output.as_ref().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!String::from_utf8_lossy(&out.stdout).trim().is_empty());
+}
