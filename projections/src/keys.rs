@@ -60,8 +60,8 @@ pub struct Keys {
     /// Key id by the SHA-256 of its secret.
     by_secret: BTreeMap<String, String>,
     pub usage: BTreeMap<String, Usage>,
-    /// The key of each request in flight.
-    request_keys: BTreeMap<String, String>,
+    /// The key of each request in flight, and the worker that took it.
+    request_keys: BTreeMap<String, (String, String)>,
 }
 
 /// The SHA-256 of a secret token, hex: what the log keeps instead of the token.
@@ -106,11 +106,13 @@ impl Keys {
                     usage.forget_before(at);
                     usage.accepted_at_ms.push_back(at);
                     usage.in_flight.insert(e.request.clone(), at);
-                    self.request_keys.insert(e.request.clone(), key.clone());
+                    self.request_keys.insert(e.request.clone(), (key.clone(), e.worker.clone()));
                 }
             }
-            Event::RequestFinished(e) => {
-                if let Some(key) = self.request_keys.remove(&e.request)
+            // Only the worker that took the request ends it: any worker may write a request's
+            // subject, so a finish from another one is not believed.
+            Event::RequestFinished(e) if self.request_keys.get(&e.request).is_some_and(|(_, w)| *w == e.worker) => {
+                if let Some((key, _)) = self.request_keys.remove(&e.request)
                     && let Some(usage) = self.usage.get_mut(&key)
                 {
                     usage.forget_before(at);
@@ -181,6 +183,12 @@ mod tests {
             duration_ms: 1,
             error_code: None,
         });
+        let forged = match finished.clone() {
+            Event::RequestFinished(f) => Event::RequestFinished(RequestFinished { worker: "other".into(), ..f }),
+            _ => unreachable!(),
+        };
+        keys.apply(&rec(2_500, forged));
+        assert_eq!(keys.usage("k-1").in_flight.len(), 2, "another worker's finish is not believed");
         keys.apply(&rec(3_000, finished));
         let usage = keys.usage("k-1");
         assert_eq!(usage.in_flight.len(), 1);

@@ -17,11 +17,12 @@ pub enum Stage {
     Ended,
 }
 
-/// A request's stage and the API key that made it (it belongs to that key).
+/// A request's stage, the API key that made it (it belongs to that key) and the worker that took it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestState {
     pub stage: Stage,
     pub key: Option<String>,
+    pub worker: Option<String>,
 }
 
 pub fn apply(state: &mut RequestState, event: &Event) {
@@ -29,7 +30,10 @@ pub fn apply(state: &mut RequestState, event: &Event) {
         Event::RequestAccepted(e) if state.stage == Stage::Unrecorded => {
             state.stage = Stage::Running;
             state.key = e.key.clone();
+            state.worker = Some(e.worker.clone());
         }
+        // Only the worker that took the request finishes it (any worker may write its subject).
+        Event::RequestFinished(e) if state.worker.as_ref().is_some_and(|w| *w != e.worker) => {}
         Event::RequestFinished(_) | Event::RequestCancelled(_) => state.stage = Stage::Ended,
         _ => {}
     }
@@ -124,6 +128,15 @@ mod tests {
     fn a_finished_request_is_not_cancelled() {
         assert_eq!(decide(&given(&[accepted(), finished()]), &cancel(false)), Ok(vec![]));
         assert_eq!(decide(&given(&[accepted(), finished()]), &cancel(true)), Ok(vec![]));
+    }
+
+    #[test]
+    fn a_finish_written_by_another_worker_does_not_end_the_request() {
+        let forged = match finished() {
+            Event::RequestFinished(f) => Event::RequestFinished(RequestFinished { worker: "w2".into(), ..f }),
+            _ => unreachable!(),
+        };
+        assert_eq!(decide(&given(&[accepted(), forged]), &cancel(false)), Ok(vec![cancelled()]));
     }
 
     #[test]
