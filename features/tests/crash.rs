@@ -98,7 +98,7 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
     }
     let health_url = format!("http://127.0.0.1:{port}/health");
     eventually("the restarted queen's view equals a fresh rebuild", Duration::from_secs(30), || async {
-        let h: serde_json::Value = match reqwest::get(&health_url).await {
+        let h: serde_json::Value = match rbee_features::http().get(&health_url).send().await {
             Ok(r) => r.json().await.unwrap_or_default(),
             Err(e) => return Err(e.to_string()),
         };
@@ -199,8 +199,14 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
         {
             fresh.apply(&item.unwrap());
         }
-        let h: serde_json::Value =
-            reqwest::get(format!("{}/health", cluster.queen_url)).await.unwrap().json().await.unwrap();
+        let h: serde_json::Value = rbee_features::http()
+            .get(format!("{}/health", cluster.queen_url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         if h["digest"] == fresh.digest().as_str() { Ok(()) } else { Err((h, fresh.last_seq)) }
     })
     .await;
