@@ -85,9 +85,12 @@ pub async fn adopt_running_workers(
             .collect()
     });
     for (w, model_path) in listed {
-        // Only a process a hive of this data directory recorded starting: a pid in the log alone
-        // could name any process.
-        if is_worker_process(w.pid, &w.id) && supervisor.recorded(&w.id, w.pid) {
+        let binary = config.worker_binary(w.backend.split(':').next().unwrap_or("cpu"));
+        // Only a process a hive of this data directory recorded starting, or (a hive killed
+        // between a spawn and its record) one running this hive's worker executable: a pid in the
+        // log alone could name any process.
+        let ours = supervisor.recorded(&w.id, w.pid) || runs_executable(w.pid, &binary);
+        if is_worker_process(w.pid, &w.id) && ours {
             if supervised_by_live_hive(w.pid) {
                 continue;
             }
@@ -96,11 +99,14 @@ pub async fn adopt_running_workers(
                 model: w.model.clone(),
                 model_path: model_path.unwrap_or_default().into(),
                 slots: w.slots,
-                binary: config.worker_binary(w.backend.split(':').next().unwrap_or("cpu")),
+                binary,
                 cores: cores.clone(),
                 device: None,
             };
             supervisor.adopt(spec, w.pid);
+        } else if rbee_runtime::alive(w.pid) && is_worker_process(w.pid, &w.id) {
+            // Alive but not provably ours: neither adopted nor declared gone.
+            tracing::warn!(worker = %w.id, pid = w.pid, "a process claims this worker but was not started by a hive here; left alone");
         } else {
             tracing::warn!(worker = %w.id, pid = w.pid, "worker is gone while no hive watched it; recording its exit");
             let exited = Event::WorkerExited(WorkerExited {
@@ -123,6 +129,12 @@ fn is_worker_process(pid: u32, worker: &str) -> bool {
     rbee_runtime::alive(pid)
         && args.first().is_some_and(|a| String::from_utf8_lossy(a).contains("rbee-worker"))
         && args.windows(2).any(|p| p[0] == b"--worker-id" && p[1] == worker.as_bytes())
+}
+
+/// Whether `pid` runs the executable at `binary` (its real path).
+fn runs_executable(pid: u32, binary: &std::path::Path) -> bool {
+    let real = std::fs::canonicalize(binary).unwrap_or_else(|_| binary.to_path_buf());
+    rbee_runtime::ProcessIdentity::of(pid).is_some_and(|p| p.exe == real)
 }
 
 /// Whether the process's parent is a live hive other than this one (another hive on this node).
