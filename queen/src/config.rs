@@ -57,6 +57,13 @@ impl Config {
         Duration::from_secs(self.stale_grace_secs)
     }
 
+    pub fn connection_limits(&self) -> crate::serve::ConnectionLimits {
+        crate::serve::ConnectionLimits {
+            header_timeout: Duration::from_secs_f64(self.header_timeout_secs.max(0.1)),
+            max_per_client: self.max_connections_per_client.max(1),
+        }
+    }
+
     pub fn token_timeout(&self) -> Duration {
         Duration::from_secs(self.token_timeout_secs.max(1))
     }

@@ -127,7 +127,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
         .await
         .map_err(|source| QueenError::Bind { addr: config.bind, source })?;
     tracing::info!(addr = %config.bind, "serving the OpenAI API on http://{}/v1", config.bind);
-    let state_limits = (config.header_timeout_secs, config.max_connections_per_client);
+    let limits = config.connection_limits();
     let app = router(Arc::new(AppState {
         log,
         view,
@@ -135,10 +135,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
         recovery: recovered.report,
         metrics: metrics::QueenMetrics::new(),
     }));
-    let limits = serve::ConnectionLimits {
-        header_timeout: Duration::from_secs_f64(state_limits.0.max(0.1)),
-        max_per_client: state_limits.1.max(1),
-    };
     let served = serve::serve(listener, app, limits, shutdown.clone(), Duration::from_secs(30)).await;
     // The server also ends on its own error: the background tasks stop with it.
     shutdown.cancel();

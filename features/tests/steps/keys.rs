@@ -34,7 +34,8 @@ impl RbeeWorld {
         self.api_keys.iter().find(|(n, _)| n == name).map(|(_, k)| k.clone()).expect("a key made by the scenario")
     }
 
-    async fn record(&mut self, response: reqwest::Response) {
+    /// Keeps an HTTP answer's status, body and the headers scenarios look at.
+    pub(super) async fn record(&mut self, response: reqwest::Response) {
         self.status = response.status().as_u16();
         self.www_authenticate =
             response.headers().get("www-authenticate").and_then(|v| v.to_str().ok()).unwrap_or_default().into();

@@ -57,8 +57,7 @@ async fn ask_bad_model(w: &mut RbeeWorld, model: String) {
         .send()
         .await
         .unwrap();
-    w.status = response.status().as_u16();
-    w.body = response.json().await.unwrap_or(Value::Null);
+    w.record(response).await;
 }
 
 #[then(expr = "the response is HTTP {int} with code {string} for the parameter {string}, echoing no control character")]
@@ -82,8 +81,7 @@ async fn huge_request(w: &mut RbeeWorld, mib: usize) {
         .send()
         .await
         .unwrap();
-    w.status = response.status().as_u16();
-    w.body = response.json().await.unwrap_or(Value::Null);
+    w.record(response).await;
 }
 
 /// Request bodies to mutate: valid ones that ask for one token, so the mutations that stay
