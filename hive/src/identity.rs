@@ -3,8 +3,6 @@
 //! only that worker's heartbeat, events, work items and token streams. The credentials file is
 //! written 0600 before the worker starts and handed over by path in its environment.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use rbee_bus::auth::WorkerIssuer;
@@ -32,9 +30,7 @@ impl WorkerIdentities {
         let Some(issuer) = &self.issuer else { return Ok(None) };
         std::fs::create_dir_all(&self.dir)?;
         let path = self.dir.join(format!("{worker}.creds"));
-        let _ = std::fs::remove_file(&path);
-        let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
-        file.write_all(issuer.issue(worker).as_bytes())?;
+        rbee_runtime::write_secret(&path, &issuer.issue(worker))?;
         Ok(Some(path))
     }
 

@@ -3,8 +3,7 @@
 //! for each role; a signing key per node with which that node's hive gives each of its workers an
 //! identity of its own. nats-server trusts the operator and enforces the permissions the JWTs carry.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use nkeys::KeyPair;
@@ -170,16 +169,9 @@ fn key(path: &Path, new: fn() -> KeyPair) -> LocalResult<KeyPair> {
     }
 }
 
-/// Writes a file only its owner can read, created with that mode (never readable in between).
+/// Writes a file only its owner can read (see `rbee_runtime::write_secret`).
 pub fn write_secret(path: &Path, text: &str) -> LocalResult<()> {
-    let _ = std::fs::remove_file(path);
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| process::io_error("create", path, e))?;
-    file.write_all(text.as_bytes()).map_err(|e| process::io_error("write", path, e))
+    rbee_runtime::write_secret(path, text).map_err(|e| process::io_error("write", path, e))
 }
 
 #[cfg(test)]

@@ -137,6 +137,30 @@ impl ProcessIdentity {
     }
 }
 
+/// Writes a file only its owner can read. The text goes to a private temporary file first, which
+/// then replaces `path` in one rename: a reader sees the old file or the new one, never none (a
+/// worker starting while its credentials are rewritten) and never a half-written one.
+pub fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(format!(".{}-{n}.tmp", std::process::id()));
+    let temporary = std::path::PathBuf::from(temporary);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&temporary)
+        .and_then(|mut file| file.write_all(text.as_bytes()).and_then(|()| file.sync_all()))
+        .and_then(|()| std::fs::rename(&temporary, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    written
+}
+
 /// Where a hive records the worker processes it started, one file per worker: `<data-dir>/workers`.
 pub fn worker_records(data_dir: &std::path::Path) -> std::path::PathBuf {
     data_dir.join("workers")
@@ -153,5 +177,19 @@ mod tests {
         assert_eq!(me.exe, std::env::current_exe().unwrap());
         let other = ProcessIdentity { start_ticks: me.start_ticks + 1, ..me.clone() };
         assert!(!other.is_running(), "the same pid started at another time is another process");
+    }
+
+    #[test]
+    fn a_secret_is_private_and_replaced_whole() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rbee-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("key");
+        write_secret(&path, "one").unwrap();
+        write_secret(&path, "two").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file is left behind");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
