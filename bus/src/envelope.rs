@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::event::Event;
-use crate::schema::{Framed, v1, v2, v3, v4};
+use crate::schema::{Framed, v1, v2, v3, v4, v5};
 
 /// The body schema written today.
-pub const SCHEMA_VERSION: u16 = 5;
+pub const SCHEMA_VERSION: u16 = 6;
 
 pub const HEADER_EVENT: &str = "Rbee-Event";
 pub const HEADER_SCHEMA: &str = "Rbee-Schema";
@@ -93,28 +93,31 @@ impl Envelope {
     pub fn decode_schema(schema: &str, body: &[u8]) -> Result<Self, DecodeError> {
         match schema {
             "1" => Ok(upcast(postcard::from_bytes::<Framed<v1::Event>>(body)?, |e| {
-                v4::Event::from(v3::Event::from(v2::Event::from(e)))
+                v5::Event::from(v4::Event::from(v3::Event::from(v2::Event::from(e))))
             })),
-            "2" => {
-                Ok(upcast(postcard::from_bytes::<Framed<v2::Event>>(body)?, |e| v4::Event::from(v3::Event::from(e))))
+            "2" => Ok(upcast(postcard::from_bytes::<Framed<v2::Event>>(body)?, |e| {
+                v5::Event::from(v4::Event::from(v3::Event::from(e)))
+            })),
+            "3" => {
+                Ok(upcast(postcard::from_bytes::<Framed<v3::Event>>(body)?, |e| v5::Event::from(v4::Event::from(e))))
             }
-            "3" => Ok(upcast(postcard::from_bytes::<Framed<v3::Event>>(body)?, v4::Event::from)),
-            "4" => Ok(upcast(postcard::from_bytes::<Framed<v4::Event>>(body)?, |e| e)),
-            "5" => Ok(postcard::from_bytes(body)?),
+            "4" => Ok(upcast(postcard::from_bytes::<Framed<v4::Event>>(body)?, v5::Event::from)),
+            "5" => Ok(upcast(postcard::from_bytes::<Framed<v5::Event>>(body)?, |e| e)),
+            "6" => Ok(postcard::from_bytes(body)?),
             other => Err(DecodeError::UnknownSchema(other.chars().take(16).collect())),
         }
     }
 }
 
-/// An old frame with its event brought to schema 4, then to today's.
-fn upcast<E>(old: Framed<E>, to_v4: impl FnOnce(E) -> v4::Event) -> Envelope {
+/// An old frame with its event brought to schema 5, then to today's.
+fn upcast<E>(old: Framed<E>, to_v5: impl FnOnce(E) -> v5::Event) -> Envelope {
     Envelope {
         id: old.id,
         version: old.version,
         at_ms: old.at_ms,
         correlation: old.correlation,
         traceparent: old.traceparent,
-        event: to_v4(old.event).into(),
+        event: to_v5(old.event).into(),
     }
 }
 
@@ -129,7 +132,7 @@ mod tests {
 
     fn sample() -> Envelope {
         Envelope::new(
-            Event::SlotClaimed(SlotClaimed { worker: "w1".into(), slot: 0, request: "r1".into() }),
+            Event::SlotClaimed(SlotClaimed { worker: "w1".into(), node: "n1".into(), slot: 0, request: "r1".into() }),
             3,
             &Meta { correlation: Some("r1".into()), traceparent: Some(crate::trace::new_traceparent()) },
         )

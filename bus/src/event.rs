@@ -101,6 +101,8 @@ pub struct WorkerRegistered {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerStateChanged {
     pub worker: String,
+    /// The worker's node (schema 6; empty in older events).
+    pub node: String,
     pub state: WorkerState,
     /// Context window of the loaded model, known once it is loaded (0 before).
     pub context_length: u32,
@@ -127,6 +129,8 @@ pub struct WorkerStartFailed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerRemoved {
     pub worker: String,
+    /// The worker's node (schema 6; empty in older events).
+    pub node: String,
     pub reason: String,
 }
 
@@ -149,6 +153,8 @@ pub struct WorkerHeartbeat {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotClaimed {
     pub worker: String,
+    /// The worker's node (schema 6; empty in older events).
+    pub node: String,
     pub slot: u32,
     pub request: String,
 }
@@ -156,6 +162,8 @@ pub struct SlotClaimed {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotReleased {
     pub worker: String,
+    /// The worker's node (schema 6; empty in older events).
+    pub node: String,
     pub slot: u32,
     pub request: String,
 }
@@ -421,6 +429,27 @@ impl Event {
             Event::ModelRemoveRefused(_) => "model.remove_refused",
             Event::KeyCreated(_) => "key.created",
             Event::KeyRevoked(_) => "key.revoked",
+        }
+    }
+
+    /// The node a worker's or a model's event belongs to. Those aggregates are kept per node
+    /// (`rbee.ev.worker.<node>.<worker>`), so only the node's own identities may write them; empty
+    /// in events of schema 5 and older that did not record it. `None` for other aggregates.
+    pub fn node_scope(&self) -> Option<&str> {
+        match self {
+            Event::WorkerRegistered(e) => Some(&e.node),
+            Event::WorkerStateChanged(e) => Some(&e.node),
+            Event::WorkerExited(e) => Some(&e.node),
+            Event::WorkerHeartbeat(e) => Some(&e.node),
+            Event::SlotClaimed(e) => Some(&e.node),
+            Event::SlotReleased(e) => Some(&e.node),
+            Event::WorkerStartFailed(e) => Some(&e.node),
+            Event::WorkerRemoved(e) => Some(&e.node),
+            Event::WorkerSignalled(e) => Some(&e.node),
+            Event::ModelRegistered(e) => Some(&e.node),
+            Event::ModelRemoved(e) => Some(&e.node),
+            Event::ModelRemoveRefused(e) => Some(&e.node),
+            _ => None,
         }
     }
 

@@ -22,7 +22,7 @@ pub struct Sampling {
     pub seed: Option<u64>,
 }
 
-/// A request dispatched to a worker on `rbee.work.<worker>`; the worker answers with a [`WorkAccepted`].
+/// A request dispatched to a worker on `rbee.work.<node>.<worker>`; the worker answers with a [`WorkAccepted`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkItem {
     pub request: String,
@@ -45,7 +45,7 @@ pub enum WorkAccepted {
     },
 }
 
-/// What streams back on `rbee.tok.<request>`, in order.
+/// What streams back on `rbee.tok.<node>.<worker>.<request>`, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TokenFrame {
     /// Text of one or more tokens; always whole UTF-8 characters.

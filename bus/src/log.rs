@@ -13,7 +13,7 @@ use async_nats::ConnectErrorKind;
 
 use crate::auth::{Credentials, NatsAccess, roles};
 use crate::envelope::{DecodeError, Envelope, HEADER_EXPECTED_LAST_SUBJECT_SEQ, Meta};
-use crate::event::{AggregateKind, Event};
+use crate::event::Event;
 use crate::subjects;
 
 /// Where an aggregate stands: the stream sequence of its last event and its version (event count).
@@ -123,8 +123,11 @@ impl Recorded {
     /// Whether the event was written on the subject its own content names. Identity lives in the
     /// subject and nats-server checks who may write there; an event whose body claims another
     /// aggregate (a worker registering under another worker's name) is forged, whoever wrote it.
+    /// Events written before worker and model subjects named their node match their old subject.
     pub fn origin_matches(&self) -> bool {
-        subjects::for_event(&self.envelope.event) == self.subject
+        let event = &self.envelope.event;
+        subjects::for_event(event) == self.subject
+            || subjects::before_node_scopes(event).is_some_and(|old| old == self.subject)
     }
 }
 
@@ -389,11 +392,6 @@ impl EventLog {
             return Ok((info.state.last_sequence + 1, info.state.last_sequence));
         }
         Ok((info.state.first_sequence, info.state.last_sequence))
-    }
-
-    /// The position of an aggregate, by kind and id.
-    pub async fn aggregate_position(&self, kind: AggregateKind, id: &str) -> Result<Option<Position>, AppendError> {
-        self.last_position(&subjects::aggregate(kind, id)).await
     }
 
     pub async fn events_stream(&self) -> Result<stream::Stream, ReadError> {

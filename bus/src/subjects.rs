@@ -1,9 +1,14 @@
 //! Subjects and stream names: the only place that spells them.
 //!
-//! * `rbee.ev.<aggregate>.<id>`  domain events, stream `RBEE`
+//! * `rbee.ev.<aggregate>.<id>`  domain events of nodes, requests, downloads and keys, stream `RBEE`
+//! * `rbee.ev.worker.<node>.<worker>`, `rbee.ev.model.<node>.<model>`  events of a node's workers
+//!   and models (schema 6; older events of these kept `rbee.ev.<aggregate>.<id>`)
 //! * `rbee.hb.<node>.<worker>`   heartbeats, stream `RBEE_HB` (last per subject kept)
-//! * `rbee.work.<worker>`        core NATS: a request's text dispatched to a worker
-//! * `rbee.tok.<worker>.<request>` core NATS: token frames streamed back by the worker serving it
+//! * `rbee.work.<node>.<worker>` core NATS: a request's text dispatched to a worker
+//! * `rbee.tok.<node>.<worker>.<request>` core NATS: token frames streamed back by the worker
+//!
+//! Identity lives in the subject: nats-server lets a node's hive and workers write only subjects
+//! that name their node (and a worker only its own name), so the node in the subject is proven.
 
 use crate::event::{AggregateKind, Event};
 
@@ -21,31 +26,54 @@ pub fn hive_consumer(node: &str) -> String {
     format!("hive-{node}")
 }
 
+/// The subject of an aggregate that is not kept per node (node, request, download, key); for a
+/// worker or a model, [`worker`] and [`model`].
 pub fn aggregate(kind: AggregateKind, id: &str) -> String {
     format!("rbee.ev.{}.{id}", kind.as_str())
+}
+
+/// The events of `worker` on `node`.
+pub fn worker(node: &str, worker: &str) -> String {
+    format!("rbee.ev.worker.{node}.{worker}")
+}
+
+/// The events of `model` on `node`.
+pub fn model(node: &str, model: &str) -> String {
+    format!("rbee.ev.model.{node}.{model}")
 }
 
 pub fn heartbeat(node: &str, worker: &str) -> String {
     format!("rbee.hb.{node}.{worker}")
 }
 
-pub fn work(worker: &str) -> String {
-    format!("rbee.work.{worker}")
+pub fn work(node: &str, worker: &str) -> String {
+    format!("rbee.work.{node}.{worker}")
 }
 
-/// Token frames carry the worker's id, so a worker can only ever stream under its own name.
-pub fn tokens(worker: &str, request: &str) -> String {
-    format!("rbee.tok.{worker}.{request}")
+/// Token frames name the worker and its node, so a worker can only ever stream under its own name.
+pub fn tokens(node: &str, worker: &str, request: &str) -> String {
+    format!("rbee.tok.{node}.{worker}.{request}")
 }
 
 /// Where an event is published.
 pub fn for_event(event: &Event) -> String {
+    let (kind, id) = event.aggregate();
+    match (event, event.node_scope()) {
+        (Event::WorkerHeartbeat(hb), _) => heartbeat(&hb.node, &hb.worker),
+        (_, Some(node)) if !node.is_empty() => format!("rbee.ev.{}.{node}.{id}", kind.as_str()),
+        _ => aggregate(kind, id),
+    }
+}
+
+/// Where a schema 5 (or older) event of the same aggregate was published: worker and model events
+/// did not name their node in the subject yet. Only the admin may write there now.
+pub fn before_node_scopes(event: &Event) -> Option<String> {
     match event {
-        Event::WorkerHeartbeat(hb) => heartbeat(&hb.node, &hb.worker),
-        other => {
-            let (kind, id) = other.aggregate();
+        Event::WorkerHeartbeat(_) => None,
+        _ => event.node_scope().map(|_| {
+            let (kind, id) = event.aggregate();
             aggregate(kind, id)
-        }
+        }),
     }
 }
 

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use rbee_bus::envelope::SCHEMA_VERSION;
-use rbee_bus::schema::{Framed, v1, v2, v3, v4};
+use rbee_bus::schema::{Framed, v1, v2, v3, v4, v5};
 use rbee_bus::*;
 use serde::Serialize;
 use serde_json::Value;
@@ -15,7 +15,7 @@ fn fixtures(schema: u16) -> PathBuf {
 }
 
 /// How many event types each schema had.
-const TYPES_PER_SCHEMA: [(u16, usize); 5] = [(1, 13), (2, 15), (3, 24), (4, 24), (5, 26)];
+const TYPES_PER_SCHEMA: [(u16, usize); 6] = [(1, 13), (2, 15), (3, 24), (4, 24), (5, 26), (6, 26)];
 
 #[test]
 fn every_event_type_of_every_schema_decodes_to_its_expected_event() {
@@ -61,7 +61,8 @@ fn write_missing_fixtures() {
         write_if_missing(1, event.kind(), serde_json::from_value::<v1::Event>(json.clone()).ok());
         write_if_missing(2, event.kind(), serde_json::from_value::<v2::Event>(json.clone()).ok());
         write_if_missing(3, event.kind(), serde_json::from_value::<v3::Event>(json.clone()).ok());
-        write_if_missing(4, event.kind(), serde_json::from_value::<v4::Event>(json).ok());
+        write_if_missing(4, event.kind(), serde_json::from_value::<v4::Event>(json.clone()).ok());
+        write_if_missing(5, event.kind(), serde_json::from_value::<v5::Event>(json).ok());
         write_if_missing(SCHEMA_VERSION, event.kind(), Some(event.clone()));
     }
 }
@@ -125,13 +126,14 @@ fn samples() -> Vec<Event> {
         }),
         Event::WorkerStateChanged(WorkerStateChanged {
             worker: w.clone(),
+            node: n.clone(),
             state: WorkerState::Draining,
             context_length: 8192,
         }),
         Event::WorkerExited(WorkerExited { worker: w.clone(), node: n.clone(), exit_code: None, signal: Some(9) }),
         Event::WorkerHeartbeat(WorkerHeartbeat { worker: w.clone(), node: n.clone(), busy_slots: 1 }),
-        Event::SlotClaimed(SlotClaimed { worker: w.clone(), slot: 1, request: "chatcmpl-1".into() }),
-        Event::SlotReleased(SlotReleased { worker: w.clone(), slot: 1, request: "chatcmpl-1".into() }),
+        Event::SlotClaimed(SlotClaimed { worker: w.clone(), node: n.clone(), slot: 1, request: "chatcmpl-1".into() }),
+        Event::SlotReleased(SlotReleased { worker: w.clone(), node: n.clone(), slot: 1, request: "chatcmpl-1".into() }),
         Event::RequestAccepted(RequestAccepted {
             request: "chatcmpl-1".into(),
             model: m.clone(),
@@ -166,7 +168,7 @@ fn samples() -> Vec<Event> {
             code: Code::InsufficientRam,
             message: "needs 118 MB of RAM, 90 MB available".into(),
         }),
-        Event::WorkerRemoved(WorkerRemoved { worker: w.clone(), reason: "stale".into() }),
+        Event::WorkerRemoved(WorkerRemoved { worker: w.clone(), node: n.clone(), reason: "stale".into() }),
         Event::ModelRemoved(ModelRemoved { model: m.clone(), node: n.clone(), reason: "file_missing".into() }),
         Event::ModelPullRequested(ModelPullRequested {
             node: n.clone(),

@@ -39,7 +39,7 @@ async fn ttft_queen(cluster: &Cluster) -> f64 {
 }
 
 /// Seconds from dispatching a work item to the first token frame, straight over NATS.
-async fn ttft_direct(log: &EventLog, worker: &str, n: usize) -> f64 {
+async fn ttft_direct(log: &EventLog, node: &str, worker: &str, n: usize) -> f64 {
     let request = format!("bench-direct-{n}-{}", uuid::Uuid::now_v7().simple());
     let item = WorkItem {
         request: request.clone(),
@@ -49,9 +49,9 @@ async fn ttft_direct(log: &EventLog, worker: &str, n: usize) -> f64 {
         sampling: Sampling::default(),
         traceparent: None,
     };
-    let mut tokens = log.client().subscribe(subjects::tokens(worker, &request)).await.unwrap();
+    let mut tokens = log.client().subscribe(subjects::tokens(node, worker, &request)).await.unwrap();
     let t0 = Instant::now();
-    let reply = log.client().request(subjects::work(worker), frames::encode(&item).into()).await.unwrap();
+    let reply = log.client().request(subjects::work(node, worker), frames::encode(&item).into()).await.unwrap();
     assert_eq!(frames::decode::<WorkAccepted>(&reply.payload).unwrap(), WorkAccepted::Accepted);
     let mut first = None;
     while let Some(msg) = tokens.next().await {
@@ -98,7 +98,7 @@ async fn appends_per_second(n: usize) -> (f64, f64, f64, f64, f64) {
     let log = EventLog::connect(&nats.admin).await.unwrap();
     log.ensure_streams(&Default::default()).await.unwrap();
     let claim = |i: usize, worker: &str| {
-        Event::SlotClaimed(SlotClaimed { worker: worker.into(), slot: 0, request: format!("r{i}") })
+        Event::SlotClaimed(SlotClaimed { worker: worker.into(), node: "n".into(), slot: 0, request: format!("r{i}") })
     };
     let raw_payload = frames::encode(&claim(0, "raw"));
 
@@ -181,7 +181,7 @@ async fn main() {
     let (mut via_queen, mut direct) = (Vec::new(), Vec::new());
     for i in 0..RUNS {
         via_queen.push(ttft_queen(&cluster).await);
-        direct.push(ttft_direct(&log, &worker, i).await);
+        direct.push(ttft_direct(&log, &cluster.node, &worker, i).await);
     }
     let (q, d) = (median(via_queen) * 1000.0, median(direct) * 1000.0);
     let mut cancels = Vec::new();

@@ -22,7 +22,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 fn event(i: u64) -> Event {
     let (worker, request) = (format!("w{}", i / 4 % 100), format!("r{}", i / 4));
     match i % 4 {
-        0 => Event::SlotClaimed(SlotClaimed { worker, slot: 0, request }),
+        0 => Event::SlotClaimed(SlotClaimed { worker, node: "n".into(), slot: 0, request }),
         1 => Event::RequestAccepted(RequestAccepted {
             request,
             model: "m".into(),
@@ -42,7 +42,7 @@ fn event(i: u64) -> Event {
             duration_ms: 900,
             error_code: None,
         }),
-        _ => Event::SlotReleased(SlotReleased { worker, slot: 0, request }),
+        _ => Event::SlotReleased(SlotReleased { worker, node: "n".into(), slot: 0, request }),
     }
 }
 

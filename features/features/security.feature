@@ -44,10 +44,11 @@ Feature: Nobody gets in: every client of the bus speaks only as the role it hold
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
 
     Examples:
-      | who                     |
-      | without credentials     |
-      | as the operator         |
-      | as a worker of its node |
+      | who                         |
+      | without credentials         |
+      | as the operator             |
+      | as a worker of its node     |
+      | as the hive of another node |
 
   @SEC-10
   Scenario Outline: Nobody but the queen claims a slot
@@ -59,10 +60,11 @@ Feature: Nobody gets in: every client of the bus speaks only as the role it hold
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
 
     Examples:
-      | who                     |
-      | without credentials     |
-      | as the operator         |
-      | as a worker of its node |
+      | who                         |
+      | without credentials         |
+      | as the operator             |
+      | as a worker of its node     |
+      | as the hive of another node |
 
   @SEC-11
   Scenario Outline: Nobody but the admin commands a hive
@@ -103,6 +105,14 @@ Feature: Nobody gets in: every client of the bus speaks only as the role it hold
     When a client as a worker of its node registers a forged worker on its own subject
     Then nats-server stores it, and rbee workers does not list the forged worker
     And the queen's log reports FORGED_EVENT for it
+
+  @SEC-9
+  Scenario: A hive that registers another node's worker on its own node is not believed
+    Given a running cluster
+    When a client as the hive of another node registers the serving worker's id on its own node
+    Then nats-server stores it, and rbee workers still lists that worker on the cluster's node only
+    And the queen's log reports FORGED_EVENT for it
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
 
   @SEC-14
   Scenario Outline: The role the queens use may only read and append the archive

@@ -129,7 +129,7 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
 /// redelivered command is not carried out twice), and a queen's view equals a fresh fold of the log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
-    use rbee_bus::{AggregateKind, WorkerStartRequested};
+    use rbee_bus::WorkerStartRequested;
     let cluster = rbee_features::cluster::Cluster::up(&["--no-worker"]).expect("rbee up");
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(cluster.data_dir.join("cluster.json")).unwrap()).unwrap();
@@ -187,8 +187,7 @@ async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     .await;
     let (states, _) = ready;
     for w in &workers {
-        let registrations =
-            rbee_bus::read::read_subject(&log, &subjects::aggregate(AggregateKind::Worker, w)).await.unwrap();
+        let registrations = rbee_bus::read::read_subject(&log, &subjects::worker(&cluster.node, w)).await.unwrap();
         let count = registrations.iter().filter(|r| matches!(r.envelope.event, Event::WorkerRegistered(_))).count();
         assert_eq!(count, 1, "{w} registered once");
     }

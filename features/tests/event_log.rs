@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rbee_bus::read::read_subject;
-use rbee_bus::{AggregateKind, AppendError, Event, EventLog, Expected, Meta, SlotClaimed, WorkerRegistered, subjects};
+use rbee_bus::{AppendError, Event, EventLog, Expected, Meta, SlotClaimed, WorkerRegistered, subjects};
 use rbee_features::infra::{Nats, Postgres};
 use rbee_features::poll::eventually;
 use tokio_util::sync::CancellationToken;
@@ -27,7 +27,7 @@ fn registered(worker: &str) -> Event {
 }
 
 fn claim(request: &str) -> Event {
-    Event::SlotClaimed(SlotClaimed { worker: "w1".into(), slot: 0, request: request.into() })
+    Event::SlotClaimed(SlotClaimed { worker: "w1".into(), node: "n1".into(), slot: 0, request: request.into() })
 }
 
 #[tokio::test]
@@ -38,7 +38,7 @@ async fn the_second_first_registration_is_refused_by_the_server() {
     assert_eq!(first.version, 1);
     let second = log.append(registered("w1"), Expected::NoStream, &Meta::default()).await;
     assert!(matches!(second, Err(AppendError::Conflict { .. })), "got {second:?}");
-    assert_eq!(read_subject(&log, &subjects::aggregate(AggregateKind::Worker, "w1")).await.unwrap().len(), 1);
+    assert_eq!(read_subject(&log, &subjects::worker("n1", "w1")).await.unwrap().len(), 1);
 }
 
 #[tokio::test]
@@ -52,7 +52,7 @@ async fn a_stale_expectation_conflicts_and_any_appends_after_the_last() {
     assert!(matches!(stale, Err(AppendError::Conflict { .. })), "got {stale:?}");
     let p3 = log.append(claim("r3"), Expected::Any, &Meta::default()).await.unwrap();
     assert_eq!(p3.version, 3);
-    let history = read_subject(&log, &subjects::aggregate(AggregateKind::Worker, "w1")).await.unwrap();
+    let history = read_subject(&log, &subjects::worker("n1", "w1")).await.unwrap();
     let versions: Vec<u64> = history.iter().map(|r| r.envelope.version).collect();
     assert_eq!(versions, vec![1, 2, 3], "r2 was never written");
 }
@@ -107,7 +107,7 @@ async fn the_archiver_copies_every_event_once_even_when_restarted() {
 async fn a_retried_publish_after_a_lost_ack_is_one_event() {
     let nats = Nats::start().await;
     let log = log(&nats).await;
-    let subject = subjects::aggregate(AggregateKind::Worker, "w1");
+    let subject = subjects::worker("n1", "w1");
     let envelope = rbee_bus::Envelope::new(registered("w1"), 1, &Meta::default());
     let first = log.publish_envelope(&subject, &envelope, 0).await.expect("first send");
     // The same event sent again, as after a lost ack: same id, same (now stale) expectation.

@@ -120,7 +120,7 @@ impl Provisioner {
             sha256: f.sha256.clone(),
             memory_required_bytes: rbee_bus::estimated_memory_bytes(f.size_bytes),
         };
-        on_model(&self.log, model, &ModelCommand::Register(registered), meta)
+        on_model(&self.log, &self.node, model, &ModelCommand::Register(registered), meta)
             .await
             .map(|_| ())
             .map_err(|e| format!("could not record {model} in the catalog: {e}"))
@@ -157,7 +157,7 @@ impl Provisioner {
             node: self.node.clone(),
             reason: "removed on request (rbee models rm)".into(),
         };
-        on_model(&self.log, model, &command, meta).await.map(|_| freed).map_err(|e| {
+        on_model(&self.log, &self.node, model, &command, meta).await.map(|_| freed).map_err(|e| {
             Failure::fatal(Code::EventLogUnavailable, format!("could not record {model} in the catalog: {e}"))
         })
     }

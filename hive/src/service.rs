@@ -244,7 +244,7 @@ impl Hive {
     /// Carries out a `worker.start_requested` command; failures become `worker.start_failed` events.
     #[tracing::instrument(name = "hive.start_worker", skip_all, fields(worker = %cmd.worker, model = %cmd.model))]
     async fn start_worker(&self, cmd: WorkerStartRequested, meta: &Meta) {
-        match self.log.aggregate_position(AggregateKind::Worker, &cmd.worker).await {
+        match self.log.last_position(&subjects::worker(&self.node, &cmd.worker)).await {
             Ok(Some(_)) => {
                 tracing::info!("worker already started once; command not repeated");
                 return;

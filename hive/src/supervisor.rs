@@ -278,7 +278,7 @@ impl Supervisor {
     /// False when another process (pid) is the registered incarnation of `worker`: an exit of this
     /// one (e.g. it lost the registration race) must not remove that one from the registry.
     async fn was_registered_incarnation(&self, worker: &str, pid: u32) -> bool {
-        let subject = rbee_bus::subjects::aggregate(rbee_bus::AggregateKind::Worker, worker);
+        let subject = rbee_bus::subjects::worker(&self.node, worker);
         match tokio::time::timeout(RECORD_TIMEOUT, rbee_bus::read::read_subject(&self.log, &subject)).await {
             Ok(Ok(history)) => history
                 .iter()

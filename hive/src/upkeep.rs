@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rbee_bus::{AggregateKind, EventLog, Meta, subjects};
+use rbee_bus::{EventLog, Meta, subjects};
 use rbee_projections::LiveView;
 use rbee_projections::aggregate::model::ModelCommand;
 use rbee_projections::aggregate::{CommandError, on_model};
@@ -37,9 +37,9 @@ pub async fn run(log: EventLog, view: LiveView, node: String, every: Duration, s
 async fn remove(log: &EventLog, node: &str, model: &str, path: &str) -> Result<(), CommandError> {
     let reason = format!("model file {path} is gone");
     let command = ModelCommand::Remove { model: model.into(), node: node.into(), reason: reason.clone() };
-    let recorded = on_model(log, model, &command, &Meta::default()).await?;
+    let recorded = on_model(log, node, model, &command, &Meta::default()).await?;
     if !recorded.is_empty() {
-        let subject = subjects::aggregate(AggregateKind::Model, model);
+        let subject = subjects::model(node, model);
         tracing::warn!(%model, %reason, %subject, "removed from the catalog");
     }
     Ok(())

@@ -86,7 +86,7 @@ pub async fn pull(nats: &NatsAccess, node: &str, args: &PullArgs) -> CliResult<(
     let id = download_id(node, &model);
     let mut downloads =
         client.subscribe(subjects::aggregate(AggregateKind::Download, &id)).await.map_err(unavailable)?;
-    let mut models = client.subscribe(subjects::aggregate(AggregateKind::Model, &model)).await.map_err(unavailable)?;
+    let mut models = client.subscribe(subjects::model(node, &model)).await.map_err(unavailable)?;
     let command = NodeCommand::PullModel(ModelPullRequested {
         node: node.into(),
         model: model.clone(),
@@ -132,8 +132,7 @@ pub async fn remove(nats: &NatsAccess, node: &str, model: &str) -> CliResult<()>
     let Some(entry) = cluster.view.read(|v| v.catalog.get(model, node).cloned()) else {
         return Err(CliError::new(Code::ModelNotFound, format!("{model} is not on node {node} (rbee models list)")));
     };
-    let mut models =
-        cluster.log.client().subscribe(subjects::aggregate(AggregateKind::Model, model)).await.map_err(unavailable)?;
+    let mut models = cluster.log.client().subscribe(subjects::model(node, model)).await.map_err(unavailable)?;
     let command = NodeCommand::RemoveModel(ModelRemoveRequested { node: node.into(), model: model.into() });
     crate::node_command::send(&cluster.log, command, &Meta::default()).await?;
     let wait = async {

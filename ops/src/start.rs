@@ -14,7 +14,6 @@ use crate::progress::{Bar, next_event};
 
 /// What to ask a hive for.
 pub struct StartRequest<'a> {
-    pub node: &'a str,
     pub source: &'a model::ModelSource,
     pub slots: u32,
     /// `cpu`, `cuda`, `metal` or `auto`; several comma-separated are refused by the hive.
@@ -22,26 +21,24 @@ pub struct StartRequest<'a> {
     pub device: Option<u32>,
 }
 
-/// Asks the node's hive to start `worker` (unless `request` is None: it is already starting) and
+/// Asks `node`'s hive to start `worker` (unless `request` is None: it is already starting) and
 /// follows the worker's events until it is ready, failed or gone.
 pub async fn start_and_wait(
     log: &EventLog,
     view: &LiveView,
+    node: &str,
     worker: &str,
     request: Option<StartRequest<'_>>,
     timeout: Duration,
 ) -> CliResult<()> {
     let unavailable = |e: String| CliError::new(Code::EventLogUnavailable, e);
     // Watch the worker's events before asking for it, so its readiness cannot be missed.
-    let mut events = log
-        .client()
-        .subscribe(subjects::aggregate(AggregateKind::Worker, worker))
-        .await
-        .map_err(|e| unavailable(e.to_string()))?;
+    let mut events =
+        log.client().subscribe(subjects::worker(node, worker)).await.map_err(|e| unavailable(e.to_string()))?;
     // A model the hive has to download first: its progress is shown too.
     let mut downloads = match &request {
         Some(r) => {
-            let subject = subjects::aggregate(AggregateKind::Download, &rbee_bus::download_id(r.node, &r.source.name));
+            let subject = subjects::aggregate(AggregateKind::Download, &rbee_bus::download_id(node, &r.source.name));
             Some(log.client().subscribe(subject).await.map_err(|e| unavailable(e.to_string()))?)
         }
         None => None,
@@ -52,7 +49,7 @@ pub async fn start_and_wait(
     }
     if let Some(r) = &request {
         let command = NodeCommand::StartWorker(WorkerStartRequested {
-            node: r.node.to_string(),
+            node: node.to_string(),
             worker: worker.to_string(),
             model: r.source.name.clone(),
             source: r.source.source.clone(),

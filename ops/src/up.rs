@@ -291,6 +291,6 @@ async fn ensure_worker(
         Some((id, _)) => id,
         None => new_worker_id(&cf.node),
     };
-    let request = (!reusing).then_some(StartRequest { node: &cf.node, source, slots, backend: "cpu", device: None });
-    start_and_wait(log, view, &worker, request, timeout).await
+    let request = (!reusing).then_some(StartRequest { source, slots, backend: "cpu", device: None });
+    start_and_wait(log, view, &cf.node, &worker, request, timeout).await
 }

@@ -48,7 +48,6 @@ pub async fn start(nats: &NatsAccess, node: &str, args: &StartArgs) -> CliResult
     let cluster = crate::live::connect(nats).await?;
     let worker = crate::start::new_worker_id(node);
     let request = crate::start::StartRequest {
-        node,
         source: &source,
         slots: args.slots.max(1),
         backend: &args.backend,
@@ -57,6 +56,7 @@ pub async fn start(nats: &NatsAccess, node: &str, args: &StartArgs) -> CliResult
     crate::start::start_and_wait(
         &cluster.log,
         &cluster.view,
+        node,
         &worker,
         Some(request),
         Duration::from_secs(args.timeout_secs),

@@ -174,25 +174,29 @@ mod tests {
                     }),
                     1 => Event::WorkerStateChanged(WorkerStateChanged {
                         worker: w,
+                        node: "n".into(),
                         state: WorkerState::Ready,
                         context_length: 4096,
                     }),
                     2 => Event::WorkerStateChanged(WorkerStateChanged {
                         worker: w,
+                        node: "n".into(),
                         state: WorkerState::Stale,
                         context_length: 0,
                     }),
                     3 | 4 => Event::SlotClaimed(SlotClaimed {
                         worker: w,
+                        node: "n".into(),
                         slot: rng.next(2) as u32,
                         request: format!("r{}", rng.next(5)),
                     }),
                     5 | 6 => Event::SlotReleased(SlotReleased {
                         worker: w,
+                        node: "n".into(),
                         slot: rng.next(2) as u32,
                         request: format!("r{}", rng.next(5)),
                     }),
-                    7 => Event::WorkerRemoved(WorkerRemoved { worker: w, reason: "test".into() }),
+                    7 => Event::WorkerRemoved(WorkerRemoved { worker: w, node: "n".into(), reason: "test".into() }),
                     _ => Event::ModelRegistered(ModelRegistered {
                         model: format!("m{}", rng.next(2)),
                         node: format!("n{}", rng.next(3)),

@@ -30,14 +30,14 @@ pub struct ClusterView {
 
 impl ClusterView {
     pub fn apply(&mut self, rec: &Recorded) {
-        if !rec.origin_matches() {
+        if let Some(why) = self.forged(rec) {
             // Not folded: the same decision on every reader, so every view still agrees.
             tracing::error!(
                 code = %rbee_bus::Code::ForgedEvent,
                 seq = rec.stream_seq,
                 subject = %rec.subject,
                 event = rec.envelope.event.kind(),
-                "event skipped: its content names another aggregate than the subject it was written on"
+                "event skipped: {why}"
             );
         } else {
             self.registry.apply(rec);
@@ -46,6 +46,19 @@ impl ClusterView {
             self.keys.apply(rec);
         }
         self.advance(rec);
+    }
+
+    /// Why an event cannot be believed, if it cannot. The subject proves who wrote it (nats-server
+    /// checks that); the content must not claim more than the subject proves.
+    fn forged(&self, rec: &Recorded) -> Option<&'static str> {
+        if !rec.origin_matches() {
+            return Some("its content names another aggregate than the subject it was written on");
+        }
+        let event = &rec.envelope.event;
+        let (kind, id) = event.aggregate();
+        let node = event.node_scope().filter(|n| !n.is_empty())?;
+        let known = self.registry.workers.get(id).filter(|_| kind == rbee_bus::AggregateKind::Worker)?;
+        (known.node != node).then_some("it names a worker of another node")
     }
 
     fn advance(&mut self, rec: &Recorded) {
@@ -182,5 +195,51 @@ impl ClusterView {
         let canonical = self.without_liveness().encode();
         let hash = <sha2::Sha256 as sha2::Digest>::digest(&canonical);
         hash.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rbee_bus::{Event, WorkerRegistered};
+
+    use super::*;
+
+    fn registered(worker: &str, node: &str) -> Event {
+        Event::WorkerRegistered(WorkerRegistered {
+            worker: worker.into(),
+            node: node.into(),
+            model: "m".into(),
+            slots: 1,
+            pid: 1,
+            backend: "cpu".into(),
+        })
+    }
+
+    #[test]
+    fn a_worker_claimed_by_another_node_is_not_believed() {
+        let mut view = ClusterView::default();
+        let log = crate::aggregate::recorded(vec![registered("w1", "n1"), registered("w1", "n2")]);
+        assert_eq!(log[1].subject, "rbee.ev.worker.n2.w1", "the other node's hive may write there");
+        log.iter().for_each(|rec| view.apply(rec));
+        assert_eq!(view.registry.workers["w1"].node, "n1");
+        assert_eq!(view.last_seq, 2, "the skipped event is still passed");
+    }
+
+    #[test]
+    fn an_event_on_another_aggregates_subject_is_not_believed() {
+        let mut view = ClusterView::default();
+        let mut log = crate::aggregate::recorded(vec![registered("w1", "n1")]);
+        log[0].subject = subjects::worker("n1", "w2");
+        view.apply(&log[0]);
+        assert!(view.registry.workers.is_empty());
+    }
+
+    #[test]
+    fn events_of_schema_5_are_believed_on_their_old_subjects() {
+        let mut view = ClusterView::default();
+        let mut log = crate::aggregate::recorded(vec![registered("w1", "n1")]);
+        log[0].subject = "rbee.ev.worker.w1".into();
+        view.apply(&log[0]);
+        assert_eq!(view.registry.workers["w1"].node, "n1");
     }
 }

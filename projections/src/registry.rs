@@ -218,15 +218,20 @@ mod tests {
     }
 
     fn state(worker: &str, state: WorkerState) -> Event {
-        Event::WorkerStateChanged(WorkerStateChanged { worker: worker.into(), state, context_length: 8192 })
+        Event::WorkerStateChanged(WorkerStateChanged {
+            worker: worker.into(),
+            node: "n1".into(),
+            state,
+            context_length: 8192,
+        })
     }
 
     fn claim(worker: &str, slot: u32, request: &str) -> Event {
-        Event::SlotClaimed(SlotClaimed { worker: worker.into(), slot, request: request.into() })
+        Event::SlotClaimed(SlotClaimed { worker: worker.into(), node: "n1".into(), slot, request: request.into() })
     }
 
     fn release(worker: &str, slot: u32, request: &str) -> Event {
-        Event::SlotReleased(SlotReleased { worker: worker.into(), slot, request: request.into() })
+        Event::SlotReleased(SlotReleased { worker: worker.into(), node: "n1".into(), slot, request: request.into() })
     }
 
     #[test]

@@ -280,7 +280,10 @@ async fn dispatch(
 ) -> Result<async_nats::Subscriber, ApiError> {
     let client = state.log.client();
     // Subscribe before dispatching so the first token cannot be missed.
-    let tokens = client.subscribe(subjects::tokens(&claim.worker, request)).await.map_err(ApiError::log_unavailable)?;
+    let tokens = client
+        .subscribe(subjects::tokens(&claim.node, &claim.worker, request))
+        .await
+        .map_err(ApiError::log_unavailable)?;
     let item = WorkItem {
         request: request.into(),
         slot: claim.slot,
@@ -295,7 +298,7 @@ async fn dispatch(
     };
     let reply = tokio::time::timeout(
         DISPATCH_TIMEOUT,
-        client.request(subjects::work(&claim.worker), frames::encode(&item).into()),
+        client.request(subjects::work(&claim.node, &claim.worker), frames::encode(&item).into()),
     )
     .await
     .map_err(|_| unreachable("no answer in time".into()))?

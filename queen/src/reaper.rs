@@ -101,17 +101,31 @@ mod tests {
         fold(
             Event::WorkerStateChanged(WorkerStateChanged {
                 worker: "w1".into(),
+                node: "n".into(),
                 state: WorkerState::Ready,
                 context_length: 4096,
             }),
             0,
         );
         if busy {
-            fold(Event::SlotClaimed(SlotClaimed { worker: "w1".into(), slot: 0, request: "r1".into() }), 0);
+            fold(
+                Event::SlotClaimed(SlotClaimed {
+                    worker: "w1".into(),
+                    node: "n".into(),
+                    slot: 0,
+                    request: "r1".into(),
+                }),
+                0,
+            );
         }
         if state != WorkerState::Ready {
             fold(
-                Event::WorkerStateChanged(WorkerStateChanged { worker: "w1".into(), state, context_length: 0 }),
+                Event::WorkerStateChanged(WorkerStateChanged {
+                    worker: "w1".into(),
+                    node: "n".into(),
+                    state,
+                    context_length: 0,
+                }),
                 state_since_ms,
             );
         }

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {
     pub worker: String,
+    pub node: String,
     pub slot: u32,
     pub context_length: u32,
 }
@@ -99,7 +100,7 @@ pub async fn claim_slot(
         match on_worker(log, view, &worker, &command, meta).await {
             Ok(events) => {
                 if let Some(Event::SlotClaimed(claimed)) = events.first() {
-                    return Ok(Claim { worker, slot: claimed.slot, context_length });
+                    return Ok(Claim { worker, node: claimed.node.clone(), slot: claimed.slot, context_length });
                 }
             }
             // The worker filled up, stopped or kept changing meanwhile: choose again.
@@ -112,8 +113,12 @@ pub async fn claim_slot(
 
 /// Gives a claimed slot back (the worker never started on it).
 pub async fn release_slot(log: &EventLog, claim: &Claim, request: &str, meta: &Meta) {
-    let event =
-        Event::SlotReleased(SlotReleased { worker: claim.worker.clone(), slot: claim.slot, request: request.into() });
+    let event = Event::SlotReleased(SlotReleased {
+        worker: claim.worker.clone(),
+        node: claim.node.clone(),
+        slot: claim.slot,
+        request: request.into(),
+    });
     if let Err(e) = log.append(event, Expected::Any, meta).await {
         tracing::error!(error = %e, worker = %claim.worker, "slot release not recorded");
     }

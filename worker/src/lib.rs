@@ -1,6 +1,6 @@
 //! rbee's inference worker: loads one GGUF model into rbee's engine, registers itself and
-//! heartbeats as events, takes requests on `rbee.work.<id>` (up to its slots, decoded together in
-//! one batch), streams tokens on `rbee.tok.<request>`, and stops a request within one token when it
+//! heartbeats as events, takes requests on `rbee.work.<node>.<id>` (up to its slots, decoded together in
+//! one batch), streams tokens on `rbee.tok.<node>.<id>.<request>`, and stops a request within one token when it
 //! is cancelled.
 
 pub mod chat_template;

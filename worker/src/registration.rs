@@ -59,6 +59,7 @@ mod tests {
     fn a_live_registration_blocks_another() {
         let ready = Event::WorkerStateChanged(WorkerStateChanged {
             worker: "w".into(),
+            node: "n".into(),
             state: WorkerState::Ready,
             context_length: 1,
         });
@@ -70,6 +71,7 @@ mod tests {
         for end in [
             Event::WorkerStateChanged(WorkerStateChanged {
                 worker: "w".into(),
+                node: "n".into(),
                 state: WorkerState::Stopped,
                 context_length: 0,
             }),
@@ -79,7 +81,7 @@ mod tests {
                 exit_code: Some(0),
                 signal: None,
             }),
-            Event::WorkerRemoved(WorkerRemoved { worker: "w".into(), reason: "no heartbeat".into() }),
+            Event::WorkerRemoved(WorkerRemoved { worker: "w".into(), node: "n".into(), reason: "no heartbeat".into() }),
         ] {
             assert_eq!(
                 expectation(&history(vec![registered(), end])),

@@ -57,10 +57,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         pid: std::process::id(),
         backend: "cpu".into(),
     });
-    let history =
-        rbee_bus::read::read_subject(&log, &subjects::aggregate(rbee_bus::AggregateKind::Worker, &config.worker_id))
-            .await
-            .map_err(|e| WorkerError::Bus(e.to_string()))?;
+    let history = rbee_bus::read::read_subject(&log, &subjects::worker(&config.node, &config.worker_id))
+        .await
+        .map_err(|e| WorkerError::Bus(e.to_string()))?;
     let Some(expected) = crate::registration::expectation(&history) else {
         return Err(WorkerError::AlreadyRegistered(config.worker_id));
     };
@@ -78,7 +77,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let engine = match loaded {
         Ok(engine) => engine,
         Err(e) => {
-            set_state(&log, &config.worker_id, WorkerState::Stopped, 0, &meta).await;
+            set_state(&log, &config, WorkerState::Stopped, 0, &meta).await;
             return Err(e.into());
         }
     };
@@ -89,10 +88,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         .spawn(move || generation_thread(engine, job_rx))
         .map_err(|e| WorkerError::Internal(format!("cannot start generation thread: {e}")))?;
 
-    let mut work =
-        log.client().subscribe(subjects::work(&config.worker_id)).await.map_err(|e| WorkerError::Bus(e.to_string()))?;
+    let mut work = log
+        .client()
+        .subscribe(subjects::work(&config.node, &config.worker_id))
+        .await
+        .map_err(|e| WorkerError::Bus(e.to_string()))?;
     let context_length = prompter.context_length() as u32;
-    set_state(&log, &config.worker_id, WorkerState::Ready, context_length, &meta).await;
+    set_state(&log, &config, WorkerState::Ready, context_length, &meta).await;
     tracing::info!(worker = %config.worker_id, context_length, "ready");
 
     let shared = Arc::new(Shared { config, log, prompter, jobs, busy: AtomicU32::new(0), streams: TaskTracker::new() });
@@ -113,7 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let in_flight = shared.busy.load(Ordering::SeqCst);
     if in_flight > 0 {
         tracing::info!(in_flight, "draining: finishing the requests in flight");
-        set_state(&shared.log, &shared.config.worker_id, WorkerState::Draining, 0, &meta).await;
+        set_state(&shared.log, &shared.config, WorkerState::Draining, 0, &meta).await;
     }
     // Every request's outcome recorded and its last frame sent, then flushed, before the exit.
     shared.streams.close();
@@ -124,7 +126,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shared.log.client().flush()).await;
     heartbeats.abort();
     // Recording the stop is best effort when the log is gone too: never hang on the way out.
-    let stopped = set_state(&shared.log, &shared.config.worker_id, WorkerState::Stopped, 0, &meta);
+    let stopped = set_state(&shared.log, &shared.config, WorkerState::Stopped, 0, &meta);
     if tokio::time::timeout(std::time::Duration::from_secs(5), stopped).await.is_err() {
         tracing::warn!("the stop could not be recorded in time; exiting anyway");
     }
@@ -132,8 +134,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     Ok(())
 }
 
-async fn set_state(log: &EventLog, worker: &str, state: WorkerState, context_length: u32, meta: &Meta) {
-    let event = Event::WorkerStateChanged(WorkerStateChanged { worker: worker.into(), state, context_length });
+async fn set_state(log: &EventLog, config: &Config, state: WorkerState, context_length: u32, meta: &Meta) {
+    let event = Event::WorkerStateChanged(WorkerStateChanged {
+        worker: config.worker_id.clone(),
+        node: config.node.clone(),
+        state,
+        context_length,
+    });
     if let Err(e) = log.append(event, Expected::Any, meta).await {
         tracing::error!(error = %e, state = state.as_str(), "could not record state change");
     }
@@ -218,7 +225,11 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
     }
     let _ = client.publish(reply, frames::encode(&WorkAccepted::Accepted).into()).await;
     tokio::spawn(watch_cancellation(cancellations, cancel));
-    shared.streams.spawn(forward_frames(client, subjects::tokens(&shared.config.worker_id, &item.request), frames_rx));
+    shared.streams.spawn(forward_frames(
+        client,
+        subjects::tokens(&shared.config.node, &shared.config.worker_id, &item.request),
+        frames_rx,
+    ));
     shared.streams.spawn(finish(shared.clone(), item, frames_tx, done_rx));
 }
 
@@ -288,7 +299,12 @@ async fn finish(
     };
     // Free the slot here before the log says so: a queen may claim it the moment it reads `slot.released`.
     shared.busy.fetch_sub(1, Ordering::SeqCst);
-    let released = Event::SlotReleased(SlotReleased { worker, slot: item.slot, request: item.request.clone() });
+    let released = Event::SlotReleased(SlotReleased {
+        worker,
+        node: shared.config.node.clone(),
+        slot: item.slot,
+        request: item.request.clone(),
+    });
     for event in [Event::RequestFinished(finished), released] {
         if let Err(e) = shared.log.append(event, Expected::Any, &meta).await {
             tracing::error!(error = %e, request = %item.request, "outcome not recorded");

@@ -4,7 +4,7 @@
 //! included: only the admin, which has no list, may use them.
 
 use super::jwt::Permissions;
-use crate::event::AggregateKind::{Download, Model, Node, Request, Worker};
+use crate::event::AggregateKind::{Download, Node, Request};
 use crate::subjects::{self, ARCHIVER_CONSUMER, EVENTS_STREAM, HEARTBEATS_STREAM, aggregate, hive_consumer};
 
 /// Any one token of a subject.
@@ -55,7 +55,7 @@ pub fn queen(inbox: &str) -> Permissions {
     let mut p = reader(inbox);
     stream_creator(&mut p);
     durable(&mut p, ARCHIVER_CONSUMER);
-    p.publish.extend([aggregate(Request, ANY), aggregate(Worker, ANY), subjects::work(ANY)]);
+    p.publish.extend([aggregate(Request, ANY), subjects::worker(ANY, ANY), subjects::work(ANY, ANY)]);
     p.subscribe.push(subjects::TOKENS_SUBJECTS.into());
     p
 }
@@ -68,8 +68,8 @@ pub fn hive(node: &str, inbox: &str) -> Permissions {
     p.publish.extend([
         aggregate(Node, node),
         aggregate(Download, &format!("{node}.{ANY}")),
-        aggregate(Worker, ANY),
-        aggregate(Model, ANY),
+        subjects::worker(node, ANY),
+        subjects::model(node, ANY),
     ]);
     p
 }
@@ -80,11 +80,11 @@ pub fn worker_template(node: &str) -> Permissions {
     let mut p = reader(&inbox_prefix("{{subject()}}"));
     p.publish.extend([
         subjects::heartbeat(node, WORKER_NAME),
-        aggregate(Worker, WORKER_NAME),
+        subjects::worker(node, WORKER_NAME),
         aggregate(Request, ANY),
-        subjects::tokens(WORKER_NAME, ANY),
+        subjects::tokens(node, WORKER_NAME, ANY),
     ]);
-    p.subscribe.extend([subjects::work(WORKER_NAME), aggregate(Request, ANY)]);
+    p.subscribe.extend([subjects::work(node, WORKER_NAME), aggregate(Request, ANY)]);
     p.respond = true;
     p
 }
@@ -114,10 +114,22 @@ mod tests {
     }
 
     #[test]
+    fn a_hive_writes_only_its_own_node() {
+        let p = hive("n1", "_INBOX.H");
+        for subject in &p.publish {
+            if let Some(rest) = subject.strip_prefix("rbee.") {
+                assert!(rest.split('.').nth(2) == Some("n1"), "{subject} does not name the node");
+            }
+        }
+    }
+
+    #[test]
     fn a_worker_speaks_only_as_itself() {
         let p = worker_template("n1");
         assert!(p.publish.contains(&"rbee.hb.n1.{{name()}}".to_string()));
-        assert!(p.publish.contains(&"rbee.tok.{{name()}}.*".to_string()));
+        assert!(p.publish.contains(&"rbee.tok.n1.{{name()}}.*".to_string()));
+        assert!(p.publish.contains(&"rbee.ev.worker.n1.{{name()}}".to_string()));
+        assert!(p.subscribe.contains(&"rbee.work.n1.{{name()}}".to_string()));
         assert!(!p.subscribe.iter().any(|s| s.starts_with("rbee.tok")), "a worker hears no tokens");
         assert_eq!(p.subscribe[0], "_INBOX.{{subject()}}.>");
     }

@@ -1,5 +1,5 @@
 //! The schemas of event bodies older than today's, frozen, and the upcasts that chain them to
-//! today's types: 1 -> 2 -> 3 -> 4 -> [`crate::event`] (schema 5).
+//! today's types: 1 -> 2 -> 3 -> 4 -> 5 -> [`crate::event`] (schema 6).
 //!
 //! Postcard is not self-describing: an old body is read only with the old shapes exactly, variant
 //! order included. So each schema module holds its own copy of every type it names, and a change to
@@ -11,6 +11,7 @@ pub mod v1;
 pub mod v2;
 pub mod v3;
 pub mod v4;
+pub mod v5;
 
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;

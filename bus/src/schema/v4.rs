@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::v5 as next;
 use crate::code::Code;
-use crate::event as next;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WorkerState {

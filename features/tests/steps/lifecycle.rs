@@ -335,7 +335,7 @@ async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
     use futures::StreamExt;
     w.stream_in_background("Tell me a long story about a bee.", max_tokens).await;
     let client = w.cluster().admin_client().await;
-    let subject = rbee_bus::subjects::aggregate(rbee_bus::AggregateKind::Worker, &w.worker_id);
+    let subject = rbee_bus::subjects::worker(&w.dl.node, &w.worker_id);
     let mut events = client.subscribe(subject).await.expect("subscribe");
     client.flush().await.expect("flush");
     let pid = worker_pid(w) as u32;
@@ -353,6 +353,18 @@ async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
     });
     draining.await.expect("the worker reports draining");
     signal::send(pid, Signal::Stop);
+    // The queen folds the event a moment after it is published: ask once its view has it.
+    let url = format!("{}/metrics", w.cluster().queen_url);
+    eventually("the queen sees a worker draining", DEADLINE, || async {
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        let draining = text.lines().find_map(|l| l.strip_prefix("rbee_queen_workers{state=\"draining\"}"));
+        if draining.and_then(|n| n.trim().parse::<u32>().ok()).unwrap_or(0) > 0 {
+            Ok(())
+        } else {
+            Err(draining.map(str::to_string))
+        }
+    })
+    .await;
     w.ask("Say hello.", 3).await;
     let drained_meanwhile = !rbee_runtime::alive(pid);
     signal::send(pid, Signal::Continue);

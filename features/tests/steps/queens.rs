@@ -139,10 +139,12 @@ async fn restarted_answers(w: &mut RbeeWorld, prompt: String, expected: String) 
 #[when("two work items for the worker's only slot reach it at the same moment")]
 async fn two_work_items(w: &mut RbeeWorld) {
     use rbee_bus::frames::{self, ChatMessage, Sampling, WorkAccepted, WorkItem};
-    let worker = w.cluster().workers()[0]["id"].as_str().unwrap().to_string();
+    let workers = w.cluster().workers();
+    let (worker, node) =
+        (workers[0]["id"].as_str().unwrap().to_string(), workers[0]["node"].as_str().unwrap().to_string());
     let client = w.cluster().admin_client().await;
     let sends = (0..2).map(|i| {
-        let (client, worker) = (client.clone(), worker.clone());
+        let (client, worker, node) = (client.clone(), worker.clone(), node.clone());
         async move {
             let item = WorkItem {
                 request: format!("race-{i}-{}", uuid::Uuid::now_v7().simple()),
@@ -152,7 +154,8 @@ async fn two_work_items(w: &mut RbeeWorld) {
                 sampling: Sampling::default(),
                 traceparent: None,
             };
-            let reply = client.request(rbee_bus::subjects::work(&worker), frames::encode(&item).into()).await.unwrap();
+            let reply =
+                client.request(rbee_bus::subjects::work(&node, &worker), frames::encode(&item).into()).await.unwrap();
             (item.request, frames::decode::<WorkAccepted>(&reply.payload).unwrap())
         }
     });

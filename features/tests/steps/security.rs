@@ -25,6 +25,10 @@ pub struct Attempt {
     pub listener_port: u16,
     /// The worker id of a worker identity the client holds.
     pub as_worker: String,
+    /// The node of a hive identity the client holds.
+    pub as_node: String,
+    /// A subject the server must have stored the client's event on.
+    pub stored_on: String,
     /// What Postgres answered: a SQLSTATE, or the connection error.
     pub sql_error: Option<String>,
     /// The pids of nats-server, the hive and the queen `rbee up` recorded.
@@ -37,7 +41,7 @@ impl RbeeWorld {
     /// Connects as `who` to the scenario's cluster.
     async fn intrude(&mut self, who: &str) {
         let c = self.cluster();
-        let mut worker = String::new();
+        let (mut worker, mut node) = (String::new(), String::new());
         let creds = match who {
             "without credentials" => None,
             "as the operator" => Some(c.creds(Identity::Operator)),
@@ -50,7 +54,7 @@ impl RbeeWorld {
             }
             "as the hive of its node" => Some(c.creds(Identity::Hive(&c.node))),
             "as the hive of another node" => {
-                let node = rbee_features::cluster::unique_node();
+                node = rbee_features::cluster::unique_node();
                 c.hive_env(&node);
                 Some(c.creds(Identity::Hive(&node)))
             }
@@ -59,6 +63,7 @@ impl RbeeWorld {
         let intruder = Intruder::connect(&c.nats_url, creds.as_deref(), c.nats_ca.as_deref()).await;
         self.attempt.intruder = Some(intruder);
         self.attempt.as_worker = worker;
+        self.attempt.as_node = node;
     }
 
     fn intruder(&self) -> &Intruder {
@@ -113,8 +118,8 @@ async fn subscribes(w: &mut RbeeWorld, who: String, first: String, second: Strin
 #[when(regex = r"^a client (without credentials|as [a-z ]+) publishes a token frame as the serving worker$")]
 async fn publishes_tokens(w: &mut RbeeWorld, who: String) {
     w.intrude(&who).await;
-    let (worker, _, _) = w.serving_worker();
-    let subject = subjects::tokens(&worker, "forged-request");
+    let (worker, node, _) = w.serving_worker();
+    let subject = subjects::tokens(&node, &worker, "forged-request");
     let frame = TokenFrame::Delta { text: "forged".into() };
     w.intruder().publish(&subject, frames::encode(&frame)).await;
     w.attempt.refused.push(subject);
@@ -150,22 +155,60 @@ async fn registers_under_own_subject(w: &mut RbeeWorld) {
         pid: std::process::id(),
         backend: "cpu".into(),
     });
-    let own = subjects::aggregate(rbee_bus::AggregateKind::Worker, &w.attempt.as_worker);
+    let own = subjects::worker(&w.cluster().node, &w.attempt.as_worker);
     w.intruder().append_on(&own, event).await;
     w.attempt.refused.clear();
+    w.attempt.stored_on = own;
+}
+
+#[when("a client as the hive of another node registers the serving worker's id on its own node")]
+async fn registers_serving_id_elsewhere(w: &mut RbeeWorld) {
+    w.intrude("as the hive of another node").await;
+    let (worker, _, _) = w.serving_worker();
+    w.attempt.forged_worker = worker.clone();
+    let event = Event::WorkerRegistered(WorkerRegistered {
+        worker,
+        node: w.attempt.as_node.clone(),
+        model: MODEL.into(),
+        slots: 4,
+        pid: std::process::id(),
+        backend: "cpu".into(),
+    });
+    w.attempt.stored_on = subjects::for_event(&event);
+    w.intruder().append(event).await;
+    w.attempt.refused.clear();
+}
+
+#[then("nats-server stores it, and rbee workers still lists that worker on the cluster's node only")]
+async fn stored_but_node_kept(w: &mut RbeeWorld) {
+    let stored = w.stored_event_sequence().await;
+    assert!(stored > 0);
+    // The CLI has folded past it when it answers.
+    let c = w.cluster();
+    let listed: Vec<serde_json::Value> =
+        c.workers().into_iter().filter(|x| x["id"] == w.attempt.forged_worker.as_str()).collect();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["node"], c.node.as_str(), "{listed:?}");
+}
+
+impl RbeeWorld {
+    /// The sequence of the event the client's write left on `attempt.stored_on`.
+    async fn stored_event_sequence(&self) -> u64 {
+        let subject = self.attempt.stored_on.clone();
+        let js = async_nats::jetstream::new(self.cluster().admin_client().await);
+        let stream = js.get_stream(subjects::EVENTS_STREAM).await.expect("the event stream");
+        let stored = eventually("the server stores the event on the client's own subject", DEADLINE, || async {
+            stream.get_last_raw_message_by_subject(&subject).await.map_err(|e| e.to_string())
+        })
+        .await;
+        assert!(self.intruder().violations_naming(&subject, Duration::from_millis(500)).await.is_empty());
+        stored.sequence
+    }
 }
 
 #[then("nats-server stores it, and rbee workers does not list the forged worker")]
 async fn stored_but_not_believed(w: &mut RbeeWorld) {
-    let own = subjects::aggregate(rbee_bus::AggregateKind::Worker, &w.attempt.as_worker);
-    let js = async_nats::jetstream::new(w.cluster().admin_client().await);
-    let stream = js.get_stream(subjects::EVENTS_STREAM).await.expect("the event stream");
-    let stored = eventually("the server stores the event on the worker's own subject", DEADLINE, || async {
-        stream.get_last_raw_message_by_subject(&own).await.map_err(|e| e.to_string())
-    })
-    .await;
-    assert!(stored.sequence > 0);
-    assert!(w.intruder().violations_naming(&own, Duration::from_millis(500)).await.is_empty());
+    assert!(w.stored_event_sequence().await > 0);
     // The queen has folded past it by the time it answers a request.
     let forged = w.attempt.forged_worker.clone();
     assert!(w.cluster().workers().iter().all(|x| x["id"] != forged.as_str()), "rbee workers does not list it");
@@ -174,10 +217,12 @@ async fn stored_but_not_believed(w: &mut RbeeWorld) {
 #[then("the queen's log reports FORGED_EVENT for it")]
 async fn queen_reports_forgery(w: &mut RbeeWorld) {
     let c = w.cluster();
+    let subject = w.attempt.stored_on.clone();
     eventually("the queen reports the forged event", DEADLINE, || async {
         let log = c.log_file("queen.log");
-        let line =
-            log.lines().find(|l| l.contains(rbee_bus::Code::ForgedEvent.as_str()) && l.contains("worker.registered"));
+        let line = log.lines().find(|l| {
+            l.contains(rbee_bus::Code::ForgedEvent.as_str()) && l.contains("worker.registered") && l.contains(&subject)
+        });
         line.map(str::to_string).ok_or(())
     })
     .await;
@@ -186,9 +231,14 @@ async fn queen_reports_forgery(w: &mut RbeeWorld) {
 #[when(regex = r"^a client (without credentials|as [a-z ]+) claims every slot of the serving worker$")]
 async fn claims_slots(w: &mut RbeeWorld, who: String) {
     w.intrude(&who).await;
-    let (worker, _, slots) = w.serving_worker();
+    let (worker, node, slots) = w.serving_worker();
     for slot in 0..slots {
-        let event = Event::SlotClaimed(SlotClaimed { worker: worker.clone(), slot, request: format!("forged-{slot}") });
+        let event = Event::SlotClaimed(SlotClaimed {
+            worker: worker.clone(),
+            node: node.clone(),
+            slot,
+            request: format!("forged-{slot}"),
+        });
         w.attempt.refused.push(subjects::for_event(&event));
         w.intruder().append(event).await;
     }
@@ -540,8 +590,8 @@ async fn plain_tcp_refused(w: &mut RbeeWorld) {
 async fn hive_as_queen(w: &mut RbeeWorld) {
     w.intrude("as the hive of its node").await;
     assert!(w.intruder().connected(), "the hive's identity connects over TLS");
-    let (worker, _, _) = w.serving_worker();
-    let work = subjects::work(&worker);
+    let (worker, node, _) = w.serving_worker();
+    let work = subjects::work(&node, &worker);
     w.intruder().publish(&work, b"not a work item".to_vec()).await;
     w.intruder().subscribe(subjects::TOKENS_SUBJECTS).await;
     w.attempt.refused = vec![work, subjects::TOKENS_SUBJECTS.to_string()];

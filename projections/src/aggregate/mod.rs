@@ -20,7 +20,7 @@ use crate::LiveView;
 
 /// `events` as the log would hold them, at sequences 1, 2, ...: the "given" of the rules' tests.
 #[cfg(test)]
-fn recorded(events: Vec<Event>) -> Vec<rbee_bus::Recorded> {
+pub(crate) fn recorded(events: Vec<Event>) -> Vec<rbee_bus::Recorded> {
     (1..)
         .zip(events)
         .map(|(seq, event)| rbee_bus::Recorded {
@@ -70,16 +70,16 @@ pub async fn on_worker(
     meta: &Meta,
 ) -> Result<Vec<Event>, CommandError> {
     for _ in 0..ATTEMPTS {
-        let (decided, position) = view.read(|v| {
+        let (decided, at) = view.read(|v| {
             let w = v.registry.workers.get(id);
-            (worker::decide(w, command), w.map(|w| w.position))
+            (worker::decide(w, command), w.map(|w| (w.position, subjects::worker(&w.node, id))))
         });
         let events = decided.map_err(CommandError::Rejected)?;
-        let Some(position) = position.filter(|_| !events.is_empty()) else { return Ok(events) };
+        let Some((position, subject)) = at.filter(|_| !events.is_empty()) else { return Ok(events) };
         match append_all(log, &events, Expected::At(position), meta).await {
             Ok(()) => return Ok(events),
             Err(AppendError::Conflict { .. }) => {
-                let latest = log.aggregate_position(AggregateKind::Worker, id).await.map_err(unavailable)?;
+                let latest = log.last_position(&subject).await.map_err(unavailable)?;
                 view.wait_for_seq(latest.map_or(0, |p| p.seq), Duration::from_secs(2)).await;
             }
             Err(e) => return Err(unavailable(e)),
@@ -99,14 +99,15 @@ pub async fn on_request(
     on_subject(log, &subject, request::apply, |state| request::decide(state, command), meta).await
 }
 
-/// Runs `command` on model `id`, folded from its own events; returns what was recorded.
+/// Runs `command` on model `id` of `node`, folded from its own events; returns what was recorded.
 pub async fn on_model(
     log: &EventLog,
+    node: &str,
     id: &str,
     command: &model::ModelCommand,
     meta: &Meta,
 ) -> Result<Vec<Event>, CommandError> {
-    let subject = subjects::aggregate(AggregateKind::Model, id);
+    let subject = subjects::model(node, id);
     on_subject(log, &subject, model::apply, |state| model::decide(state, command), meta).await
 }
 

@@ -25,7 +25,12 @@ pub enum WorkerCommand {
 }
 
 fn state_changed(worker: &Worker, state: WorkerState) -> Event {
-    Event::WorkerStateChanged(WorkerStateChanged { worker: worker.id.clone(), state, context_length: 0 })
+    Event::WorkerStateChanged(WorkerStateChanged {
+        worker: worker.id.clone(),
+        node: worker.node.clone(),
+        state,
+        context_length: 0,
+    })
 }
 
 /// The events `command` records about `worker`, or why it is refused. An empty list: nothing to
@@ -52,13 +57,18 @@ pub fn decide(worker: Option<&Worker>, command: &WorkerCommand) -> Result<Vec<Ev
             Stale => Ok(vec![state_changed(w, Ready)]),
             _ => Ok(vec![]),
         },
-        WorkerCommand::Remove { reason } => {
-            Ok(vec![Event::WorkerRemoved(WorkerRemoved { worker: w.id.clone(), reason: reason.clone() })])
-        }
+        WorkerCommand::Remove { reason } => Ok(vec![Event::WorkerRemoved(WorkerRemoved {
+            worker: w.id.clone(),
+            node: w.node.clone(),
+            reason: reason.clone(),
+        })]),
         WorkerCommand::ClaimSlot { request } => match (w.state, w.free_slot()) {
-            (Ready, Some(slot)) => {
-                Ok(vec![Event::SlotClaimed(SlotClaimed { worker: w.id.clone(), slot, request: request.clone() })])
-            }
+            (Ready, Some(slot)) => Ok(vec![Event::SlotClaimed(SlotClaimed {
+                worker: w.id.clone(),
+                node: w.node.clone(),
+                slot,
+                request: request.clone(),
+            })]),
             _ => Err(Code::WorkerAlreadyBusy),
         },
     }
@@ -89,11 +99,16 @@ mod tests {
     }
 
     fn became(state: WorkerState) -> Event {
-        Event::WorkerStateChanged(WorkerStateChanged { worker: "w1".into(), state, context_length: 0 })
+        Event::WorkerStateChanged(WorkerStateChanged {
+            worker: "w1".into(),
+            node: "n1".into(),
+            state,
+            context_length: 0,
+        })
     }
 
     fn claimed(slot: u32, request: &str) -> Event {
-        Event::SlotClaimed(SlotClaimed { worker: "w1".into(), slot, request: request.into() })
+        Event::SlotClaimed(SlotClaimed { worker: "w1".into(), node: "n1".into(), slot, request: request.into() })
     }
 
     fn ready(slots: u32) -> Vec<Event> {
@@ -135,7 +150,11 @@ mod tests {
         assert_eq!(decide(stale.as_ref(), &WorkerCommand::MarkStale), Ok(vec![]));
         assert_eq!(decide(stale.as_ref(), &WorkerCommand::Revive), Ok(vec![became(WorkerState::Ready)]));
         let remove = WorkerCommand::Remove { reason: "no heartbeat".into() };
-        let removed = Event::WorkerRemoved(WorkerRemoved { worker: "w1".into(), reason: "no heartbeat".into() });
+        let removed = Event::WorkerRemoved(WorkerRemoved {
+            worker: "w1".into(),
+            node: "n1".into(),
+            reason: "no heartbeat".into(),
+        });
         assert_eq!(decide(stale.as_ref(), &remove), Ok(vec![removed]));
         assert_eq!(decide(None, &remove), Ok(vec![]));
     }
