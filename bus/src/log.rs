@@ -159,6 +159,11 @@ impl EventLog {
                 Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
                 None => options,
             };
+            // One file holds the certificate and its key.
+            let options = match &access.cert {
+                Some(cert) => options.add_client_certificate(cert.clone(), cert.clone()),
+                None => options,
+            };
             Ok(options.connection_timeout(Duration::from_secs(5)).max_reconnects(None))
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -67,8 +67,7 @@ async fn main() {
     // Appends: the queen's identity on a server with credentials, anonymous on one without.
     let (closed, tls, open) = (Nats::start().await, Nats::start_with_tls().await, Nats::start_without_auth().await);
     let as_queen = EventLog::connect(&NatsAccess::new(&closed.url, Some(closed.creds(Identity::Queen)))).await.unwrap();
-    let queen_tls =
-        NatsAccess::new(&tls.url, Some(tls.creds(Identity::Queen))).with_ca(Some(tls.ca().expect("a TLS server")));
+    let queen_tls = NatsAccess::new(&tls.url, Some(tls.creds(Identity::Queen))).with_tls(tls.ca(), tls.cert());
     let as_queen_tls = EventLog::connect(&queen_tls).await.unwrap();
     let anonymous = EventLog::connect(&NatsAccess::new(&open.url, None)).await.unwrap();
     for log in [&as_queen, &as_queen_tls, &anonymous] {

@@ -175,10 +175,11 @@ Feature: Nobody gets in: every client of the bus speaks only as the role it hold
     And rbee-queen --help does not show the value of RBEE_DATABASE_URL
 
   @SEC-5
-  Scenario: Over TLS with per-role credentials, a client must trust the cluster's CA and a hive cannot speak as the queen
+  Scenario: Over mutual TLS with per-role credentials, both ends prove the cluster's CA and a hive cannot speak as the queen
     Given a cluster of my own started with --nats-tls
     Then a client that does not trust the cluster's CA cannot connect, even with the admin's credentials
     And a client that connects without TLS is refused, even with the admin's credentials
+    And a client that shows no certificate of the cluster is refused, even with the admin's credentials
     When a client as the hive of its node, over TLS, sends the serving worker a work item and listens to tokens
     Then nats-server refuses that client
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"

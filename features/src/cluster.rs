@@ -16,6 +16,8 @@ pub struct Cluster {
     pub admin: NatsAccess,
     /// The CA of the cluster's nats-server when it serves TLS.
     pub nats_ca: Option<PathBuf>,
+    /// The client certificate (and key) the cluster's nats-server verifies, when it serves TLS.
+    pub nats_cert: Option<PathBuf>,
     pub database_url: String,
     /// The API key `rbee up` made for the cluster.
     pub api_key: String,
@@ -48,12 +50,14 @@ impl Cluster {
         let nats_url = cluster_file["nats_url"].as_str().unwrap_or_default().to_string();
         let admin_creds = trust::creds_path(&trust::dir_in(&data_dir), Identity::Admin);
         let nats_ca = cluster_file["nats_ca"].as_str().map(PathBuf::from);
+        let nats_cert = cluster_file["nats_cert"].as_str().map(PathBuf::from);
         let api_key = std::fs::read_to_string(data_dir.join("api-key")).unwrap_or_default().trim().to_string();
         let cluster = Cluster {
             api_key,
             queen_url: cluster_file["queen_url"].as_str().unwrap_or_default().to_string(),
-            admin: NatsAccess::new(&nats_url, Some(admin_creds)).with_ca(nats_ca.clone()),
+            admin: NatsAccess::new(&nats_url, Some(admin_creds)).with_tls(nats_ca.clone(), nats_cert.clone()),
             nats_ca,
+            nats_cert,
             nats_url,
             database_url: rbee_local::postgres::with_password(
                 cluster_file["database_url"].as_str().unwrap_or_default(),
@@ -150,8 +154,14 @@ impl Cluster {
             // Workers start from the default model in the shared cache.
             ("RBEE_ALLOWED_DIRS", crate::cache_dir().display().to_string()),
         ];
-        env.extend(self.nats_ca.iter().map(|ca| ("RBEE_NATS_CA", ca.display().to_string())));
+        env.extend(self.tls_env());
         env
+    }
+
+    /// Where this cluster's processes find its CA and client certificate, when its NATS serves TLS.
+    fn tls_env(&self) -> Vec<(&'static str, String)> {
+        let files = [("RBEE_NATS_CA", &self.nats_ca), ("RBEE_NATS_CERT", &self.nats_cert)];
+        files.into_iter().filter_map(|(name, file)| Some((name, file.as_ref()?.display().to_string()))).collect()
     }
 
     /// The environment a queen runs with: this cluster's NATS as the queen.
@@ -160,7 +170,7 @@ impl Cluster {
             ("RBEE_NATS_URL", self.nats_url.clone()),
             ("RBEE_NATS_CREDS", self.creds(Identity::Queen).display().to_string()),
         ];
-        env.extend(self.nats_ca.iter().map(|ca| ("RBEE_NATS_CA", ca.display().to_string())));
+        env.extend(self.tls_env());
         env
     }
 

@@ -50,6 +50,12 @@ impl Nats {
         ca.exists().then_some(ca)
     }
 
+    /// The client certificate a TLS server verifies.
+    pub fn cert(&self) -> Option<PathBuf> {
+        let cert = self.dir.join("trust").join("nats-client.pem");
+        cert.exists().then_some(cert)
+    }
+
     async fn start_with(auth: bool, tls: bool) -> Nats {
         let binary = nats::find_or_install(&crate::tools_dir()).expect("nats-server available");
         let dir = crate::scratch_dir("nats");
@@ -73,7 +79,7 @@ impl Nats {
         let url = format!("nats://127.0.0.1:{port}");
         Nats {
             admin: rbee_bus::NatsAccess::new(&url, Some(trust.creds(Identity::Admin)))
-                .with_ca(tls_files.as_ref().map(|t| t.ca.clone())),
+                .with_tls(tls_files.as_ref().map(|t| t.ca.clone()), tls_files.as_ref().map(|t| t.client.clone())),
             url,
             monitor_url: format!("http://127.0.0.1:{monitor_port}"),
             pid,

@@ -19,7 +19,7 @@ pub struct Intruder {
 
 impl Intruder {
     /// Connects to `url` with `creds` (None: no credentials at all), over TLS trusting `ca` when given.
-    pub async fn connect(url: &str, creds: Option<&Path>, ca: Option<&Path>) -> Intruder {
+    pub async fn connect(url: &str, creds: Option<&Path>, ca: Option<&Path>, cert: Option<&Path>) -> Intruder {
         let violations: Arc<Mutex<Vec<String>>> = Arc::default();
         let seen = violations.clone();
         let options = match creds {
@@ -28,6 +28,10 @@ impl Intruder {
         };
         let options = match ca {
             Some(ca) => options.add_root_certificates(ca.to_path_buf()).require_tls(true),
+            None => options,
+        };
+        let options = match cert {
+            Some(cert) => options.add_client_certificate(cert.to_path_buf(), cert.to_path_buf()),
             None => options,
         };
         let options = options.event_callback(move |event| {

@@ -56,7 +56,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     let supervisor = Supervisor::new(
         log.clone(),
         node.clone(),
-        config.nats.nats_url.clone(),
+        config.nats.clone(),
         identities,
         rbee_runtime::worker_records(&config.data_dir),
         config.logs_dir(),

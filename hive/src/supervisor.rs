@@ -81,7 +81,8 @@ struct Tracked {
 pub struct Supervisor {
     log: EventLog,
     node: String,
-    nats_url: String,
+    /// How the hive reaches NATS; its workers reach it the same way, each as itself.
+    nats: rbee_runtime::NatsArgs,
     identities: Arc<WorkerIdentities>,
     /// One file per running worker this hive started: its process identity (see `rbee down`).
     records_dir: PathBuf,
@@ -101,7 +102,7 @@ impl Supervisor {
     pub fn new(
         log: EventLog,
         node: String,
-        nats_url: String,
+        nats: rbee_runtime::NatsArgs,
         identities: WorkerIdentities,
         records_dir: PathBuf,
         logs_dir: PathBuf,
@@ -110,7 +111,7 @@ impl Supervisor {
         Supervisor {
             log,
             node,
-            nats_url,
+            nats,
             identities: Arc::new(identities),
             records_dir,
             logs_dir,
@@ -148,9 +149,14 @@ impl Supervisor {
         if let Some(creds) = creds {
             command.env("RBEE_NATS_CREDS", creds);
         }
+        for (name, file) in [("RBEE_NATS_CA", &self.nats.nats_ca), ("RBEE_NATS_CERT", &self.nats.nats_cert)] {
+            if let Some(file) = file {
+                command.env(name, file);
+            }
+        }
         command
             .arg("--nats-url")
-            .arg(&self.nats_url)
+            .arg(&self.nats.nats_url)
             .arg("--node")
             .arg(&self.node)
             .arg("--worker-id")

@@ -132,9 +132,10 @@ pub async fn start(plan: &NatsPlan<'_>) -> LocalResult<u32> {
     );
     let text = match plan.tls {
         Some(tls) => format!(
-            "{text}tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  timeout: 5\n}}\n",
+            "{text}tls {{\n  cert_file: {:?}\n  key_file: {:?}\n  ca_file: {:?}\n  verify: true\n  timeout: 5\n}}\n",
             tls.server_cert.display().to_string(),
-            tls.server_key.display().to_string()
+            tls.server_key.display().to_string(),
+            tls.ca.display().to_string()
         ),
         None => text,
     };

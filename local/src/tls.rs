@@ -1,12 +1,17 @@
-//! TLS for nats-server: a certificate authority made by rbee for the cluster, and the server's
-//! certificate signed by it for the names clients dial. Clients trust only that CA, so a client
-//! that reaches another server (or a man in the middle) refuses to talk. Kept beside the NATS
+//! TLS for nats-server: a certificate authority made by rbee for the cluster, the server's
+//! certificate signed by it for the names clients dial, and a client certificate the server
+//! verifies (mutual TLS). Clients trust only that CA, so a client that reaches another server (or a
+//! man in the middle) refuses to talk; the server takes no connection from a machine without a
+//! certificate of the cluster, before any credentials are looked at. Kept beside the NATS
 //! credentials, every file 0600.
 
 use std::path::{Path, PathBuf};
 
 use rbee_bus::Code;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
 
 use crate::trust::write_secret;
 use crate::{LocalError, LocalResult};
@@ -18,6 +23,8 @@ pub struct TlsFiles {
     pub ca: PathBuf,
     pub server_cert: PathBuf,
     pub server_key: PathBuf,
+    /// The client certificate and its key in one file, for the cluster's machines.
+    pub client: PathBuf,
 }
 
 fn failed(e: impl std::fmt::Display) -> LocalError {
@@ -31,8 +38,9 @@ pub fn ensure(dir: &Path, names: &[String]) -> LocalResult<TlsFiles> {
         ca: dir.join("nats-ca.pem"),
         server_cert: dir.join("nats-server.pem"),
         server_key: dir.join("nats-server-key.pem"),
+        client: dir.join("nats-client.pem"),
     };
-    if files.ca.exists() && files.server_cert.exists() && files.server_key.exists() {
+    if [&files.ca, &files.server_cert, &files.server_key, &files.client].iter().all(|f| f.exists()) {
         return Ok(files);
     }
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
@@ -46,9 +54,16 @@ pub fn ensure(dir: &Path, names: &[String]) -> LocalResult<TlsFiles> {
     let server_key = KeyPair::generate().map_err(failed)?;
     let server = server_params.signed_by(&server_key, &ca).map_err(failed)?;
 
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).map_err(failed)?;
+    client_params.distinguished_name.push(DnType::CommonName, "rbee cluster machine");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate().map_err(failed)?;
+    let client = client_params.signed_by(&client_key, &ca).map_err(failed)?;
+
     write_secret(&files.ca, &ca.pem())?;
     write_secret(&files.server_cert, &server.pem())?;
     write_secret(&files.server_key, &server_key.serialize_pem())?;
+    write_secret(&files.client, &format!("{}{}", client.pem(), client_key.serialize_pem()))?;
     Ok(files)
 }
 

@@ -29,6 +29,9 @@ pub struct ClusterFile {
     /// The CA that signed nats-server's certificate, when it serves TLS (`rbee up --nats-tls`).
     #[serde(default)]
     pub nats_ca: Option<PathBuf>,
+    /// The client certificate (and key) processes and the CLI show nats-server, which verifies it.
+    #[serde(default)]
+    pub nats_cert: Option<PathBuf>,
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {
@@ -38,7 +41,7 @@ pub fn path(data_dir: &Path) -> PathBuf {
 impl ClusterFile {
     /// NATS as `creds`, over TLS when the cluster serves it.
     pub fn nats(&self, creds: Option<PathBuf>) -> rbee_bus::NatsAccess {
-        rbee_bus::NatsAccess::new(&self.nats_url, creds).with_ca(self.nats_ca.clone())
+        rbee_bus::NatsAccess::new(&self.nats_url, creds).with_tls(self.nats_ca.clone(), self.nats_cert.clone())
     }
 
     /// Records the process `pid` that `up` just started.

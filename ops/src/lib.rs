@@ -44,6 +44,10 @@ pub struct Cli {
     /// The CA of a cluster whose NATS serves TLS (default: the local cluster's, when it does).
     #[arg(long, global = true, env = "RBEE_NATS_CA")]
     pub nats_ca: Option<PathBuf>,
+    /// The client certificate (and key, one PEM file) such a cluster verifies (default: the local
+    /// cluster's, when it has one).
+    #[arg(long, global = true, env = "RBEE_NATS_CERT")]
+    pub nats_cert: Option<PathBuf>,
     /// Queen base URL (default: the one `rbee up` started).
     #[arg(long, global = true, env = "RBEE_URL")]
     pub url: Option<String>,
@@ -225,8 +229,10 @@ impl Cli {
             Access::Admin => Identity::Admin,
         };
         let local = trust::creds_path(&trust::dir_in(&self.data_dir), identity);
-        let ca = self.nats_ca.clone().or_else(|| ClusterFile::load(&self.data_dir).and_then(|c| c.nats_ca));
-        NatsAccess::new(url, self.nats_creds.clone().or_else(|| local.exists().then_some(local))).with_ca(ca)
+        let recorded = ClusterFile::load(&self.data_dir);
+        let ca = self.nats_ca.clone().or_else(|| recorded.as_ref().and_then(|c| c.nats_ca.clone()));
+        let cert = self.nats_cert.clone().or_else(|| recorded.as_ref().and_then(|c| c.nats_cert.clone()));
+        NatsAccess::new(url, self.nats_creds.clone().or_else(|| local.exists().then_some(local))).with_tls(ca, cert)
     }
 
     /// The node a command addresses: the one given, else this cluster's, else this host.

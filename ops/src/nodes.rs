@@ -25,5 +25,8 @@ pub async fn add(data_dir: &Path, node: &str) -> CliResult<()> {
     if let Some(ca) = &cf.nats_ca {
         println!("  RBEE_NATS_CA={}", ca.display());
     }
+    if let Some(cert) = &cf.nats_cert {
+        println!("  RBEE_NATS_CERT={}", cert.display());
+    }
     Ok(())
 }

@@ -175,6 +175,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         node: node.clone(),
         model: model.into(),
         nats_ca: tls.as_ref().map(|t| t.ca.clone()),
+        nats_cert: tls.as_ref().map(|t| t.client.clone()),
         ..Default::default()
     };
     // Record each process as soon as it exists, so `down` can stop a half-started cluster.
@@ -217,9 +218,11 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         ("RBEE_NATS_CREDS", path(trust.creds(Identity::Queen))),
         ("RBEE_DATABASE_URL", postgres::with_password(&database_url, &secrets)?),
     ];
-    if let Some(ca) = &cf.nats_ca {
-        for env in [&mut hive_env, &mut queen_env] {
-            env.push(("RBEE_NATS_CA", path(ca.clone())));
+    for (name, file) in [("RBEE_NATS_CA", &cf.nats_ca), ("RBEE_NATS_CERT", &cf.nats_cert)] {
+        if let Some(file) = file {
+            for env in [&mut hive_env, &mut queen_env] {
+                env.push((name, path(file.clone())));
+            }
         }
     }
     let hive_args = vec![

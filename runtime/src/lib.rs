@@ -85,11 +85,15 @@ pub struct NatsArgs {
     /// The cluster's CA certificate: connect over TLS, to a server it signed only.
     #[arg(long, env = "RBEE_NATS_CA")]
     pub nats_ca: Option<std::path::PathBuf>,
+    /// This machine's client certificate and key (one PEM file), for a server that verifies clients.
+    #[arg(long, env = "RBEE_NATS_CERT")]
+    pub nats_cert: Option<std::path::PathBuf>,
 }
 
 impl NatsArgs {
     pub fn access(&self) -> rbee_bus::NatsAccess {
-        rbee_bus::NatsAccess::new(&self.nats_url, self.nats_creds.clone()).with_ca(self.nats_ca.clone())
+        rbee_bus::NatsAccess::new(&self.nats_url, self.nats_creds.clone())
+            .with_tls(self.nats_ca.clone(), self.nats_cert.clone())
     }
 }
 

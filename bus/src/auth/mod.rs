@@ -16,15 +16,20 @@ pub struct NatsAccess {
     pub creds: Option<PathBuf>,
     /// The cluster's CA (PEM): when set, the connection must be TLS to a server it signed.
     pub ca: Option<PathBuf>,
+    /// This machine's client certificate and its key, one PEM file signed by the cluster's CA: a
+    /// server that verifies clients (mutual TLS) takes no connection without one.
+    pub cert: Option<PathBuf>,
 }
 
 impl NatsAccess {
     pub fn new(url: impl Into<String>, creds: Option<PathBuf>) -> Self {
-        NatsAccess { url: url.into(), creds, ca: None }
+        NatsAccess { url: url.into(), creds, ca: None, cert: None }
     }
 
-    pub fn with_ca(mut self, ca: Option<PathBuf>) -> Self {
+    /// Over TLS to a server `ca` signed, showing `cert` when given.
+    pub fn with_tls(mut self, ca: Option<PathBuf>, cert: Option<PathBuf>) -> Self {
         self.ca = ca;
+        self.cert = cert;
         self
     }
 }

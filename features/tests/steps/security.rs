@@ -60,7 +60,8 @@ impl RbeeWorld {
             }
             other => panic!("unknown identity {other:?}"),
         };
-        let intruder = Intruder::connect(&c.nats_url, creds.as_deref(), c.nats_ca.as_deref()).await;
+        let intruder =
+            Intruder::connect(&c.nats_url, creds.as_deref(), c.nats_ca.as_deref(), c.nats_cert.as_deref()).await;
         self.attempt.intruder = Some(intruder);
         self.attempt.as_worker = worker;
         self.attempt.as_node = node;
@@ -416,7 +417,9 @@ fn unrelated_process(w: &mut RbeeWorld, worker: String) {
 async fn admin_forges_registration(w: &mut RbeeWorld, worker: String) {
     let pid = w.children.last().expect("the unrelated process").id();
     let c = w.cluster();
-    let intruder = Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), c.nats_ca.as_deref()).await;
+    let intruder =
+        Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), c.nats_ca.as_deref(), c.nats_cert.as_deref())
+            .await;
     let event = Event::WorkerRegistered(WorkerRegistered {
         worker: worker.clone(),
         node: c.node.clone(),
@@ -571,7 +574,8 @@ async fn untrusted_ca_refused(w: &mut RbeeWorld) {
     // A CA of its own: the client dials over TLS but cannot verify the server.
     let other = rbee_features::scratch_dir("other-ca");
     let other_ca = rbee_local::tls::ensure(&other, &["127.0.0.1".to_string()]).unwrap().ca;
-    let intruder = Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), Some(&other_ca)).await;
+    let intruder =
+        Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), Some(&other_ca), c.nats_cert.as_deref()).await;
     let _ = std::fs::remove_dir_all(other);
     assert!(!intruder.connected(), "connected to a server another CA signed");
     assert!(intruder.connect_error.is_some());
@@ -580,8 +584,23 @@ async fn untrusted_ca_refused(w: &mut RbeeWorld) {
 #[then("a client that connects without TLS is refused, even with the admin's credentials")]
 async fn plain_tcp_refused(w: &mut RbeeWorld) {
     let c = w.cluster();
-    let intruder = Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), None).await;
+    let intruder = Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), None, None).await;
     assert!(!intruder.connected(), "a plain TCP client was let in");
+}
+
+#[then("a client that shows no certificate of the cluster is refused, even with the admin's credentials")]
+async fn no_client_certificate_refused(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    assert!(c.nats_cert.is_some(), "cluster.json names the client certificate");
+    let intruder = Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), c.nats_ca.as_deref(), None).await;
+    assert!(!intruder.connected(), "a client without a certificate was let in");
+    // A certificate another CA signed is no better.
+    let other = rbee_features::scratch_dir("other-client");
+    let foreign = rbee_local::tls::ensure(&other, &["127.0.0.1".to_string()]).unwrap().client;
+    let intruder =
+        Intruder::connect(&c.nats_url, Some(&c.creds(Identity::Admin)), c.nats_ca.as_deref(), Some(&foreign)).await;
+    let _ = std::fs::remove_dir_all(other);
+    assert!(!intruder.connected(), "a client with a foreign certificate was let in");
 }
 
 #[when(
