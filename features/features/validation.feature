@@ -37,6 +37,13 @@ Feature: Bad input gets a clear error and changes nothing
     When I send a chat request of 2 MiB with the cluster's key
     Then the response is HTTP 413 with code "REQUEST_TOO_LARGE" and no slot was claimed for it
 
+  @VAL-5
+  Scenario: A request for more completions than one request returns is refused with a suggestion to split it
+    Given a running cluster
+    When I ask for 8 completions of the default model in one request with the cluster's key
+    Then the response is HTTP 400 with code "INVALID_REQUEST" and no slot was claimed for it
+    And the error names the parameter "n" and suggests splitting it into 8 requests
+
   @VAL-6
   Scenario: Fuzzed request bodies and event bodies change nothing and stop nothing
     Given a cluster of my own serving the default model

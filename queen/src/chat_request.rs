@@ -88,9 +88,16 @@ pub fn parse(body: &[u8]) -> Result<ValidatedChat, ApiError> {
         }
     };
     if let Some(n) = raw.n.filter(|v| !v.is_null())
-        && uint("n", &n, 1, 1)? != 1
+        && let n = uint("n", &n, 1, u64::from(u32::MAX))?
+        && n > 1
     {
-        return Err(ApiError::invalid("n", "only n = 1 is supported"));
+        return Err(ApiError::invalid(
+            "n",
+            format!(
+                "n = {n}: a request returns one completion; split it into {n} requests, which the workers \
+                 run side by side on their slots"
+            ),
+        ));
     }
     let warnings = smuggling_warnings(&messages);
     Ok(ValidatedChat {

@@ -84,6 +84,28 @@ async fn huge_request(w: &mut RbeeWorld, mib: usize) {
     w.record(response).await;
 }
 
+#[when(expr = "I ask for {int} completions of the default model in one request with the cluster's key")]
+async fn ask_several(w: &mut RbeeWorld, n: u32) {
+    w.counts_before = w.count_events(&["slot.claimed"]);
+    let body = json!({"model": MODEL, "n": n, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]});
+    let response = w
+        .cluster()
+        .http()
+        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    w.record(response).await;
+}
+
+#[then(expr = "the error names the parameter {string} and suggests splitting it into {int} requests")]
+fn suggests_split(w: &mut RbeeWorld, param: String, n: u32) {
+    assert_eq!(w.body["error"]["param"], param.as_str(), "{}", w.body);
+    let message = w.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&format!("split it into {n} requests")), "{message}");
+}
+
 /// Request bodies to mutate: valid ones that ask for one token, so the mutations that stay
 /// valid finish at once.
 fn chat_corpus() -> Vec<Vec<u8>> {
