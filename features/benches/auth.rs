@@ -7,8 +7,8 @@
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use futures::StreamExt;
 use rbee_bus::{Event, EventLog, Expected, Meta, NatsAccess, WorkerRegistered};
+use rbee_features::bench::{median, seconds_to_first_delta};
 use rbee_features::cluster::Cluster;
 use rbee_features::infra::Nats;
 use rbee_local::trust::Identity;
@@ -17,11 +17,6 @@ use serde_json::json;
 const ROUNDS: usize = 5;
 const APPENDS: usize = 2000;
 const TTFT_RUNS: usize = 15;
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 /// Acked appends per second, one at a time, each the first event of a new aggregate.
 async fn appends_per_sec(log: &EventLog, round: usize) -> f64 {
@@ -49,17 +44,7 @@ async fn ttft(url: &str, key: Option<&str>) -> f64 {
         Some(k) => request.bearer_auth(k),
         None => request,
     };
-    let t0 = Instant::now();
-    let mut bytes = request.send().await.unwrap().bytes_stream();
-    let mut seen = String::new();
-    let mut first = None;
-    while let Some(chunk) = bytes.next().await {
-        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        if first.is_none() && seen.contains("\"content\":\"") && seen.matches("data: ").count() >= 2 {
-            first = Some(t0.elapsed().as_secs_f64());
-        }
-    }
-    first.expect("a delta arrived")
+    seconds_to_first_delta(request).await
 }
 
 #[tokio::main]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use rbee_bus::frames::{self, ChatMessage, Sampling, TokenFrame, WorkAccepted, WorkItem};
 use rbee_bus::{Event, EventLog, Expected, Meta, SlotClaimed, WorkerRegistered, subjects};
+use rbee_features::bench::{median, seconds_to_first_delta};
 use rbee_features::cluster::Cluster;
 use rbee_features::infra::Nats;
 use serde_json::json;
@@ -15,27 +16,10 @@ use serde_json::json;
 const RUNS: usize = 9;
 const PROMPT: &str = "What is the capital of France? Answer in one sentence.";
 
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
-
 /// Seconds from sending the request to the first text delta, through the queen's HTTP API.
 async fn ttft_queen(cluster: &Cluster) -> f64 {
     let body = json!({"model": "SmolLM2-135M-Instruct", "stream": true, "max_tokens": 2, "messages": [{"role": "user", "content": PROMPT}]});
-    let t0 = Instant::now();
-    let response =
-        cluster.http().post(format!("{}/v1/chat/completions", cluster.queen_url)).json(&body).send().await.unwrap();
-    let mut bytes = response.bytes_stream();
-    let mut seen = String::new();
-    let mut first = None;
-    while let Some(chunk) = bytes.next().await {
-        seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-        if first.is_none() && seen.contains("\"content\":\"") && seen.matches("data: ").count() >= 2 {
-            first = Some(t0.elapsed().as_secs_f64());
-        }
-    }
-    first.expect("a delta arrived")
+    seconds_to_first_delta(cluster.http().post(format!("{}/v1/chat/completions", cluster.queen_url)).json(&body)).await
 }
 
 /// Seconds from dispatching a work item to the first token frame, straight over NATS.

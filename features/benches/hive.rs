@@ -7,6 +7,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use rbee_features::bench::median;
 use rbee_features::cluster::{Cluster, unique_node};
 use rbee_features::hub::Hub;
 use rbee_features::signal::{self, Signal};
@@ -14,11 +15,6 @@ use rbee_features::signal::{self, Signal};
 const RUNS: usize = 5;
 const REPO: &str = "bench/SmolLM2-GGUF";
 const FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 fn run_ok(mut cmd: Command, what: &str) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));

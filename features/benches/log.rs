@@ -9,14 +9,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use rbee_bus::read::{self, StartAt};
 use rbee_bus::*;
+use rbee_features::bench::median;
 use rbee_features::infra::{Nats, Postgres};
 use rbee_projections::{Catalog, ClusterView};
 use tokio_util::sync::CancellationToken;
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    xs[xs.len() / 2]
-}
 
 /// A realistic mix: 100 workers, each request a claim, an acceptance, a finish and a release.
 fn event(i: u64) -> Event {

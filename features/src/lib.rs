@@ -2,6 +2,7 @@
 //! private directories and stopped by the PIDs it started. Used by the cucumber features and the
 //! integration tests.
 
+pub mod bench;
 pub mod cluster;
 pub mod hub;
 pub mod infra;

@@ -482,14 +482,7 @@ async fn worker_answers(w: &mut RbeeWorld) {
     assert!(out.status.success(), "{}", text(out));
     let body =
         serde_json::json!({"model": w.dl.model, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4});
-    let resp = w
-        .cluster()
-        .http()
-        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
-        .json(&body)
-        .send()
-        .await
-        .expect("queen answers");
+    let resp = w.post_chat_body(&body).await;
     assert_eq!(resp.status(), 200);
     let answer: Value = resp.json().await.unwrap();
     assert!(answer["usage"]["completion_tokens"].as_u64().unwrap_or(0) > 0, "{answer}");

@@ -260,10 +260,15 @@ impl RbeeWorld {
     /// POSTs a chat completion request for `prompt` to the queen.
     pub async fn post_chat(&self, prompt: &str, max_tokens: u32, stream: bool) -> reqwest::Response {
         let body = json!({"model": MODEL, "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "stream": stream});
+        self.post_chat_body(&body).await
+    }
+
+    /// POSTs `body` to the queen's chat completions with the cluster's key.
+    pub async fn post_chat_body(&self, body: &serde_json::Value) -> reqwest::Response {
         self.cluster()
             .http()
             .post(format!("{}/v1/chat/completions", self.cluster().queen_url))
-            .json(&body)
+            .json(body)
             .send()
             .await
             .expect("the queen answers")

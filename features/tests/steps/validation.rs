@@ -49,14 +49,7 @@ fn log_unchanged(w: &mut RbeeWorld) {
 #[when(expr = "I ask for the model {string} with the cluster's key")]
 async fn ask_bad_model(w: &mut RbeeWorld, model: String) {
     let body = json!({"model": unescape(&model), "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2});
-    let response = w
-        .cluster()
-        .http()
-        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = w.post_chat_body(&body).await;
     w.record(response).await;
 }
 
@@ -73,14 +66,7 @@ fn bad_request(w: &mut RbeeWorld, status: u16, code: String, param: String) {
 async fn huge_request(w: &mut RbeeWorld, mib: usize) {
     w.counts_before = w.count_events(&["slot.claimed"]);
     let body = json!({"model": MODEL, "messages": [{"role": "user", "content": "x".repeat(mib << 20)}]});
-    let response = w
-        .cluster()
-        .http()
-        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = w.post_chat_body(&body).await;
     w.record(response).await;
 }
 
@@ -88,14 +74,7 @@ async fn huge_request(w: &mut RbeeWorld, mib: usize) {
 async fn ask_several(w: &mut RbeeWorld, n: u32) {
     w.counts_before = w.count_events(&["slot.claimed"]);
     let body = json!({"model": MODEL, "n": n, "max_tokens": 2, "messages": [{"role": "user", "content": "Hi"}]});
-    let response = w
-        .cluster()
-        .http()
-        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = w.post_chat_body(&body).await;
     w.record(response).await;
 }
 
@@ -199,14 +178,7 @@ async fn ask_smuggled(w: &mut RbeeWorld, prompt: String) {
     let prompt = prompt.replace("\\n", "\n");
     w.counts_before = w.count_events(&["request.accepted"]);
     let body = json!({"model": MODEL, "max_tokens": 4, "messages": [{"role": "user", "content": prompt.clone()}]});
-    let response = w
-        .cluster()
-        .http()
-        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = w.post_chat_body(&body).await;
     w.status = response.status().as_u16();
     w.warnings_header =
         response.headers().get("x-rbee-warnings").and_then(|v| v.to_str().ok()).unwrap_or_default().into();
