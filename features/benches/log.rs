@@ -132,13 +132,14 @@ async fn main() {
     let pool = archive::connect_store(&pg.url).await.unwrap();
     let stop = CancellationToken::new();
     let t0 = Instant::now();
-    let archiver = tokio::spawn(archive::run_archiver(log.clone(), pool.clone(), stop.clone()));
+    let (status, _) = tokio::sync::watch::channel(Default::default());
+    let archiver = tokio::spawn(archive::run_archiver(log.clone(), pool.clone(), status, stop.clone()));
     while archive::archived_count(&pool).await.unwrap() < n as i64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let archive_rate = n as f64 / t0.elapsed().as_secs_f64();
     stop.cancel();
-    archiver.await.unwrap().unwrap();
+    archiver.await.unwrap();
 
     // Rebuild from JetStream, 3 runs.
     let mut js_times = Vec::new();

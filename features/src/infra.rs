@@ -103,6 +103,7 @@ pub struct Postgres {
     pub owner_url: String,
     bin: PathBuf,
     root: PathBuf,
+    port: u16,
 }
 
 impl Postgres {
@@ -114,7 +115,17 @@ impl Postgres {
         let (_, url) = postgres::start(&bin, &root, port, &secrets).await.expect("postgres starts");
         let url = postgres::with_password(&url, &secrets).expect("the rbee role's password");
         let owner_url = postgres::url_with_password(&secrets, postgres::OWNER, port, postgres::DATABASE).unwrap();
-        Postgres { url, owner_url, bin, root }
+        Postgres { url, owner_url, bin, root, port }
+    }
+
+    /// Stops the server (a fast shutdown: connections are cut), keeping its data.
+    pub fn stop(&self) {
+        postgres::stop(&self.bin, &self.root).expect("postgres stops");
+    }
+
+    /// Starts it again on the same port and data.
+    pub async fn start_again(&self) {
+        postgres::start(&self.bin, &self.root, self.port, &self.root.join("secrets")).await.expect("postgres starts");
     }
 }
 

@@ -83,14 +83,15 @@ async fn the_archiver_copies_every_event_once_even_when_restarted() {
     let pool = rbee_bus::archive::connect_store(&pg.url).await.expect("store");
     for round in 0..2 {
         let stop = CancellationToken::new();
-        let archiver = tokio::spawn(rbee_bus::archive::run_archiver(log.clone(), pool.clone(), stop.clone()));
+        let (status, _) = tokio::sync::watch::channel(Default::default());
+        let archiver = tokio::spawn(rbee_bus::archive::run_archiver(log.clone(), pool.clone(), status, stop.clone()));
         eventually(&format!("archive holds 50 events (round {round})"), Duration::from_secs(20), || async {
             let n = rbee_bus::archive::archived_count(&pool).await.unwrap();
             if n == 50 { Ok(()) } else { Err(n) }
         })
         .await;
         stop.cancel();
-        archiver.await.unwrap().unwrap();
+        archiver.await.unwrap();
     }
     let versions: Vec<i64> =
         sqlx::query_scalar("SELECT version FROM events ORDER BY stream_seq").fetch_all(&pool).await.unwrap();
@@ -141,4 +142,65 @@ async fn a_replay_skips_an_undecodable_last_event_and_returns() {
     assert_eq!(folded.skipped, 1);
     assert_eq!(folded.view.last_seq, 1);
     assert!(folded.view.registry.workers.contains_key("w1"));
+}
+
+/// Postgres stopped under the archiver: it waits, says so, and once Postgres is back archives
+/// everything the log holds, in order and once; an undecodable body and an event written around
+/// optimistic concurrency (a version its aggregate already has) are archived too, flagged.
+#[tokio::test]
+async fn the_archiver_waits_out_postgres_and_archives_everything_flagging_what_it_cannot_believe() {
+    let (nats, pg) = (Nats::start().await, Postgres::start().await);
+    let log = log(&nats).await;
+    let mut at = log.append(registered("w1"), Expected::NoStream, &Meta::default()).await.unwrap();
+    for i in 0..9 {
+        at = log.append(claim(&format!("r{i}")), Expected::At(at), &Meta::default()).await.unwrap();
+    }
+    let pool = rbee_bus::archive::connect_store(&pg.url).await.expect("store");
+    let stop = CancellationToken::new();
+    let (status, watch) = tokio::sync::watch::channel(Default::default());
+    let archiver = tokio::spawn(rbee_bus::archive::run_archiver(log.clone(), pool.clone(), status, stop.clone()));
+    let count = || async { rbee_bus::archive::archived_count(&pool).await.map_err(|e| e.to_string()) };
+    eventually("the first 10 events are archived", Duration::from_secs(20), || async {
+        if count().await? == 10 { Ok(()) } else { Err("not yet".to_string()) }
+    })
+    .await;
+
+    pg.stop();
+    for i in 9..19 {
+        at = log.append(claim(&format!("r{i}")), Expected::At(at), &Meta::default()).await.unwrap();
+    }
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Rbee-Schema", "6");
+    log.jetstream().publish_with_headers("rbee.ev.junk", headers, b"\x01\x02"[..].into()).await.unwrap().await.unwrap();
+    // Version 2 of w1 again, published without the expected-sequence header.
+    let clash = rbee_bus::Envelope::new(claim("clash"), 2, &Meta::default());
+    let (headers, body) = clash.encode();
+    let subject = subjects::worker("n1", "w1");
+    log.jetstream().publish_with_headers(subject, headers, body.into()).await.unwrap().await.unwrap();
+    let mut retrying = watch.clone();
+    tokio::time::timeout(Duration::from_secs(30), retrying.wait_for(|s| s.state == "retrying"))
+        .await
+        .expect("the archiver says it cannot store")
+        .unwrap();
+
+    pg.start_again().await;
+    eventually("all 22 events are archived once Postgres is back", Duration::from_secs(60), || async {
+        if count().await? == 22 { Ok(()) } else { Err(format!("{:?}", count().await)) }
+    })
+    .await;
+    let rows: Vec<(i64, String, Option<String>)> =
+        sqlx::query_as("SELECT stream_seq, event_type, flag FROM events ORDER BY stream_seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), (1..=22).collect::<Vec<i64>>(), "in order, once");
+    assert!(rows[20].2.as_deref().is_some_and(|f| f.starts_with("undecodable")), "{:?}", rows[20]);
+    assert_eq!(rows[20].1, rbee_bus::archive::UNDECODABLE);
+    assert_eq!(rows[21].2.as_deref(), Some(rbee_bus::archive::VERSION_CLASH), "{:?}", rows[21]);
+    assert!(rows[..20].iter().all(|r| r.2.is_none()), "{rows:?}");
+    let status = watch.borrow().clone();
+    assert!(status.retries >= 1 && status.flagged == 2 && status.archived_seq == 22, "{status:?}");
+    assert_eq!(status.state, "archiving");
+    stop.cancel();
+    archiver.await.unwrap();
 }

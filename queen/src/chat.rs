@@ -223,6 +223,10 @@ async fn start(
     meta: &Meta,
 ) -> Result<Running, ApiError> {
     crate::auth::admit(state, caller)?;
+    // Without NATS nothing can be claimed or dispatched: say so now, not after the slot wait.
+    if state.log.client().connection_state() != async_nats::connection::State::Connected {
+        return Err(ApiError::log_unavailable("NATS is not connected"));
+    }
     let started = std::time::Instant::now();
     let claim =
         claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, state.config.slot_wait(), meta)

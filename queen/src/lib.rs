@@ -8,6 +8,7 @@ pub mod chat_request;
 pub mod config;
 pub mod cors;
 pub mod error;
+pub mod health;
 pub mod metrics;
 pub mod reaper;
 pub mod recovery;
@@ -36,6 +37,8 @@ pub struct AppState {
     /// How the view was recovered at start, for the operator.
     pub recovery: String,
     pub metrics: metrics::QueenMetrics,
+    /// What the archiver is doing; None without an event store.
+    pub archive: Option<tokio::sync::watch::Receiver<rbee_bus::archive::ArchiveStatus>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +80,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth::require_key));
     Router::new()
         .merge(api)
-        .route("/health", get(routes::health))
+        .route("/health", get(health::health))
+        .route("/livez", get(health::livez))
+        .route("/readyz", get(health::readyz))
         .route("/metrics", get(routes::metrics))
         .fallback(routes::not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), cors::cors))
@@ -111,13 +116,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
     // Background work is tracked, so a shutdown waits for the last checkpoint and the archiver's
     // last batch before the process exits.
     let background = TaskTracker::new();
+    let mut archive = None;
     if let Some(pool) = pool {
-        let (archive_log, archive_pool, stop) = (log.clone(), pool.clone(), shutdown.clone());
-        background.spawn(async move {
-            if let Err(e) = rbee_bus::archive::run_archiver(archive_log, archive_pool, stop).await {
-                tracing::error!(error = %e, "archiver stopped");
-            }
-        });
+        let (status, watch) =
+            tokio::sync::watch::channel(rbee_bus::archive::ArchiveStatus { state: "starting", ..Default::default() });
+        archive = Some(watch);
+        background.spawn(rbee_bus::archive::run_archiver(log.clone(), pool.clone(), status, shutdown.clone()));
         background.spawn(recovery::checkpoint_loop(pool, view.clone(), Duration::from_secs(2), shutdown.clone()));
     }
     let liveness =
@@ -134,6 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
         config,
         recovery: recovered.report,
         metrics: metrics::QueenMetrics::new(),
+        archive,
     }));
     let served = serve::serve(listener, app, limits, shutdown.clone(), Duration::from_secs(30)).await;
     // The server also ends on its own error: the background tasks stop with it.

@@ -13,6 +13,7 @@ pub struct QueenMetrics {
     completion_tokens: IntCounterVec,
     workers: IntGaugeVec,
     log_sequence: IntGaugeVec,
+    archive: IntGaugeVec,
 }
 
 const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
@@ -55,6 +56,11 @@ impl QueenMetrics {
                 "Last RBEE sequence folded into this queen's view.",
                 &["stream"],
             ),
+            archive: gauge(
+                "rbee_queen_archive",
+                "The archiver: sequence stored, events behind the view, errors survived, events flagged.",
+                &["measure"],
+            ),
             registry,
         }
     }
@@ -77,12 +83,23 @@ impl QueenMetrics {
     }
 
     /// The text exposition, with the registry's current shape sampled from `view`.
-    pub fn render(&self, view: &ClusterView) -> String {
+    pub fn render(&self, view: &ClusterView, archive: Option<&rbee_bus::archive::ArchiveStatus>) -> String {
         for state in ["loading", "ready", "draining", "stale"] {
             let n = view.registry.workers.values().filter(|w| w.state.as_str() == state).count();
             self.workers.with_label_values(&[state]).set(n as i64);
         }
         self.log_sequence.with_label_values(&["RBEE"]).set(view.last_seq as i64);
+        if let Some(a) = archive {
+            let behind = view.last_seq.saturating_sub(a.archived_seq);
+            for (measure, value) in [
+                ("archived_seq", a.archived_seq),
+                ("lag_events", behind),
+                ("retries", a.retries),
+                ("flagged", a.flagged),
+            ] {
+                self.archive.with_label_values(&[measure]).set(value as i64);
+            }
+        }
         let mut out = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut out).expect("text encoding into a Vec");
         String::from_utf8(out).expect("the text format is UTF-8")

@@ -6,25 +6,17 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use rbee_bus::{Code, Meta, WorkerState, subjects};
+use rbee_bus::{Code, Meta, subjects};
 use serde_json::json;
 
 use crate::AppState;
 use crate::cancel::{Cancelled, cancel};
 use crate::error::ApiError;
 
-pub async fn health(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    let (last_seq, ready, digest) = state.view.read(|v| {
-        (v.last_seq, v.registry.workers.values().filter(|w| w.state == WorkerState::Ready).count(), v.digest())
-    });
-    Json(
-        json!({"status": "ok", "last_seq": last_seq, "ready_workers": ready, "digest": digest, "recovery": state.recovery}),
-    )
-}
-
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.view.read(|v| state.metrics.render(v));
+    let archive = state.archive.as_ref().map(|a| a.borrow().clone());
+    let text = state.view.read(|v| state.metrics.render(v, archive.as_ref()));
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -9,6 +9,7 @@ mod lifecycle;
 mod queens;
 mod recovery;
 mod registry;
+mod reliability;
 mod security;
 mod serving;
 mod validation;

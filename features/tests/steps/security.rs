@@ -406,10 +406,14 @@ fn no_download(w: &mut RbeeWorld, model: String) {
 #[given(expr = "an unrelated process whose command line names the worker {string}")]
 fn unrelated_process(w: &mut RbeeWorld, worker: String) {
     // Its command line says rbee-worker and --worker-id <worker>: only a recorded identity tells it apart.
-    let child = std::process::Command::new("sh")
-        .args(["-c", "sleep 300", "rbee-worker", "--worker-id", &worker])
+    // One process (no shell with a child of its own that would outlive it), its output nowhere:
+    // the scenario's end stops all of it.
+    let child = std::process::Command::new("python3")
+        .args(["-c", "import time; time.sleep(300)", "rbee-worker", "--worker-id", &worker])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
-        .expect("sh starts");
+        .expect("python3 starts");
     w.children.push(child);
 }
 

@@ -1,0 +1,23 @@
+Feature: Nothing lost, nothing hangs: the log, the archive and every stream under faults
+
+  A cluster's dependencies go away and come back. Serving goes on where it can, the processes say
+  what is wrong instead of answering "ok", and nothing the log holds is left out of the archive.
+
+  @REL-3
+  Scenario: Postgres down: serving goes on, the archiver retries and says so, and the archive equals the log afterwards
+    Given a cluster of my own serving the default model
+    When the cluster's Postgres is stopped
+    Then asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+    And /health answers 503, the archiver retrying and behind the log
+    When the cluster's Postgres is started again
+    Then /health answers 200 with status "ok" and the archive caught up
+    And the archive holds every event of the log, by sequence and event id
+
+  @REL-6
+  Scenario: With nats-server gone, readiness and requests say so at once
+    Given a cluster of my own serving the default model
+    Then /readyz answers 200
+    When the cluster's nats-server is killed
+    Then /readyz answers 503 naming "NATS"
+    And /health answers 503 with status "degraded"
+    And a chat request is refused within 2 seconds with HTTP 503 and code "EVENT_LOG_UNAVAILABLE"

@@ -1,0 +1,145 @@
+//! Steps of reliability.feature: dependencies that go away and come back.
+
+use std::time::{Duration, Instant};
+
+use cucumber::{then, when};
+use rbee_features::poll::eventually;
+use rbee_features::signal::{self, Signal};
+use serde_json::Value;
+
+use super::{DEADLINE, RbeeWorld};
+
+impl RbeeWorld {
+    /// The scenario's cluster.json.
+    fn cluster_file(&self) -> Value {
+        let text = std::fs::read_to_string(self.cluster().data_dir.join("cluster.json")).expect("cluster.json");
+        serde_json::from_str(&text).expect("cluster.json is JSON")
+    }
+
+    /// `pg_ctl` on the cluster's Postgres, as `rbee up` set it up.
+    fn cluster_postgres(&self) -> (std::path::PathBuf, std::path::PathBuf) {
+        let file = self.cluster_file();
+        let path = |key: &str| std::path::PathBuf::from(file[key].as_str().expect("the cluster runs Postgres"));
+        (path("postgres_bin"), path("postgres_root"))
+    }
+
+    async fn queen_get(&self, path: &str) -> (u16, Value) {
+        let response = reqwest::get(format!("{}{path}", self.cluster().queen_url)).await.expect("the queen answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+#[when("the cluster's Postgres is stopped")]
+fn postgres_stopped(w: &mut RbeeWorld) {
+    let (bin, root) = w.cluster_postgres();
+    rbee_local::postgres::stop(&bin, &root).expect("pg_ctl stop");
+}
+
+#[when("the cluster's Postgres is started again")]
+async fn postgres_started(w: &mut RbeeWorld) {
+    let (bin, root) = w.cluster_postgres();
+    let port: u16 = w.cluster_file()["database_url"]
+        .as_str()
+        .and_then(|u| u.rsplit(':').next())
+        .and_then(|tail| tail.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the database URL names its port");
+    let secrets = rbee_local::trust::dir_in(&w.cluster().data_dir);
+    rbee_local::postgres::start(&bin, &root, port, &secrets).await.expect("pg_ctl start");
+}
+
+#[then("/health answers 503, the archiver retrying and behind the log")]
+async fn archive_retrying(w: &mut RbeeWorld) {
+    let health = eventually("/health reports the archiver retrying", DEADLINE * 2, || async {
+        let (status, body) = w.queen_get("/health").await;
+        let retrying = body["archive"]["state"] == "retrying" && body["archive"]["lag_events"].as_u64() > Some(0);
+        if status == 503 && body["status"] == "degraded" && retrying { Ok(body) } else { Err((status, body)) }
+    })
+    .await;
+    let reasons = health["reasons"].to_string();
+    assert!(reasons.contains("archiver"), "{health}");
+}
+
+#[then(expr = "\\/health answers 200 with status {string} and the archive caught up")]
+async fn archive_caught_up(w: &mut RbeeWorld, status: String) {
+    eventually("the archive catches up", Duration::from_secs(90), || async {
+        let (code, body) = w.queen_get("/health").await;
+        let caught_up = body["archive"]["state"] == "archiving" && body["archive"]["lag_events"] == 0;
+        if code == 200 && body["status"] == status.as_str() && caught_up { Ok(()) } else { Err((code, body)) }
+    })
+    .await;
+}
+
+#[then("the archive holds every event of the log, by sequence and event id")]
+async fn archive_equals_log(w: &mut RbeeWorld) {
+    let log: Vec<(i64, String)> = w
+        .cluster()
+        .events(false)
+        .iter()
+        .map(|e| (e["seq"].as_i64().unwrap(), e["id"].as_str().unwrap().to_string()))
+        .collect();
+    let pool = sqlx::PgPool::connect(&w.cluster().database_url).await.expect("the archive");
+    let last = log.last().map_or(0, |e| e.0);
+    let archived = eventually("the archive reaches the log's end", DEADLINE, || async {
+        let rows: Vec<(i64, uuid::Uuid)> =
+            sqlx::query_as("SELECT stream_seq, event_id FROM events WHERE stream_seq <= $1 ORDER BY stream_seq")
+                .bind(last)
+                .fetch_all(&pool)
+                .await
+                .map_err(|e| e.to_string())?;
+        if rows.last().map(|r| r.0) == Some(last) { Ok(rows) } else { Err(format!("{:?}", rows.last())) }
+    })
+    .await;
+    let archived: Vec<(i64, String)> = archived.into_iter().map(|(s, id)| (s, id.to_string())).collect();
+    assert_eq!(archived, log, "archive == log");
+}
+
+#[then(expr = "\\/readyz answers {int}")]
+async fn readyz_answers(w: &mut RbeeWorld, status: u16) {
+    let (code, body) = w.queen_get("/readyz").await;
+    assert_eq!(code, status, "{body}");
+}
+
+#[when("the cluster's nats-server is killed")]
+fn nats_killed(w: &mut RbeeWorld) {
+    let pid = w.cluster_file()["nats_pid"].as_u64().expect("cluster.json records nats-server") as u32;
+    signal::send(pid, Signal::Kill);
+    eventually_dead(pid);
+}
+
+fn eventually_dead(pid: u32) {
+    let deadline = Instant::now() + DEADLINE;
+    while rbee_runtime::alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!rbee_runtime::alive(pid), "nats-server {pid} is gone");
+}
+
+#[then(expr = "\\/readyz answers 503 naming {string}")]
+async fn readyz_names(w: &mut RbeeWorld, dependency: String) {
+    let body = eventually("/readyz names the dependency", DEADLINE, || async {
+        let (code, body) = w.queen_get("/readyz").await;
+        if code == 503 && body["reasons"].to_string().contains(&dependency) { Ok(body) } else { Err((code, body)) }
+    })
+    .await;
+    assert_eq!(body["status"], "not_ready");
+}
+
+#[then(expr = "\\/health answers 503 with status {string}")]
+async fn health_degraded(w: &mut RbeeWorld, status: String) {
+    let (code, body) = w.queen_get("/health").await;
+    assert_eq!((code, body["status"].as_str()), (503, Some(status.as_str())), "{body}");
+    assert_eq!(body["nats"], "disconnected", "{body}");
+}
+
+#[then(expr = "a chat request is refused within {int} seconds with HTTP {int} and code {string}")]
+async fn refused_fast(w: &mut RbeeWorld, seconds: u64, status: u16, code: String) {
+    let started = Instant::now();
+    let response = w.post_chat("Say hi.", 2, false).await;
+    let elapsed = started.elapsed();
+    let answer = (response.status().as_u16(), response.json::<Value>().await.unwrap_or(Value::Null));
+    assert_eq!(answer.0, status, "{}", answer.1);
+    assert_eq!(answer.1["error"]["code"], code.as_str(), "{}", answer.1);
+    assert!(elapsed < Duration::from_secs(seconds), "refused after {elapsed:?}");
+}
