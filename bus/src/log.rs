@@ -55,9 +55,10 @@ pub struct InvalidSetting(pub String);
 pub enum ReadError {
     #[error("event log unavailable: {0}")]
     Unavailable(String),
-    /// The event at `seq` cannot be decoded; `pending` more followed it when it was read.
-    #[error("event {seq} cannot be decoded: {source}")]
-    Undecodable { seq: u64, pending: u64, source: DecodeError },
+    /// The event at `seq` (on `subject`, published at `at_ms`) cannot be decoded; `pending` more
+    /// followed it when it was read. Readers skip it, report it, and go on.
+    #[error("event {seq} on {subject} cannot be decoded: {source}")]
+    Undecodable { seq: u64, pending: u64, subject: String, at_ms: u64, source: DecodeError },
 }
 
 /// Durability and retention of the two streams.
@@ -414,6 +415,8 @@ pub fn decode_message(msg: &jetstream::Message) -> Result<Recorded, ReadError> {
     let envelope = Envelope::decode(msg.headers.as_ref(), &msg.payload).map_err(|source| ReadError::Undecodable {
         seq: info.stream_sequence,
         pending: info.pending,
+        subject: msg.subject.to_string(),
+        at_ms: (info.published.unix_timestamp_nanos() / 1_000_000).max(0) as u64,
         source,
     })?;
     Ok(Recorded { stream_seq: info.stream_sequence, subject: msg.subject.to_string(), envelope })

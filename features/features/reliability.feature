@@ -21,3 +21,14 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     Then /readyz answers 503 naming "NATS"
     And /health answers 503 with status "degraded"
     And a chat request is refused within 2 seconds with HTTP 503 and code "EVENT_LOG_UNAVAILABLE"
+
+  @REL-4
+  Scenario: An undecodable message is quarantined: every reader and CLI command goes on
+    Given a cluster of my own serving the default model
+    When the admin publishes a 2-byte message without headers on "rbee.ev.junk"
+    Then rbee events tail --no-follow shows it as undecodable, with its subject and sequence
+    And rbee workers, rbee replay and rbee replay at its sequence each answer, rbee replay counting it as skipped
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+    When I create an API key named "after-junk" with rbee keys create
+    Then rbee replay at every sequence of the log answers with the registry
+    And the queen's log reports the undecodable event with its sequence and subject

@@ -44,6 +44,18 @@ pub fn to_json(stream: &str, rec: &Recorded) -> Value {
     })
 }
 
+/// An event that cannot be decoded, as a line of its own: `type` "undecodable", where it is and why.
+/// The time is when JetStream stored it. Also said on stderr, for a reader of the terminal.
+fn quarantined(stream: &str, e: &ReadError) -> Option<(u64, Value)> {
+    let ReadError::Undecodable { seq, subject, at_ms, source, .. } = e else { return None };
+    eprintln!("undecodable event: {e}");
+    let line = json!({
+        "type": "undecodable", "stream": stream, "seq": seq, "subject": subject, "at_ms": at_ms,
+        "reason": source.to_string(), "code": Code::UndecodableEvent.as_str(),
+    });
+    Some((*at_ms, line))
+}
+
 fn wanted(args: &TailArgs, since_ms: u64, rec: &Recorded) -> bool {
     let kind = rec.envelope.event.kind();
     rec.envelope.at_ms >= since_ms
@@ -78,7 +90,11 @@ pub async fn tail(nats: &NatsAccess, args: TailArgs) -> CliResult<()> {
                 match item {
                     Ok(rec) if wanted(&args, since_ms, &rec) => lines.push((rec.envelope.at_ms, to_json(stream, &rec))),
                     Ok(_) => {}
-                    Err(e) => eprintln!("undecodable event: {e}"),
+                    Err(e) => {
+                        if let Some((at_ms, line)) = quarantined(stream, &e) {
+                            lines.push((at_ms, line));
+                        }
+                    }
                 }
             }
         }
@@ -100,7 +116,11 @@ pub async fn tail(nats: &NatsAccess, args: TailArgs) -> CliResult<()> {
             item = merged.next() => match item {
                 Some((stream, Ok(d))) if wanted(&args, since_ms, &d.recorded) => println!("{}", to_json(&stream, &d.recorded)),
                 Some((_, Ok(_))) => {}
-                Some((_, Err(e @ ReadError::Undecodable { .. }))) => eprintln!("undecodable event: {e}"),
+                Some((stream, Err(e @ ReadError::Undecodable { .. }))) => {
+                    if let Some((_, line)) = quarantined(&stream, &e) {
+                        println!("{line}");
+                    }
+                }
                 Some((_, Err(e))) => return Err(unavailable(e.to_string())),
                 None => return Ok(()),
             },

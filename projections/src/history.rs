@@ -105,7 +105,15 @@ async fn fold_onto(
             true
         }
         Err(error) => {
-            tracing::error!(%error, "event skipped: it cannot be decoded");
+            let seq = match &error {
+                rbee_bus::log::ReadError::Undecodable { seq, .. } => *seq,
+                rbee_bus::log::ReadError::Unavailable(_) => 0,
+            };
+            if matches!(until, Until::Seq(end) if seq > end) {
+                return false;
+            }
+            tracing::error!(code = %rbee_bus::Code::UndecodableEvent, seq, %error, "event skipped");
+            folded.view.pass_undecodable(seq);
             folded.skipped += 1;
             true
         }

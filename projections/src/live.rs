@@ -61,6 +61,15 @@ impl ClusterView {
         (known.node != node).then_some("it names a worker of another node")
     }
 
+    /// Passes over an event of `RBEE` that could not be decoded (it is reported where it was read):
+    /// the view has read the log up to it, and no event id ties the view to it.
+    pub fn pass_undecodable(&mut self, seq: u64) {
+        if seq > self.last_seq {
+            self.last_seq = seq;
+            self.last_event_id = None;
+        }
+    }
+
     fn advance(&mut self, rec: &Recorded) {
         if matches!(rec.envelope.event, rbee_bus::Event::WorkerHeartbeat(_)) {
             self.last_heartbeat_seq = self.last_heartbeat_seq.max(rec.stream_seq);
@@ -118,8 +127,9 @@ impl LiveView {
         let (seq_tx, seq) = watch::channel(initial.last_seq);
         let view = Arc::new(RwLock::new(initial));
         let (changes_tx, changes) = watch::channel(0u64);
-        let events = read::follow(log, subjects::EVENTS_STREAM, from).await?;
-        let heartbeats = read::follow(log, subjects::HEARTBEATS_STREAM, StartAt::LastPerSubject).await?;
+        let events = read::follow(log, subjects::EVENTS_STREAM, from).await?.map(|item| (true, item));
+        let heartbeats =
+            read::follow(log, subjects::HEARTBEATS_STREAM, StartAt::LastPerSubject).await?.map(|item| (false, item));
         let mut merged = futures::stream::select(events, heartbeats);
         let folded = view.clone();
         tokio::spawn(async move {
@@ -128,17 +138,24 @@ impl LiveView {
                     _ = shutdown.cancelled() => return,
                     item = merged.next() => item,
                 };
+                let fold = |change: &dyn Fn(&mut ClusterView)| {
+                    let last = {
+                        let mut v = folded.write().unwrap_or_else(|p| p.into_inner());
+                        change(&mut v);
+                        v.last_seq
+                    };
+                    seq_tx.send_replace(last);
+                    changes_tx.send_modify(|n| *n += 1);
+                };
                 match item {
-                    Some(Ok(delivered)) => {
-                        let last = {
-                            let mut v = folded.write().unwrap_or_else(|p| p.into_inner());
-                            v.apply(&delivered.recorded);
-                            v.last_seq
-                        };
-                        seq_tx.send_replace(last);
-                        changes_tx.send_modify(|n| *n += 1);
+                    Some((_, Ok(delivered))) => fold(&|v| v.apply(&delivered.recorded)),
+                    Some((of_events, Err(e @ rbee_bus::log::ReadError::Undecodable { seq, .. }))) => {
+                        tracing::error!(code = %rbee_bus::Code::UndecodableEvent, seq, error = %e, "event skipped");
+                        if of_events {
+                            fold(&|v| v.pass_undecodable(seq));
+                        }
                     }
-                    Some(Err(e)) => tracing::error!(error = %e, "event skipped by the projection"),
+                    Some((_, Err(e))) => tracing::error!(error = %e, "event log reader interrupted"),
                     None => {
                         tracing::error!("event log reader ended");
                         return;

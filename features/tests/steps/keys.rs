@@ -138,6 +138,7 @@ async fn no_auth_queen_serves(w: &mut RbeeWorld) {
 }
 
 #[given(expr = "I made an API key {string} with rbee keys create")]
+#[when(expr = "I create an API key named {string} with rbee keys create")]
 fn made_key(w: &mut RbeeWorld, name: String) {
     w.make_key(&name, &[]);
 }

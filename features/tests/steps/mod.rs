@@ -65,6 +65,8 @@ pub struct RbeeWorld {
     ready_before: Vec<String>,
     /// Processes started by the scenario (killed by PID if still running at the end).
     children: Vec<Child>,
+    /// The sequence and subject of an undecodable message a scenario published.
+    junk: Option<(u64, String)>,
     worker_id: String,
     /// A state digest noted before the step under test.
     digest: String,
@@ -224,6 +226,7 @@ impl RbeeWorld {
             counts_before: Vec::new(),
             ready_before: Vec::new(),
             children: Vec::new(),
+            junk: None,
             worker_id: String::new(),
             digest: String::new(),
             backup: None,

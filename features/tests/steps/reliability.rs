@@ -143,3 +143,96 @@ async fn refused_fast(w: &mut RbeeWorld, seconds: u64, status: u16, code: String
     assert_eq!(answer.1["error"]["code"], code.as_str(), "{}", answer.1);
     assert!(elapsed < Duration::from_secs(seconds), "refused after {elapsed:?}");
 }
+
+/// How long a CLI command may take against a cluster that holds an undecodable event.
+const CLI_DEADLINE: Duration = Duration::from_secs(15);
+
+impl RbeeWorld {
+    /// Runs `rbee <args>` against the scenario's cluster; a command still running after
+    /// [`CLI_DEADLINE`] is killed (by the pid this step started) and fails the step as hung.
+    fn rbee_within_deadline(&self, args: &[&str]) -> std::process::Output {
+        let child = self
+            .cluster()
+            .rbee_command_for(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("rbee starts");
+        let pid = child.id();
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(child.wait_with_output());
+        });
+        match finished.recv_timeout(CLI_DEADLINE) {
+            Ok(output) => output.expect("rbee ran"),
+            Err(_) => {
+                signal::send(pid, Signal::Kill);
+                panic!("rbee {} hung past {CLI_DEADLINE:?}", args.join(" "));
+            }
+        }
+    }
+}
+
+#[when(expr = "the admin publishes a 2-byte message without headers on {string}")]
+async fn publish_junk(w: &mut RbeeWorld, subject: String) {
+    let client = w.cluster().admin_client().await;
+    let js = async_nats::jetstream::new(client);
+    let ack = js.publish(subject.clone(), b"\x01\x02"[..].into()).await.unwrap().await.expect("stored");
+    w.junk = Some((ack.sequence, subject));
+}
+
+#[then("rbee events tail --no-follow shows it as undecodable, with its subject and sequence")]
+fn tail_shows_junk(w: &mut RbeeWorld) {
+    let (seq, subject) = w.junk.clone().expect("junk published");
+    let out = w.rbee_within_deadline(&["events", "tail", "--no-follow", "--no-heartbeats"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).expect("JSON lines")).collect();
+    let junk = lines.iter().find(|l| l["seq"] == seq).expect("the junk has a line");
+    assert_eq!(junk["type"], "undecodable", "{junk}");
+    assert_eq!(junk["subject"], subject.as_str(), "{junk}");
+    assert!(junk["reason"].as_str().is_some_and(|r| !r.is_empty()), "{junk}");
+}
+
+#[then("rbee workers, rbee replay and rbee replay at its sequence each answer, rbee replay counting it as skipped")]
+fn commands_answer(w: &mut RbeeWorld) {
+    let (seq, _) = w.junk.clone().expect("junk published");
+    let workers = w.rbee_within_deadline(&["workers", "--json"]);
+    assert!(workers.status.success(), "{}", String::from_utf8_lossy(&workers.stderr));
+    let listed: Value = serde_json::from_slice(&workers.stdout).expect("workers JSON");
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+    for args in [vec!["replay".to_string()], vec!["replay".into(), "--at".into(), seq.to_string()]] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = w.rbee_within_deadline(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("1 event(s) could not be decoded"), "{stderr}");
+    }
+}
+
+#[then("rbee replay at every sequence of the log answers with the registry")]
+fn replay_everywhere(w: &mut RbeeWorld) {
+    let last = w.cluster().events(false).last().and_then(|e| e["seq"].as_u64()).expect("events");
+    let (junk, _) = w.junk.clone().expect("junk published");
+    assert!(last > junk, "an event after the junk");
+    for seq in 1..=last {
+        let out = w.rbee_within_deadline(&["replay", "--at", &seq.to_string()]);
+        assert!(out.status.success(), "rbee replay --at {seq}: {}", String::from_utf8_lossy(&out.stderr));
+        let view: Value = serde_json::from_slice(&out.stdout).expect("replay JSON");
+        assert!(view["workers"].is_array(), "{view}");
+    }
+}
+
+#[then("the queen's log reports the undecodable event with its sequence and subject")]
+async fn queen_reports_junk(w: &mut RbeeWorld) {
+    let (seq, subject) = w.junk.clone().expect("junk published");
+    let c = w.cluster();
+    eventually("the queen reports the undecodable event", DEADLINE, || async {
+        let log = c.log_file("queen.log");
+        let line = log.lines().find(|l| {
+            l.contains(rbee_bus::Code::UndecodableEvent.as_str()) && l.contains(&format!("event {seq} on {subject}"))
+        });
+        line.map(str::to_string).ok_or(())
+    })
+    .await;
+}
