@@ -34,6 +34,18 @@ pub struct WorkItem {
     pub traceparent: Option<String>,
 }
 
+/// A queen's word to a worker, every [`STILL_WANTED_EVERY`], on `rbee.live.<node>.<worker>`: the
+/// requests on that worker it still streams to a client. A request no queen has named for
+/// [`REQUESTER_TIMEOUT`] has no one left to read it (its queen died or was cut off): the worker
+/// stops generating it and frees the slot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StillWanted {
+    pub requests: Vec<String>,
+}
+
+pub const STILL_WANTED_EVERY: std::time::Duration = std::time::Duration::from_millis(300);
+pub const REQUESTER_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// The worker's immediate answer to a [`WorkItem`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum WorkAccepted {

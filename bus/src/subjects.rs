@@ -6,6 +6,7 @@
 //! * `rbee.hb.<node>.<worker>`   heartbeats, stream `RBEE_HB` (last per subject kept)
 //! * `rbee.work.<node>.<worker>` core NATS: a request's text dispatched to a worker
 //! * `rbee.tok.<node>.<worker>.<request>` core NATS: token frames streamed back by the worker
+//! * `rbee.live.<node>.<worker>` core NATS: the worker's requests a queen still streams to a client
 //!
 //! Identity lives in the subject: nats-server lets a node's hive and workers write only subjects
 //! that name their node (and a worker only its own name), so the node in the subject is proven.
@@ -48,6 +49,11 @@ pub fn heartbeat(node: &str, worker: &str) -> String {
 
 pub fn work(node: &str, worker: &str) -> String {
     format!("rbee.work.{node}.{worker}")
+}
+
+/// Where queens say which of a worker's requests they still stream ([`crate::frames::StillWanted`]).
+pub fn still_wanted(node: &str, worker: &str) -> String {
+    format!("rbee.live.{node}.{worker}")
 }
 
 /// Token frames name the worker and its node, so a worker can only ever stream under its own name.

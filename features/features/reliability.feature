@@ -32,3 +32,11 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     When I create an API key named "after-junk" with rbee keys create
     Then rbee replay at every sequence of the log answers with the registry
     And the queen's log reports the undecodable event with its sequence and subject
+
+  @REL-5
+  Scenario: A queen that dies mid-stream leaves no generation running for nobody
+    Given a cluster of my own serving the default model
+    And a second queen serving the same cluster
+    When a streaming request with max_tokens 2000 runs through the second queen, which is killed after its first tokens
+    Then within 2 seconds of the kill the worker records the request cancelled and releases its slot
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"

@@ -108,6 +108,8 @@ async fn handle(
 /// A request running on a worker.
 struct Running {
     tokens: async_nats::Subscriber,
+    /// Named to the worker as long as this runs.
+    _streaming: crate::streaming::StreamingRequest,
     guard: RequestGuard,
     model: String,
     request: String,
@@ -255,6 +257,7 @@ async fn start(
             guard.stage = Stage::Running;
             Ok(Running {
                 tokens,
+                _streaming: state.streaming.start(&claim.node, &claim.worker, request),
                 guard,
                 model: chat.model.clone(),
                 request: request.into(),

@@ -15,6 +15,7 @@ pub mod recovery;
 pub mod routes;
 pub mod scheduler;
 pub mod serve;
+pub mod streaming;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +38,8 @@ pub struct AppState {
     /// How the view was recovered at start, for the operator.
     pub recovery: String,
     pub metrics: metrics::QueenMetrics,
+    /// The requests this queen streams, told to their workers.
+    pub streaming: streaming::Streaming,
     /// What the archiver is doing; None without an event store.
     pub archive: Option<tokio::sync::watch::Receiver<rbee_bus::archive::ArchiveStatus>>,
 }
@@ -127,6 +130,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
     let liveness =
         reaper::Liveness { heartbeat_timeout: config.heartbeat_timeout(), stale_grace: config.stale_grace() };
     background.spawn(reaper::run(log.clone(), view.clone(), liveness, shutdown.clone()));
+    let streaming = streaming::Streaming::default();
+    background.spawn(streaming::announce(log.clone(), streaming.clone(), shutdown.clone()));
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .map_err(|source| QueenError::Bind { addr: config.bind, source })?;
@@ -138,6 +143,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
         config,
         recovery: recovered.report,
         metrics: metrics::QueenMetrics::new(),
+        streaming,
         archive,
     }));
     let served = serve::serve(listener, app, limits, shutdown.clone(), Duration::from_secs(30)).await;

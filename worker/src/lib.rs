@@ -10,6 +10,7 @@ pub mod error;
 pub mod kernels;
 pub mod llama;
 pub mod registration;
+pub mod requesters;
 pub mod service;
 pub mod text_stream;
 

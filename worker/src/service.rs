@@ -39,6 +39,8 @@ struct Shared {
     /// Each accepted request's tail: recording its outcome and publishing its last frames. A
     /// draining worker waits for these, not just for its slots, so no stream loses its end.
     streams: TaskTracker,
+    /// The running requests a queen still reads.
+    requesters: Arc<crate::requesters::Requesters>,
 }
 
 /// Runs the worker until `shutdown`. Registration comes first, so a duplicate id fails fast.
@@ -97,7 +99,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     set_state(&log, &config, WorkerState::Ready, context_length, &meta).await;
     tracing::info!(worker = %config.worker_id, context_length, "ready");
 
-    let shared = Arc::new(Shared { config, log, prompter, jobs, busy: AtomicU32::new(0), streams: TaskTracker::new() });
+    let still_wanted = log
+        .client()
+        .subscribe(subjects::still_wanted(&config.node, &config.worker_id))
+        .await
+        .map_err(|e| WorkerError::Bus(e.to_string()))?;
+    let requesters = Arc::new(crate::requesters::Requesters::default());
+    let watcher = tokio::spawn(crate::requesters::watch(requesters.clone(), still_wanted));
+    let shared = Arc::new(Shared {
+        config,
+        log,
+        prompter,
+        jobs,
+        busy: AtomicU32::new(0),
+        streams: TaskTracker::new(),
+        requesters,
+    });
     // Heartbeats go on while draining; they stop when the worker does.
     let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), CancellationToken::new()));
     loop {
@@ -125,6 +142,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     }
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shared.log.client().flush()).await;
     heartbeats.abort();
+    watcher.abort();
     // Recording the stop is best effort when the log is gone too: never hang on the way out.
     let stopped = set_state(&shared.log, &shared.config, WorkerState::Stopped, 0, &meta);
     if tokio::time::timeout(std::time::Duration::from_secs(5), stopped).await.is_err() {
@@ -223,6 +241,7 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
         let _ = client.publish(reply, refuse(Code::InferenceFailed, "generation thread is gone".into()).into()).await;
         return;
     }
+    shared.requesters.follow(&item.request, cancel.clone());
     let _ = client.publish(reply, frames::encode(&WorkAccepted::Accepted).into()).await;
     tokio::spawn(watch_cancellation(cancellations, cancel));
     shared.streams.spawn(forward_frames(
@@ -263,6 +282,7 @@ async fn finish(
 ) {
     let started = Instant::now();
     let outcome = done.await.unwrap_or_else(|_| Err(EngineError::Inference("generation thread stopped".into())));
+    shared.requesters.forget(&item.request);
     let worker = shared.config.worker_id.clone();
     let meta = Meta { correlation: Some(item.request.clone()), traceparent: item.traceparent.clone() };
     let (finished, last_frame) = match &outcome {

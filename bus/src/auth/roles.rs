@@ -55,7 +55,12 @@ pub fn queen(inbox: &str) -> Permissions {
     let mut p = reader(inbox);
     stream_creator(&mut p);
     durable(&mut p, ARCHIVER_CONSUMER);
-    p.publish.extend([aggregate(Request, ANY), subjects::worker(ANY, ANY), subjects::work(ANY, ANY)]);
+    p.publish.extend([
+        aggregate(Request, ANY),
+        subjects::worker(ANY, ANY),
+        subjects::work(ANY, ANY),
+        subjects::still_wanted(ANY, ANY),
+    ]);
     p.subscribe.push(subjects::TOKENS_SUBJECTS.into());
     p
 }
@@ -84,7 +89,11 @@ pub fn worker_template(node: &str) -> Permissions {
         aggregate(Request, ANY),
         subjects::tokens(node, WORKER_NAME, ANY),
     ]);
-    p.subscribe.extend([subjects::work(node, WORKER_NAME), aggregate(Request, ANY)]);
+    p.subscribe.extend([
+        subjects::work(node, WORKER_NAME),
+        subjects::still_wanted(node, WORKER_NAME),
+        aggregate(Request, ANY),
+    ]);
     p.respond = true;
     p
 }

@@ -67,6 +67,8 @@ pub struct RbeeWorld {
     children: Vec<Child>,
     /// The sequence and subject of an undecodable message a scenario published.
     junk: Option<(u64, String)>,
+    /// When the scenario killed a process (ms since the epoch).
+    killed_at_ms: u64,
     worker_id: String,
     /// A state digest noted before the step under test.
     digest: String,
@@ -227,6 +229,7 @@ impl RbeeWorld {
             ready_before: Vec::new(),
             children: Vec::new(),
             junk: None,
+            killed_at_ms: 0,
             worker_id: String::new(),
             digest: String::new(),
             backup: None,

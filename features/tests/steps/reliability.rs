@@ -236,3 +236,45 @@ async fn queen_reports_junk(w: &mut RbeeWorld) {
     })
     .await;
 }
+
+#[when(
+    expr = "a streaming request with max_tokens {int} runs through the second queen, which is killed after its first tokens"
+)]
+async fn stream_then_kill_queen(w: &mut RbeeWorld, max_tokens: u32) {
+    let body = serde_json::json!({"model": super::MODEL, "stream": true, "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "Tell me a long story about a bee."}]});
+    let url = format!("{}/v1/chat/completions", w.second_queen);
+    let response = w.cluster().http().post(url).json(&body).send().await.expect("the second queen answers");
+    assert_eq!(response.status().as_u16(), 200);
+    w.request_id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let mut bytes = response.bytes_stream();
+    let mut seen = Vec::new();
+    while String::from_utf8_lossy(&seen).matches("data: ").count() < 3 {
+        let chunk = futures::StreamExt::next(&mut bytes).await.expect("the stream goes on").expect("a chunk");
+        seen.extend_from_slice(&chunk);
+    }
+    w.killed_at_ms = rbee_bus::envelope::now_ms();
+    w.kill_second_queen();
+}
+
+#[then("within 2 seconds of the kill the worker records the request cancelled and releases its slot")]
+async fn orphan_stopped(w: &mut RbeeWorld) {
+    let request = w.request_id.clone();
+    let c = w.cluster();
+    let (finished, released) = eventually("the request's end is recorded", DEADLINE, || async {
+        let events = c.events(false);
+        let of_request =
+            |kind: &str| events.iter().find(|e| e["type"] == kind && e["data"]["request"] == request.as_str()).cloned();
+        match (of_request("request.finished"), of_request("slot.released")) {
+            (Some(f), Some(r)) => Ok((f, r)),
+            other => Err(other),
+        }
+    })
+    .await;
+    let reason = finished["data"]["finish_reason"].as_str().unwrap_or_default().to_lowercase();
+    assert_eq!(reason, "cancelled", "{finished}");
+    assert!(finished["data"]["completion_tokens"].as_u64() < Some(2000), "{finished}");
+    let after = finished["at_ms"].as_u64().unwrap().saturating_sub(w.killed_at_ms);
+    assert!(after <= 2000, "stopped {after} ms after the queen died");
+    assert!(released["at_ms"].as_u64().unwrap() >= finished["at_ms"].as_u64().unwrap(), "{released}");
+}

@@ -1,0 +1,96 @@
+//! Requests someone still reads. A queen names, every few hundred milliseconds, the requests on
+//! this worker it still streams to a client ([`StillWanted`]); a request no queen has named for
+//! [`REQUESTER_TIMEOUT`] has lost its reader (the queen died, or was cut off), so its generation is
+//! cancelled and its slot freed, as if the client had gone away.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures::StreamExt;
+use rbee_bus::frames::{self, REQUESTER_TIMEOUT, StillWanted};
+
+/// The running requests, each with when a queen last named it and the flag that stops it.
+#[derive(Default)]
+pub struct Requesters {
+    wanted: Mutex<HashMap<String, (Instant, Arc<AtomicBool>)>>,
+}
+
+impl Requesters {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<AtomicBool>)>> {
+        self.wanted.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A request was taken: wanted from now on, until queens stop naming it.
+    pub fn follow(&self, request: &str, cancel: Arc<AtomicBool>) {
+        self.lock().insert(request.to_string(), (Instant::now(), cancel));
+    }
+
+    /// The request ended.
+    pub fn forget(&self, request: &str) {
+        self.lock().remove(request);
+    }
+
+    fn heard(&self, still: &StillWanted) {
+        let mut wanted = self.lock();
+        for request in &still.requests {
+            if let Some((last, _)) = wanted.get_mut(request) {
+                *last = Instant::now();
+            }
+        }
+    }
+
+    /// Cancels every request nobody named for [`REQUESTER_TIMEOUT`]; returns their ids.
+    fn cancel_abandoned(&self) -> Vec<String> {
+        let mut wanted = self.lock();
+        let gone: Vec<String> =
+            wanted.iter().filter(|(_, (last, _))| last.elapsed() > REQUESTER_TIMEOUT).map(|(r, _)| r.clone()).collect();
+        for request in &gone {
+            if let Some((_, cancel)) = wanted.remove(request) {
+                cancel.store(true, Ordering::Relaxed);
+            }
+        }
+        gone
+    }
+}
+
+/// Listens to the queens on `subject` and cancels what they no longer read, until aborted.
+pub async fn watch(requesters: Arc<Requesters>, mut still_wanted: async_nats::Subscriber) {
+    let mut tick = tokio::time::interval(REQUESTER_TIMEOUT / 6);
+    loop {
+        tokio::select! {
+            msg = still_wanted.next() => match msg {
+                Some(msg) => match frames::decode::<StillWanted>(&msg.payload) {
+                    Ok(still) => requesters.heard(&still),
+                    Err(e) => tracing::warn!(error = %e, "unreadable still-wanted message ignored"),
+                },
+                None => return,
+            },
+            _ = tick.tick() => {
+                for request in requesters.cancel_abandoned() {
+                    tracing::warn!(%request, "no queen reads this request any more; stopping it");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_nobody_names_is_cancelled_and_a_named_one_is_not() {
+        let requesters = Requesters::default();
+        let (named, forgotten) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        requesters.follow("named", named.clone());
+        requesters.follow("forgotten", forgotten.clone());
+        std::thread::sleep(REQUESTER_TIMEOUT / 2);
+        requesters.heard(&StillWanted { requests: vec!["named".into()] });
+        std::thread::sleep(REQUESTER_TIMEOUT / 2 + std::time::Duration::from_millis(100));
+        assert_eq!(requesters.cancel_abandoned(), vec!["forgotten".to_string()]);
+        assert!(forgotten.load(Ordering::Relaxed));
+        assert!(!named.load(Ordering::Relaxed));
+    }
+}
