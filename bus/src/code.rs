@@ -136,6 +136,7 @@ codes! {
     KeyNotFound "KEY_NOT_FOUND" 404 "no API key with that id";
     SourceNotAllowed "SOURCE_NOT_ALLOWED" 403 "the model source is not on the hive's allow-list (`--allowed-hosts`, `--allowed-dirs`)";
     UnsupportedMediaType "UNSUPPORTED_MEDIA_TYPE" 415 "a JSON endpoint was sent a body that is not `Content-Type: application/json`";
+    WorkerLost "WORKER_LOST" 502 "the worker serving the request exited or went silent mid-stream";
 }
 
 impl Code {

@@ -312,6 +312,50 @@ async fn a_download_killed_at_random_offsets_resumes_to_a_verified_file() {
     );
 }
 
+/// A worker SIGKILLed mid-stream with no other worker of its model: the client's stream ends with a
+/// `WORKER_LOST` error event within 2 s (it used to get keep-alives until the token timeout), and
+/// the log records the request's end, since the worker cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_stream_ends_its_stream_with_worker_lost_at_once() {
+    use futures::StreamExt;
+    let cluster = rbee_features::cluster::Cluster::up(&[]).expect("rbee up");
+    let worker = &cluster.workers()[0];
+    let pid = worker["pid"].as_u64().expect("the worker's pid") as u32;
+    let body = serde_json::json!({"model": "SmolLM2-135M-Instruct", "stream": true, "max_tokens": 2000,
+        "messages": [{"role": "user", "content": "Tell me a long story about a bee."}]});
+    let response =
+        cluster.http().post(format!("{}/v1/chat/completions", cluster.queen_url)).json(&body).send().await.unwrap();
+    let request = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let mut bytes = response.bytes_stream();
+    let mut seen = String::new();
+    while seen.matches("data: ").count() < 3 {
+        seen.push_str(&String::from_utf8_lossy(&bytes.next().await.expect("the stream goes on").unwrap()));
+    }
+    signal::send(pid, Signal::Kill);
+    let killed = std::time::Instant::now();
+    let rest = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = bytes.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains("WORKER_LOST") {
+                return killed.elapsed();
+            }
+        }
+        panic!("the stream ended without WORKER_LOST: {seen}");
+    })
+    .await
+    .expect("the stream ends");
+    assert!(rest < Duration::from_secs(2), "WORKER_LOST came {rest:?} after the worker died");
+    eventually("the log records the request's end", Duration::from_secs(10), || async {
+        let finished = cluster.events_of("request.finished");
+        let ours = finished.into_iter().find(|e| e["data"]["request"] == request.as_str());
+        match ours {
+            Some(e) if e["data"]["error_code"] == "WORKER_LOST" => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+}
+
 fn sha256_file(path: &std::path::Path) -> String {
     use sha2::Digest;
     let mut hasher = sha2::Sha256::new();

@@ -14,7 +14,9 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
-use rbee_bus::{Code, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, subjects};
+use rbee_bus::{
+    Code, Event, EventLog, Expected, FinishReason, Meta, RequestAccepted, RequestFinished, WorkerState, subjects,
+};
 use serde_json::json;
 use tracing::Instrument;
 
@@ -108,6 +110,8 @@ async fn handle(
 /// A request running on a worker.
 struct Running {
     tokens: async_nats::Subscriber,
+    /// The worker serving it.
+    worker: String,
     /// Named to the worker as long as this runs.
     _streaming: crate::streaming::StreamingRequest,
     guard: RequestGuard,
@@ -144,19 +148,60 @@ impl Running {
                 self.outcome = Some("ok");
             }
             Ok(TokenFrame::Error { code, .. }) => self.outcome = Some(code.as_str()),
-            Err(e) => self.outcome = Some(e.code.as_str()),
+            Err(e) => {
+                self.outcome = Some(e.code.as_str());
+                if e.code == Code::WorkerLost {
+                    self.record_lost();
+                }
+            }
             _ => {}
         }
         frame
     }
 
     async fn receive(&mut self) -> Result<TokenFrame, ApiError> {
-        match tokio::time::timeout(self.token_timeout, self.tokens.next()).await {
-            Ok(Some(msg)) => frames::decode(&msg.payload)
-                .map_err(|e| ApiError::new(Code::InferenceFailed, format!("unreadable token frame: {e}"))),
-            Ok(None) => Err(ApiError::new(Code::InferenceFailed, "token stream closed")),
-            Err(_) => Err(ApiError::new(Code::GenerationStalled, "the worker sent no token in time")),
+        let worker = self.worker.clone();
+        // The worker's exit (its hive records it at once) or its silence (the reaper marks it
+        // stale) ends the stream now, not at the token timeout.
+        let lost = self.state.view.wait_until(self.token_timeout, |v| match v.registry.workers.get(&worker) {
+            Some(w) if !matches!(w.state, WorkerState::Stale | WorkerState::Stopped) => None,
+            _ => Some(()),
+        });
+        tokio::select! {
+            biased;
+            next = tokio::time::timeout(self.token_timeout, self.tokens.next()) => match next {
+                Ok(Some(msg)) => frames::decode(&msg.payload)
+                    .map_err(|e| ApiError::new(Code::InferenceFailed, format!("unreadable token frame: {e}"))),
+                Ok(None) => Err(ApiError::new(Code::InferenceFailed, "token stream closed")),
+                Err(_) => Err(ApiError::new(Code::GenerationStalled, "the worker sent no token in time")),
+            },
+            Some(()) = lost => Err(ApiError::new(
+                Code::WorkerLost,
+                format!("worker {} exited or went silent mid-stream; retry the request", self.worker),
+            )
+            .retry_after(1)),
         }
+    }
+
+    /// The worker cannot record how the request ended: this queen does, for it.
+    fn record_lost(&mut self) {
+        self.guard.ended();
+        let finished = Event::RequestFinished(RequestFinished {
+            request: self.request.clone(),
+            worker: self.worker.clone(),
+            finish_reason: FinishReason::Error,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            time_to_first_token_ms: 0,
+            duration_ms: self.started.elapsed().as_millis() as u64,
+            error_code: Some(Code::WorkerLost),
+        });
+        let (log, meta) = (self.state.log.clone(), self.guard.meta.clone());
+        tokio::spawn(async move {
+            if let Err(e) = log.append(finished, Expected::Any, &meta).await {
+                tracing::error!(error = %e, "the lost worker's request outcome not recorded");
+            }
+        });
     }
 
     fn chunk(&self, delta: serde_json::Value, finish_reason: Option<FinishReason>) -> serde_json::Value {
@@ -257,6 +302,7 @@ async fn start(
             guard.stage = Stage::Running;
             Ok(Running {
                 tokens,
+                worker: claim.worker.clone(),
                 _streaming: state.streaming.start(&claim.node, &claim.worker, request),
                 guard,
                 model: chat.model.clone(),
