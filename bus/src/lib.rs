@@ -13,6 +13,7 @@ pub mod frames;
 pub mod fuzz;
 pub mod log;
 pub mod model_ref;
+pub mod outbox;
 pub mod prompt;
 pub mod read;
 pub mod schema;

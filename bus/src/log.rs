@@ -251,6 +251,27 @@ impl EventLog {
         }
     }
 
+    /// Appends a prepared envelope after whatever its aggregate holds, its version set to follow
+    /// it: the outbox's way, which keeps an event's id across tries. An envelope that already is
+    /// the last on its subject (an earlier try whose ack was lost) is not written again.
+    pub async fn append_envelope(&self, mut envelope: Envelope) -> Result<Position, AppendError> {
+        let subject = subjects::for_event(&envelope.event);
+        let mut last_error = None;
+        for _ in 0..ANY_RETRIES {
+            let after = match self.last_recorded(&subject).await? {
+                Some((position, id)) if id == envelope.id => return Ok(position),
+                Some((position, _)) => position,
+                None => Position::default(),
+            };
+            envelope.version = after.version + 1;
+            match self.publish_envelope(&subject, &envelope, after.seq).await {
+                Err(e @ AppendError::Conflict { .. }) => last_error = Some(e),
+                other => return other,
+            }
+        }
+        Err(last_error.expect("loop ran at least once"))
+    }
+
     async fn publish(
         &self,
         subject: &str,

@@ -40,3 +40,11 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     When a streaming request with max_tokens 2000 runs through the second queen, which is killed after its first tokens
     Then within 2 seconds of the kill the worker records the request cancelled and releases its slot
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+
+  @REL-1
+  Scenario: nats-server paused while a request ends: its outcome waits in the worker's outbox and reaches the log
+    Given a cluster of my own serving the default model
+    When a streaming request with max_tokens 48 runs and nats-server is paused for 25 seconds right after its first tokens
+    Then the log holds the request's request.finished and slot.released, each once
+    And the request completes with finish_reason "length" and 48 tokens
+    And the worker's outbox is empty

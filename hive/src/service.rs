@@ -58,10 +58,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
         node.clone(),
         config.nats.clone(),
         identities,
-        rbee_runtime::worker_records(&config.data_dir),
+        &config.data_dir,
         config.logs_dir(),
         config.supervisor_settings(),
-    );
+    )
+    .map_err(|e| HiveError::Config(e.to_string()))?;
+    let stop_outbox = CancellationToken::new();
+    tokio::spawn(supervisor.outbox().drain(log.clone(), stop_outbox.clone()));
     if let Err(e) = crate::supervisor::check_binary(&config.worker_binary("cpu")) {
         tracing::warn!(error = %e, "workers cannot be started until this is fixed");
     }
@@ -145,6 +148,15 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     }
     tracing::info!("stopping workers");
     supervisor.stop_all("shutdown").await;
+    // The workers' exits are on disk; they leave for the log before the hive exits, or with the
+    // next hive of this data directory when the log stays away.
+    if !supervisor.outbox().flushed(std::time::Duration::from_secs(10)).await {
+        tracing::warn!(
+            pending = supervisor.outbox().pending(),
+            "the log did not take the last events; they stay in the outbox"
+        );
+    }
+    stop_outbox.cancel();
     Ok(())
 }
 

@@ -12,7 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rbee_bus::Code;
-use rbee_bus::{Event, EventLog, Expected, Meta, WorkerExited, WorkerSignalled};
+use rbee_bus::outbox::{Outbox, OutboxError};
+use rbee_bus::{Event, EventLog, Meta, WorkerExited, WorkerSignalled};
 use tokio_util::task::TaskTracker;
 
 use crate::identity::WorkerIdentities;
@@ -86,6 +87,10 @@ pub struct Supervisor {
     identities: Arc<WorkerIdentities>,
     /// One file per running worker this hive started: its process identity (see `rbee down`).
     records_dir: PathBuf,
+    /// `<data-dir>/outbox`: the hive's facts about its workers (`hive/`) and each worker's own.
+    outbox_dir: PathBuf,
+    /// Exits and signals on their way to the log, kept through a log that cannot take them.
+    outbox: Arc<Outbox>,
     logs_dir: PathBuf,
     settings: SupervisorSettings,
     running: Arc<Mutex<HashMap<String, Tracked>>>,
@@ -95,8 +100,10 @@ pub struct Supervisor {
 /// The environment variable (and flag) that holds the node's worker signing key.
 pub const WORKER_SIGNING_KEY_ENV: &str = "RBEE_WORKER_SIGNING_KEY";
 
-/// How long recording an exit may take when the log is unreachable: never hang a shutdown on it.
-const RECORD_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long reading a worker's history may take when the log is unreachable: never hang on it.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// Events the hive's outbox keeps at most while the log is unreachable.
+const OUTBOX_CAPACITY: usize = 10_000;
 
 impl Supervisor {
     pub fn new(
@@ -104,21 +111,25 @@ impl Supervisor {
         node: String,
         nats: rbee_runtime::NatsArgs,
         identities: WorkerIdentities,
-        records_dir: PathBuf,
+        data_dir: &Path,
         logs_dir: PathBuf,
         settings: SupervisorSettings,
-    ) -> Self {
-        Supervisor {
+    ) -> Result<Self, OutboxError> {
+        let outbox_dir = data_dir.join("outbox");
+        let outbox = Outbox::open(&outbox_dir.join("hive"), OUTBOX_CAPACITY)?;
+        Ok(Supervisor {
             log,
             node,
             nats,
             identities: Arc::new(identities),
-            records_dir,
+            records_dir: rbee_runtime::worker_records(data_dir),
+            outbox_dir,
+            outbox,
             logs_dir,
             settings,
             running: Default::default(),
             watchers: TaskTracker::new(),
-        }
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tracked>> {
@@ -161,6 +172,8 @@ impl Supervisor {
             .arg(&self.node)
             .arg("--worker-id")
             .arg(&spec.worker)
+            .arg("--outbox-dir")
+            .arg(self.outbox_path(&spec.worker))
             .arg("--model")
             .arg(&spec.model)
             .arg("--model-path")
@@ -210,6 +223,12 @@ impl Supervisor {
     /// Where the process identity of `worker` is recorded.
     fn record_path(&self, worker: &str) -> PathBuf {
         self.records_dir.join(format!("{worker}.json"))
+    }
+
+    /// Where `worker` keeps the facts the log has not taken yet; a worker started again under the
+    /// same id (a restart after a crash) sends what is left there.
+    fn outbox_path(&self, worker: &str) -> PathBuf {
+        self.outbox_dir.join("workers").join(worker)
     }
 
     /// Whether `pid` is the very process a hive of this data directory recorded for `worker`.
@@ -271,21 +290,24 @@ impl Supervisor {
         }
     }
 
-    /// Appends an event, giving up after [`RECORD_TIMEOUT`].
+    /// Keeps a fact for the log (see [`Outbox`]).
     async fn record(&self, event: Event) {
         let kind = event.kind();
-        match tokio::time::timeout(RECORD_TIMEOUT, self.log.append(event, Expected::Any, &Meta::default())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, kind, "not recorded"),
-            Err(_) => tracing::error!(kind, "not recorded: the log did not answer in time"),
+        if let Err(e) = self.outbox.record(event, &Meta::default()) {
+            tracing::error!(error = %e, kind, "not recorded");
         }
+    }
+
+    /// The hive's outbox, for its drainer.
+    pub fn outbox(&self) -> Arc<Outbox> {
+        self.outbox.clone()
     }
 
     /// False when another process (pid) is the registered incarnation of `worker`: an exit of this
     /// one (e.g. it lost the registration race) must not remove that one from the registry.
     async fn was_registered_incarnation(&self, worker: &str, pid: u32) -> bool {
         let subject = rbee_bus::subjects::worker(&self.node, worker);
-        match tokio::time::timeout(RECORD_TIMEOUT, rbee_bus::read::read_subject(&self.log, &subject)).await {
+        match tokio::time::timeout(READ_TIMEOUT, rbee_bus::read::read_subject(&self.log, &subject)).await {
             Ok(Ok(history)) => history
                 .iter()
                 .rev()

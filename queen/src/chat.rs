@@ -161,10 +161,11 @@ impl Running {
 
     async fn receive(&mut self) -> Result<TokenFrame, ApiError> {
         let worker = self.worker.clone();
-        // The worker's exit (its hive records it at once) or its silence (the reaper marks it
-        // stale) ends the stream now, not at the token timeout.
+        // The worker's exit (its hive records it at once) ends the stream now, not at the token
+        // timeout. A silent worker is not taken for dead here: its tokens may still be on their
+        // way (the bus paused); the token timeout covers a silence that lasts.
         let lost = self.state.view.wait_until(self.token_timeout, |v| match v.registry.workers.get(&worker) {
-            Some(w) if !matches!(w.state, WorkerState::Stale | WorkerState::Stopped) => None,
+            Some(w) if w.state != WorkerState::Stopped => None,
             _ => Some(()),
         });
         tokio::select! {

@@ -29,6 +29,11 @@ pub struct Config {
     /// Threads for inference (default: the machine's physical cores).
     #[arg(long, env = "RBEE_WORKER_THREADS")]
     pub threads: Option<usize>,
+    /// Where facts wait for the log when it cannot take them (default: a directory named after the
+    /// worker in the system's temporary directory). A worker started again with the same id sends
+    /// what its previous incarnation left there.
+    #[arg(long, env = "RBEE_OUTBOX_DIR")]
+    pub outbox_dir: Option<PathBuf>,
     /// Seconds between heartbeats.
     #[arg(long, env = "RBEE_HEARTBEAT_SECS", default_value_t = 2)]
     pub heartbeat_secs: u64,
@@ -38,6 +43,10 @@ impl Config {
     /// Threads for the forward pass: `--threads`, or the physical cores.
     pub fn inference_threads(&self) -> usize {
         self.threads.unwrap_or_else(physical_cores).max(1)
+    }
+
+    pub fn outbox_dir(&self) -> PathBuf {
+        self.outbox_dir.clone().unwrap_or_else(|| std::env::temp_dir().join(format!("rbee-outbox-{}", self.worker_id)))
     }
 
     pub fn heartbeat_interval(&self) -> Duration {

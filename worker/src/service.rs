@@ -8,9 +8,10 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
+use rbee_bus::outbox::Outbox;
 use rbee_bus::{
-    Code, Event, EventLog, Expected, FinishReason, Meta, RequestFinished, SlotReleased, WorkerHeartbeat,
-    WorkerRegistered, WorkerState, WorkerStateChanged, subjects,
+    Code, Event, EventLog, FinishReason, Meta, RequestFinished, SlotReleased, WorkerHeartbeat, WorkerRegistered,
+    WorkerState, WorkerStateChanged, subjects,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +42,14 @@ struct Shared {
     streams: TaskTracker,
     /// The running requests a queen still reads.
     requesters: Arc<crate::requesters::Requesters>,
+    /// Facts on their way to the log (states, outcomes, released slots).
+    outbox: Arc<Outbox>,
 }
+
+/// Events the outbox keeps at most while the log is unreachable.
+const OUTBOX_CAPACITY: usize = 10_000;
+/// How long leftovers of an earlier incarnation, and the last facts before exit, may take to land.
+const OUTBOX_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs the worker until `shutdown`. Registration comes first, so a duplicate id fails fast.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
@@ -51,6 +59,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let log = EventLog::connect(&config.nats.access()).await?;
     log.ensure_streams(&rbee_bus::StreamSettings::from_env()?).await?;
     let meta = Meta { correlation: Some(config.worker_id.clone()), traceparent: None };
+    // What an earlier incarnation of this id could not send goes first, before it registers again.
+    let outbox =
+        Outbox::open(&config.outbox_dir(), OUTBOX_CAPACITY).map_err(|e| WorkerError::Internal(e.to_string()))?;
+    let stop_outbox = CancellationToken::new();
+    tokio::spawn(outbox.clone().drain(log.clone(), stop_outbox.clone()));
+    if !outbox.flushed(OUTBOX_FLUSH).await {
+        return Err(WorkerError::Bus(format!("{} events of an earlier run could not be sent", outbox.pending())));
+    }
     let registered = Event::WorkerRegistered(WorkerRegistered {
         worker: config.worker_id.clone(),
         node: config.node.clone(),
@@ -79,7 +95,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let engine = match loaded {
         Ok(engine) => engine,
         Err(e) => {
-            set_state(&log, &config, WorkerState::Stopped, 0, &meta).await;
+            set_state(&outbox, &config, WorkerState::Stopped, 0, &meta);
+            outbox.flushed(OUTBOX_FLUSH).await;
             return Err(e.into());
         }
     };
@@ -96,7 +113,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         .await
         .map_err(|e| WorkerError::Bus(e.to_string()))?;
     let context_length = prompter.context_length() as u32;
-    set_state(&log, &config, WorkerState::Ready, context_length, &meta).await;
+    set_state(&outbox, &config, WorkerState::Ready, context_length, &meta);
     tracing::info!(worker = %config.worker_id, context_length, "ready");
 
     let still_wanted = log
@@ -114,6 +131,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         busy: AtomicU32::new(0),
         streams: TaskTracker::new(),
         requesters,
+        outbox,
     });
     // Heartbeats go on while draining; they stop when the worker does.
     let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), CancellationToken::new()));
@@ -132,7 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let in_flight = shared.busy.load(Ordering::SeqCst);
     if in_flight > 0 {
         tracing::info!(in_flight, "draining: finishing the requests in flight");
-        set_state(&shared.log, &shared.config, WorkerState::Draining, 0, &meta).await;
+        set_state(&shared.outbox, &shared.config, WorkerState::Draining, 0, &meta);
     }
     // Every request's outcome recorded and its last frame sent, then flushed, before the exit.
     shared.streams.close();
@@ -143,23 +161,30 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shared.log.client().flush()).await;
     heartbeats.abort();
     watcher.abort();
-    // Recording the stop is best effort when the log is gone too: never hang on the way out.
-    let stopped = set_state(&shared.log, &shared.config, WorkerState::Stopped, 0, &meta);
-    if tokio::time::timeout(std::time::Duration::from_secs(5), stopped).await.is_err() {
-        tracing::warn!("the stop could not be recorded in time; exiting anyway");
+    // The stop and every outcome are on disk; they leave for the log before the exit, or with
+    // the next incarnation of this id when the log stays away.
+    set_state(&shared.outbox, &shared.config, WorkerState::Stopped, 0, &meta);
+    if !shared.outbox.flushed(OUTBOX_FLUSH).await {
+        tracing::warn!(
+            pending = shared.outbox.pending(),
+            "the log did not take the last events; they stay in the outbox"
+        );
     }
+    stop_outbox.cancel();
+    // Nothing left for a later incarnation: the directory goes (it stays while it holds events).
+    let _ = std::fs::remove_dir(shared.config.outbox_dir());
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn set_state(log: &EventLog, config: &Config, state: WorkerState, context_length: u32, meta: &Meta) {
+fn set_state(outbox: &Outbox, config: &Config, state: WorkerState, context_length: u32, meta: &Meta) {
     let event = Event::WorkerStateChanged(WorkerStateChanged {
         worker: config.worker_id.clone(),
         node: config.node.clone(),
         state,
         context_length,
     });
-    if let Err(e) = log.append(event, Expected::Any, meta).await {
+    if let Err(e) = outbox.record(event, meta) {
         tracing::error!(error = %e, state = state.as_str(), "could not record state change");
     }
 }
@@ -326,7 +351,7 @@ async fn finish(
         request: item.request.clone(),
     });
     for event in [Event::RequestFinished(finished), released] {
-        if let Err(e) = shared.log.append(event, Expected::Any, &meta).await {
+        if let Err(e) = shared.outbox.record(event, &meta) {
             tracing::error!(error = %e, request = %item.request, "outcome not recorded");
         }
     }

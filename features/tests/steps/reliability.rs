@@ -278,3 +278,70 @@ async fn orphan_stopped(w: &mut RbeeWorld) {
     assert!(after <= 2000, "stopped {after} ms after the queen died");
     assert!(released["at_ms"].as_u64().unwrap() >= finished["at_ms"].as_u64().unwrap(), "{released}");
 }
+
+#[when(
+    expr = "a streaming request with max_tokens {int} runs and nats-server is paused for {int} seconds right after its first tokens"
+)]
+async fn pause_nats_mid_request(w: &mut RbeeWorld, max_tokens: u32, seconds: u64) {
+    w.stream_in_background("Tell me a long story about a bee.", max_tokens).await;
+    let pid = w.cluster_file()["nats_pid"].as_u64().expect("cluster.json records nats-server") as u32;
+    signal::send(pid, Signal::Stop);
+    let paused = Instant::now();
+    // Meanwhile the request ends, and its outcome waits on the worker's disk.
+    let dir = w.worker_outbox();
+    let mut waited = 0;
+    while paused.elapsed() < Duration::from_secs(seconds) {
+        waited = waited.max(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    signal::send(pid, Signal::Continue);
+    assert!(waited > 0, "no event waited in {} while nats-server was paused", dir.display());
+}
+
+impl RbeeWorld {
+    /// The outbox directory of the cluster's (only) worker.
+    fn worker_outbox(&self) -> std::path::PathBuf {
+        let file = std::fs::read_dir(rbee_runtime::worker_records(&self.cluster().data_dir))
+            .expect("the hive's worker records")
+            .flatten()
+            .find(|e| e.path().extension().is_some_and(|x| x == "json"))
+            .expect("a worker record");
+        let id = file.path().file_stem().unwrap().to_string_lossy().to_string();
+        self.cluster().data_dir.join("outbox").join("workers").join(id)
+    }
+}
+
+#[then("the log holds the request's request.finished and slot.released, each once")]
+async fn outcome_landed(w: &mut RbeeWorld) {
+    let c = w.cluster();
+    let request = eventually("the request is in the log", Duration::from_secs(60), || async {
+        let accepted = c.events_of("request.accepted");
+        accepted.last().map(|e| e["data"]["request"].as_str().unwrap().to_string()).ok_or(())
+    })
+    .await;
+    eventually("its outcome reaches the log", Duration::from_secs(60), || async {
+        let events = c.events(false);
+        let count = |kind: &str| {
+            events.iter().filter(|e| e["type"] == kind && e["data"]["request"] == request.as_str()).count()
+        };
+        match (count("request.finished"), count("slot.released")) {
+            (1, 1) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+}
+
+#[then("the worker's outbox is empty")]
+async fn outbox_empty(w: &mut RbeeWorld) {
+    let dir = w.worker_outbox();
+    let left = |dir: &std::path::Path| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    eventually("the worker's outbox empties", DEADLINE, || async {
+        match left(&dir) {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    })
+    .await;
+    assert!(dir.is_dir(), "the running worker keeps its outbox at {}", dir.display());
+}
