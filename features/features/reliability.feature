@@ -48,3 +48,11 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     Then the log holds the request's request.finished and slot.released, each once
     And the request completes with finish_reason "length" and 48 tokens
     And the worker's outbox is empty
+
+  @REL-7
+  Scenario: rbee up after only the queen died starts the queen again and reuses everything else
+    Given a cluster of my own serving the default model
+    When its queen is killed and rbee up runs again
+    Then the queen answers again on its recorded port, recovered from its checkpoint
+    And nats-server, Postgres, the hive and the worker are the same processes as before
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"

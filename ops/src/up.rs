@@ -75,6 +75,8 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
             println!("reusing the running cluster in {}", data_dir.display());
             cf
         }
+        // The log's server lives: only what died starts again, on its recorded port.
+        Some(cf) if cf.still_ours(cf.nats_pid) => restart_dead(&args, &data_dir, &source, cf).await?,
         stale => {
             if let Some(cf) = stale {
                 crate::down::stop_cluster(&cf);
@@ -140,7 +142,8 @@ fn allowed_sources(args: &UpArgs, source: &model::ModelSource) -> (String, Strin
 
 async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSource) -> CliResult<ClusterFile> {
     let model = source.name.as_str();
-    let (queen_bin, hive_bin, _) = (binary("rbee-queen")?, binary("rbee-hive")?, binary("rbee-worker")?);
+    // All three are needed: fail before starting anything when one is missing.
+    let _ = (binary("rbee-queen")?, binary("rbee-hive")?, binary("rbee-worker")?);
     let tools_dir = args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools"));
     let nats_bin = nats::find_or_install(&tools_dir)?;
     let logs = data_dir.join("logs");
@@ -203,31 +206,79 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
     cf.database_url = Some(database_url.clone());
     cf.save(data_dir)?;
 
+    start_hive(args, data_dir, source, &mut cf, &trust)?;
+    start_queen(args, data_dir, &mut cf, &trust, queen_port).await?;
+    Ok(cf)
+}
+
+/// Starts again, on their recorded ports, the processes of the cluster that died (nats-server
+/// lives); the living ones, and the workers, are left as they are. A queen started again
+/// recovers its view from its last checkpoint.
+async fn restart_dead(
+    args: &UpArgs,
+    data_dir: &Path,
+    source: &model::ModelSource,
+    mut cf: ClusterFile,
+) -> CliResult<ClusterFile> {
+    let trust = Trust::open(&trust::dir_in(data_dir))?;
+    if let (Some(pid), Some(bin), Some(root), Some(url)) =
+        (cf.postgres_pid, cf.postgres_bin.clone(), cf.postgres_root.clone(), cf.database_url.clone())
+        && !process::is_ours(pid, "postgres")
+    {
+        let port = port_of(&url).ok_or_else(|| CliError::new(Code::InvalidConfig, "cluster.json: no Postgres port"))?;
+        println!("starting Postgres again on port {port}");
+        let (pid, _) = postgres::start(&bin, &root, port, &trust::dir_in(data_dir)).await?;
+        cf.postgres_pid = Some(pid);
+        cf.save(data_dir)?;
+    }
+    if !cf.still_ours(cf.hive_pid) {
+        println!("starting the hive again");
+        start_hive(args, data_dir, source, &mut cf, &trust)?;
+    }
+    if !cf.still_ours(cf.queen_pid) {
+        let port =
+            port_of(&cf.queen_url).ok_or_else(|| CliError::new(Code::InvalidConfig, "cluster.json: no queen port"))?;
+        println!("starting the queen again on port {port}");
+        start_queen(args, data_dir, &mut cf, &trust, port).await?;
+    }
+    Ok(cf)
+}
+
+/// The port at the end of a URL's authority (`http://127.0.0.1:8080`, `postgres://u@h:5432/db`).
+fn port_of(url: &str) -> Option<u16> {
+    let authority = url.split("://").nth(1)?.split('/').next()?;
+    authority.rsplit(':').next()?.parse().ok()
+}
+
+/// Where the cluster's processes find its CA and client certificate, when NATS serves TLS.
+fn tls_env(cf: &ClusterFile) -> Vec<(&'static str, String)> {
+    [("RBEE_NATS_CA", &cf.nats_ca), ("RBEE_NATS_CERT", &cf.nats_cert)]
+        .into_iter()
+        .filter_map(|(name, file)| Some((name, file.as_ref()?.display().to_string())))
+        .collect()
+}
+
+fn start_hive(
+    args: &UpArgs,
+    data_dir: &Path,
+    source: &model::ModelSource,
+    cf: &mut ClusterFile,
+    trust: &Trust,
+) -> CliResult<()> {
     let path = |p: PathBuf| p.display().to_string();
     let (allowed_hosts, allowed_dirs) = allowed_sources(args, source);
-    let mut hive_env = vec![
+    // Credentials by file or environment, never on a command line.
+    let mut env = vec![
         ("RBEE_NATS_URL", cf.nats_url.clone()),
-        ("RBEE_NATS_CREDS", path(trust.creds(Identity::Hive(&node)))),
-        ("RBEE_WORKER_SIGNING_KEY", path(trust.worker_signer(&node))),
+        ("RBEE_NATS_CREDS", path(trust.creds(Identity::Hive(&cf.node)))),
+        ("RBEE_WORKER_SIGNING_KEY", path(trust.worker_signer(&cf.node))),
         ("RBEE_ALLOWED_HOSTS", allowed_hosts),
         ("RBEE_ALLOWED_DIRS", allowed_dirs),
     ];
-    // Credentials by file or environment, never on a command line.
-    let mut queen_env = vec![
-        ("RBEE_NATS_URL", cf.nats_url.clone()),
-        ("RBEE_NATS_CREDS", path(trust.creds(Identity::Queen))),
-        ("RBEE_DATABASE_URL", postgres::with_password(&database_url, &secrets)?),
-    ];
-    for (name, file) in [("RBEE_NATS_CA", &cf.nats_ca), ("RBEE_NATS_CERT", &cf.nats_cert)] {
-        if let Some(file) = file {
-            for env in [&mut hive_env, &mut queen_env] {
-                env.push((name, path(file.clone())));
-            }
-        }
-    }
+    env.extend(tls_env(cf));
     let hive_args = vec![
         "--node".into(),
-        node,
+        cf.node.clone(),
         "--data-dir".into(),
         data_dir.display().to_string(),
         "--catalog-check-secs".into(),
@@ -235,30 +286,39 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         "--max-workers".into(),
         args.max_workers.to_string(),
     ];
-    cf.hive_pid = process::spawn_detached(&hive_bin, &hive_args, &logs.join("hive.log"), &hive_env)?;
+    let log = data_dir.join("logs").join("hive.log");
+    cf.hive_pid = process::spawn_detached(&binary("rbee-hive")?, &hive_args, &log, &env)?;
     cf.record(cf.hive_pid);
-    cf.save(data_dir)?;
+    cf.save(data_dir)
+}
+
+async fn start_queen(args: &UpArgs, data_dir: &Path, cf: &mut ClusterFile, trust: &Trust, port: u16) -> CliResult<()> {
+    let database_url = cf.database_url.clone().unwrap_or_default();
+    let mut env = vec![
+        ("RBEE_NATS_URL", cf.nats_url.clone()),
+        ("RBEE_NATS_CREDS", trust.creds(Identity::Queen).display().to_string()),
+        ("RBEE_DATABASE_URL", postgres::with_password(&database_url, &trust::dir_in(data_dir))?),
+    ];
+    env.extend(tls_env(cf));
     let queen_args = vec![
         "--bind".into(),
-        format!("127.0.0.1:{queen_port}"),
+        format!("127.0.0.1:{port}"),
         "--heartbeat-timeout-secs".into(),
         args.heartbeat_timeout_secs.to_string(),
         "--stale-grace-secs".into(),
         args.stale_grace_secs.to_string(),
     ];
-    cf.queen_pid = process::spawn_detached(&queen_bin, &queen_args, &logs.join("queen.log"), &queen_env)?;
+    let log = data_dir.join("logs").join("queen.log");
+    cf.queen_pid = process::spawn_detached(&binary("rbee-queen")?, &queen_args, &log, &env)?;
     cf.record(cf.queen_pid);
     cf.save(data_dir)?;
     let queen = Some((cf.queen_pid, "rbee-queen"));
-    rbee_local::wait_serving(&format!("{}/health", cf.queen_url), queen, Duration::from_secs(30)).await.map_err(
-        |_| {
-            CliError::new(
-                Code::QueenStartFailed,
-                format!("the queen did not answer on {}; see {}", cf.queen_url, logs.join("queen.log").display()),
-            )
-        },
-    )?;
-    Ok(cf)
+    rbee_local::wait_serving(&format!("{}/health", cf.queen_url), queen, Duration::from_secs(30)).await.map_err(|_| {
+        CliError::new(
+            Code::QueenStartFailed,
+            format!("the queen did not answer on {}; see {}", cf.queen_url, log.display()),
+        )
+    })
 }
 
 /// How recent a heartbeat must be for `up` to trust that a worker is alive.

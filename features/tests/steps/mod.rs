@@ -69,6 +69,8 @@ pub struct RbeeWorld {
     junk: Option<(u64, String)>,
     /// When the scenario killed a process (ms since the epoch).
     killed_at_ms: u64,
+    /// Processes of the scenario's cluster noted before a step under test, by name and pid.
+    pids_before: Vec<(&'static str, u64)>,
     worker_id: String,
     /// A state digest noted before the step under test.
     digest: String,
@@ -230,6 +232,7 @@ impl RbeeWorld {
             children: Vec::new(),
             junk: None,
             killed_at_ms: 0,
+            pids_before: Vec::new(),
             worker_id: String::new(),
             digest: String::new(),
             backup: None,

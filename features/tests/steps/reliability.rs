@@ -345,3 +345,50 @@ async fn outbox_empty(w: &mut RbeeWorld) {
     .await;
     assert!(dir.is_dir(), "the running worker keeps its outbox at {}", dir.display());
 }
+
+/// The processes of the scenario's cluster: nats-server, Postgres, the hive, the queen and the
+/// worker, by pid.
+fn cluster_pids(w: &RbeeWorld) -> Vec<(&'static str, u64)> {
+    let file = w.cluster_file();
+    let worker = w.cluster().workers()[0]["pid"].as_u64().expect("the worker's pid");
+    vec![
+        ("nats-server", file["nats_pid"].as_u64().unwrap()),
+        ("postgres", file["postgres_pid"].as_u64().unwrap()),
+        ("hive", file["hive_pid"].as_u64().unwrap()),
+        ("queen", file["queen_pid"].as_u64().unwrap()),
+        ("worker", worker),
+    ]
+}
+
+#[when("its queen is killed and rbee up runs again")]
+fn queen_killed_then_up(w: &mut RbeeWorld) {
+    let before = cluster_pids(w);
+    let queen = before.iter().find(|(name, _)| *name == "queen").unwrap().1 as u32;
+    signal::send(queen, Signal::Kill);
+    eventually_dead(queen);
+    let out = w.rbee_within_deadline(&["up", "--port", "0", "--node", &w.cluster().node.clone()]);
+    assert!(out.status.success(), "rbee up: {}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(said.contains("starting the queen again"), "{said}");
+    w.pids_before = before;
+}
+
+#[then("the queen answers again on its recorded port, recovered from its checkpoint")]
+async fn queen_back(w: &mut RbeeWorld) {
+    let (status, health) = w.queen_get("/health").await;
+    assert_eq!(status, 200, "{health}");
+    let recovery = health["recovery"].as_str().unwrap_or_default();
+    assert!(recovery.contains("checkpoint"), "{health}");
+}
+
+#[then("nats-server, Postgres, the hive and the worker are the same processes as before")]
+fn same_processes(w: &mut RbeeWorld) {
+    let now = cluster_pids(w);
+    for ((name, before), (_, after)) in w.pids_before.iter().zip(&now) {
+        if *name == "queen" {
+            assert_ne!(before, after, "a new queen");
+        } else {
+            assert_eq!(before, after, "{name} was started again");
+        }
+    }
+}
