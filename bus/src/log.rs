@@ -223,10 +223,20 @@ impl EventLog {
         };
         for config in [events, heartbeats] {
             let name = config.name.clone();
-            self.js
-                .get_or_create_stream(config)
-                .await
-                .map_err(|e| AppendError::Unavailable(format!("cannot create stream {name}: {e}")))?;
+            // Processes starting together race to create the streams, and nats-server may refuse
+            // the loser ("error creating store for stream"); the next try finds the winner's.
+            let mut tries = 0;
+            loop {
+                match self.js.get_or_create_stream(config.clone()).await {
+                    Ok(_) => break,
+                    Err(e) if tries < 5 => {
+                        tries += 1;
+                        tracing::debug!(stream = %name, error = %e, "stream not created yet; trying again");
+                        tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                    }
+                    Err(e) => return Err(AppendError::Unavailable(format!("cannot create stream {name}: {e}"))),
+                }
+            }
         }
         Ok(())
     }

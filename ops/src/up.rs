@@ -355,5 +355,17 @@ async fn ensure_worker(
         None => new_worker_id(&cf.node),
     };
     let request = (!reusing).then_some(StartRequest { source, slots, backend: "cpu", device: None });
-    start_and_wait(log, view, &cf.node, &worker, request, timeout).await
+    // The hive this cluster started is the one that starts the worker: if it dies, say so now.
+    let hive_gone = async {
+        while cf.still_ours(cf.hive_pid) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    tokio::select! {
+        started = start_and_wait(log, view, &cf.node, &worker, request, timeout) => started,
+        () = hive_gone => Err(CliError::new(
+            Code::HiveUnavailable,
+            format!("the hive exited before the worker was ready; see {}", data_dir.join("logs").join("hive.log").display()),
+        )),
+    }
 }
