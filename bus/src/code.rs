@@ -48,7 +48,7 @@ codes! {
     NotFound "NOT_FOUND" 404 "no such endpoint";
     RequestTooLarge "REQUEST_TOO_LARGE" 413 "the body is over `--max-body-bytes`";
     NoReadyWorker "NO_READY_WORKER" 503 "the model's workers are still loading, stale or draining";
-    AllSlotsBusy "ALL_SLOTS_BUSY" 503 "every slot stayed busy for `--slot-wait-secs`";
+    AllSlotsBusy "ALL_SLOTS_BUSY" 503 "other queens kept taking the free slots first";
     WorkerUnreachable "WORKER_UNREACHABLE" 503 "the chosen worker did not take the request";
     WorkerAlreadyBusy "WORKER_ALREADY_BUSY" 503 "the worker's slots, or its state, changed under the request; retry";
     InferenceFailed "INFERENCE_FAILED" 502 "the worker failed while generating";
@@ -137,6 +137,8 @@ codes! {
     SourceNotAllowed "SOURCE_NOT_ALLOWED" 403 "the model source is not on the hive's allow-list (`--allowed-hosts`, `--allowed-dirs`)";
     UnsupportedMediaType "UNSUPPORTED_MEDIA_TYPE" 415 "a JSON endpoint was sent a body that is not `Content-Type: application/json`";
     WorkerLost "WORKER_LOST" 502 "the worker serving the request exited or went silent mid-stream";
+    QueueFull "QUEUE_FULL" 503 "the queue of requests waiting for the model is full (`--queue-depth`)";
+    QueueTimeout "QUEUE_TIMEOUT" 503 "no slot freed up within the queue timeout (`--queue-timeout-secs`)";
 }
 
 impl Code {

@@ -56,3 +56,18 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     Then the queen answers again on its recorded port, recovered from its checkpoint
     And nats-server, Postgres, the hive and the worker are the same processes as before
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+
+  @REL-9 @INF-2
+  Scenario: A burst of four times the slots is queued in order, each request told its place, none refused
+    Given a cluster of my own whose worker has 2 slots
+    When 8 chat requests with max_tokens 24 are sent 100 ms apart, without waiting for answers
+    Then every one completes with 24 tokens, none refused
+    And the later ones were told they waited behind others
+    And the log accepted them in the order they were sent
+
+  @Gap-G12d
+  Scenario: A queued request whose client goes away leaves the queue and never runs
+    Given a cluster of my own whose worker has 1 slots
+    When a request with max_tokens 200 runs and a second one, queued behind it, is abandoned by its client
+    Then once the first has finished, the log holds no request but the first
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"

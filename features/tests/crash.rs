@@ -336,7 +336,7 @@ async fn a_worker_killed_mid_stream_ends_its_stream_with_worker_lost_at_once() {
     let rest = tokio::time::timeout(Duration::from_secs(30), async {
         while let Some(chunk) = bytes.next().await {
             seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
-            if seen.contains("WORKER_LOST") {
+            if seen.contains(rbee_bus::Code::WorkerLost.as_str()) {
                 return killed.elapsed();
             }
         }
@@ -349,7 +349,7 @@ async fn a_worker_killed_mid_stream_ends_its_stream_with_worker_lost_at_once() {
         let finished = cluster.events_of("request.finished");
         let ours = finished.into_iter().find(|e| e["data"]["request"] == request.as_str());
         match ours {
-            Some(e) if e["data"]["error_code"] == "WORKER_LOST" => Ok(()),
+            Some(e) if e["data"]["error_code"] == rbee_bus::Code::WorkerLost.as_str() => Ok(()),
             other => Err(other),
         }
     })

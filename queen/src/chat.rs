@@ -91,13 +91,18 @@ async fn handle(
     let warnings = chat.warnings.join("; ");
     let mut response = match start(&state, &caller, &chat, &request, &meta).await {
         Err(e) => {
-            tracing::info!(code = %e.code, "request refused");
+            tracing::info!(code = %e.code, message = %e.message, "request refused");
             // Refused before any worker: an unknown model must not become a label.
             state.metrics.request_done("-", e.code.as_str(), started.elapsed().as_secs_f64());
             e.into_response()
         }
-        Ok(running) if chat.stream => stream_response(running).into_response(),
-        Ok(running) => json_response(running).await,
+        Ok(running) => {
+            let position = HeaderValue::from(running.queue_position);
+            let mut response =
+                if chat.stream { stream_response(running).into_response() } else { json_response(running).await };
+            response.headers_mut().insert("x-queue-position", position);
+            response
+        }
     };
     if !warnings.is_empty()
         && let Ok(v) = HeaderValue::from_str(&warnings)
@@ -112,6 +117,8 @@ struct Running {
     tokens: async_nats::Subscriber,
     /// The worker serving it.
     worker: String,
+    /// Its place in its model's queue when it came (1: nobody was ahead).
+    queue_position: usize,
     /// Named to the worker as long as this runs.
     _streaming: crate::streaming::StreamingRequest,
     guard: RequestGuard,
@@ -276,9 +283,19 @@ async fn start(
         return Err(ApiError::log_unavailable("NATS is not connected"));
     }
     let started = std::time::Instant::now();
-    let claim =
-        claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, state.config.slot_wait(), meta)
-            .await?;
+    // In line behind the requests that came first; only the head claims a slot.
+    let place = state.queues.join(&chat.model, request, caller.key.clone())?;
+    let deadline = tokio::time::Instant::now() + state.config.queue_timeout();
+    place.wait_turn(deadline).await?;
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let claim = match claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, left, meta).await {
+        Err(e) if e.code == Code::AllSlotsBusy && tokio::time::Instant::now() >= deadline => {
+            return Err(place.timed_out());
+        }
+        claimed => claimed?,
+    };
+    let queue_position = place.position;
+    place.granted();
     state.metrics.slot_waited(&chat.model, started.elapsed().as_secs_f64());
     let mut guard = RequestGuard {
         log: state.log.clone(),
@@ -304,6 +321,7 @@ async fn start(
             Ok(Running {
                 tokens,
                 worker: claim.worker.clone(),
+                queue_position,
                 _streaming: state.streaming.start(&claim.node, &claim.worker, request),
                 guard,
                 model: chat.model.clone(),

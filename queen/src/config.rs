@@ -15,9 +15,12 @@ pub struct Config {
     /// It holds a password: pass it in the environment, not on the command line.
     #[arg(long, env = "RBEE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// How long a request waits for a free slot before `ALL_SLOTS_BUSY`.
-    #[arg(long, env = "RBEE_SLOT_WAIT_SECS", default_value_t = 10)]
-    pub slot_wait_secs: u64,
+    /// How long a request may wait in its model's queue for a slot before `QUEUE_TIMEOUT`.
+    #[arg(long, env = "RBEE_QUEUE_TIMEOUT_SECS", default_value_t = 30)]
+    pub queue_timeout_secs: u64,
+    /// How many requests may wait per model before `QUEUE_FULL`.
+    #[arg(long, env = "RBEE_QUEUE_DEPTH", default_value_t = 256)]
+    pub queue_depth: usize,
     /// How long the stream may go without a token before the request fails.
     #[arg(long, env = "RBEE_TOKEN_TIMEOUT_SECS", default_value_t = 60)]
     pub token_timeout_secs: u64,
@@ -45,8 +48,8 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn slot_wait(&self) -> Duration {
-        Duration::from_secs(self.slot_wait_secs)
+    pub fn queue_timeout(&self) -> Duration {
+        Duration::from_secs(self.queue_timeout_secs)
     }
 
     pub fn heartbeat_timeout(&self) -> Duration {

@@ -10,6 +10,7 @@ pub mod cors;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod queue;
 pub mod reaper;
 pub mod recovery;
 pub mod routes;
@@ -38,6 +39,8 @@ pub struct AppState {
     /// How the view was recovered at start, for the operator.
     pub recovery: String,
     pub metrics: metrics::QueenMetrics,
+    /// Requests waiting for a slot, per model.
+    pub queues: Arc<queue::Queues>,
     /// The requests this queen streams, told to their workers.
     pub streaming: streaming::Streaming,
     /// What the archiver is doing; None without an event store.
@@ -137,12 +140,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
         .map_err(|source| QueenError::Bind { addr: config.bind, source })?;
     tracing::info!(addr = %config.bind, "serving the OpenAI API on http://{}/v1", config.bind);
     let limits = config.connection_limits();
+    let queues = queue::Queues::new(config.queue_depth);
     let app = router(Arc::new(AppState {
         log,
         view,
         config,
         recovery: recovered.report,
         metrics: metrics::QueenMetrics::new(),
+        queues,
         streaming,
         archive,
     }));

@@ -96,6 +96,10 @@ pub async fn cancel_request(
     if let Err(e) = subjects::validate_name("request id", &id) {
         return ApiError::invalid("id", e.to_string()).into_response();
     }
+    // Still waiting for a slot: it leaves the queue and never runs.
+    if state.queues.cancel(&id, caller.key.as_deref()) {
+        return StatusCode::NO_CONTENT.into_response();
+    }
     let meta = Meta { correlation: Some(id.clone()), traceparent: None };
     match cancel(&state.log, &id, "deleted", false, caller.key, &meta).await {
         Ok(Cancelled::Unknown) => ApiError::new(Code::RequestNotFound, format!("no request {id}")).into_response(),

@@ -71,6 +71,8 @@ pub struct RbeeWorld {
     killed_at_ms: u64,
     /// Processes of the scenario's cluster noted before a step under test, by name and pid.
     pids_before: Vec<(&'static str, u64)>,
+    /// What each request of a burst got.
+    burst: Vec<reliability::Sent>,
     worker_id: String,
     /// A state digest noted before the step under test.
     digest: String,
@@ -233,6 +235,7 @@ impl RbeeWorld {
             junk: None,
             killed_at_ms: 0,
             pids_before: Vec::new(),
+            burst: Vec::new(),
             worker_id: String::new(),
             digest: String::new(),
             backup: None,

@@ -392,3 +392,93 @@ fn same_processes(w: &mut RbeeWorld) {
         }
     }
 }
+
+/// What a request of a burst got: when it was sent (its index), its id, status, queue position
+/// and completion tokens.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    index: usize,
+    request: String,
+    status: u16,
+    position: usize,
+    tokens: u64,
+}
+
+#[when(expr = "{int} chat requests with max_tokens {int} are sent {int} ms apart, without waiting for answers")]
+async fn burst(w: &mut RbeeWorld, n: usize, max_tokens: u32, gap_ms: u64) {
+    let (client, url) = (w.cluster().http(), format!("{}/v1/chat/completions", w.cluster().queen_url));
+    let mut tasks = Vec::new();
+    for index in 0..n {
+        let (client, url) = (client.clone(), url.clone());
+        let body = serde_json::json!({"model": super::MODEL, "max_tokens": max_tokens,
+            "messages": [{"role": "user", "content": format!("Tell me story number {index} about a bee.")}]});
+        tasks.push(tokio::spawn(async move {
+            let response = client.post(url).json(&body).send().await.expect("the queen answers");
+            let header =
+                |name: &str| response.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+            let (request, position) = (header("x-request-id"), header("x-queue-position").parse().unwrap_or(0));
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or(Value::Null);
+            let tokens = body["usage"]["completion_tokens"].as_u64().unwrap_or(0);
+            Sent { index, request, status, position, tokens }
+        }));
+        tokio::time::sleep(Duration::from_millis(gap_ms)).await;
+    }
+    w.burst = futures::future::join_all(tasks).await.into_iter().map(|t| t.unwrap()).collect();
+}
+
+#[then(expr = "every one completes with {int} tokens, none refused")]
+fn burst_completed(w: &mut RbeeWorld, tokens: u64) {
+    for sent in &w.burst {
+        assert_eq!((sent.status, sent.tokens), (200, tokens), "{sent:?}");
+    }
+}
+
+#[then("the later ones were told they waited behind others")]
+fn burst_positions(w: &mut RbeeWorld) {
+    let last = w.burst.last().expect("a burst");
+    assert!(last.position >= 2, "the last of the burst waited behind others: {:?}", w.burst);
+    assert!(w.burst.iter().all(|s| s.position >= 1), "{:?}", w.burst);
+}
+
+#[then("the log accepted them in the order they were sent")]
+fn burst_order(w: &mut RbeeWorld) {
+    let accepted: Vec<String> = w
+        .cluster()
+        .events_of("request.accepted")
+        .iter()
+        .map(|e| e["data"]["request"].as_str().unwrap().to_string())
+        .filter(|r| w.burst.iter().any(|s| &s.request == r))
+        .collect();
+    let sent: Vec<String> = w.burst.iter().map(|s| s.request.clone()).collect();
+    assert_eq!(
+        accepted,
+        sent,
+        "accepted in another order than sent: {:?}",
+        w.burst.iter().map(|s| s.index).collect::<Vec<_>>()
+    );
+}
+
+#[when(expr = "a request with max_tokens {int} runs and a second one, queued behind it, is abandoned by its client")]
+async fn abandon_queued(w: &mut RbeeWorld, max_tokens: u32) {
+    w.stream_in_background("Tell me a long story about a bee.", max_tokens).await;
+    let (client, url) = (w.cluster().http(), format!("{}/v1/chat/completions", w.cluster().queen_url));
+    let body = serde_json::json!({"model": super::MODEL, "max_tokens": 4,
+        "messages": [{"role": "user", "content": "Say hi."}]});
+    // Its client gives up while it waits: the request is dropped before any answer.
+    let abandoned = tokio::time::timeout(Duration::from_millis(500), client.post(url).json(&body).send()).await;
+    assert!(abandoned.is_err(), "the second request was answered at once: {abandoned:?}");
+}
+
+#[then("once the first has finished, the log holds no request but the first")]
+async fn only_first_ran(w: &mut RbeeWorld) {
+    let text = tokio::time::timeout(DEADLINE * 4, w.background.take().expect("the first request"))
+        .await
+        .expect("the first request ends")
+        .unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // Long enough for a queued request to have been admitted, had it stayed.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let accepted = w.cluster().events_of("request.accepted");
+    assert_eq!(accepted.len(), 1, "{accepted:?}");
+}
