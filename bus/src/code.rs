@@ -139,6 +139,7 @@ codes! {
     WorkerLost "WORKER_LOST" 502 "the worker serving the request exited or went silent mid-stream";
     QueueFull "QUEUE_FULL" 503 "the queue of requests waiting for the model is full (`--queue-depth`)";
     QueueTimeout "QUEUE_TIMEOUT" 503 "no slot freed up within the queue timeout (`--queue-timeout-secs`)";
+    RequestTimeout "REQUEST_TIMEOUT" 408 "the request's deadline (`x-request-timeout`, `--request-timeout-secs`) passed before it ended";
 }
 
 impl Code {

@@ -71,3 +71,11 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     When a request with max_tokens 200 runs and a second one, queued behind it, is abandoned by its client
     Then once the first has finished, the log holds no request but the first
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+
+  @Gap-G12e
+  Scenario: A request whose deadline passes ends with REQUEST_TIMEOUT, and the worker stops it and frees the slot
+    Given a cluster of my own serving the default model
+    When I ask for 2000 tokens with the header x-request-timeout 1
+    Then the answer is HTTP 408 with code "REQUEST_TIMEOUT"
+    And the log records that request cancelled for its deadline, its end and its slot released
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"

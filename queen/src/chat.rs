@@ -88,8 +88,12 @@ async fn handle(
     for warning in &chat.warnings {
         tracing::warn!(%warning, "suspicious prompt served");
     }
+    let deadline = match deadline(&state, headers) {
+        Ok(d) => d,
+        Err(e) => return e.into_response(),
+    };
     let warnings = chat.warnings.join("; ");
-    let mut response = match start(&state, &caller, &chat, &request, &meta).await {
+    let mut response = match start(&state, &caller, &chat, &request, &meta, deadline).await {
         Err(e) => {
             tracing::info!(code = %e.code, message = %e.message, "request refused");
             // Refused before any worker: an unknown model must not become a label.
@@ -112,6 +116,29 @@ async fn handle(
     response
 }
 
+/// When the request must have ended: the queen's `--request-timeout-secs` from now, or sooner
+/// when the client asks with `x-request-timeout: <seconds>`.
+fn deadline(state: &AppState, headers: &HeaderMap) -> Result<tokio::time::Instant, ApiError> {
+    let longest = state.config.request_timeout();
+    let asked = match headers.get("x-request-timeout") {
+        None => longest,
+        Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()) {
+            Some(secs) if secs.is_finite() && secs > 0.0 => Duration::from_secs_f64(secs.min(longest.as_secs_f64())),
+            _ => {
+                return Err(ApiError::invalid(
+                    "x-request-timeout",
+                    "x-request-timeout must be a positive number of seconds",
+                ));
+            }
+        },
+    };
+    Ok(tokio::time::Instant::now() + asked)
+}
+
+fn deadline_passed() -> ApiError {
+    ApiError::new(Code::RequestTimeout, "the request's deadline passed before it ended")
+}
+
 /// A request running on a worker.
 struct Running {
     tokens: async_nats::Subscriber,
@@ -119,6 +146,8 @@ struct Running {
     worker: String,
     /// Its place in its model's queue when it came (1: nobody was ahead).
     queue_position: usize,
+    /// When it must have ended.
+    deadline: tokio::time::Instant,
     /// Named to the worker as long as this runs.
     _streaming: crate::streaming::StreamingRequest,
     guard: RequestGuard,
@@ -157,8 +186,10 @@ impl Running {
             Ok(TokenFrame::Error { code, .. }) => self.outcome = Some(code.as_str()),
             Err(e) => {
                 self.outcome = Some(e.code.as_str());
-                if e.code == Code::WorkerLost {
-                    self.record_lost();
+                match e.code {
+                    Code::WorkerLost => self.record_lost(),
+                    Code::RequestTimeout => self.cancel_past_deadline(),
+                    _ => {}
                 }
             }
             _ => {}
@@ -177,6 +208,7 @@ impl Running {
         });
         tokio::select! {
             biased;
+            () = tokio::time::sleep_until(self.deadline) => Err(deadline_passed()),
             next = tokio::time::timeout(self.token_timeout, self.tokens.next()) => match next {
                 Ok(Some(msg)) => frames::decode(&msg.payload)
                     .map_err(|e| ApiError::new(Code::InferenceFailed, format!("unreadable token frame: {e}"))),
@@ -189,6 +221,17 @@ impl Running {
             )
             .retry_after(1)),
         }
+    }
+
+    /// The deadline passed: the worker stops and frees the slot, as when a client goes away.
+    fn cancel_past_deadline(&mut self) {
+        self.guard.ended();
+        let (log, meta, request) = (self.state.log.clone(), self.guard.meta.clone(), self.request.clone());
+        tokio::spawn(async move {
+            if let Err(e) = cancel(&log, &request, "deadline", false, None, &meta).await {
+                tracing::error!(error = %e, "cancellation at the deadline not recorded");
+            }
+        });
     }
 
     /// The worker cannot record how the request ended: this queen does, for it.
@@ -276,6 +319,7 @@ async fn start(
     chat: &ValidatedChat,
     request: &str,
     meta: &Meta,
+    deadline: tokio::time::Instant,
 ) -> Result<Running, ApiError> {
     crate::auth::admit(state, caller)?;
     // Without NATS nothing can be claimed or dispatched: say so now, not after the slot wait.
@@ -285,12 +329,14 @@ async fn start(
     let started = std::time::Instant::now();
     // In line behind the requests that came first; only the head claims a slot.
     let place = state.queues.join(&chat.model, request, caller.key.clone())?;
-    let deadline = tokio::time::Instant::now() + state.config.queue_timeout();
-    place.wait_turn(deadline).await?;
-    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    let queue_deadline = (tokio::time::Instant::now() + state.config.queue_timeout()).min(deadline);
+    // The wait ends at the queue timeout, or at the request's own deadline if that comes first.
+    let waited_too_long = |e: ApiError| if tokio::time::Instant::now() >= deadline { deadline_passed() } else { e };
+    place.wait_turn(queue_deadline).await.map_err(waited_too_long)?;
+    let left = queue_deadline.saturating_duration_since(tokio::time::Instant::now());
     let claim = match claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, left, meta).await {
-        Err(e) if e.code == Code::AllSlotsBusy && tokio::time::Instant::now() >= deadline => {
-            return Err(place.timed_out());
+        Err(e) if e.code == Code::AllSlotsBusy && tokio::time::Instant::now() >= queue_deadline => {
+            return Err(waited_too_long(place.timed_out()));
         }
         claimed => claimed?,
     };
@@ -322,6 +368,7 @@ async fn start(
                 tokens,
                 worker: claim.worker.clone(),
                 queue_position,
+                deadline,
                 _streaming: state.streaming.start(&claim.node, &claim.worker, request),
                 guard,
                 model: chat.model.clone(),

@@ -21,6 +21,10 @@ pub struct Config {
     /// How many requests may wait per model before `QUEUE_FULL`.
     #[arg(long, env = "RBEE_QUEUE_DEPTH", default_value_t = 256)]
     pub queue_depth: usize,
+    /// The longest a request may take, queue wait included, before `REQUEST_TIMEOUT` (a client may
+    /// ask for less with the header `x-request-timeout: <seconds>`).
+    #[arg(long, env = "RBEE_REQUEST_TIMEOUT_SECS", default_value_t = 600)]
+    pub request_timeout_secs: u64,
     /// How long the stream may go without a token before the request fails.
     #[arg(long, env = "RBEE_TOKEN_TIMEOUT_SECS", default_value_t = 60)]
     pub token_timeout_secs: u64,
@@ -65,6 +69,10 @@ impl Config {
             header_timeout: Duration::from_secs_f64(self.header_timeout_secs.max(0.1)),
             max_per_client: self.max_connections_per_client.max(1),
         }
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs.max(1))
     }
 
     pub fn token_timeout(&self) -> Duration {

@@ -482,3 +482,45 @@ async fn only_first_ran(w: &mut RbeeWorld) {
     let accepted = w.cluster().events_of("request.accepted");
     assert_eq!(accepted.len(), 1, "{accepted:?}");
 }
+
+#[when(expr = "I ask for {int} tokens with the header x-request-timeout {int}")]
+async fn ask_with_deadline(w: &mut RbeeWorld, max_tokens: u32, seconds: u64) {
+    let body = serde_json::json!({"model": super::MODEL, "max_tokens": max_tokens,
+        "messages": [{"role": "user", "content": "Tell me a long story about a bee."}]});
+    let response = w
+        .cluster()
+        .http()
+        .post(format!("{}/v1/chat/completions", w.cluster().queen_url))
+        .header("x-request-timeout", seconds.to_string())
+        .json(&body)
+        .send()
+        .await
+        .expect("the queen answers");
+    w.request_id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().into();
+    w.record(response).await;
+}
+
+#[then(expr = "the answer is HTTP {int} with code {string}")]
+fn answer_is(w: &mut RbeeWorld, status: u16, code: String) {
+    assert_eq!(w.status, status, "{}", w.body);
+    assert_eq!(w.body["error"]["code"], code.as_str(), "{}", w.body);
+}
+
+#[then("the log records that request cancelled for its deadline, its end and its slot released")]
+async fn deadline_recorded(w: &mut RbeeWorld) {
+    let request = w.request_id.clone();
+    let c = w.cluster();
+    eventually("the request's cancellation, end and slot release are recorded", DEADLINE, || async {
+        let events = c.events(false);
+        let of =
+            |kind: &str| events.iter().find(|e| e["type"] == kind && e["data"]["request"] == request.as_str()).cloned();
+        match (of("request.cancelled"), of("request.finished"), of("slot.released")) {
+            (Some(cancelled), Some(finished), Some(_)) if cancelled["data"]["reason"] == "deadline" => {
+                let tokens = finished["data"]["completion_tokens"].as_u64().unwrap_or(u64::MAX);
+                if tokens < 2000 { Ok(()) } else { Err(format!("it ran to the end: {finished}")) }
+            }
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
