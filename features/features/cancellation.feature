@@ -28,3 +28,12 @@ Feature: Cancelled requests stop the worker and free its slot
     Then each of them ends with request.cancelled, then request.finished as cancelled, then slot.released
     And the worker's 4 slots are free again in rbee workers
     And a new request is answered with finish_reason "length"
+
+  @Gap-G12c
+  Scenario: DELETE stops a running request with 204, and answers 204 again when repeated
+    Given a cluster of my own whose worker has 1 slots
+    When 1 streaming requests of "Write a long story about a bee." with max_tokens 400 run at once
+    And all 1 are cancelled with DELETE /v1/requests/{id}
+    And all 1 are cancelled with DELETE /v1/requests/{id}
+    Then each of them ends with request.cancelled, then request.finished as cancelled, then slot.released
+    And a new request is answered with finish_reason "length"
