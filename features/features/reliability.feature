@@ -79,3 +79,12 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     Then the answer is HTTP 408 with code "REQUEST_TIMEOUT"
     And the log records that request cancelled for its deadline, its end and its slot released
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+
+  @REL-2
+  Scenario: nats-server killed and started again mid-stream: the stream ends with an error event at once, and no event is lost
+    Given a cluster of my own serving the default model
+    When a streaming request with max_tokens 400 runs and nats-server is killed right after its first tokens
+    Then the stream ends with an error event "EVENT_LOG_UNAVAILABLE" within 2 seconds of the kill
+    When nats-server is started again on its port and store
+    Then the log holds the request's request.finished and slot.released, each once
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"

@@ -206,9 +206,17 @@ impl Running {
             Some(w) if w.state != WorkerState::Stopped => None,
             _ => Some(()),
         });
+        let log = self.state.log.clone();
+        // Without NATS no token can arrive: say so at once, not at the token timeout.
+        let cut_off = async move {
+            while log.client().connection_state() == async_nats::connection::State::Connected {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
         tokio::select! {
             biased;
             () = tokio::time::sleep_until(self.deadline) => Err(deadline_passed()),
+            () = cut_off => Err(ApiError::log_unavailable("the connection to NATS was lost mid-stream")),
             next = tokio::time::timeout(self.token_timeout, self.tokens.next()) => match next {
                 Ok(Some(msg)) => frames::decode(&msg.payload)
                     .map_err(|e| ApiError::new(Code::InferenceFailed, format!("unreadable token frame: {e}"))),

@@ -524,3 +524,55 @@ async fn deadline_recorded(w: &mut RbeeWorld) {
     })
     .await;
 }
+
+#[when(expr = "a streaming request with max_tokens {int} runs and nats-server is killed right after its first tokens")]
+async fn kill_nats_mid_stream(w: &mut RbeeWorld, max_tokens: u32) {
+    w.stream_in_background("Tell me a long story about a bee.", max_tokens).await;
+    let pid = w.cluster_file()["nats_pid"].as_u64().expect("cluster.json records nats-server") as u32;
+    signal::send(pid, Signal::Kill);
+    w.killed_at_ms = rbee_bus::envelope::now_ms();
+    eventually_dead(pid);
+}
+
+#[then(expr = "the stream ends with an error event {string} within {int} seconds of the kill")]
+async fn stream_ends_with_error(w: &mut RbeeWorld, code: String, seconds: u64) {
+    let text = tokio::time::timeout(DEADLINE * 4, w.background.take().expect("a streaming request"))
+        .await
+        .expect("the stream ends")
+        .unwrap();
+    let ended_after = rbee_bus::envelope::now_ms().saturating_sub(w.killed_at_ms);
+    assert!(text.contains(&format!("\"code\":\"{code}\"")), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert!(ended_after <= seconds * 1000, "the stream ended {ended_after} ms after the kill");
+}
+
+#[when("nats-server is started again on its port and store")]
+async fn nats_started_again(w: &mut RbeeWorld) {
+    let file = w.cluster_file();
+    let old = file["nats_pid"].as_u64().unwrap();
+    let exe = file["processes"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["pid"].as_u64() == Some(old)))
+        .and_then(|p| p["exe"].as_str())
+        .map(std::path::PathBuf::from)
+        .expect("cluster.json records nats-server's executable");
+    let data = w.cluster().data_dir.clone();
+    let config = data.join("nats").join("nats.conf").display().to_string();
+    let pid = rbee_local::process::spawn_detached(
+        &exe,
+        &["-c".into(), config],
+        &data.join("logs").join("nats-again.log"),
+        &[],
+    )
+    .expect("nats-server starts again");
+    // Not recorded in cluster.json: this scenario stops it.
+    w.stop_at_end.push(pid as i32);
+    let monitor = format!("{}/healthz?js-enabled-only=true", file["nats_monitor_url"].as_str().unwrap());
+    eventually("nats-server serves again", DEADLINE, || async {
+        match reqwest::get(&monitor).await {
+            Ok(r) if r.status().is_success() => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
