@@ -1,6 +1,17 @@
 Feature: The log is the system of record: backup, restore, replay and old schemas
 
-  @Gap-F8 @DR-1
+  @DR-1
+  Scenario: Back up, wipe the data directory, and rbee up --restore brings the cluster back from the file
+    Given a cluster of my own serving the default model
+    And I note the digest of the registry and catalog folded from its log, and its last sequence
+    When I back up its log to a file
+    And I wipe its data directory and run rbee up --restore with the file in a fresh one
+    Then the registry and catalog folded from the restored log up to that sequence have the noted digest
+    And no worker the backup recorded is offered, only the one the new cluster started
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+    And the archive holds every event of the log, by sequence and event id
+
+  @Gap-F8
   Scenario: Backup, wipe, restore gives back every projection
     Given a running cluster
     And I note the digest of the registry and catalog folded from its log

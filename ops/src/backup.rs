@@ -125,3 +125,24 @@ pub async fn restore(nats: &NatsAccess, path: &Path) -> CliResult<usize> {
     }
     Ok(events.len())
 }
+
+/// After a restore into a new cluster: the workers the backup recorded ran on machines and in
+/// processes this cluster does not have. Each is removed from the registry (`worker.removed`), so
+/// no request is sent to it; one that still runs registers again under a new id. Returns how many.
+pub async fn retire_restored_workers(nats: &NatsAccess) -> CliResult<usize> {
+    let log = crate::live::connect_log(nats).await?;
+    let folded = rbee_projections::history::replay_to(&log, None, rbee_projections::history::Until::End)
+        .await
+        .map_err(|e| CliError::new(e.code(), e.to_string()))?;
+    let workers: Vec<(String, String)> =
+        folded.view.registry.workers.values().map(|w| (w.id.clone(), w.node.clone())).collect();
+    for (worker, node) in &workers {
+        let removed = rbee_bus::Event::WorkerRemoved(rbee_bus::WorkerRemoved {
+            worker: worker.clone(),
+            node: node.clone(),
+            reason: "restored from a backup: not running in this cluster".into(),
+        });
+        log.append(removed, rbee_bus::Expected::Any, &rbee_bus::Meta::default()).await.map_err(unavailable)?;
+    }
+    Ok(workers.len())
+}

@@ -59,6 +59,11 @@ pub struct UpArgs {
     /// Most workers the registry may hold (passed to the hive).
     #[arg(long, env = "RBEE_MAX_WORKERS", default_value_t = 64)]
     pub max_workers: usize,
+    /// Start a new cluster from a backup (`rbee backup`): its log is the only history; the archive
+    /// and checkpoints are rebuilt from it; the workers it recorded are dropped from the registry
+    /// (they ran elsewhere) and a new one is started. Needs a data directory without a cluster.
+    #[arg(long, value_name = "FILE")]
+    pub restore: Option<PathBuf>,
     /// Seconds to wait for the worker to be ready.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
@@ -71,6 +76,12 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
     let source = model::resolve(args.model.as_deref(), args.model_name.as_deref(), &cache_dir)?;
 
     let cluster = match ClusterFile::load(&data_dir) {
+        Some(_) if args.restore.is_some() => {
+            return Err(CliError::new(
+                Code::RestoreTargetNotEmpty,
+                format!("{} holds a cluster already; restore into a new data directory", data_dir.display()),
+            ));
+        }
         Some(cf) if is_running(&cf).await => {
             println!("reusing the running cluster in {}", data_dir.display());
             cf
@@ -206,6 +217,13 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
     cf.database_url = Some(database_url.clone());
     cf.save(data_dir)?;
 
+    // A restored log goes in before any process of this cluster writes to it.
+    if let Some(file) = &args.restore {
+        let admin = cf.nats(Some(trust.creds(Identity::Admin)));
+        let restored = crate::backup::restore(&admin, file).await?;
+        let retired = crate::backup::retire_restored_workers(&admin).await?;
+        println!("restored {restored} events from {}; {retired} worker(s) it recorded dropped", file.display());
+    }
     start_hive(args, data_dir, source, &mut cf, &trust)?;
     start_queen(args, data_dir, &mut cf, &trust, queen_port).await?;
     Ok(cf)

@@ -73,6 +73,9 @@ pub struct RbeeWorld {
     pids_before: Vec<(&'static str, u64)>,
     /// What each request of a burst got.
     burst: Vec<reliability::Sent>,
+    /// A log sequence and the workers a scenario noted.
+    noted_seq: u64,
+    noted_workers: Vec<String>,
     worker_id: String,
     /// A state digest noted before the step under test.
     digest: String,
@@ -236,6 +239,8 @@ impl RbeeWorld {
             killed_at_ms: 0,
             pids_before: Vec::new(),
             burst: Vec::new(),
+            noted_seq: 0,
+            noted_workers: Vec::new(),
             worker_id: String::new(),
             digest: String::new(),
             backup: None,

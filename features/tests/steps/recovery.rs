@@ -359,3 +359,38 @@ async fn rebuild_stored(w: &mut RbeeWorld) {
     assert_eq!(replaced, 1);
     assert!(checkpoint_seq(&pool).await.is_some());
 }
+
+#[given("I note the digest of the registry and catalog folded from its log, and its last sequence")]
+fn note_digest_and_end(w: &mut RbeeWorld) {
+    w.digest = digest(w, None);
+    let events = w.cluster().events(false);
+    w.noted_seq = events.last().and_then(|e| e["seq"].as_u64()).expect("events");
+    w.noted_workers = w.cluster().workers().iter().map(|x| x["id"].as_str().unwrap().to_string()).collect();
+}
+
+#[when("I wipe its data directory and run rbee up --restore with the file in a fresh one")]
+fn wipe_and_restore(w: &mut RbeeWorld) {
+    let old = w.own.take().expect("a cluster of my own");
+    old.down();
+    assert!(!old.data_dir.exists(), "the data directory is gone");
+    let file = w.backup.clone().expect("a backup").display().to_string();
+    let restored = rbee_features::cluster::Cluster::up(&["--restore", &file]).expect("rbee up --restore");
+    assert!(restored.up_output.contains("restored "), "{}", restored.up_output);
+    w.own = Some(restored);
+}
+
+#[then("the registry and catalog folded from the restored log up to that sequence have the noted digest")]
+fn restored_digest(w: &mut RbeeWorld) {
+    let at = w.noted_seq.to_string();
+    let out = w.cluster().rbee(&["replay", "--at", &at, "--digest"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), w.digest);
+}
+
+#[then("no worker the backup recorded is offered, only the one the new cluster started")]
+fn old_workers_gone(w: &mut RbeeWorld) {
+    let workers = w.cluster().workers();
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert!(!w.noted_workers.iter().any(|old| workers[0]["id"] == old.as_str()), "{workers:?}");
+    assert_eq!(workers[0]["node"], w.cluster().node.as_str(), "{workers:?}");
+}
