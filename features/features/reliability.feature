@@ -88,3 +88,10 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     When nats-server is started again on its port and store
     Then the log holds the request's request.finished and slot.released, each once
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+
+  @LOAD-1
+  Scenario: 100 concurrent streams all complete, each with exactly the text the request gives alone
+    Given a cluster of my own whose worker has 4 slots
+    When the greedy answer to "Name three flowers bees like." with max_tokens 16 is noted from one request alone
+    And 100 streaming requests of it run at once
+    Then every stream completes with 16 tokens and exactly the noted text, in order, ending with [DONE]

@@ -76,6 +76,9 @@ pub struct RbeeWorld {
     /// A log sequence and the workers a scenario noted.
     noted_seq: u64,
     noted_workers: Vec<String>,
+    noted_text: String,
+    /// Status and whole SSE text of each of many streams.
+    stream_texts: Vec<(u16, String)>,
     worker_id: String,
     /// A state digest noted before the step under test.
     digest: String,
@@ -241,6 +244,8 @@ impl RbeeWorld {
             burst: Vec::new(),
             noted_seq: 0,
             noted_workers: Vec::new(),
+            noted_text: String::new(),
+            stream_texts: Vec::new(),
             worker_id: String::new(),
             digest: String::new(),
             backup: None,

@@ -576,3 +576,53 @@ async fn nats_started_again(w: &mut RbeeWorld) {
     })
     .await;
 }
+
+fn greedy_body(prompt: &str, max_tokens: u32, stream: bool) -> Value {
+    serde_json::json!({"model": super::MODEL, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
+        "messages": [{"role": "user", "content": prompt}]})
+}
+
+#[when(expr = "the greedy answer to {string} with max_tokens {int} is noted from one request alone")]
+async fn note_greedy(w: &mut RbeeWorld, prompt: String, max_tokens: u32) {
+    let response = w.post_chat_body(&greedy_body(&prompt, max_tokens, false)).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await.unwrap();
+    w.prompt = prompt;
+    w.noted_text = body["choices"][0]["message"]["content"].as_str().expect("an answer").to_string();
+    w.noted_seq = max_tokens as u64;
+    assert!(!w.noted_text.is_empty());
+}
+
+#[when(expr = "{int} streaming requests of it run at once")]
+async fn many_streams(w: &mut RbeeWorld, n: usize) {
+    let body = greedy_body(&w.prompt, w.noted_seq as u32, true);
+    let (client, url) = (w.cluster().http(), format!("{}/v1/chat/completions", w.cluster().queen_url));
+    let streams = (0..n).map(|_| {
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
+        async move {
+            let response = client.post(url).json(&body).send().await.expect("the queen answers");
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap_or_default())
+        }
+    });
+    w.stream_texts = futures::future::join_all(streams).await;
+}
+
+#[then(expr = "every stream completes with {int} tokens and exactly the noted text, in order, ending with [DONE]")]
+fn streams_exact(w: &mut RbeeWorld, tokens: u64) {
+    for (status, sse) in &w.stream_texts {
+        assert_eq!(*status, 200, "{sse}");
+        assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
+        let mut text = String::new();
+        let mut usage = None;
+        for data in sse.lines().filter_map(|l| l.strip_prefix("data: ")).filter(|d| *d != "[DONE]") {
+            let chunk: Value = serde_json::from_str(data).expect("a JSON chunk");
+            text.push_str(chunk["choices"][0]["delta"]["content"].as_str().unwrap_or_default());
+            if chunk["usage"].is_object() {
+                usage = chunk["usage"]["completion_tokens"].as_u64();
+            }
+        }
+        assert_eq!(text, w.noted_text, "a token lost or out of order");
+        assert_eq!(usage, Some(tokens), "{sse}");
+    }
+}
