@@ -54,8 +54,9 @@ Feature: The worker registry is a projection of worker events
     Then the log marks it stale, and the registry replayed at that event shows it stale
     And a chat completion for its model is refused with HTTP 503 and code "NO_READY_WORKER"
     And after the grace period the log records worker.removed for it, saying its request was abandoned
+    And the running request's stream ended with an error event "WORKER_LOST" and [DONE]
     When the paused worker process resumes
-    Then the running request still completes with finish_reason "length" and ends with [DONE]
+    Then the resumed worker gives the abandoned request up and releases its slot
 
   @Gap-C6
   Scenario: A worker registers while stale cleanup runs, and both complete

@@ -41,6 +41,15 @@ impl Requesters {
         }
     }
 
+    /// This process was not running for a while (paused, starved): what queens said meanwhile is
+    /// still unread, so nobody's silence can be judged yet. Every request starts a fresh wait.
+    fn resumed(&self) {
+        let now = Instant::now();
+        for (last, _) in self.lock().values_mut() {
+            *last = now;
+        }
+    }
+
     /// Cancels every request nobody named for [`REQUESTER_TIMEOUT`]; returns their ids.
     fn cancel_abandoned(&self) -> Vec<String> {
         let mut wanted = self.lock();
@@ -57,9 +66,14 @@ impl Requesters {
 
 /// Listens to the queens on `subject` and cancels what they no longer read, until aborted.
 pub async fn watch(requesters: Arc<Requesters>, mut still_wanted: async_nats::Subscriber) {
-    let mut tick = tokio::time::interval(REQUESTER_TIMEOUT / 6);
+    let every = REQUESTER_TIMEOUT / 6;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = Instant::now();
     loop {
         tokio::select! {
+            // What the queens said comes before any judgement of their silence.
+            biased;
             msg = still_wanted.next() => match msg {
                 Some(msg) => match frames::decode::<StillWanted>(&msg.payload) {
                     Ok(still) => requesters.heard(&still),
@@ -68,6 +82,13 @@ pub async fn watch(requesters: Arc<Requesters>, mut still_wanted: async_nats::Su
                 None => return,
             },
             _ = tick.tick() => {
+                let gap = last_tick.elapsed();
+                last_tick = Instant::now();
+                if gap > every * 3 {
+                    tracing::info!(gap_ms = gap.as_millis() as u64, "this worker did not run for a while; waiting afresh");
+                    requesters.resumed();
+                    continue;
+                }
                 for request in requesters.cancel_abandoned() {
                     tracing::warn!(%request, "no queen reads this request any more; stopping it");
                 }

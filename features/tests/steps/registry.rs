@@ -321,12 +321,29 @@ fn resume(w: &mut RbeeWorld) {
     }
 }
 
-#[then(expr = "the running request still completes with finish_reason {string} and ends with [DONE]")]
-async fn background_completes(w: &mut RbeeWorld, reason: String) {
+/// The cluster gave the worker up: its client is told so, instead of waiting for tokens that
+/// could come from a worker no longer in the cluster.
+#[then(expr = "the running request's stream ended with an error event {string} and [DONE]")]
+async fn background_lost(w: &mut RbeeWorld, code: String) {
     let handle = w.background.take().expect("a running request");
     let text = tokio::time::timeout(DEADLINE * 2, handle).await.expect("the stream ends").unwrap();
-    assert!(text.contains(&format!("\"finish_reason\":\"{reason}\"")), "{text}");
+    assert!(text.contains(&format!("\"code\":\"{code}\"")), "{text}");
     assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+}
+
+#[then("the resumed worker gives the abandoned request up and releases its slot")]
+async fn resumed_worker_stops(w: &mut RbeeWorld) {
+    let accepted = w.cluster().events_of("request.accepted");
+    let request = accepted.last().expect("the request")["data"]["request"].as_str().unwrap().to_string();
+    let c = w.cluster();
+    eventually("the resumed worker releases the request's slot", DEADLINE, || async {
+        let released = c.events_of("slot.released");
+        released.iter().find(|e| e["data"]["request"] == request.as_str()).cloned().ok_or(())
+    })
+    .await;
+    let finished = c.events_of("request.finished");
+    let lost = finished.iter().find(|e| e["data"]["request"] == request.as_str()).expect("the request's end");
+    assert_eq!(lost["data"]["error_code"], Code::WorkerLost.as_str(), "the queen recorded why it ended: {lost}");
 }
 
 #[when("meanwhile another worker is started with rbee workers start")]
