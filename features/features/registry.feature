@@ -56,7 +56,7 @@ Feature: The worker registry is a projection of worker events
     And after the grace period the log records worker.removed for it, saying its request was abandoned
     And the running request's stream ended with an error event "WORKER_LOST" and [DONE]
     When the paused worker process resumes
-    Then the resumed worker gives the abandoned request up and releases its slot
+    Then the resumed worker gives the abandoned request up and releases its slot, its end recorded once
 
   @Gap-C6
   Scenario: A worker registers while stale cleanup runs, and both complete

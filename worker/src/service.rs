@@ -268,24 +268,32 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
     }
     shared.requesters.follow(&item.request, cancel.clone());
     let _ = client.publish(reply, frames::encode(&WorkAccepted::Accepted).into()).await;
-    tokio::spawn(watch_cancellation(cancellations, cancel));
+    let ended_elsewhere = Arc::new(AtomicBool::new(false));
+    tokio::spawn(watch_cancellation(cancellations, cancel, ended_elsewhere.clone()));
     shared.streams.spawn(forward_frames(
         client,
         subjects::tokens(&shared.config.node, &shared.config.worker_id, &item.request),
         frames_rx,
     ));
-    shared.streams.spawn(finish(shared.clone(), item, frames_tx, done_rx));
+    shared.streams.spawn(finish(shared.clone(), item, frames_tx, done_rx, ended_elsewhere));
 }
 
-/// Sets `cancel` when a `request.cancelled` event for the request is published.
-async fn watch_cancellation(mut sub: async_nats::Subscriber, cancel: Arc<AtomicBool>) {
+/// Sets `cancel` when the request is cancelled or its end was recorded elsewhere (a queen that
+/// gave this worker up records it), and then `ended_elsewhere` too: its end is not recorded twice.
+async fn watch_cancellation(
+    mut sub: async_nats::Subscriber,
+    cancel: Arc<AtomicBool>,
+    ended_elsewhere: Arc<AtomicBool>,
+) {
     while let Some(msg) = sub.next().await {
-        if let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload)
-            && matches!(env.event, Event::RequestCancelled(_) | Event::RequestFinished(_))
-        {
-            cancel.store(true, Ordering::Relaxed);
-            return;
+        let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) else { continue };
+        match env.event {
+            Event::RequestCancelled(_) => {}
+            Event::RequestFinished(_) => ended_elsewhere.store(true, Ordering::SeqCst),
+            _ => continue,
         }
+        cancel.store(true, Ordering::Relaxed);
+        return;
     }
 }
 
@@ -304,6 +312,7 @@ async fn finish(
     item: WorkItem,
     frames: mpsc::UnboundedSender<TokenFrame>,
     done: oneshot::Receiver<Result<Generation, EngineError>>,
+    ended_elsewhere: Arc<AtomicBool>,
 ) {
     let started = Instant::now();
     let outcome = done.await.unwrap_or_else(|_| Err(EngineError::Inference("generation thread stopped".into())));
@@ -350,7 +359,8 @@ async fn finish(
         slot: item.slot,
         request: item.request.clone(),
     });
-    for event in [Event::RequestFinished(finished), released] {
+    let finished = (!ended_elsewhere.load(Ordering::SeqCst)).then_some(Event::RequestFinished(finished));
+    for event in finished.into_iter().chain([released]) {
         if let Err(e) = shared.outbox.record(event, &meta) {
             tracing::error!(error = %e, request = %item.request, "outcome not recorded");
         }
