@@ -87,6 +87,7 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     Then the stream ends with an error event "EVENT_LOG_UNAVAILABLE" within 2 seconds of the kill
     When nats-server is started again on its port and store
     Then the log holds the request's request.finished and slot.released, each once
+    And the queen is ready again once it hears the worker
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
 
   @LOAD-1

@@ -626,3 +626,15 @@ fn streams_exact(w: &mut RbeeWorld, tokens: u64) {
         assert_eq!(usage, Some(tokens), "{sse}");
     }
 }
+
+/// A worker silent through an outage is stale until its next heartbeat is folded again.
+#[then("the queen is ready again once it hears the worker")]
+async fn ready_again(w: &mut RbeeWorld) {
+    eventually("/readyz answers 200 again", DEADLINE * 2, || async {
+        match w.queen_get("/readyz").await {
+            (200, _) => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
+}
