@@ -15,7 +15,7 @@ use futures::StreamExt;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
-use crate::envelope::HEADER_SCHEMA;
+use crate::envelope::{HEADER_MSG_ID, HEADER_SCHEMA};
 use crate::log::{EventLog, decode_message, header_pairs};
 use crate::subjects::ARCHIVER_CONSUMER;
 
@@ -236,9 +236,8 @@ async fn fetch_batches(
 struct Row {
     seq: i64,
     id: uuid::Uuid,
+    /// Also the row's aggregate: versions count per subject.
     subject: String,
-    /// The aggregate's subject: versions count per subject.
-    aggregate: String,
     version: i64,
     event_type: String,
     schema: i16,
@@ -261,7 +260,6 @@ impl Row {
             Ok(rec) => Row {
                 seq,
                 id: rec.envelope.id,
-                aggregate: subject.clone(),
                 subject,
                 version: rec.envelope.version as i64,
                 event_type: rec.envelope.event.kind().to_string(),
@@ -274,8 +272,7 @@ impl Row {
             // it in the log.
             Err(e) => Row {
                 seq,
-                id: header("Nats-Msg-Id").and_then(|v| v.parse().ok()).unwrap_or_default(),
-                aggregate: subject.clone(),
+                id: header(HEADER_MSG_ID).and_then(|v| v.parse().ok()).unwrap_or_default(),
                 subject,
                 version: 0,
                 event_type: UNDECODABLE.into(),
@@ -297,7 +294,7 @@ async fn store_batch(pool: &PgPool, messages: &[async_nats::jetstream::Message])
     // A clash inside the batch; the statement finds clashes with earlier batches.
     let mut seen = std::collections::HashSet::new();
     for row in &mut rows {
-        if row.flag.is_none() && !seen.insert((row.aggregate.clone(), row.version)) {
+        if row.flag.is_none() && !seen.insert((row.subject.clone(), row.version)) {
             row.flag = Some(VERSION_CLASH.into());
         }
     }
@@ -316,14 +313,13 @@ async fn insert_rows(pool: &PgPool, rows: Vec<Row>) -> Result<Vec<(i64, String)>
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let (mut seqs, mut ids, mut subjects_, mut aggs, mut versions, mut types, mut schemas, mut payloads, mut headers) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut seqs, mut ids, mut subjects_, mut versions, mut types, mut schemas, mut payloads, mut headers) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut flags = vec![];
     for r in rows {
         seqs.push(r.seq);
         ids.push(r.id);
         subjects_.push(r.subject);
-        aggs.push(r.aggregate);
         versions.push(r.version);
         types.push(r.event_type);
         schemas.push(r.schema);
@@ -333,12 +329,12 @@ async fn insert_rows(pool: &PgPool, rows: Vec<Row>) -> Result<Vec<(i64, String)>
     }
     let inserted: Vec<(i64, Option<String>)> = sqlx::query_as(
         "INSERT INTO events (stream_seq, event_id, subject, aggregate, version, event_type, schema, payload, headers, flag)
-         SELECT s, i, sub, a, v, t, sc, p, h,
-                COALESCE(f, CASE WHEN v > 0 AND EXISTS (SELECT 1 FROM events e WHERE e.aggregate = a AND e.version = v)
+         SELECT s, i, sub, sub, v, t, sc, p, h,
+                COALESCE(f, CASE WHEN v > 0 AND EXISTS (SELECT 1 FROM events e WHERE e.aggregate = sub AND e.version = v)
                                  THEN 'version_clash' END)
-         FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::bigint[], $6::text[], $7::smallint[],
-                     $8::bytea[], $9::jsonb[], $10::text[])
-              AS x(s, i, sub, a, v, t, sc, p, h, f)
+         FROM UNNEST($1::bigint[], $2::uuid[], $3::text[], $4::bigint[], $5::text[], $6::smallint[],
+                     $7::bytea[], $8::jsonb[], $9::text[])
+              AS x(s, i, sub, v, t, sc, p, h, f)
          ORDER BY s
          ON CONFLICT (stream_seq) DO NOTHING
          RETURNING stream_seq, flag",
@@ -346,7 +342,6 @@ async fn insert_rows(pool: &PgPool, rows: Vec<Row>) -> Result<Vec<(i64, String)>
     .bind(&seqs)
     .bind(&ids)
     .bind(&subjects_)
-    .bind(&aggs)
     .bind(&versions)
     .bind(&types)
     .bind(&schemas)

@@ -196,6 +196,11 @@ impl EventLog {
         &self.client
     }
 
+    /// Whether the connection to nats-server is up right now.
+    pub fn is_connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }
@@ -247,17 +252,7 @@ impl EventLog {
         match expected {
             Expected::NoStream => self.publish(&subject, event, Position::default(), meta).await,
             Expected::At(at) => self.publish(&subject, event, at, meta).await,
-            Expected::Any => {
-                let mut last_error = None;
-                for _ in 0..ANY_RETRIES {
-                    let at = self.last_position(&subject).await?.unwrap_or_default();
-                    match self.publish(&subject, event.clone(), at, meta).await {
-                        Err(e @ AppendError::Conflict { .. }) => last_error = Some(e),
-                        other => return other,
-                    }
-                }
-                Err(last_error.expect("loop ran at least once"))
-            }
+            Expected::Any => self.append_envelope(Envelope::new(event, 0, meta)).await,
         }
     }
 

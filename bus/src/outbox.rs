@@ -18,6 +18,11 @@ use crate::envelope::{Envelope, Meta};
 use crate::event::Event;
 use crate::log::EventLog;
 
+/// Events one process keeps at most while the log cannot take them.
+pub const CAPACITY: usize = 10_000;
+/// How long a process gives its outbox to empty: at start (what an earlier run left) and at exit.
+pub const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
 const SUFFIX: &str = "event.json";
 /// How long one append may take before the drainer tries again.
 const APPEND_TIMEOUT: Duration = Duration::from_secs(5);
@@ -113,6 +118,14 @@ impl Outbox {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         self.pending() == 0
+    }
+
+    /// Before the process exits: gives the log [`FLUSH_DEADLINE`] to take everything; what it does
+    /// not take stays on disk for the next process of this directory, and the log says so.
+    pub async fn flush_before_exit(&self) {
+        if !self.flushed(FLUSH_DEADLINE).await {
+            tracing::warn!(pending = self.pending(), "the log did not take the last events; they stay in the outbox");
+        }
     }
 
     async fn send_all(&self, log: &EventLog) -> Result<(), String> {

@@ -150,12 +150,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     supervisor.stop_all("shutdown").await;
     // The workers' exits are on disk; they leave for the log before the hive exits, or with the
     // next hive of this data directory when the log stays away.
-    if !supervisor.outbox().flushed(std::time::Duration::from_secs(10)).await {
-        tracing::warn!(
-            pending = supervisor.outbox().pending(),
-            "the log did not take the last events; they stay in the outbox"
-        );
-    }
+    supervisor.outbox().flush_before_exit().await;
     stop_outbox.cancel();
     Ok(())
 }

@@ -102,8 +102,6 @@ pub const WORKER_SIGNING_KEY_ENV: &str = "RBEE_WORKER_SIGNING_KEY";
 
 /// How long reading a worker's history may take when the log is unreachable: never hang on it.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-/// Events the hive's outbox keeps at most while the log is unreachable.
-const OUTBOX_CAPACITY: usize = 10_000;
 
 impl Supervisor {
     pub fn new(
@@ -116,7 +114,7 @@ impl Supervisor {
         settings: SupervisorSettings,
     ) -> Result<Self, OutboxError> {
         let outbox_dir = data_dir.join("outbox");
-        let outbox = Outbox::open(&outbox_dir.join("hive"), OUTBOX_CAPACITY)?;
+        let outbox = Outbox::open(&outbox_dir.join("hive"), rbee_bus::outbox::CAPACITY)?;
         Ok(Supervisor {
             log,
             node,

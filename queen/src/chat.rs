@@ -209,7 +209,7 @@ impl Running {
         let log = self.state.log.clone();
         // Without NATS no token can arrive: say so at once, not at the token timeout.
         let cut_off = async move {
-            while log.client().connection_state() == async_nats::connection::State::Connected {
+            while log.is_connected() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
@@ -331,7 +331,7 @@ async fn start(
 ) -> Result<Running, ApiError> {
     crate::auth::admit(state, caller)?;
     // Without NATS nothing can be claimed or dispatched: say so now, not after the slot wait.
-    if state.log.client().connection_state() != async_nats::connection::State::Connected {
+    if !state.log.is_connected() {
         return Err(ApiError::log_unavailable("NATS is not connected"));
     }
     let started = std::time::Instant::now();

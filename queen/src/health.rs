@@ -30,7 +30,7 @@ struct Probe {
 
 impl Probe {
     async fn take(state: &AppState) -> Probe {
-        let nats_connected = state.log.client().connection_state() == async_nats::connection::State::Connected;
+        let nats_connected = state.log.is_connected();
         let log_seq =
             match tokio::time::timeout(PROBE_TIMEOUT, read::last_sequence(&state.log, subjects::EVENTS_STREAM)).await {
                 Ok(Ok(seq)) => Ok(seq),

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use futures::StreamExt;
 use rbee_bus::frames::{self, TokenFrame, WorkAccepted, WorkItem};
-use rbee_bus::outbox::Outbox;
+use rbee_bus::outbox::{self, Outbox};
 use rbee_bus::{
     Code, Event, EventLog, FinishReason, Meta, RequestFinished, SlotReleased, WorkerHeartbeat, WorkerRegistered,
     WorkerState, WorkerStateChanged, subjects,
@@ -46,11 +46,6 @@ struct Shared {
     outbox: Arc<Outbox>,
 }
 
-/// Events the outbox keeps at most while the log is unreachable.
-const OUTBOX_CAPACITY: usize = 10_000;
-/// How long leftovers of an earlier incarnation, and the last facts before exit, may take to land.
-const OUTBOX_FLUSH: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Runs the worker until `shutdown`. Registration comes first, so a duplicate id fails fast.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), WorkerError> {
     for (field, value) in [("node", &config.node), ("worker id", &config.worker_id), ("model", &config.model)] {
@@ -61,10 +56,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let meta = Meta { correlation: Some(config.worker_id.clone()), traceparent: None };
     // What an earlier incarnation of this id could not send goes first, before it registers again.
     let outbox =
-        Outbox::open(&config.outbox_dir(), OUTBOX_CAPACITY).map_err(|e| WorkerError::Internal(e.to_string()))?;
+        Outbox::open(&config.outbox_dir(), outbox::CAPACITY).map_err(|e| WorkerError::Internal(e.to_string()))?;
     let stop_outbox = CancellationToken::new();
     tokio::spawn(outbox.clone().drain(log.clone(), stop_outbox.clone()));
-    if !outbox.flushed(OUTBOX_FLUSH).await {
+    if !outbox.flushed(outbox::FLUSH_DEADLINE).await {
         return Err(WorkerError::Bus(format!("{} events of an earlier run could not be sent", outbox.pending())));
     }
     let registered = Event::WorkerRegistered(WorkerRegistered {
@@ -96,7 +91,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         Ok(engine) => engine,
         Err(e) => {
             set_state(&outbox, &config, WorkerState::Stopped, 0, &meta);
-            outbox.flushed(OUTBOX_FLUSH).await;
+            outbox.flush_before_exit().await;
             return Err(e.into());
         }
     };
@@ -164,12 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     // The stop and every outcome are on disk; they leave for the log before the exit, or with
     // the next incarnation of this id when the log stays away.
     set_state(&shared.outbox, &shared.config, WorkerState::Stopped, 0, &meta);
-    if !shared.outbox.flushed(OUTBOX_FLUSH).await {
-        tracing::warn!(
-            pending = shared.outbox.pending(),
-            "the log did not take the last events; they stay in the outbox"
-        );
-    }
+    shared.outbox.flush_before_exit().await;
     stop_outbox.cancel();
     // Nothing left for a later incarnation: the directory goes (it stays while it holds events).
     let _ = std::fs::remove_dir(shared.config.outbox_dir());
