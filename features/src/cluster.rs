@@ -89,6 +89,12 @@ impl Cluster {
         rbee_command(&self.data_dir, args)
     }
 
+    /// What `rbee up` recorded in `cluster.json` now (pids, ports, files).
+    pub fn file(&self) -> Value {
+        let text = std::fs::read_to_string(self.data_dir.join("cluster.json")).expect("cluster.json");
+        serde_json::from_str(&text).expect("cluster.json is JSON")
+    }
+
     /// Runs `rbee <args>` against this cluster.
     pub fn rbee(&self, args: &[&str]) -> Output {
         rbee(&self.data_dir, args)

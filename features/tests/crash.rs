@@ -131,8 +131,7 @@ async fn killing_the_archiving_queen_at_random_moments_loses_no_event() {
 async fn killing_the_hive_at_random_moments_loses_no_worker_start() {
     use rbee_bus::WorkerStartRequested;
     let cluster = rbee_features::cluster::Cluster::up(&["--no-worker"]).expect("rbee up");
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(cluster.data_dir.join("cluster.json")).unwrap()).unwrap();
+    let file = cluster.file();
     let up_hive = file["hive_pid"].as_i64().unwrap() as i32;
     signal::send(up_hive as u32, Signal::Kill);
     let hive = || {

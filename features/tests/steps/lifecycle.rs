@@ -560,7 +560,7 @@ async fn own_cluster_with_workers(w: &mut RbeeWorld, n: usize) {
 #[when("I run rbee down")]
 fn run_down(w: &mut RbeeWorld) {
     let c = w.cluster();
-    let file: Value = serde_json::from_str(&std::fs::read_to_string(c.data_dir.join("cluster.json")).unwrap()).unwrap();
+    let file = c.file();
     let mut pids: Vec<i32> = ["nats_pid", "postgres_pid", "queen_pid", "hive_pid"]
         .iter()
         .filter_map(|k| file[k].as_i64())

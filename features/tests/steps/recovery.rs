@@ -259,8 +259,7 @@ async fn all_archived(w: &mut RbeeWorld) {
 
 #[when("its queen is killed, its checkpoint removed and the older half of its events purged from JetStream")]
 async fn kill_purge(w: &mut RbeeWorld) {
-    let file: Value =
-        serde_json::from_str(&std::fs::read_to_string(w.cluster().data_dir.join("cluster.json")).unwrap()).unwrap();
+    let file = w.cluster().file();
     let pid = file["queen_pid"].as_i64().unwrap() as i32;
     signal::send(pid as u32, Signal::Kill);
     eventually("the queen is gone", DEADLINE, || async {

@@ -10,15 +10,9 @@ use serde_json::Value;
 use super::{DEADLINE, RbeeWorld};
 
 impl RbeeWorld {
-    /// The scenario's cluster.json.
-    fn cluster_file(&self) -> Value {
-        let text = std::fs::read_to_string(self.cluster().data_dir.join("cluster.json")).expect("cluster.json");
-        serde_json::from_str(&text).expect("cluster.json is JSON")
-    }
-
     /// `pg_ctl` on the cluster's Postgres, as `rbee up` set it up.
     fn cluster_postgres(&self) -> (std::path::PathBuf, std::path::PathBuf) {
-        let file = self.cluster_file();
+        let file = self.cluster().file();
         let path = |key: &str| std::path::PathBuf::from(file[key].as_str().expect("the cluster runs Postgres"));
         (path("postgres_bin"), path("postgres_root"))
     }
@@ -39,7 +33,7 @@ fn postgres_stopped(w: &mut RbeeWorld) {
 #[when("the cluster's Postgres is started again")]
 async fn postgres_started(w: &mut RbeeWorld) {
     let (bin, root) = w.cluster_postgres();
-    let port: u16 = w.cluster_file()["database_url"]
+    let port: u16 = w.cluster().file()["database_url"]
         .as_str()
         .and_then(|u| u.rsplit(':').next())
         .and_then(|tail| tail.split('/').next())
@@ -103,7 +97,7 @@ async fn readyz_answers(w: &mut RbeeWorld, status: u16) {
 
 #[when("the cluster's nats-server is killed")]
 fn nats_killed(w: &mut RbeeWorld) {
-    let pid = w.cluster_file()["nats_pid"].as_u64().expect("cluster.json records nats-server") as u32;
+    let pid = w.cluster().file()["nats_pid"].as_u64().expect("cluster.json records nats-server") as u32;
     signal::send(pid, Signal::Kill);
     eventually_dead(pid);
 }
@@ -284,7 +278,7 @@ async fn orphan_stopped(w: &mut RbeeWorld) {
 )]
 async fn pause_nats_mid_request(w: &mut RbeeWorld, max_tokens: u32, seconds: u64) {
     w.stream_in_background("Tell me a long story about a bee.", max_tokens).await;
-    let pid = w.cluster_file()["nats_pid"].as_u64().expect("cluster.json records nats-server") as u32;
+    let pid = w.cluster().file()["nats_pid"].as_u64().expect("cluster.json records nats-server") as u32;
     signal::send(pid, Signal::Stop);
     let paused = Instant::now();
     // Meanwhile the request ends, and its outcome waits on the worker's disk.
@@ -349,7 +343,7 @@ async fn outbox_empty(w: &mut RbeeWorld) {
 /// The processes of the scenario's cluster: nats-server, Postgres, the hive, the queen and the
 /// worker, by pid.
 fn cluster_pids(w: &RbeeWorld) -> Vec<(&'static str, u64)> {
-    let file = w.cluster_file();
+    let file = w.cluster().file();
     let worker = w.cluster().workers()[0]["pid"].as_u64().expect("the worker's pid");
     vec![
         ("nats-server", file["nats_pid"].as_u64().unwrap()),
@@ -528,7 +522,7 @@ async fn deadline_recorded(w: &mut RbeeWorld) {
 #[when(expr = "a streaming request with max_tokens {int} runs and nats-server is killed right after its first tokens")]
 async fn kill_nats_mid_stream(w: &mut RbeeWorld, max_tokens: u32) {
     w.stream_in_background("Tell me a long story about a bee.", max_tokens).await;
-    let pid = w.cluster_file()["nats_pid"].as_u64().expect("cluster.json records nats-server") as u32;
+    let pid = w.cluster().file()["nats_pid"].as_u64().expect("cluster.json records nats-server") as u32;
     signal::send(pid, Signal::Kill);
     w.killed_at_ms = rbee_bus::envelope::now_ms();
     eventually_dead(pid);
@@ -548,7 +542,7 @@ async fn stream_ends_with_error(w: &mut RbeeWorld, code: String, seconds: u64) {
 
 #[when("nats-server is started again on its port and store")]
 async fn nats_started_again(w: &mut RbeeWorld) {
-    let file = w.cluster_file();
+    let file = w.cluster().file();
     let old = file["nats_pid"].as_u64().unwrap();
     let exe = file["processes"]
         .as_array()

@@ -442,8 +442,7 @@ async fn admin_forges_registration(w: &mut RbeeWorld, worker: String) {
 
 #[when("I stop the cluster with rbee down")]
 fn stop_with_down(w: &mut RbeeWorld) {
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(w.cluster().data_dir.join("cluster.json")).unwrap()).unwrap();
+    let file = w.cluster().file();
     w.attempt.cluster_pids =
         ["nats_pid", "hive_pid", "queen_pid"].iter().map(|k| file[k].as_u64().unwrap() as u32).collect();
     let out = w.cluster().rbee(&["down"]);
@@ -507,8 +506,7 @@ async fn no_secret_in_logs(w: &mut RbeeWorld) {
     for log in walk(&c.data_dir.join("logs")) {
         assert_no_secret(w, &log.display().to_string(), &String::from_utf8_lossy(&std::fs::read(&log).unwrap()));
     }
-    let file: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(c.data_dir.join("cluster.json")).unwrap()).unwrap();
+    let file = c.file();
     let mut pids: Vec<u64> = ["nats_pid", "hive_pid", "queen_pid"].iter().filter_map(|k| file[k].as_u64()).collect();
     pids.extend(c.workers().iter().filter_map(|x| x["pid"].as_u64()));
     assert!(pids.len() >= 4, "nats-server, hive, queen and a worker");
