@@ -14,6 +14,10 @@ pub struct Config {
     /// This machine's name in the cluster (default: the host name).
     #[arg(long, env = "RBEE_NODE")]
     pub node: Option<String>,
+    /// Serve /livez, /readyz, /health and /metrics on this address (e.g. 127.0.0.1:9464); off
+    /// when unset. `rbee up` gives its hive a loopback port.
+    #[arg(long, env = "RBEE_HIVE_STATUS_ADDR")]
+    pub status_addr: Option<std::net::SocketAddr>,
     /// Where models and worker logs live.
     #[arg(long, env = "RBEE_DATA_DIR", default_value = ".rbee")]
     pub data_dir: PathBuf,

@@ -65,6 +65,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     .map_err(|e| HiveError::Config(e.to_string()))?;
     let stop_outbox = CancellationToken::new();
     tokio::spawn(supervisor.outbox().drain(log.clone(), stop_outbox.clone()));
+    if let Some(addr) = config.status_addr {
+        let of = supervisor.clone();
+        let measures = std::sync::Arc::new(move || {
+            let waiting = of.outbox_waiting().into_iter().map(|(owner, n)| rbee_runtime::status::Gauge {
+                name: "rbee_hive_outbox_events",
+                help: "Events waiting in an outbox for the log, by owner (the hive or a worker id).",
+                labels: vec![("owner", owner)],
+                value: n as f64,
+            });
+            waiting.collect()
+        });
+        let status = rbee_runtime::status::Status::new("hive", log.clone(), measures);
+        status
+            .serve(addr, shutdown.clone())
+            .await
+            .map_err(|e| HiveError::Config(format!("status endpoints on {addr}: {e}")))?;
+    }
     if let Err(e) = crate::supervisor::check_binary(&config.worker_binary("cpu")) {
         tracing::warn!(error = %e, "workers cannot be started until this is fixed");
     }

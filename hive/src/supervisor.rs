@@ -301,6 +301,18 @@ impl Supervisor {
         self.outbox.clone()
     }
 
+    /// Events waiting to reach the log, by owner: this hive's, then each worker's outbox.
+    pub fn outbox_waiting(&self) -> Vec<(String, usize)> {
+        let mut waiting = vec![("hive".to_string(), self.outbox.pending())];
+        if let Ok(dirs) = std::fs::read_dir(self.outbox_dir.join("workers")) {
+            for dir in dirs.flatten() {
+                let worker = dir.file_name().to_string_lossy().into_owned();
+                waiting.push((worker, rbee_bus::outbox::waiting_in(&dir.path())));
+            }
+        }
+        waiting
+    }
+
     /// False when another process (pid) is the registered incarnation of `worker`: an exit of this
     /// one (e.g. it lost the registration race) must not remove that one from the registry.
     async fn was_registered_incarnation(&self, worker: &str, pid: u32) -> bool {

@@ -13,6 +13,9 @@ pub struct ClusterFile {
     pub nats_url: String,
     pub nats_monitor_url: String,
     pub queen_url: String,
+    /// The hive's /livez, /readyz, /health and /metrics, on loopback.
+    #[serde(default)]
+    pub hive_status_url: Option<String>,
     pub database_url: Option<String>,
     pub node: String,
     pub model: String,

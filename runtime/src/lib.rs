@@ -1,6 +1,8 @@
 //! What every rbee process does the same way: logging, one shutdown token that SIGINT/SIGTERM
 //! cancel, the exit code of its result, and what it needs to know about this host's processes.
 
+pub mod status;
+
 use std::process::ExitCode;
 
 use rbee_bus::Code;

@@ -34,6 +34,9 @@ pub struct Config {
     /// what its previous incarnation left there.
     #[arg(long, env = "RBEE_OUTBOX_DIR")]
     pub outbox_dir: Option<PathBuf>,
+    /// Serve /livez, /readyz, /health and /metrics on this address; off when unset.
+    #[arg(long, env = "RBEE_WORKER_STATUS_ADDR")]
+    pub status_addr: Option<std::net::SocketAddr>,
     /// Seconds between heartbeats.
     #[arg(long, env = "RBEE_HEARTBEAT_SECS", default_value_t = 2)]
     pub heartbeat_secs: u64,
