@@ -86,14 +86,17 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
             println!("reusing the running cluster in {}", data_dir.display());
             cf
         }
-        // The log's server lives: only what died starts again, on its recorded port.
-        Some(cf) if cf.still_ours(cf.nats_pid) => restart_dead(&args, &data_dir, &source, cf).await?,
-        stale => {
-            if let Some(cf) = stale {
+        // Only what died starts again, on its recorded port; when that fails (its port was
+        // taken meanwhile), the cluster starts afresh on its data.
+        Some(cf) => match restart_dead(&args, &data_dir, &source, cf.clone()).await {
+            Ok(cf) => cf,
+            Err(e) => {
+                println!("could not start the dead processes again ({e}); starting the cluster afresh");
                 crate::down::stop_cluster(&cf);
+                start_cluster(&args, &data_dir, &source).await?
             }
-            start_cluster(&args, &data_dir, &source).await?
-        }
+        },
+        None => start_cluster(&args, &data_dir, &source).await?,
     };
     let key_file = crate::keys::local_key_file(&data_dir);
     if !key_file.exists() {
@@ -123,6 +126,7 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
 /// Every process the file names is alive and the queen answers.
 async fn is_running(cf: &ClusterFile) -> bool {
     process::is_ours(cf.nats_pid, "nats-server")
+        && cf.postgres_pid.is_none_or(|pid| process::is_ours(pid, "postgres"))
         && process::is_ours(cf.hive_pid, "rbee-hive")
         && process::is_ours(cf.queen_pid, "rbee-queen")
         && rbee_local::wait_http_ok(&format!("{}/health", cf.queen_url), Duration::from_secs(2)).await.is_ok()
@@ -153,11 +157,9 @@ fn allowed_sources(args: &UpArgs, source: &model::ModelSource) -> (String, Strin
 
 async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSource) -> CliResult<ClusterFile> {
     let model = source.name.as_str();
-    // All three are needed: fail before starting anything when one is missing.
+    // All of them are needed: fail before starting anything when one is missing.
     let _ = (binary("rbee-queen")?, binary("rbee-hive")?, binary("rbee-worker")?);
-    let tools_dir = args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools"));
-    let nats_bin = nats::find_or_install(&tools_dir)?;
-    let logs = data_dir.join("logs");
+    nats::find_or_install(&args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools")))?;
     let node = args.node.clone().unwrap_or_else(rbee_runtime::hostname);
     rbee_bus::subjects::validate_name("node", &node).map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
 
@@ -165,15 +167,10 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
     let trust = Trust::open(&trust::dir_in(data_dir))?;
     trust.add_node(&node)?;
 
-    let tls = if args.nats_tls {
-        let names = ["127.0.0.1".to_string(), "localhost".to_string(), rbee_runtime::hostname()];
-        Some(rbee_local::tls::ensure(&trust::dir_in(data_dir), &names)?)
-    } else {
-        None
-    };
+    let tls = nats_tls(args.nats_tls, data_dir)?;
 
     // Every port at once: ports picked one by one can collide, and then a process fails to bind.
-    let ports = process::free_ports(4)?;
+    let ports = process::free_ports(5)?;
     let (nats_port, monitor_port, pg_port) = (ports[0], ports[1], ports[2]);
     let queen_port = if args.port == 0 { ports[3] } else { args.port };
     if std::net::TcpListener::bind(("127.0.0.1", queen_port)).is_err() {
@@ -186,6 +183,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         nats_url: format!("nats://127.0.0.1:{nats_port}"),
         nats_monitor_url: format!("http://127.0.0.1:{monitor_port}"),
         queen_url: format!("http://127.0.0.1:{queen_port}"),
+        hive_status_url: Some(format!("http://127.0.0.1:{}", ports[4])),
         node: node.clone(),
         model: model.into(),
         nats_ca: tls.as_ref().map(|t| t.ca.clone()),
@@ -193,19 +191,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         ..Default::default()
     };
     // Record each process as soon as it exists, so `down` can stop a half-started cluster.
-    cf.nats_pid = nats::start(&nats::NatsPlan {
-        binary: &nats_bin,
-        port: nats_port,
-        monitor_port,
-        store_dir: &data_dir.join("nats"),
-        log: &logs.join("nats.log"),
-        sync_interval: &args.nats_sync_interval,
-        auth: &trust.server_config()?,
-        tls: tls.as_ref(),
-    })
-    .await?;
-    cf.record(cf.nats_pid);
-    cf.save(data_dir)?;
+    start_nats(args, data_dir, &mut cf, &trust, (nats_port, monitor_port), tls.as_ref()).await?;
 
     let pg_bin = postgres::find_bin_dir()?;
     let pg_root = postgres::prepare_root(&data_dir.join("postgres"))?;
@@ -229,8 +215,43 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
     Ok(cf)
 }
 
-/// Starts again, on their recorded ports, the processes of the cluster that died (nats-server
-/// lives); the living ones, and the workers, are left as they are. A queen started again
+/// The CA and certificates of NATS over TLS (made once, kept in the trust directory), if it serves TLS.
+fn nats_tls(on: bool, data_dir: &Path) -> CliResult<Option<rbee_local::tls::TlsFiles>> {
+    if !on {
+        return Ok(None);
+    }
+    let names = ["127.0.0.1".to_string(), "localhost".to_string(), rbee_runtime::hostname()];
+    Ok(Some(rbee_local::tls::ensure(&trust::dir_in(data_dir), &names)?))
+}
+
+/// Starts nats-server on `ports` (client, monitor) with the cluster's store, and records it.
+async fn start_nats(
+    args: &UpArgs,
+    data_dir: &Path,
+    cf: &mut ClusterFile,
+    trust: &Trust,
+    (port, monitor_port): (u16, u16),
+    tls: Option<&rbee_local::tls::TlsFiles>,
+) -> CliResult<()> {
+    let tools_dir = args.tools_dir.clone().unwrap_or_else(|| data_dir.join("tools"));
+    cf.nats_pid = nats::start(&nats::NatsPlan {
+        binary: &nats::find_or_install(&tools_dir)?,
+        port,
+        monitor_port,
+        store_dir: &data_dir.join("nats"),
+        log: &data_dir.join("logs").join("nats.log"),
+        sync_interval: &args.nats_sync_interval,
+        auth: &trust.server_config()?,
+        tls,
+    })
+    .await?;
+    cf.record(cf.nats_pid);
+    cf.save(data_dir)?;
+    Ok(())
+}
+
+/// Starts again, on their recorded ports and with their stores, the processes of the cluster
+/// that died; the living ones, and the workers, are left as they are. A queen started again
 /// recovers its view from its last checkpoint.
 async fn restart_dead(
     args: &UpArgs,
@@ -239,13 +260,33 @@ async fn restart_dead(
     mut cf: ClusterFile,
 ) -> CliResult<ClusterFile> {
     let trust = Trust::open(&trust::dir_in(data_dir))?;
+    let no_port = |what: &str| CliError::new(Code::InvalidConfig, format!("cluster.json: no {what} port"));
+    if !cf.still_ours(cf.nats_pid) {
+        let port = port_of(&cf.nats_url).ok_or_else(|| no_port("NATS"))?;
+        let monitor_port = port_of(&cf.nats_monitor_url).ok_or_else(|| no_port("NATS monitor"))?;
+        println!("starting nats-server again on port {port}");
+        let tls = nats_tls(cf.nats_ca.is_some(), data_dir)?;
+        start_nats(args, data_dir, &mut cf, &trust, (port, monitor_port), tls.as_ref()).await?;
+    }
     if let (Some(pid), Some(bin), Some(root), Some(url)) =
         (cf.postgres_pid, cf.postgres_bin.clone(), cf.postgres_root.clone(), cf.database_url.clone())
         && !process::is_ours(pid, "postgres")
     {
-        let port = port_of(&url).ok_or_else(|| CliError::new(Code::InvalidConfig, "cluster.json: no Postgres port"))?;
+        let port = port_of(&url).ok_or_else(|| no_port("Postgres"))?;
         println!("starting Postgres again on port {port}");
-        let (pid, _) = postgres::start(&bin, &root, port, &trust::dir_in(data_dir)).await?;
+        // A killed postmaster's backends hold its shared memory for a moment after it died.
+        let mut tries = 0;
+        let pid = loop {
+            match postgres::start(&bin, &root, port, &trust::dir_in(data_dir)).await {
+                Ok((pid, _)) => break pid,
+                Err(e) if tries < 10 => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "Postgres did not start yet; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
         cf.postgres_pid = Some(pid);
         cf.save(data_dir)?;
     }
@@ -254,8 +295,7 @@ async fn restart_dead(
         start_hive(args, data_dir, source, &mut cf, &trust)?;
     }
     if !cf.still_ours(cf.queen_pid) {
-        let port =
-            port_of(&cf.queen_url).ok_or_else(|| CliError::new(Code::InvalidConfig, "cluster.json: no queen port"))?;
+        let port = port_of(&cf.queen_url).ok_or_else(|| no_port("queen"))?;
         println!("starting the queen again on port {port}");
         start_queen(args, data_dir, &mut cf, &trust, port).await?;
     }
@@ -294,7 +334,7 @@ fn start_hive(
         ("RBEE_ALLOWED_DIRS", allowed_dirs),
     ];
     env.extend(tls_env(cf));
-    let hive_args = vec![
+    let mut hive_args = vec![
         "--node".into(),
         cf.node.clone(),
         "--data-dir".into(),
@@ -304,6 +344,9 @@ fn start_hive(
         "--max-workers".into(),
         args.max_workers.to_string(),
     ];
+    if let Some(port) = cf.hive_status_url.as_deref().and_then(port_of) {
+        hive_args.extend(["--status-addr".into(), format!("127.0.0.1:{port}")]);
+    }
     let log = data_dir.join("logs").join("hive.log");
     cf.hive_pid = process::spawn_detached(&binary("rbee-hive")?, &hive_args, &log, &env)?;
     cf.record(cf.hive_pid);
