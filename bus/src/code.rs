@@ -140,6 +140,8 @@ codes! {
     QueueFull "QUEUE_FULL" 503 "the queue of requests waiting for the model is full (`--queue-depth`)";
     QueueTimeout "QUEUE_TIMEOUT" 503 "no slot freed up within the queue timeout (`--queue-timeout-secs`)";
     RequestTimeout "REQUEST_TIMEOUT" 408 "the request's deadline (`x-request-timeout`, `--request-timeout-secs`) passed before it ended";
+    // Added with mid-stream failover.
+    StreamAbandoned "STREAM_ABANDONED" 502 "the worker stopped the request because no queen read its stream any more; a queen moves it to a worker";
 }
 
 impl Code {

@@ -32,6 +32,10 @@ pub struct WorkItem {
     pub max_tokens: Option<u32>,
     pub sampling: Sampling,
     pub traceparent: Option<String>,
+    /// Tokens another worker already generated for this request (it died mid-stream): the worker
+    /// reads them after the prompt, counts them as generated, and goes on from there, so the
+    /// continuation is the one an uninterrupted run gives. Empty for a fresh request.
+    pub resume: Vec<u32>,
 }
 
 /// A queen's word to a worker, every [`STILL_WANTED_EVERY`], on `rbee.live.<node>.<worker>`: the
@@ -60,8 +64,9 @@ pub enum WorkAccepted {
 /// What streams back on `rbee.tok.<node>.<worker>.<request>`, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TokenFrame {
-    /// Text of one or more tokens; always whole UTF-8 characters.
-    Delta { text: String },
+    /// Text of one or more tokens; always whole UTF-8 characters. `tokens` are their ids, what a
+    /// queen hands another worker to resume the request if this one dies.
+    Delta { text: String, tokens: Vec<u32> },
     /// The generation ended.
     Done { finish_reason: FinishReason, prompt_tokens: u32, completion_tokens: u32 },
     /// The generation failed.

@@ -32,6 +32,7 @@ async fn ttft_direct(log: &EventLog, node: &str, worker: &str, n: usize) -> f64 
         max_tokens: Some(2),
         sampling: Sampling::default(),
         traceparent: None,
+        resume: Vec::new(),
     };
     let mut tokens = log.client().subscribe(subjects::tokens(node, worker, &request)).await.unwrap();
     let t0 = Instant::now();

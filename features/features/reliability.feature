@@ -17,8 +17,10 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
   Scenario: With nats-server gone, readiness and requests say so at once
     Given a cluster of my own serving the default model
     Then /readyz answers 200
+    And the hive's /readyz answers 200
     When the cluster's nats-server is killed
     Then /readyz answers 503 naming "NATS"
+    And the hive's /readyz answers 503 naming "NATS"
     And /health answers 503 with status "degraded"
     And a chat request is refused within 2 seconds with HTTP 503 and code "EVENT_LOG_UNAVAILABLE"
 
@@ -42,7 +44,7 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
 
   @REL-1
-  Scenario: nats-server paused while a request ends: its outcome waits in the worker's outbox and reaches the log
+  Scenario: nats-server paused while a request ends: its outcome waits in the worker's outbox, shown in the hive's metrics, and reaches the log
     Given a cluster of my own serving the default model
     When a streaming request with max_tokens 48 runs and nats-server is paused for 25 seconds right after its first tokens
     Then the log holds the request's request.finished and slot.released, each once
@@ -96,3 +98,21 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     When the greedy answer to "Name three flowers bees like." with max_tokens 16 is noted from one request alone
     And 100 streaming requests of it run at once
     Then every stream completes with 16 tokens and exactly the noted text, in order, ending with [DONE]
+
+  @Gap-F1
+  Scenario: A worker killed mid-stream: the stream moves to another worker and the client gets exactly the uninterrupted text
+    Given a cluster of my own serving the default model, with 1 more workers started
+    When the greedy answer to "Tell me a long story about a bee." with max_tokens 400 is noted from one request alone
+    And it is streamed again and the worker serving it is killed with SIGKILL after its first tokens
+    Then the stream completes with exactly the noted text and token count, ending with [DONE]
+    And the log shows the request accepted by the killed worker, then by the other one, which finished it
+    And the queen's /metrics counts 1 moved stream
+
+  @REL-5
+  Scenario: A queen paused mid-stream: its worker gives the request up, and the resumed queen moves it back with identical text
+    Given a cluster of my own serving the default model
+    When the greedy answer to "Tell me a long story about a bee." with max_tokens 600 is noted from one request alone
+    And it is streamed again and the queen is paused for 4 seconds after its first tokens
+    Then the stream completes with exactly the noted text and token count, ending with [DONE]
+    And the log shows the worker gave the request up, then took it again and finished it
+    And the queen's /metrics counts 1 moved stream

@@ -100,6 +100,12 @@ impl Keys {
                     k.revoked = true;
                 }
             }
+            // A stream moved to another worker: the same request, counted once.
+            Event::RequestAccepted(e) if self.request_keys.contains_key(&e.request) => {
+                if let Some((_, worker)) = self.request_keys.get_mut(&e.request) {
+                    *worker = e.worker.clone();
+                }
+            }
             Event::RequestAccepted(e) => {
                 if let Some(key) = &e.key {
                     let usage = self.usage.entry(key.clone()).or_default();
@@ -197,5 +203,34 @@ mod tests {
         assert_eq!(usage.requests_since(1_500), 1);
         keys.apply(&rec(70_000, accepted("r3", "k-1")));
         assert_eq!(keys.usage("k-1").accepted_at_ms.len(), 1, "older than a minute is forgotten");
+    }
+
+    #[test]
+    fn a_moved_request_is_counted_once_and_ended_by_its_new_worker() {
+        let mut keys = Keys::default();
+        keys.apply(&rec(1, created("k-1", "s")));
+        keys.apply(&rec(1_000, accepted("r1", "k-1")));
+        let moved = match accepted("r1", "k-1") {
+            Event::RequestAccepted(a) => Event::RequestAccepted(RequestAccepted { worker: "w2".into(), ..a }),
+            _ => unreachable!(),
+        };
+        keys.apply(&rec(1_500, moved));
+        assert_eq!(keys.usage("k-1").requests_since(0), 1);
+        let finished_by = |worker: &str| {
+            Event::RequestFinished(RequestFinished {
+                request: "r1".into(),
+                worker: worker.into(),
+                finish_reason: rbee_bus::FinishReason::Stop,
+                prompt_tokens: 10,
+                completion_tokens: 5,
+                time_to_first_token_ms: 1,
+                duration_ms: 1,
+                error_code: None,
+            })
+        };
+        keys.apply(&rec(2_000, finished_by("w")));
+        assert_eq!(keys.usage("k-1").in_flight.len(), 1, "the lost worker's late end is not believed");
+        keys.apply(&rec(2_500, finished_by("w2")));
+        assert!(keys.usage("k-1").in_flight.is_empty());
     }
 }

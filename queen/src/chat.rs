@@ -28,6 +28,10 @@ use crate::error::ApiError;
 use crate::scheduler::{Claim, claim_slot, release_slot};
 
 const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a stream whose worker was lost waits for a slot on another one.
+const FAILOVER_WAIT: Duration = Duration::from_secs(1);
+/// How many times one stream is moved to another worker before the client is told.
+const MAX_FAILOVERS: u32 = 3;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -144,6 +148,13 @@ struct Running {
     tokens: async_nats::Subscriber,
     /// The worker serving it.
     worker: String,
+    /// What was asked, and by which key: what another worker needs to take the request over.
+    chat: ValidatedChat,
+    key: Option<String>,
+    /// The ids of the tokens the client has received.
+    streamed: Vec<u32>,
+    /// Times the stream was moved to another worker.
+    failovers: u32,
     /// Its place in its model's queue when it came (1: nobody was ahead).
     queue_position: usize,
     /// When it must have ended.
@@ -171,13 +182,21 @@ impl Drop for Running {
 }
 
 impl Running {
-    /// The next frame, with its metrics and outcome recorded.
+    /// The next frame, with its metrics and outcome recorded. A stream whose worker is lost (it
+    /// exited, went silent, or gave the request up because no queen seemed to read it) moves to
+    /// another worker first, which goes on from the tokens already streamed.
     async fn next_frame(&mut self) -> Result<TokenFrame, ApiError> {
-        let frame = self.receive().await;
+        let mut frame = self.receive().await;
+        while is_lost_worker(&frame) && self.fail_over().await {
+            frame = self.receive().await;
+        }
         match &frame {
-            Ok(TokenFrame::Delta { .. }) if !self.first_token_seen => {
-                self.first_token_seen = true;
-                self.state.metrics.first_token(&self.model, self.started.elapsed().as_secs_f64());
+            Ok(TokenFrame::Delta { tokens, .. }) => {
+                self.streamed.extend_from_slice(tokens);
+                if !self.first_token_seen {
+                    self.first_token_seen = true;
+                    self.state.metrics.first_token(&self.model, self.started.elapsed().as_secs_f64());
+                }
             }
             Ok(TokenFrame::Done { completion_tokens, .. }) => {
                 self.state.metrics.tokens(&self.model, *completion_tokens);
@@ -192,18 +211,62 @@ impl Running {
                     _ => {}
                 }
             }
-            _ => {}
         }
         frame
     }
 
+    /// Moves the stream to a worker of its model with a free slot (waiting up to
+    /// [`FAILOVER_WAIT`]), handing it the tokens streamed so far. False when none takes it.
+    async fn fail_over(&mut self) -> bool {
+        if self.failovers >= MAX_FAILOVERS || tokio::time::Instant::now() >= self.deadline {
+            return false;
+        }
+        self.failovers += 1;
+        let (state, meta) = (self.state.clone(), self.guard.meta.clone());
+        let left = self.deadline.saturating_duration_since(tokio::time::Instant::now());
+        let chat = &self.chat;
+        let claimed = claim_slot(
+            &state.view,
+            &state.log,
+            &chat.model,
+            &self.request,
+            chat.max_tokens,
+            FAILOVER_WAIT.min(left),
+            &meta,
+        )
+        .await;
+        let claim = match claimed {
+            Ok(claim) => claim,
+            Err(e) => {
+                tracing::warn!(lost = %self.worker, code = %e.code, "no worker to move the stream to");
+                state.metrics.failover(&chat.model, false);
+                return false;
+            }
+        };
+        let tokens = match dispatch(&state, chat, &self.request, &claim, &self.streamed, &meta).await {
+            Ok(tokens) => tokens,
+            Err(e) => {
+                tracing::warn!(to = %claim.worker, code = %e.code, "the worker did not take the moved stream");
+                release_slot(&state.log, &claim, &self.request, &meta).await;
+                state.metrics.failover(&chat.model, false);
+                return false;
+            }
+        };
+        record_accepted(&state, chat, &self.request, &claim, self.key.clone(), &meta).await;
+        tracing::info!(from = %self.worker, to = %claim.worker, streamed = self.streamed.len(), "stream moved to another worker");
+        state.metrics.failover(&chat.model, true);
+        self.tokens = tokens;
+        self._streaming = state.streaming.start(&claim.node, &claim.worker, &self.request);
+        self.worker = claim.worker;
+        true
+    }
+
     async fn receive(&mut self) -> Result<TokenFrame, ApiError> {
         let worker = self.worker.clone();
-        // The worker's exit (its hive records it at once) ends the stream now, not at the token
-        // timeout. A silent worker is not taken for dead here: its tokens may still be on their
-        // way (the bus paused); the token timeout covers a silence that lasts.
+        // The worker's exit (its hive records it at once) or its silence (stale: no heartbeat for
+        // the heartbeat timeout) ends the stream here now, not at the token timeout.
         let lost = self.state.view.wait_until(self.token_timeout, |v| match v.registry.workers.get(&worker) {
-            Some(w) if w.state != WorkerState::Stopped => None,
+            Some(w) if !matches!(w.state, WorkerState::Stopped | WorkerState::Stale) => None,
             _ => Some(()),
         });
         let log = self.state.log.clone();
@@ -268,6 +331,15 @@ impl Running {
             "id": self.request, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason.map(FinishReason::as_str)}],
         })
+    }
+}
+
+/// Whether the stream's worker is gone or gave the request up: a reason to move the stream.
+fn is_lost_worker(frame: &Result<TokenFrame, ApiError>) -> bool {
+    match frame {
+        Err(e) => e.code == Code::WorkerLost,
+        Ok(TokenFrame::Error { code, .. }) => *code == Code::StreamAbandoned,
+        Ok(_) => false,
     }
 }
 
@@ -357,24 +429,17 @@ async fn start(
         meta: meta.clone(),
         stage: Stage::Claimed(claim.clone()),
     };
-    match dispatch(state, chat, request, &claim, meta).await {
+    match dispatch(state, chat, request, &claim, &[], meta).await {
         Ok(tokens) => {
-            let accepted = Event::RequestAccepted(RequestAccepted {
-                request: request.into(),
-                model: chat.model.clone(),
-                worker: claim.worker.clone(),
-                slot: claim.slot,
-                max_tokens: chat.max_tokens,
-                stream: chat.stream,
-                key: caller.key.clone(),
-            });
-            if let Err(e) = state.log.append(accepted, Expected::Any, meta).await {
-                tracing::error!(error = %e, "request.accepted not recorded");
-            }
+            record_accepted(state, chat, request, &claim, caller.key.clone(), meta).await;
             guard.stage = Stage::Running;
             Ok(Running {
                 tokens,
                 worker: claim.worker.clone(),
+                chat: chat.clone(),
+                key: caller.key.clone(),
+                streamed: Vec::new(),
+                failovers: 0,
                 queue_position,
                 deadline,
                 _streaming: state.streaming.start(&claim.node, &claim.worker, request),
@@ -397,12 +462,37 @@ async fn start(
     }
 }
 
-/// Hands the request to the worker; returns the subscription its tokens will arrive on.
+/// Records that `claim`'s worker took the request (again, when a stream moved to it).
+async fn record_accepted(
+    state: &AppState,
+    chat: &ValidatedChat,
+    request: &str,
+    claim: &Claim,
+    key: Option<String>,
+    meta: &Meta,
+) {
+    let accepted = Event::RequestAccepted(RequestAccepted {
+        request: request.into(),
+        model: chat.model.clone(),
+        worker: claim.worker.clone(),
+        slot: claim.slot,
+        max_tokens: chat.max_tokens,
+        stream: chat.stream,
+        key,
+    });
+    if let Err(e) = state.log.append(accepted, Expected::Any, meta).await {
+        tracing::error!(error = %e, "request.accepted not recorded");
+    }
+}
+
+/// Hands the request to the worker, with the tokens another worker already streamed for it
+/// (`resume`); returns the subscription its tokens will arrive on.
 async fn dispatch(
     state: &AppState,
     chat: &ValidatedChat,
     request: &str,
     claim: &Claim,
+    resume: &[u32],
     meta: &Meta,
 ) -> Result<async_nats::Subscriber, ApiError> {
     let client = state.log.client();
@@ -418,6 +508,7 @@ async fn dispatch(
         max_tokens: chat.max_tokens,
         sampling: chat.sampling.clone(),
         traceparent: meta.traceparent.clone(),
+        resume: resume.to_vec(),
     };
     let unreachable = |why: String| {
         ApiError::new(Code::WorkerUnreachable, format!("worker {} did not take the request: {why}", claim.worker))
@@ -446,7 +537,7 @@ fn stream_response(mut running: Running) -> Sse<impl futures::Stream<Item = Resu
         yield sse(running.chunk(json!({"role": "assistant", "content": ""}), None));
         loop {
             match running.next_frame().await {
-                Ok(TokenFrame::Delta { text }) => yield sse(running.chunk(json!({"content": text}), None)),
+                Ok(TokenFrame::Delta { text, .. }) => yield sse(running.chunk(json!({"content": text}), None)),
                 Ok(TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens }) => {
                     running.guard.ended();
                     let mut last = running.chunk(json!({}), Some(finish_reason));
@@ -474,7 +565,7 @@ async fn json_response(mut running: Running) -> Response {
     let mut content = String::new();
     loop {
         match running.next_frame().await {
-            Ok(TokenFrame::Delta { text }) => content.push_str(&text),
+            Ok(TokenFrame::Delta { text, .. }) => content.push_str(&text),
             Ok(TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens }) => {
                 running.guard.ended();
                 return axum::Json(json!({

@@ -11,6 +11,7 @@ pub struct QueenMetrics {
     time_to_first_token: HistogramVec,
     slot_wait: HistogramVec,
     completion_tokens: IntCounterVec,
+    failovers: IntCounterVec,
     workers: IntGaugeVec,
     log_sequence: IntGaugeVec,
     archive: IntGaugeVec,
@@ -50,6 +51,11 @@ impl QueenMetrics {
             ),
             slot_wait: histogram("rbee_queen_slot_wait_seconds", "Time a request waited for a slot (queue wait)."),
             completion_tokens: counter("rbee_queen_completion_tokens_total", "Tokens generated.", &["model"]),
+            failovers: counter(
+                "rbee_queen_failovers_total",
+                "Streams whose worker was lost mid-stream, by outcome: moved to another worker, or failed.",
+                &["model", "outcome"],
+            ),
             workers: gauge("rbee_queen_workers", "Workers in the registry by state.", &["state"]),
             log_sequence: gauge(
                 "rbee_queen_log_sequence",
@@ -80,6 +86,10 @@ impl QueenMetrics {
 
     pub fn tokens(&self, model: &str, n: u32) {
         self.completion_tokens.with_label_values(&[model]).inc_by(n as u64);
+    }
+
+    pub fn failover(&self, model: &str, moved: bool) {
+        self.failovers.with_label_values(&[model, if moved { "moved" } else { "failed" }]).inc();
     }
 
     /// The text exposition, with the registry's current shape sampled from `view`.

@@ -2,7 +2,7 @@
 //! [`STILL_WANTED_EVERY`] ([`StillWanted`]). A worker stops a request no queen names any more, so
 //! a queen that dies mid-stream leaves no generation running for nobody.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use rbee_bus::EventLog;
@@ -10,7 +10,9 @@ use rbee_bus::frames::{self, STILL_WANTED_EVERY, StillWanted};
 use rbee_bus::subjects;
 use tokio_util::sync::CancellationToken;
 
-type ByWorker = BTreeMap<(String, String), BTreeSet<String>>;
+/// Per worker, each streamed request and how many [`StreamingRequest`]s hold it (a stream moved
+/// back to the same worker holds it twice for a moment: the old guard's drop must not unname it).
+type ByWorker = BTreeMap<(String, String), BTreeMap<String, usize>>;
 
 #[derive(Clone, Default)]
 pub struct Streaming {
@@ -32,14 +34,14 @@ impl Streaming {
     /// `request` runs on `worker` of `node` and this queen streams it.
     pub fn start(&self, node: &str, worker: &str, request: &str) -> StreamingRequest {
         let key = (node.to_string(), worker.to_string());
-        self.lock().entry(key.clone()).or_default().insert(request.to_string());
+        *self.lock().entry(key.clone()).or_default().entry(request.to_string()).or_default() += 1;
         StreamingRequest { streaming: self.clone(), worker: key, request: request.to_string() }
     }
 
     fn snapshot(&self) -> Vec<((String, String), StillWanted)> {
         self.lock()
             .iter()
-            .map(|(worker, requests)| (worker.clone(), StillWanted { requests: requests.iter().cloned().collect() }))
+            .map(|(worker, requests)| (worker.clone(), StillWanted { requests: requests.keys().cloned().collect() }))
             .collect()
     }
 }
@@ -48,7 +50,12 @@ impl Drop for StreamingRequest {
     fn drop(&mut self) {
         let mut by_worker = self.streaming.lock();
         if let Some(requests) = by_worker.get_mut(&self.worker) {
-            requests.remove(&self.request);
+            if let Some(holders) = requests.get_mut(&self.request) {
+                *holders -= 1;
+                if *holders == 0 {
+                    requests.remove(&self.request);
+                }
+            }
             if requests.is_empty() {
                 by_worker.remove(&self.worker);
             }
@@ -70,5 +77,22 @@ pub async fn announce(log: EventLog, streaming: Streaming, shutdown: Cancellatio
                 tracing::warn!(%worker, error = %e, "could not tell the worker its requests are still read");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_held_twice_stays_named_until_both_holders_drop() {
+        let streaming = Streaming::default();
+        let named = |s: &Streaming| s.snapshot().into_iter().flat_map(|(_, w)| w.requests).collect::<Vec<_>>();
+        let first = streaming.start("n", "w", "r");
+        let second = streaming.start("n", "w", "r");
+        drop(first);
+        assert_eq!(named(&streaming), vec!["r".to_string()]);
+        drop(second);
+        assert!(named(&streaming).is_empty());
     }
 }

@@ -50,8 +50,8 @@ fn concurrent_decode(engine: &mut Engine, prepared: &rbee_worker::engine::Prepar
         for (id, output) in engine.step() {
             let i = ids.iter().position(|&x| x == id).expect("a known sequence");
             match output {
-                Output::Text(_) if started[i] => {}
-                Output::Text(_) => started[i] = true,
+                Output::Token(..) if started[i] => {}
+                Output::Token(..) => started[i] = true,
                 Output::Done(g) => tokens += g.expect("generates").completion_tokens.saturating_sub(1) as usize,
             }
         }

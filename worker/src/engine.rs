@@ -53,11 +53,31 @@ fn inference(e: impl std::fmt::Display) -> EngineError {
     EngineError::Inference(e.to_string())
 }
 
-/// A prepared request: prompt tokens and the number of tokens it may generate.
+/// A prepared request: prompt tokens, the number of tokens it may generate, and the tokens
+/// already generated for it elsewhere (a resumed request; see [`Prepared::resuming`]).
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub prompt: Vec<u32>,
     pub max_new_tokens: usize,
+    pub resumed: Vec<u32>,
+}
+
+impl Prepared {
+    /// The request, to be continued after `tokens` a worker that died already generated: they are
+    /// read after the prompt and count as generated, the sampler draws once for each (so a seeded
+    /// run goes on as it would have), and the text of the next token follows theirs. The
+    /// continuation is the uninterrupted run's, token for token.
+    pub fn resuming(mut self, tokens: Vec<u32>) -> Result<Prepared, EngineError> {
+        if tokens.len() >= self.max_new_tokens {
+            return Err(EngineError::InvalidChat(format!(
+                "nothing left to generate: {} tokens resumed, at most {} allowed",
+                tokens.len(),
+                self.max_new_tokens
+            )));
+        }
+        self.resumed = tokens;
+        Ok(self)
+    }
 }
 
 /// How a generation ended.
@@ -87,8 +107,9 @@ pub type SequenceId = u64;
 /// What a step produced for one sequence.
 #[derive(Debug)]
 pub enum Output {
-    /// New whole-character text.
-    Text(String),
+    /// A new token, and the whole-character text it completes (none while a character is split
+    /// over several tokens).
+    Token(u32, Option<String>),
     /// The sequence ended (and left the batch).
     Done(Result<Generation, EngineError>),
 }
@@ -217,8 +238,8 @@ impl Prompter {
                 prompt.len() + m as usize,
                 prompt.len()
             ))),
-            Some(m) => Ok(Prepared { prompt, max_new_tokens: m as usize }),
-            None => Ok(Prepared { prompt, max_new_tokens: room }),
+            Some(m) => Ok(Prepared { prompt, max_new_tokens: m as usize, resumed: Vec::new() }),
+            None => Ok(Prepared { prompt, max_new_tokens: room, resumed: Vec::new() }),
         }
     }
 }
@@ -235,15 +256,27 @@ impl Engine {
         let id = self.next_id;
         self.next_id += 1;
         let positions = prepared.prompt.len() + prepared.max_new_tokens;
+        let mut sampler = LogitsProcessor::from_sampling(sampling.seed.unwrap_or(299_792_458), to_candle(sampling));
+        let mut text = TextStream::default();
+        for &token in &prepared.resumed {
+            // candle's samplers draw from their generator exactly once per sample, whatever the
+            // logits (greedy: never): one draw per resumed token leaves it where the first run's was.
+            if let Ok(any) = Tensor::from_vec(vec![0f32; 2], 2, &Device::Cpu) {
+                let _ = sampler.sample(&any);
+            }
+            let _ = text.push(&self.prompter.tokenizer, token);
+        }
+        let mut pending = prepared.prompt.clone();
+        pending.extend_from_slice(&prepared.resumed);
         self.sequences.push(Sequence {
             id,
             cache: self.model.new_cache(positions),
             prompt_tokens: prepared.prompt.len() as u32,
-            pending: prepared.prompt,
-            sampler: LogitsProcessor::from_sampling(sampling.seed.unwrap_or(299_792_458), to_candle(sampling)),
-            text: TextStream::default(),
+            pending,
+            sampler,
+            text,
             cancel,
-            completion_tokens: 0,
+            completion_tokens: prepared.resumed.len() as u32,
             max_new_tokens: prepared.max_new_tokens,
             admitted: Instant::now(),
             time_to_first_token: Duration::ZERO,
@@ -310,9 +343,7 @@ impl Engine {
             match sample(seq, &prompter, logits) {
                 Ok(Sampled::Next(token, text)) => {
                     seq.pending.push(token);
-                    if let Some(text) = text {
-                        outputs.push((seq.id, Output::Text(text)));
-                    }
+                    outputs.push((seq.id, Output::Token(token, text)));
                     if seq.completion_tokens as usize >= seq.max_new_tokens {
                         ended.push((seq.id, Ok(finish(seq, FinishReason::Length))));
                     }
@@ -345,7 +376,7 @@ impl Engine {
             flag.store(cancel.load(Ordering::Relaxed), Ordering::Relaxed);
             for (of, output) in self.step() {
                 match output {
-                    Output::Text(text) if of == id => on_text(&text),
+                    Output::Token(_, Some(text)) if of == id => on_text(&text),
                     Output::Done(outcome) if of == id => return outcome,
                     _ => {}
                 }
@@ -365,7 +396,7 @@ fn sample(seq: &mut Sequence, prompter: &Prompter, logits: Vec<f32>) -> Result<S
     let vocab = logits.len();
     let logits = Tensor::from_vec(logits, vocab, &Device::Cpu).map_err(inference)?;
     let next = seq.sampler.sample(&logits).map_err(inference)?;
-    if seq.completion_tokens == 0 {
+    if seq.time_to_first_token.is_zero() {
         seq.time_to_first_token = seq.admitted.elapsed();
     }
     if prompter.eos.contains(&next) {

@@ -11,20 +11,29 @@ use std::time::Instant;
 use futures::StreamExt;
 use rbee_bus::frames::{self, REQUESTER_TIMEOUT, StillWanted};
 
-/// The running requests, each with when a queen last named it and the flag that stops it.
+/// How a running request is stopped: `cancel` stops its generation; `abandoned` says why (no
+/// queen reads it), so its stream ends with `STREAM_ABANDONED` and a queen that still holds the
+/// client (it was only paused) moves it elsewhere rather than ending it as if complete.
+#[derive(Clone, Default)]
+pub struct Stop {
+    pub cancel: Arc<AtomicBool>,
+    pub abandoned: Arc<AtomicBool>,
+}
+
+/// The running requests, each with when a queen last named it and how to stop it.
 #[derive(Default)]
 pub struct Requesters {
-    wanted: Mutex<HashMap<String, (Instant, Arc<AtomicBool>)>>,
+    wanted: Mutex<HashMap<String, (Instant, Stop)>>,
 }
 
 impl Requesters {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Arc<AtomicBool>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Instant, Stop)>> {
         self.wanted.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A request was taken: wanted from now on, until queens stop naming it.
-    pub fn follow(&self, request: &str, cancel: Arc<AtomicBool>) {
-        self.lock().insert(request.to_string(), (Instant::now(), cancel));
+    pub fn follow(&self, request: &str, stop: Stop) {
+        self.lock().insert(request.to_string(), (Instant::now(), stop));
     }
 
     /// The request ended.
@@ -56,8 +65,9 @@ impl Requesters {
         let gone: Vec<String> =
             wanted.iter().filter(|(_, (last, _))| last.elapsed() > REQUESTER_TIMEOUT).map(|(r, _)| r.clone()).collect();
         for request in &gone {
-            if let Some((_, cancel)) = wanted.remove(request) {
-                cancel.store(true, Ordering::Relaxed);
+            if let Some((_, stop)) = wanted.remove(request) {
+                stop.abandoned.store(true, Ordering::SeqCst);
+                stop.cancel.store(true, Ordering::Relaxed);
             }
         }
         gone
@@ -104,14 +114,14 @@ mod tests {
     #[test]
     fn a_request_nobody_names_is_cancelled_and_a_named_one_is_not() {
         let requesters = Requesters::default();
-        let (named, forgotten) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+        let (named, forgotten) = (Stop::default(), Stop::default());
         requesters.follow("named", named.clone());
         requesters.follow("forgotten", forgotten.clone());
         std::thread::sleep(REQUESTER_TIMEOUT / 2);
         requesters.heard(&StillWanted { requests: vec!["named".into()] });
         std::thread::sleep(REQUESTER_TIMEOUT / 2 + std::time::Duration::from_millis(100));
         assert_eq!(requesters.cancel_abandoned(), vec!["forgotten".to_string()]);
-        assert!(forgotten.load(Ordering::Relaxed));
-        assert!(!named.load(Ordering::Relaxed));
+        assert!(forgotten.cancel.load(Ordering::Relaxed) && forgotten.abandoned.load(Ordering::Relaxed));
+        assert!(!named.cancel.load(Ordering::Relaxed) && !named.abandoned.load(Ordering::Relaxed));
     }
 }

@@ -128,6 +128,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         requesters,
         outbox,
     });
+    let stop_status = CancellationToken::new();
+    if let Some(addr) = shared.config.status_addr {
+        let of = shared.clone();
+        let measures = Arc::new(move || {
+            let gauge = |name, help, value: usize| rbee_runtime::status::Gauge {
+                name,
+                help,
+                labels: vec![("worker", of.config.worker_id.clone())],
+                value: value as f64,
+            };
+            vec![
+                gauge("rbee_worker_busy_slots", "Slots running a request.", of.busy.load(Ordering::Relaxed) as usize),
+                gauge("rbee_worker_outbox_events", "Events waiting in the outbox for the log.", of.outbox.pending()),
+            ]
+        });
+        let status = rbee_runtime::status::Status::new("worker", shared.log.clone(), measures);
+        status
+            .serve(addr, stop_status.clone())
+            .await
+            .map_err(|e| WorkerError::Internal(format!("status endpoints on {addr}: {e}")))?;
+    }
     // Heartbeats go on while draining; they stop when the worker does.
     let heartbeats = tokio::spawn(heartbeat_loop(shared.clone(), CancellationToken::new()));
     loop {
@@ -156,6 +177,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shared.log.client().flush()).await;
     heartbeats.abort();
     watcher.abort();
+    stop_status.cancel();
     // The stop and every outcome are on disk; they leave for the log before the exit, or with
     // the next incarnation of this id when the log stays away.
     set_state(&shared.outbox, &shared.config, WorkerState::Stopped, 0, &meta);
@@ -223,15 +245,18 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
         let _ = client.publish(reply, refuse(Code::WorkerAlreadyBusy, msg).into()).await;
         return;
     }
-    let prepared = match shared.prompter.prepare(&item.messages, item.max_tokens) {
-        Ok(p) => p,
-        Err(e) => {
-            let _ = client.publish(reply, refuse(e.code(), e.to_string()).into()).await;
-            return;
-        }
-    };
+    let prepared = shared.prompter.prepare(&item.messages, item.max_tokens);
+    let prepared =
+        match prepared.and_then(|p| if item.resume.is_empty() { Ok(p) } else { p.resuming(item.resume.clone()) }) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = client.publish(reply, refuse(e.code(), e.to_string()).into()).await;
+                return;
+            }
+        };
     // Listen for the request's cancellation before saying yes, so none can be missed.
-    let cancel = Arc::new(AtomicBool::new(false));
+    let stop = crate::requesters::Stop::default();
+    let cancel = stop.cancel.clone();
     let cancellations =
         match client.subscribe(subjects::aggregate(rbee_bus::AggregateKind::Request, &item.request)).await {
             Ok(sub) => sub,
@@ -256,7 +281,7 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
         let _ = client.publish(reply, refuse(Code::InferenceFailed, "generation thread is gone".into()).into()).await;
         return;
     }
-    shared.requesters.follow(&item.request, cancel.clone());
+    shared.requesters.follow(&item.request, stop.clone());
     let _ = client.publish(reply, frames::encode(&WorkAccepted::Accepted).into()).await;
     let ended_elsewhere = Arc::new(AtomicBool::new(false));
     tokio::spawn(watch_cancellation(cancellations, cancel, ended_elsewhere.clone()));
@@ -265,7 +290,7 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
         subjects::tokens(&shared.config.node, &shared.config.worker_id, &item.request),
         frames_rx,
     ));
-    shared.streams.spawn(finish(shared.clone(), item, frames_tx, done_rx, ended_elsewhere));
+    shared.streams.spawn(finish(shared.clone(), item, frames_tx, done_rx, ended_elsewhere, stop.abandoned));
 }
 
 /// Sets `cancel` when the request is cancelled or its end was recorded elsewhere (a queen that
@@ -303,6 +328,7 @@ async fn finish(
     frames: mpsc::UnboundedSender<TokenFrame>,
     done: oneshot::Receiver<Result<Generation, EngineError>>,
     ended_elsewhere: Arc<AtomicBool>,
+    abandoned: Arc<AtomicBool>,
 ) {
     let started = Instant::now();
     let outcome = done.await.unwrap_or_else(|_| Err(EngineError::Inference("generation thread stopped".into())));
@@ -310,6 +336,24 @@ async fn finish(
     let worker = shared.config.worker_id.clone();
     let meta = Meta { correlation: Some(item.request.clone()), traceparent: item.traceparent.clone() };
     let (finished, last_frame) = match &outcome {
+        // Stopped because no queen read it: the generation was cut short, which the stream says
+        // (a queen only paused meanwhile must not take it for a complete answer).
+        Ok(g) if abandoned.load(Ordering::SeqCst) => (
+            RequestFinished {
+                request: item.request.clone(),
+                worker: worker.clone(),
+                finish_reason: g.finish_reason,
+                prompt_tokens: g.prompt_tokens,
+                completion_tokens: g.completion_tokens,
+                time_to_first_token_ms: g.time_to_first_token.as_millis() as u64,
+                duration_ms: started.elapsed().as_millis() as u64,
+                error_code: Some(Code::StreamAbandoned),
+            },
+            TokenFrame::Error {
+                code: Code::StreamAbandoned,
+                message: format!("worker {worker} stopped the request: no queen read its stream"),
+            },
+        ),
         Ok(g) => (
             RequestFinished {
                 request: item.request.clone(),
@@ -358,8 +402,9 @@ async fn finish(
     let _ = frames.send(last_frame);
 }
 
-/// Where a running sequence's frames go, and who hears how it ended.
-type Listeners = (mpsc::UnboundedSender<TokenFrame>, oneshot::Sender<Result<Generation, EngineError>>);
+/// Where a running sequence's frames go, who hears how it ended, and its tokens whose text is not
+/// whole yet (they go with the next delta).
+type Listeners = (mpsc::UnboundedSender<TokenFrame>, oneshot::Sender<Result<Generation, EngineError>>, Vec<u32>);
 
 /// Runs the engine on a dedicated thread (the forward pass never blocks the runtime): jobs join
 /// the batch as they arrive, every step advances all of them, each ends on its own.
@@ -377,17 +422,20 @@ fn generation_thread(mut engine: Engine, jobs: std::sync::mpsc::Receiver<Job>) {
         };
         for job in arrived.into_iter().chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
             let id = engine.admit(job.prepared, &job.sampling, job.cancel);
-            running.insert(id, (job.frames, job.done));
+            running.insert(id, (job.frames, job.done, Vec::new()));
         }
         for (id, output) in engine.step() {
             match output {
-                Output::Text(text) => {
-                    if let Some((frames, _)) = running.get(&id) {
-                        let _ = frames.send(TokenFrame::Delta { text });
+                Output::Token(token, text) => {
+                    if let Some((frames, _, held)) = running.get_mut(&id) {
+                        held.push(token);
+                        if let Some(text) = text {
+                            let _ = frames.send(TokenFrame::Delta { text, tokens: std::mem::take(held) });
+                        }
                     }
                 }
                 Output::Done(outcome) => {
-                    if let Some((_, done)) = running.remove(&id) {
+                    if let Some((_, done, _)) = running.remove(&id) {
                         let _ = done.send(outcome);
                     }
                 }

@@ -106,3 +106,50 @@ fn streamed_text_is_whole_characters_and_equals_the_full_decode() {
     }
     assert_eq!(out, text);
 }
+
+/// A whole run through the batch API: every token with the text it completed, and how it ended.
+fn run_tokens(prepared: rbee_worker::engine::Prepared, sampling: &Sampling) -> (Vec<(u32, String)>, Generation) {
+    use rbee_worker::engine::Output;
+    let mut engine = engine();
+    let id = engine.admit(prepared, sampling, std::sync::Arc::new(AtomicBool::new(false)));
+    let mut tokens = Vec::new();
+    loop {
+        for (of, output) in engine.step() {
+            assert_eq!(of, id);
+            match output {
+                Output::Token(token, text) => tokens.push((token, text.unwrap_or_default())),
+                Output::Done(outcome) => return (tokens, outcome.expect("generates")),
+            }
+        }
+    }
+}
+
+#[test]
+fn a_resumed_run_goes_on_exactly_as_the_uninterrupted_one_greedy_and_seeded() {
+    let seeded = Sampling { temperature: Some(0.9), top_p: Some(0.95), seed: Some(7), ..Sampling::default() };
+    for sampling in [Sampling::default(), seeded] {
+        let prepared = engine().prompter().prepare(&user("Tell me a story about a bee."), Some(40)).unwrap();
+        let (whole, ended) = run_tokens(prepared.clone(), &sampling);
+        assert!(whole.len() > 20, "{sampling:?}: a run long enough to cut: {}", whole.len());
+        for cut in [1, 7, 20, 39].into_iter().filter(|&cut| cut < whole.len()) {
+            let resumed = whole[..cut].iter().map(|(t, _)| *t).collect();
+            let (rest, resumed_end) = run_tokens(prepared.clone().resuming(resumed).unwrap(), &sampling);
+            let ids = |tokens: &[(u32, String)]| tokens.iter().map(|(t, _)| *t).collect::<Vec<_>>();
+            let text = |tokens: &[(u32, String)]| tokens.iter().map(|(_, s)| s.as_str()).collect::<String>();
+            assert_eq!(ids(&rest), ids(&whole[cut..]), "{sampling:?}, cut after {cut}: tokens");
+            assert_eq!(text(&whole[..cut]) + &text(&rest), text(&whole), "{sampling:?}, cut after {cut}: text");
+            assert_eq!(
+                (resumed_end.finish_reason, resumed_end.completion_tokens, resumed_end.prompt_tokens),
+                (ended.finish_reason, ended.completion_tokens, ended.prompt_tokens),
+                "{sampling:?}, cut after {cut}: the end counts the resumed tokens as generated"
+            );
+        }
+    }
+}
+
+#[test]
+fn nothing_left_to_resume_is_refused() {
+    let prepared = engine().prompter().prepare(&user("Hi"), Some(3)).unwrap();
+    let err = prepared.resuming(vec![1, 2, 3]).unwrap_err();
+    assert_eq!(err.code(), Code::InvalidChat);
+}

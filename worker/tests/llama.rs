@@ -203,7 +203,8 @@ fn the_engines_continuous_batching_gives_each_request_what_it_gets_alone() {
         for (id, output) in engine.step() {
             let i = ids.iter().position(|&x| x == id).unwrap();
             match output {
-                Output::Text(t) => texts[i].push_str(&t),
+                Output::Token(_, Some(t)) => texts[i].push_str(&t),
+                Output::Token(_, None) => {}
                 Output::Done(g) => done[i] = Some(g.unwrap().completion_tokens),
             }
         }

@@ -4,6 +4,7 @@
 mod cancellation;
 mod catalog;
 mod downloads;
+mod failover;
 mod keys;
 mod lifecycle;
 mod queens;
@@ -77,6 +78,8 @@ pub struct RbeeWorld {
     noted_seq: u64,
     noted_workers: Vec<String>,
     noted_text: String,
+    /// The completion tokens of the noted answer.
+    noted_tokens: u64,
     /// Status and whole SSE text of each of many streams.
     stream_texts: Vec<(u16, String)>,
     worker_id: String,
@@ -245,6 +248,7 @@ impl RbeeWorld {
             noted_seq: 0,
             noted_workers: Vec::new(),
             noted_text: String::new(),
+            noted_tokens: 0,
             stream_texts: Vec::new(),
             worker_id: String::new(),
             digest: String::new(),

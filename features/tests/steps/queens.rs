@@ -153,6 +153,7 @@ async fn two_work_items(w: &mut RbeeWorld) {
                 max_tokens: Some(3),
                 sampling: Sampling::default(),
                 traceparent: None,
+                resume: Vec::new(),
             };
             let reply =
                 client.request(rbee_bus::subjects::work(&node, &worker), frames::encode(&item).into()).await.unwrap();

@@ -17,6 +17,16 @@ impl RbeeWorld {
         (path("postgres_bin"), path("postgres_root"))
     }
 
+    /// GET `path` of the hive's status endpoints (`rbee up` records where).
+    async fn hive_get(&self, path: &str) -> (u16, String) {
+        let base = self.cluster().file()["hive_status_url"]
+            .as_str()
+            .expect("cluster.json records the hive's status")
+            .to_string();
+        let response = reqwest::get(format!("{base}{path}")).await.expect("the hive's status answers");
+        (response.status().as_u16(), response.text().await.unwrap_or_default())
+    }
+
     async fn queen_get(&self, path: &str) -> (u16, Value) {
         let response = reqwest::get(format!("{}{path}", self.cluster().queen_url)).await.expect("the queen answers");
         let status = response.status().as_u16();
@@ -93,6 +103,23 @@ async fn archive_equals_log(w: &mut RbeeWorld) {
 async fn readyz_answers(w: &mut RbeeWorld, status: u16) {
     let (code, body) = w.queen_get("/readyz").await;
     assert_eq!(code, status, "{body}");
+}
+
+#[then(expr = "the hive's \\/readyz answers {int}")]
+async fn hive_readyz_answers(w: &mut RbeeWorld, status: u16) {
+    let (code, body) = w.hive_get("/readyz").await;
+    assert_eq!(code, status, "{body}");
+}
+
+#[then(expr = "the hive's \\/readyz answers 503 naming {string}")]
+async fn hive_readyz_names(w: &mut RbeeWorld, dependency: String) {
+    eventually("the hive's /readyz names the dependency", DEADLINE, || async {
+        match w.hive_get("/readyz").await {
+            (503, body) if body.contains(&dependency) && body.contains("not_ready") => Ok(()),
+            other => Err(other),
+        }
+    })
+    .await;
 }
 
 #[when("the cluster's nats-server is killed")]
@@ -283,13 +310,18 @@ async fn pause_nats_mid_request(w: &mut RbeeWorld, max_tokens: u32, seconds: u64
     let paused = Instant::now();
     // Meanwhile the request ends, and its outcome waits on the worker's disk.
     let dir = w.worker_outbox();
-    let mut waited = 0;
+    let worker = dir.file_name().unwrap().to_string_lossy().to_string();
+    let series = format!("rbee_hive_outbox_events{{owner=\"{worker}\"}}");
+    let (mut waited, mut shown) = (0, 0.0f64);
     while paused.elapsed() < Duration::from_secs(seconds) {
         waited = waited.max(std::fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0));
+        let (_, metrics) = w.hive_get("/metrics").await;
+        shown = shown.max(super::serving::sample(&metrics, &series));
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     signal::send(pid, Signal::Continue);
     assert!(waited > 0, "no event waited in {} while nats-server was paused", dir.display());
+    assert!(shown > 0.0, "the hive's /metrics never showed {series} above 0 while events waited");
 }
 
 impl RbeeWorld {
@@ -571,7 +603,7 @@ async fn nats_started_again(w: &mut RbeeWorld) {
     .await;
 }
 
-fn greedy_body(prompt: &str, max_tokens: u32, stream: bool) -> Value {
+pub(super) fn greedy_body(prompt: &str, max_tokens: u32, stream: bool) -> Value {
     serde_json::json!({"model": super::MODEL, "max_tokens": max_tokens, "temperature": 0, "stream": stream,
         "messages": [{"role": "user", "content": prompt}]})
 }
@@ -583,6 +615,7 @@ async fn note_greedy(w: &mut RbeeWorld, prompt: String, max_tokens: u32) {
     let body: Value = response.json().await.unwrap();
     w.prompt = prompt;
     w.noted_text = body["choices"][0]["message"]["content"].as_str().expect("an answer").to_string();
+    w.noted_tokens = body["usage"]["completion_tokens"].as_u64().expect("usage");
     w.noted_seq = max_tokens as u64;
     assert!(!w.noted_text.is_empty());
 }

@@ -219,14 +219,14 @@ fn no_slot_claimed(w: &mut RbeeWorld) {
 }
 
 /// The queen's `/metrics` text.
-async fn queen_metrics(w: &RbeeWorld) -> String {
+pub(super) async fn queen_metrics(w: &RbeeWorld) -> String {
     let response = reqwest::get(format!("{}/metrics", w.cluster().queen_url)).await.unwrap();
     assert_eq!(response.status().as_u16(), 200);
     response.text().await.unwrap()
 }
 
 /// The value of one series in a metrics text; 0 when the series has no sample yet.
-fn sample(text: &str, series: &str) -> f64 {
+pub(super) fn sample(text: &str, series: &str) -> f64 {
     text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
 }
 

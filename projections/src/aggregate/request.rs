@@ -32,6 +32,12 @@ pub fn apply(state: &mut RequestState, event: &Event) {
             state.key = e.key.clone();
             state.worker = Some(e.worker.clone());
         }
+        // Its stream moved to another worker (the first was lost, or gave it up, which it may
+        // have recorded as an end already): that one runs it now, and only its end counts.
+        Event::RequestAccepted(e) if state.worker.as_ref().is_some_and(|w| *w != e.worker) => {
+            state.stage = Stage::Running;
+            state.worker = Some(e.worker.clone());
+        }
         // Only the worker that took the request finishes it (any worker may write its subject).
         Event::RequestFinished(e) if state.worker.as_ref().is_some_and(|w| *w != e.worker) => {}
         Event::RequestFinished(_) | Event::RequestCancelled(_) => state.stage = Stage::Ended,
@@ -137,6 +143,30 @@ mod tests {
             _ => unreachable!(),
         };
         assert_eq!(decide(&given(&[accepted(), forged]), &cancel(false)), Ok(vec![cancelled()]));
+    }
+
+    fn moved_to(worker: &str) -> Event {
+        match accepted() {
+            Event::RequestAccepted(a) => Event::RequestAccepted(RequestAccepted { worker: worker.into(), ..a }),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn a_moved_request_runs_on_its_new_worker_whose_end_alone_ends_it() {
+        // Moved after the first worker recorded giving it up: running again.
+        let gave_up = given(&[accepted(), finished(), moved_to("w2")]);
+        assert_eq!((gave_up.stage, gave_up.worker.as_deref()), (Stage::Running, Some("w2")));
+        // The first worker's late end does not end it; the new worker's does.
+        let late = given(&[accepted(), moved_to("w2"), finished()]);
+        assert_eq!(late.stage, Stage::Running);
+        let by_w2 = match finished() {
+            Event::RequestFinished(f) => Event::RequestFinished(RequestFinished { worker: "w2".into(), ..f }),
+            _ => unreachable!(),
+        };
+        assert_eq!(given(&[accepted(), moved_to("w2"), finished(), by_w2]).stage, Stage::Ended);
+        // A repeated acceptance by the same worker changes nothing.
+        assert_eq!(given(&[accepted(), finished(), accepted()]).stage, Stage::Ended);
     }
 
     #[test]
