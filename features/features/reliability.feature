@@ -116,3 +116,11 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     Then the stream completes with exactly the noted text and token count, ending with [DONE]
     And the log shows the worker gave the request up, then took it again and finished it
     And the queen's /metrics counts 1 moved stream
+
+  @REL-8
+  Scenario: A slot claimed for a request that never reaches the worker (its queen died in between) is released by the worker
+    Given a cluster of my own serving the default model
+    When a slot of the worker is claimed, as a queen claims it, for a request that never reaches the worker
+    Then rbee workers shows that slot held for the request
+    And within 20 seconds the worker records the slot released for that request, and rbee workers shows it free
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"

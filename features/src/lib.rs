@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod hub;
 pub mod infra;
 pub mod intruder;
+pub mod load;
 pub mod poll;
 pub mod signal;
 

@@ -4,6 +4,7 @@
 //! is cancelled.
 
 pub mod chat_template;
+pub mod claims;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -44,6 +44,8 @@ struct Shared {
     requesters: Arc<crate::requesters::Requesters>,
     /// Facts on their way to the log (states, outcomes, released slots).
     outbox: Arc<Outbox>,
+    /// The requests queens handed this worker lately: a claim whose request never came is released.
+    given: Arc<crate::claims::Given>,
 }
 
 /// Runs the worker until `shutdown`. Registration comes first, so a duplicate id fails fast.
@@ -118,6 +120,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         .map_err(|e| WorkerError::Bus(e.to_string()))?;
     let requesters = Arc::new(crate::requesters::Requesters::default());
     let watcher = tokio::spawn(crate::requesters::watch(requesters.clone(), still_wanted));
+    let claims_on_me = log
+        .client()
+        .subscribe(subjects::worker(&config.node, &config.worker_id))
+        .await
+        .map_err(|e| WorkerError::Bus(e.to_string()))?;
+    let given = Arc::new(crate::claims::Given::default());
+    let me = (config.node.clone(), config.worker_id.clone());
+    let claims = tokio::spawn(crate::claims::watch(claims_on_me, given.clone(), outbox.clone(), me));
     let shared = Arc::new(Shared {
         config,
         log,
@@ -127,6 +137,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         streams: TaskTracker::new(),
         requesters,
         outbox,
+        given,
     });
     let stop_status = CancellationToken::new();
     if let Some(addr) = shared.config.status_addr {
@@ -177,6 +188,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), shared.log.client().flush()).await;
     heartbeats.abort();
     watcher.abort();
+    claims.abort();
     stop_status.cancel();
     // The stop and every outcome are on disk; they leave for the log before the exit, or with
     // the next incarnation of this id when the log stays away.
@@ -233,6 +245,7 @@ async fn accept(shared: Arc<Shared>, msg: async_nats::Message) {
             return;
         }
     };
+    shared.given.note(&item.request);
     let span = tracing::info_span!("worker.request", request = %item.request, traceparent = item.traceparent.as_deref().unwrap_or(""));
     admit(shared, reply, item).instrument(span).await
 }

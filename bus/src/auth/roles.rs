@@ -93,6 +93,8 @@ pub fn worker_template(node: &str) -> Permissions {
         subjects::work(node, WORKER_NAME),
         subjects::still_wanted(node, WORKER_NAME),
         aggregate(Request, ANY),
+        // Its own events: the slots claimed on it (a claim whose request never comes is released).
+        subjects::worker(node, WORKER_NAME),
     ]);
     p.respond = true;
     p

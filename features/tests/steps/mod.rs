@@ -5,6 +5,7 @@ mod cancellation;
 mod catalog;
 mod downloads;
 mod failover;
+mod faults;
 mod keys;
 mod lifecycle;
 mod queens;
@@ -80,6 +81,12 @@ pub struct RbeeWorld {
     noted_text: String,
     /// The completion tokens of the noted answer.
     noted_tokens: u64,
+    /// Every answer the load of a fault or soak scenario got.
+    answers: Vec<rbee_features::load::Answer>,
+    /// The soak's processes (name, pid) with their resident memory samples in KiB.
+    soak_memory: Vec<(String, u32, Vec<u64>)>,
+    /// nats-server's subscriptions before the soak.
+    soak_subscriptions_at_rest: u64,
     /// Status and whole SSE text of each of many streams.
     stream_texts: Vec<(u16, String)>,
     worker_id: String,
@@ -249,6 +256,9 @@ impl RbeeWorld {
             noted_workers: Vec::new(),
             noted_text: String::new(),
             noted_tokens: 0,
+            answers: Vec::new(),
+            soak_memory: Vec::new(),
+            soak_subscriptions_at_rest: 0,
             stream_texts: Vec::new(),
             worker_id: String::new(),
             digest: String::new(),
