@@ -327,25 +327,37 @@ fn exits_on_node(w: &mut RbeeWorld, n: usize) {
     assert_eq!(exits, n);
 }
 
+/// Continues a frozen process when dropped.
+struct Thaw(u32);
+
+impl Drop for Thaw {
+    fn drop(&mut self) {
+        signal::send(self.0, Signal::Continue);
+    }
+}
+
 /// The drain lasts as long as the request in flight, a fraction of a second: the worker is frozen
-/// the moment it reports draining (heard on NATS, not polled), a new request is sent, and the
+/// the moment the log holds its draining (followed, not polled), a new request is sent, and the
 /// worker is let go again to finish the one it has.
 #[when(expr = "a streaming request with max_tokens {int} is running and the hive is stopped")]
 async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
     use futures::StreamExt;
     w.stream_in_background("Tell me a long story about a bee.", max_tokens).await;
-    let client = w.cluster().admin_client().await;
-    let subject = rbee_bus::subjects::worker(&w.dl.node, &w.worker_id);
-    let mut events = client.subscribe(subject).await.expect("subscribe");
-    client.flush().await.expect("flush");
+    // Heard from the log, not from the subject: a publish the stream refuses (another event of the
+    // worker landed first, so its append is retried) still reaches plain subscribers.
+    let log = rbee_bus::EventLog::connect(&w.cluster().admin).await.expect("admin connects");
+    let end = rbee_bus::read::last_sequence(&log, rbee_bus::subjects::EVENTS_STREAM).await.expect("the log's end");
+    let from = rbee_bus::read::StartAt::Seq(end + 1);
+    let mut events = rbee_bus::read::follow(&log, rbee_bus::subjects::EVENTS_STREAM, from).await.expect("follow");
     let pid = worker_pid(w) as u32;
     let mut hive = w.dl.hive.take().expect("the scenario's hive");
     let started = Instant::now();
     signal::send(hive.id(), Signal::Terminate);
+    let worker = w.worker_id.clone();
     let draining = tokio::time::timeout(DEADLINE, async {
-        while let Some(msg) = events.next().await {
-            let event = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload).map(|e| e.event);
-            if matches!(event, Ok(rbee_bus::Event::WorkerStateChanged(s)) if s.state == rbee_bus::WorkerState::Draining)
+        while let Some(delivered) = events.next().await {
+            let event = delivered.map(|d| d.recorded.envelope.event);
+            if matches!(event, Ok(rbee_bus::Event::WorkerStateChanged(s)) if s.state == rbee_bus::WorkerState::Draining && s.worker == worker)
             {
                 return;
             }
@@ -353,6 +365,8 @@ async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
     });
     draining.await.expect("the worker reports draining");
     signal::send(pid, Signal::Stop);
+    // Let go again however this step ends, so a failure here leaves no frozen worker behind.
+    let thaw = Thaw(pid);
     // The queen folds the event a moment after it is published: ask once its view has it.
     let url = format!("{}/metrics", w.cluster().queen_url);
     eventually("the queen sees a worker draining", DEADLINE, || async {
@@ -367,7 +381,7 @@ async fn stream_then_stop(w: &mut RbeeWorld, max_tokens: u32) {
     .await;
     w.ask("Say hello.", 3).await;
     let drained_meanwhile = !rbee_runtime::alive(pid);
-    signal::send(pid, Signal::Continue);
+    drop(thaw);
     assert!(!drained_meanwhile, "the worker was gone before the new request: not sent during the drain");
     let status = tokio::task::spawn_blocking(move || hive.wait().expect("reap the hive")).await.unwrap();
     w.dl.hive_exit = Some((status, started.elapsed()));
