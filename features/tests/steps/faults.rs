@@ -94,7 +94,7 @@ impl RbeeWorld {
             let target = TARGETS[dice.next() as usize % TARGETS.len()];
             let Some(pid) = self.pid_of(target, dice) else { continue };
             let at = started.elapsed().as_secs();
-            if dice.next() % 2 == 0 {
+            if dice.next().is_multiple_of(2) {
                 let frozen = Duration::from_secs(dice.between(1, 6));
                 signal::send(pid, Signal::Stop);
                 tokio::time::sleep(frozen).await;
