@@ -163,6 +163,16 @@ impl Registry {
             | Event::KeyCreated(_)
             | Event::KeyRevoked(_) => {}
         }
+        // Every event on a worker's subject moves its position, whichever of them the registry
+        // folds: a command appends after the last one, and a position that missed one (the hive's
+        // `worker.signalled`) would make every later command on the worker conflict for ever.
+        let (kind, id) = env.event.aggregate();
+        if kind == rbee_bus::AggregateKind::Worker
+            && !matches!(env.event, Event::WorkerHeartbeat(_))
+            && let Some(w) = self.workers.get_mut(id)
+        {
+            w.position = position;
+        }
     }
 
     /// Workers serving `model` in the given state, in id order.
@@ -242,6 +252,19 @@ mod tests {
         g.when(state("w1", WorkerState::Ready));
         assert!(g.worker("w1").can_take_request());
         assert_eq!(g.worker("w1").context_length, 8192);
+    }
+
+    #[test]
+    fn every_event_on_a_workers_subject_moves_its_position() {
+        let signalled = Event::WorkerSignalled(WorkerSignalled {
+            worker: "w1".into(),
+            node: "n1".into(),
+            pid: 1,
+            signal: 15,
+            reason: "shutdown".into(),
+        });
+        let g = given([registered("w1", 1), state("w1", WorkerState::Ready), signalled]);
+        assert_eq!(g.worker("w1").position, Position { seq: 3, version: 3 });
     }
 
     #[test]
