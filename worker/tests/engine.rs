@@ -153,3 +153,15 @@ fn nothing_left_to_resume_is_refused() {
     let err = prepared.resuming(vec![1, 2, 3]).unwrap_err();
     assert_eq!(err.code(), Code::InvalidChat);
 }
+
+#[test]
+fn a_greedy_run_resumed_after_any_token_is_the_uninterrupted_one() {
+    let prepared = engine().prompter().prepare(&user("Name three flowers bees like."), Some(32)).unwrap();
+    let (whole, _) = run_tokens(prepared.clone(), &Sampling::default());
+    let ids = |tokens: &[(u32, String)]| tokens.iter().map(|(t, _)| *t).collect::<Vec<_>>();
+    for cut in 1..whole.len() {
+        let resumed = ids(&whole[..cut]);
+        let (rest, _) = run_tokens(prepared.clone().resuming(resumed).unwrap(), &Sampling::default());
+        assert_eq!(ids(&rest), ids(&whole[cut..]), "cut after {cut}");
+    }
+}
