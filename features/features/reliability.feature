@@ -108,6 +108,13 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     And the log shows the request accepted by the killed worker, then by the other one, which finished it
     And the queen's /metrics counts 1 moved stream
 
+  @Gap-F1
+  Scenario: A moved stream is not stopped by the end its first worker records late
+    Given a cluster of my own serving the default model
+    When the greedy answer to "Tell me a long story about a bee." with max_tokens 400 is noted from one request alone
+    And it is streamed again and, after its first tokens, the log records that the request was given up by another worker and by an earlier run on this one
+    Then the stream completes with exactly the noted text and token count, ending with [DONE]
+
   @REL-5
   Scenario: A queen paused mid-stream: its worker gives the request up, and the resumed queen moves it back with identical text
     Given a cluster of my own serving the default model

@@ -297,7 +297,8 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
     shared.requesters.follow(&item.request, stop.clone());
     let _ = client.publish(reply, frames::encode(&WorkAccepted::Accepted).into()).await;
     let ended_elsewhere = Arc::new(AtomicBool::new(false));
-    tokio::spawn(watch_cancellation(cancellations, cancel, ended_elsewhere.clone()));
+    let me = shared.config.worker_id.clone();
+    tokio::spawn(watch_cancellation(cancellations, me, cancel, ended_elsewhere.clone()));
     shared.streams.spawn(forward_frames(
         client,
         subjects::tokens(&shared.config.node, &shared.config.worker_id, &item.request),
@@ -306,10 +307,13 @@ async fn admit(shared: Arc<Shared>, reply: async_nats::Subject, item: WorkItem) 
     shared.streams.spawn(finish(shared.clone(), item, frames_tx, done_rx, ended_elsewhere, stop.abandoned));
 }
 
-/// Sets `cancel` when the request is cancelled or its end was recorded elsewhere (a queen that
-/// gave this worker up records it), and then `ended_elsewhere` too: its end is not recorded twice.
+/// Sets `cancel` when the request is cancelled or a queen that gave this worker up recorded its
+/// end (`worker` names this one), and then `ended_elsewhere` too: its end is not recorded twice.
+/// The end another worker recorded, or this one for an earlier run it gave up (the stream moved
+/// here since), is no reason to stop.
 async fn watch_cancellation(
     mut sub: async_nats::Subscriber,
+    me: String,
     cancel: Arc<AtomicBool>,
     ended_elsewhere: Arc<AtomicBool>,
 ) {
@@ -317,7 +321,9 @@ async fn watch_cancellation(
         let Ok(env) = rbee_bus::Envelope::decode(msg.headers.as_ref(), &msg.payload) else { continue };
         match env.event {
             Event::RequestCancelled(_) => {}
-            Event::RequestFinished(_) => ended_elsewhere.store(true, Ordering::SeqCst),
+            Event::RequestFinished(f) if f.worker == me && f.error_code != Some(Code::StreamAbandoned) => {
+                ended_elsewhere.store(true, Ordering::SeqCst)
+            }
             _ => continue,
         }
         cancel.store(true, Ordering::Relaxed);

@@ -131,3 +131,27 @@ async fn failovers_counted(w: &mut RbeeWorld, n: u32) {
     let gained = sample(&text, &series) - sample(&w.metrics_before, &series);
     assert_eq!(gained, f64::from(n), "{text}");
 }
+
+#[when(
+    "it is streamed again and, after its first tokens, the log records that the request was given up by another worker and by an earlier run on this one"
+)]
+async fn late_ends_recorded(w: &mut RbeeWorld) {
+    w.stream_noted_with_fault(async |w, request| {
+        let serving = w.request_events("request.accepted")[0]["data"]["worker"].as_str().unwrap().to_string();
+        let log = rbee_bus::EventLog::connect(&w.cluster().admin).await.expect("admin connects");
+        for worker in ["a-worker-that-gave-it-up".to_string(), serving] {
+            let given_up = rbee_bus::Event::RequestFinished(rbee_bus::RequestFinished {
+                request: request.to_string(),
+                worker,
+                finish_reason: rbee_bus::FinishReason::Cancelled,
+                prompt_tokens: 0,
+                completion_tokens: 3,
+                time_to_first_token_ms: 0,
+                duration_ms: 0,
+                error_code: Some(Code::StreamAbandoned),
+            });
+            log.append(given_up, rbee_bus::Expected::Any, &rbee_bus::Meta::default()).await.expect("appended");
+        }
+    })
+    .await;
+}
