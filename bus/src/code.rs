@@ -142,6 +142,7 @@ codes! {
     RequestTimeout "REQUEST_TIMEOUT" 408 "the request's deadline (`x-request-timeout`, `--request-timeout-secs`) passed before it ended";
     // Added with mid-stream failover.
     StreamAbandoned "STREAM_ABANDONED" 502 "the worker stopped the request because no queen read its stream any more; a queen moves it to a worker";
+    GenerationTimeout "GENERATION_TIMEOUT" 504 "the generation ran past the worker's time limit (`--generation-timeout-secs`); the text made so far is returned";
 }
 
 impl Code {

@@ -49,3 +49,13 @@ Feature: A local cluster answers chat completions
     When I ask "Hello" with max_tokens 100000
     Then the response is HTTP 400 with code "CONTEXT_LENGTH_EXCEEDED" naming the limit 4096
     And no slot was claimed for that request
+
+  @INF-5
+  Scenario: A generation past the worker's time limit stops with GENERATION_TIMEOUT and returns what it made
+    Given a cluster of my own whose workers stop a generation after 2 seconds
+    When I stream "Tell me a very long story about a bee." with max_tokens 3000 to its end
+    Then the stream carried text, then an error event "GENERATION_TIMEOUT", then [DONE]
+    And the log records the request finished with code "GENERATION_TIMEOUT" and the tokens it made
+    When I ask "Tell me a very long story about a bee." with max_tokens 3000
+    Then the answer is HTTP 504 with code "GENERATION_TIMEOUT" and the text made so far as error.partial_content
+    And the log records the request finished with code "GENERATION_TIMEOUT" and the tokens it made

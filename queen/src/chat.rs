@@ -577,7 +577,8 @@ async fn json_response(mut running: Running) -> Response {
             }
             Ok(TokenFrame::Error { code, message }) => {
                 running.guard.ended();
-                return ApiError::from_worker(code, message).into_response();
+                let partial_content = (!content.is_empty()).then_some(content);
+                return ApiError { partial_content, ..ApiError::from_worker(code, message) }.into_response();
             }
             Err(e) => return e.into_response(),
         }

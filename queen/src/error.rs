@@ -13,11 +13,13 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     /// Seconds, for 503/429.
     pub retry_after: Option<u64>,
+    /// The text generated before the failure, when there is some (`GENERATION_TIMEOUT`).
+    pub partial_content: Option<String>,
 }
 
 impl ApiError {
     pub fn new(code: Code, message: impl Into<String>) -> Self {
-        ApiError { code, message: message.into(), param: None, retry_after: None }
+        ApiError { code, message: message.into(), param: None, retry_after: None, partial_content: None }
     }
 
     /// The HTTP status, as the catalogue gives it for the code.
@@ -52,7 +54,9 @@ impl ApiError {
     /// code, anything else is the worker's failure.
     pub fn from_worker(code: Code, message: String) -> Self {
         match code {
-            Code::ContextLengthExceeded | Code::InvalidChat => Self::new(code, message),
+            Code::ContextLengthExceeded | Code::InvalidChat | Code::GenerationTimeout | Code::StreamAbandoned => {
+                Self::new(code, message)
+            }
             Code::WorkerAlreadyBusy => Self::new(code, message).retry_after(1),
             _ => Self::new(Code::InferenceFailed, message),
         }
@@ -69,7 +73,12 @@ impl ApiError {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        json!({"error": {"message": self.message, "type": self.kind(), "param": self.param, "code": self.code}})
+        let mut body =
+            json!({"error": {"message": self.message, "type": self.kind(), "param": self.param, "code": self.code}});
+        if let Some(text) = &self.partial_content {
+            body["error"]["partial_content"] = json!(text);
+        }
+        body
     }
 }
 

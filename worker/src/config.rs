@@ -34,6 +34,9 @@ pub struct Config {
     /// what its previous incarnation left there.
     #[arg(long, env = "RBEE_OUTBOX_DIR")]
     pub outbox_dir: Option<PathBuf>,
+    /// Seconds one generation may run; past it, it ends with GENERATION_TIMEOUT and the text made so far.
+    #[arg(long, env = "RBEE_GENERATION_TIMEOUT_SECS", default_value_t = 600.0)]
+    pub generation_timeout_secs: f64,
     /// Serve /livez, /readyz, /health and /metrics on this address; off when unset.
     #[arg(long, env = "RBEE_WORKER_STATUS_ADDR")]
     pub status_addr: Option<std::net::SocketAddr>,

@@ -34,6 +34,8 @@ pub enum EngineError {
     InvalidChat(String),
     #[error("inference failed: {0}")]
     Inference(String),
+    #[error("the generation ran past its time limit of {limit_secs} s after {completion_tokens} tokens")]
+    TimedOut { limit_secs: u64, prompt_tokens: u32, completion_tokens: u32 },
 }
 
 impl EngineError {
@@ -45,6 +47,15 @@ impl EngineError {
             EngineError::ContextLengthExceeded(_) => Code::ContextLengthExceeded,
             EngineError::InvalidChat(_) => Code::InvalidChat,
             EngineError::Inference(_) => Code::InferenceFailed,
+            EngineError::TimedOut { .. } => Code::GenerationTimeout,
+        }
+    }
+
+    /// Prompt and completion tokens processed before the failure (zero when none are known).
+    pub fn tokens_made(&self) -> (u32, u32) {
+        match self {
+            EngineError::TimedOut { prompt_tokens, completion_tokens, .. } => (*prompt_tokens, *completion_tokens),
+            _ => (0, 0),
         }
     }
 }
@@ -136,6 +147,8 @@ pub struct Engine {
     prompter: Arc<Prompter>,
     sequences: Vec<Sequence>,
     next_id: SequenceId,
+    /// How long one sequence may run from its admission ([`Engine::limit_time`]); none: unbounded.
+    time_limit: Option<Duration>,
 }
 
 impl Engine {
@@ -196,11 +209,17 @@ impl Engine {
 
         let model = Llama::from_gguf(&content, &mut file, kernels, threads).map_err(invalid)?;
         let prompter = Arc::new(Prompter { tokenizer, template, eos, context_length });
-        Ok(Engine { model, prompter, sequences: Vec::new(), next_id: 0 })
+        Ok(Engine { model, prompter, sequences: Vec::new(), next_id: 0, time_limit: None })
     }
 
     pub fn prompter(&self) -> Arc<Prompter> {
         self.prompter.clone()
+    }
+
+    /// Ends every sequence that runs longer than `limit` with [`EngineError::TimedOut`] (its text
+    /// so far has been output already).
+    pub fn limit_time(&mut self, limit: Duration) {
+        self.time_limit = Some(limit);
     }
 }
 
@@ -294,12 +313,21 @@ impl Engine {
             completion_tokens: seq.completion_tokens,
             time_to_first_token: seq.time_to_first_token,
         };
+        let limit = self.time_limit;
         self.sequences.retain(|seq| {
             let cancelled = seq.cancel.load(Ordering::Relaxed);
+            let timed_out = limit.filter(|l| seq.admitted.elapsed() > *l);
             if cancelled {
                 outputs.push((seq.id, Output::Done(Ok(finish(seq, FinishReason::Cancelled)))));
+            } else if let Some(limit) = timed_out {
+                let timed_out = EngineError::TimedOut {
+                    limit_secs: limit.as_secs(),
+                    prompt_tokens: seq.prompt_tokens,
+                    completion_tokens: seq.completion_tokens,
+                };
+                outputs.push((seq.id, Output::Done(Err(timed_out))));
             }
-            !cancelled
+            !cancelled && timed_out.is_none()
         });
         // Each sequence's share: decoding ones their one token, prompts what the budget leaves.
         let mut budget = PROMPT_TOKENS_PER_STEP;

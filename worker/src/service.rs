@@ -89,7 +89,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         tokio::task::spawn_blocking(move || Engine::load_with(&path, crate::llama::Kernels::Quantized, threads))
             .await
             .map_err(|e| WorkerError::Internal(format!("model loader panicked: {e}")))?;
-    let engine = match loaded {
+    let mut engine = match loaded {
         Ok(engine) => engine,
         Err(e) => {
             set_state(&outbox, &config, WorkerState::Stopped, 0, &meta);
@@ -97,6 +97,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
             return Err(e.into());
         }
     };
+    engine.limit_time(std::time::Duration::from_secs_f64(config.generation_timeout_secs.clamp(0.001, 1e9)));
     let prompter = engine.prompter();
     let (jobs, job_rx) = std::sync::mpsc::channel::<Job>();
     std::thread::Builder::new()
@@ -395,8 +396,8 @@ async fn finish(
                 request: item.request.clone(),
                 worker: worker.clone(),
                 finish_reason: FinishReason::Error,
-                prompt_tokens: 0,
-                completion_tokens: 0,
+                prompt_tokens: e.tokens_made().0,
+                completion_tokens: e.tokens_made().1,
                 time_to_first_token_ms: 0,
                 duration_ms: started.elapsed().as_millis() as u64,
                 error_code: Some(e.code()),

@@ -165,3 +165,19 @@ fn a_greedy_run_resumed_after_any_token_is_the_uninterrupted_one() {
         assert_eq!(ids(&rest), ids(&whole[cut..]), "cut after {cut}");
     }
 }
+
+#[test]
+fn a_generation_past_its_time_limit_ends_with_generation_timeout_keeping_its_text_and_count() {
+    let mut engine = engine();
+    engine.limit_time(std::time::Duration::from_millis(500));
+    let prepared = engine.prompter().prepare(&user("Tell me a long story about a bee."), Some(2000)).unwrap();
+    let mut text = String::new();
+    let outcome = engine.generate(&prepared, &Sampling::default(), &AtomicBool::new(false), |t| text.push_str(t));
+    engine.limit_time(std::time::Duration::MAX);
+    let err = outcome.expect_err("stopped by the time limit");
+    assert_eq!(err.code(), Code::GenerationTimeout);
+    let (prompt, made) = err.tokens_made();
+    assert_eq!(prompt as usize, prepared.prompt.len());
+    assert!(made > 0 && made < 2000, "{made} tokens made");
+    assert!(!text.is_empty(), "the text made before the limit was streamed");
+}

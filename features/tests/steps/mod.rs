@@ -8,6 +8,7 @@ mod failover;
 mod faults;
 mod keys;
 mod lifecycle;
+mod limits;
 mod queens;
 mod recovery;
 mod registry;
