@@ -150,7 +150,8 @@ mod tests {
         let whole = format!("{}{}{usage}data: [DONE]\n\n", chunk("a"), chunk("b"));
         assert_eq!(read_stream(&whole), Outcome::Completed { text: "ab".into(), tokens: 2 });
         assert!(matches!(read_stream(&format!("{}{usage}", chunk("a"))), Outcome::Unreachable(_)));
-        let error = format!("{}data: {{\"error\":{{\"code\":\"WORKER_LOST\"}}}}\n\ndata: [DONE]\n\n", chunk("a"));
-        assert_eq!(read_stream(&error), Outcome::ErrorEvent("WORKER_LOST".into()));
+        let lost = rbee_bus::Code::WorkerLost.as_str();
+        let error = format!("{}data: {{\"error\":{{\"code\":\"{lost}\"}}}}\n\ndata: [DONE]\n\n", chunk("a"));
+        assert_eq!(read_stream(&error), Outcome::ErrorEvent(lost.into()));
     }
 }
