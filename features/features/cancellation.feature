@@ -37,3 +37,10 @@ Feature: Cancelled requests stop the worker and free its slot
     And all 1 are cancelled with DELETE /v1/requests/{id}
     Then each of them ends with request.cancelled, then request.finished as cancelled, then slot.released
     And a new request is answered with finish_reason "length"
+
+  @Gap-G12f
+  Scenario: A request whose client goes away while its model's worker loads never runs, and the worker still comes up
+    Given a cluster of my own without workers
+    When a worker is started and, while it loads, a request for its model is abandoned by its client
+    Then the log holds no slot claimed and no request accepted
+    And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
