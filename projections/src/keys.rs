@@ -163,6 +163,20 @@ mod tests {
         })
     }
 
+    /// `request` finished by `worker`: 10 prompt and 5 completion tokens.
+    fn finished_by(request: &str, worker: &str) -> Event {
+        Event::RequestFinished(RequestFinished {
+            request: request.into(),
+            worker: worker.into(),
+            finish_reason: rbee_bus::FinishReason::Stop,
+            prompt_tokens: 10,
+            completion_tokens: 5,
+            time_to_first_token_ms: 1,
+            duration_ms: 1,
+            error_code: None,
+        })
+    }
+
     #[test]
     fn a_key_authenticates_until_it_is_revoked() {
         let mut keys = Keys::default();
@@ -179,21 +193,8 @@ mod tests {
         keys.apply(&rec(1, created("k-1", "s")));
         keys.apply(&rec(1_000, accepted("r1", "k-1")));
         keys.apply(&rec(2_000, accepted("r2", "k-1")));
-        let finished = Event::RequestFinished(RequestFinished {
-            request: "r1".into(),
-            worker: "w".into(),
-            finish_reason: rbee_bus::FinishReason::Stop,
-            prompt_tokens: 10,
-            completion_tokens: 5,
-            time_to_first_token_ms: 1,
-            duration_ms: 1,
-            error_code: None,
-        });
-        let forged = match finished.clone() {
-            Event::RequestFinished(f) => Event::RequestFinished(RequestFinished { worker: "other".into(), ..f }),
-            _ => unreachable!(),
-        };
-        keys.apply(&rec(2_500, forged));
+        let finished = finished_by("r1", "w");
+        keys.apply(&rec(2_500, finished_by("r1", "other")));
         assert_eq!(keys.usage("k-1").in_flight.len(), 2, "another worker's finish is not believed");
         keys.apply(&rec(3_000, finished));
         let usage = keys.usage("k-1");
@@ -216,21 +217,9 @@ mod tests {
         };
         keys.apply(&rec(1_500, moved));
         assert_eq!(keys.usage("k-1").requests_since(0), 1);
-        let finished_by = |worker: &str| {
-            Event::RequestFinished(RequestFinished {
-                request: "r1".into(),
-                worker: worker.into(),
-                finish_reason: rbee_bus::FinishReason::Stop,
-                prompt_tokens: 10,
-                completion_tokens: 5,
-                time_to_first_token_ms: 1,
-                duration_ms: 1,
-                error_code: None,
-            })
-        };
-        keys.apply(&rec(2_000, finished_by("w")));
+        keys.apply(&rec(2_000, finished_by("r1", "w")));
         assert_eq!(keys.usage("k-1").in_flight.len(), 1, "the lost worker's late end is not believed");
-        keys.apply(&rec(2_500, finished_by("w2")));
+        keys.apply(&rec(2_500, finished_by("r1", "w2")));
         assert!(keys.usage("k-1").in_flight.is_empty());
     }
 }

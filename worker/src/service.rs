@@ -356,26 +356,8 @@ async fn finish(
     let worker = shared.config.worker_id.clone();
     let meta = Meta { correlation: Some(item.request.clone()), traceparent: item.traceparent.clone() };
     let (finished, last_frame) = match &outcome {
-        // Stopped because no queen read it: the generation was cut short, which the stream says
-        // (a queen only paused meanwhile must not take it for a complete answer).
-        Ok(g) if abandoned.load(Ordering::SeqCst) => (
-            RequestFinished {
-                request: item.request.clone(),
-                worker: worker.clone(),
-                finish_reason: g.finish_reason,
-                prompt_tokens: g.prompt_tokens,
-                completion_tokens: g.completion_tokens,
-                time_to_first_token_ms: g.time_to_first_token.as_millis() as u64,
-                duration_ms: started.elapsed().as_millis() as u64,
-                error_code: Some(Code::StreamAbandoned),
-            },
-            TokenFrame::Error {
-                code: Code::StreamAbandoned,
-                message: format!("worker {worker} stopped the request: no queen read its stream"),
-            },
-        ),
-        Ok(g) => (
-            RequestFinished {
+        Ok(g) => {
+            let finished = RequestFinished {
                 request: item.request.clone(),
                 worker: worker.clone(),
                 finish_reason: g.finish_reason,
@@ -384,13 +366,19 @@ async fn finish(
                 time_to_first_token_ms: g.time_to_first_token.as_millis() as u64,
                 duration_ms: started.elapsed().as_millis() as u64,
                 error_code: None,
-            },
-            TokenFrame::Done {
-                finish_reason: g.finish_reason,
-                prompt_tokens: g.prompt_tokens,
-                completion_tokens: g.completion_tokens,
-            },
-        ),
+            };
+            if abandoned.load(Ordering::SeqCst) {
+                // Stopped because no queen read it: cut short, which the stream says (a queen
+                // only paused meanwhile must not take it for a complete answer).
+                let message = format!("worker {worker} stopped the request: no queen read its stream");
+                let code = Code::StreamAbandoned;
+                (RequestFinished { error_code: Some(code), ..finished }, TokenFrame::Error { code, message })
+            } else {
+                let (finish_reason, prompt_tokens, completion_tokens) =
+                    (g.finish_reason, g.prompt_tokens, g.completion_tokens);
+                (finished, TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens })
+            }
+        }
         Err(e) => (
             RequestFinished {
                 request: item.request.clone(),
