@@ -91,6 +91,7 @@ Feature: Nothing lost, nothing hangs: the log, the archive and every stream unde
     Then the log holds the request's request.finished and slot.released, each once
     And the queen is ready again once it hears the worker
     And asking "What is the capital of France? Answer in one sentence." gets an answer naming "Paris"
+    And the worker was never marked stale: the queen judges no silence it could not hear
 
   @LOAD-1
   Scenario: 100 concurrent streams all complete, each with exactly the text the request gives alone

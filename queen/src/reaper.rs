@@ -1,6 +1,8 @@
 //! Liveness from heartbeats. A worker not heard from for the heartbeat timeout is marked stale (it
 //! takes no new requests); a stale worker that is idle, or has been stale longer than the grace
-//! period, is removed; a stale worker whose heartbeats come back is ready again.
+//! period, is removed; a stale worker whose heartbeats come back is ready again. A queen that
+//! could not hear (NATS lost, or the queen itself paused) judges no one until it has listened for
+//! a whole timeout again.
 //!
 //! The policy here says which worker gets which command; the worker aggregate's rules
 //! ([`rbee_projections::aggregate::worker`]) say what that records. Every queen may run this: each
@@ -50,16 +52,27 @@ pub fn liveness_commands(view: &ClusterView, now_ms: u64, l: &Liveness) -> Vec<(
 
 /// Runs the reaper until `shutdown`.
 pub async fn run(log: EventLog, view: LiveView, liveness: Liveness, shutdown: CancellationToken) {
-    // A queen that just started has not listened for a whole timeout yet: it judges no one before.
-    tokio::select! {
-        _ = shutdown.cancelled() => return,
-        _ = tokio::time::sleep(liveness.heartbeat_timeout) => {}
-    }
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let every = Duration::from_millis(500);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick = tokio::time::Instant::now();
+    // Since when this queen has heard the cluster without a break: a worker's silence is judged
+    // only once the queen itself has listened for a whole timeout (just started, NATS lost, or
+    // paused: the heartbeats it missed were not the workers' fault).
+    let mut listening_since = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        let paused = last_tick.elapsed() > every * 4;
+        last_tick = tokio::time::Instant::now();
+        if paused || !log.is_connected() {
+            listening_since = tokio::time::Instant::now();
+            continue;
+        }
+        if listening_since.elapsed() < liveness.heartbeat_timeout {
+            continue;
         }
         let now = rbee_bus::envelope::now_ms();
         for (worker, command) in view.read(|v| liveness_commands(v, now, &liveness)) {

@@ -675,3 +675,10 @@ async fn ready_again(w: &mut RbeeWorld) {
     })
     .await;
 }
+
+#[then("the worker was never marked stale: the queen judges no silence it could not hear")]
+fn never_stale(w: &mut RbeeWorld) {
+    let stale: Vec<Value> =
+        w.cluster().events_of("worker.state_changed").into_iter().filter(|e| e["data"]["state"] == "Stale").collect();
+    assert!(stale.is_empty(), "marked stale after the outage: {stale:?}");
+}
