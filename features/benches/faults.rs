@@ -99,11 +99,10 @@ async fn main() {
     let mut gaps = Vec::new();
     for _ in 0..FAILOVERS {
         gaps.push(failover_gap_ms(&cluster).await);
-        // The hive starts the killed worker again; both are ready before the next kill.
-        let ready = Instant::now();
-        while cluster.workers().iter().filter(|w| w["state"] == "Ready").count() < 2 {
-            assert!(ready.elapsed() < Duration::from_secs(60), "the killed worker came back");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        println!("failover gap: {:.0} ms", gaps.last().unwrap());
+        // Two ready workers again before the next kill.
+        if cluster.workers().iter().filter(|w| w["state"] == "Ready").count() < 2 {
+            assert!(cluster.rbee(&start).status.success(), "a worker starts in the killed one's place");
         }
     }
     println!("failover gap: median {:.0} ms over {FAILOVERS} kills ({gaps:?})", median(gaps.clone()));
