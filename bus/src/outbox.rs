@@ -156,12 +156,12 @@ impl Outbox {
     }
 }
 
-/// The outbox's entries, oldest first.
 /// Events waiting in the outbox directory `dir`, whoever owns it (0 when there is none).
 pub fn waiting_in(dir: &Path) -> usize {
     files(dir).map(|f| f.len()).unwrap_or(0)
 }
 
+/// The outbox's entries, oldest first.
 fn files(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir)? {
