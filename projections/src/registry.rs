@@ -110,7 +110,6 @@ impl Registry {
                     if e.context_length > 0 {
                         w.context_length = e.context_length;
                     }
-                    w.position = position;
                 }
             }
             Event::WorkerExited(e) => {
@@ -132,7 +131,6 @@ impl Registry {
                 if let Some(w) = self.workers.get_mut(&e.worker) {
                     w.busy.insert(e.slot, e.request.clone());
                     w.last_active_ms = env.at_ms;
-                    w.position = position;
                 }
             }
             Event::SlotReleased(e) => {
@@ -141,7 +139,6 @@ impl Registry {
                         w.busy.remove(&e.slot);
                     }
                     w.last_active_ms = env.at_ms;
-                    w.position = position;
                 }
             }
             Event::WorkerStartRequested(_)

@@ -162,7 +162,6 @@ struct Running {
     /// Named to the worker as long as this runs.
     _streaming: crate::streaming::StreamingRequest,
     guard: RequestGuard,
-    model: String,
     request: String,
     created: u64,
     token_timeout: Duration,
@@ -177,7 +176,7 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         let code = self.outcome.unwrap_or(Code::Cancelled.as_str());
-        self.state.metrics.request_done(&self.model, code, self.started.elapsed().as_secs_f64());
+        self.state.metrics.request_done(&self.chat.model, code, self.started.elapsed().as_secs_f64());
     }
 }
 
@@ -195,11 +194,11 @@ impl Running {
                 self.streamed.extend_from_slice(tokens);
                 if !self.first_token_seen {
                     self.first_token_seen = true;
-                    self.state.metrics.first_token(&self.model, self.started.elapsed().as_secs_f64());
+                    self.state.metrics.first_token(&self.chat.model, self.started.elapsed().as_secs_f64());
                 }
             }
             Ok(TokenFrame::Done { completion_tokens, .. }) => {
-                self.state.metrics.tokens(&self.model, *completion_tokens);
+                self.state.metrics.tokens(&self.chat.model, *completion_tokens);
                 self.outcome = Some("ok");
             }
             Ok(TokenFrame::Error { code, .. }) => self.outcome = Some(code.as_str()),
@@ -328,7 +327,7 @@ impl Running {
 
     fn chunk(&self, delta: serde_json::Value, finish_reason: Option<FinishReason>) -> serde_json::Value {
         json!({
-            "id": self.request, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "id": self.request, "object": "chat.completion.chunk", "created": self.created, "model": self.chat.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason.map(FinishReason::as_str)}],
         })
     }
@@ -444,7 +443,6 @@ async fn start(
                 deadline,
                 _streaming: state.streaming.start(&claim.node, &claim.worker, request),
                 guard,
-                model: chat.model.clone(),
                 request: request.into(),
                 created: rbee_bus::envelope::now_ms() / 1000,
                 token_timeout: state.config.token_timeout(),
@@ -569,7 +567,7 @@ async fn json_response(mut running: Running) -> Response {
             Ok(TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens }) => {
                 running.guard.ended();
                 return axum::Json(json!({
-                    "id": running.request, "object": "chat.completion", "created": running.created, "model": running.model,
+                    "id": running.request, "object": "chat.completion", "created": running.created, "model": running.chat.model,
                     "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": finish_reason.as_str()}],
                     "usage": usage(prompt_tokens, completion_tokens),
                 }))
