@@ -143,6 +143,7 @@ codes! {
     // Added with mid-stream failover.
     StreamAbandoned "STREAM_ABANDONED" 502 "the worker stopped the request because no queen read its stream any more; a queen moves it to a worker";
     GenerationTimeout "GENERATION_TIMEOUT" 504 "the generation ran past the worker's time limit (`--generation-timeout-secs`); the text made so far is returned";
+    NoReadyQueen "NO_READY_QUEEN" 503 "the load balancer in front of the queens found none ready (all draining, stopped or cut off from NATS)";
 }
 
 impl Code {

@@ -142,12 +142,26 @@ pub struct EventLog {
 const ANY_RETRIES: usize = 16;
 /// Sends of one event before giving up when acks do not come back.
 const PUBLISH_ATTEMPTS: u32 = 4;
+/// How long a publish nobody answers is tried again: a clustered stream without a leader has no
+/// responders until the election ends (a few seconds after its leader's server died).
+const ELECTION_WAIT: Duration = Duration::from_secs(8);
+
+/// Whether the server refused a publish because the aggregate moved on (an optimistic
+/// concurrency conflict). A single server says so with error code 10071, which async-nats knows;
+/// a clustered stream's leader says it with 10164, which async-nats reports as "other".
+fn refused_for_order(e: &async_nats::jetstream::context::PublishError) -> bool {
+    e.kind() == PublishErrorKind::WrongLastSequence
+        || (e.kind() == PublishErrorKind::Other && e.to_string().contains("10164"))
+}
 
 impl EventLog {
     /// Connects to NATS as the identity in `access.creds`. Fails fast when nobody listens or the
     /// server refuses the credentials; waits up to 10 s for a server that is still starting.
+    /// `access.url` may name several servers of one cluster, separated by commas: the client
+    /// connects to any of them and reconnects to any other.
     pub async fn connect(access: &NatsAccess) -> Result<Self, AppendError> {
         let url = &access.url;
+        let servers = access.servers();
         let creds = access.creds.as_deref().map(Credentials::read).transpose().map_err(AppendError::Unauthorized)?;
         let options = || -> Result<async_nats::ConnectOptions, AppendError> {
             let options = match &creds {
@@ -169,7 +183,7 @@ impl EventLog {
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            match options()?.connect(url).await {
+            match options()?.connect(servers.as_slice()).await {
                 Ok(client) => return Ok(Self::from_client(client)),
                 Err(e) if e.kind() == ConnectErrorKind::AuthorizationViolation => {
                     return Err(AppendError::Unauthorized(format!(
@@ -304,10 +318,14 @@ impl EventLog {
         headers.insert(HEADER_EXPECTED_LAST_SUBJECT_SEQ, after_seq.to_string().as_str());
         let body = bytes::Bytes::from(body);
         let mut last_error = String::new();
-        for attempt in 0..PUBLISH_ATTEMPTS {
+        let mut attempt = 0;
+        // While a clustered stream elects a leader, nobody answers its subjects.
+        let election_ends = tokio::time::Instant::now() + ELECTION_WAIT;
+        while attempt < PUBLISH_ATTEMPTS {
             if attempt > 0 {
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                tokio::time::sleep(Duration::from_millis(50 << attempt.min(4))).await;
             }
+            attempt += 1;
             let ack = match self.js.publish_with_headers(subject.to_string(), headers.clone(), body.clone()).await {
                 Ok(pending) => pending.await,
                 Err(e) => {
@@ -317,7 +335,7 @@ impl EventLog {
             };
             match ack {
                 Ok(ack) => return Ok(Position { seq: ack.sequence, version: envelope.version }),
-                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                Err(e) if refused_for_order(&e) => {
                     if let Some((position, id)) = self.last_recorded(subject).await?
                         && id == envelope.id
                     {
@@ -329,6 +347,10 @@ impl EventLog {
                         Expected::At(Position { seq: after_seq, version: envelope.version - 1 })
                     };
                     return Err(AppendError::Conflict { subject: subject.to_string(), expected });
+                }
+                Err(e) if e.kind() == PublishErrorKind::StreamNotFound && tokio::time::Instant::now() < election_ends => {
+                    last_error = e.to_string();
+                    attempt = attempt.min(PUBLISH_ATTEMPTS - 1);
                 }
                 Err(e) if matches!(e.kind(), PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe) => {
                     last_error = e.to_string()
@@ -362,7 +384,7 @@ impl EventLog {
             .await;
         match ack {
             Ok(ack) => Ok(ack.sequence),
-            Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+            Err(e) if refused_for_order(&e) => {
                 // An import knows the sequence it expected, not the aggregate's version.
                 let expected = match after_seq {
                     0 => Expected::NoStream,

@@ -44,30 +44,7 @@ impl Cluster {
         args.extend_from_slice(extra);
         let out = rbee_command(&data_dir, &args).envs(env.iter().map(|(k, v)| (k, v))).output().expect("run rbee");
         let up_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        let file = data_dir.join("cluster.json");
-        let cluster_file: Value =
-            std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
-        let nats_url = cluster_file["nats_url"].as_str().unwrap_or_default().to_string();
-        let admin_creds = trust::creds_path(&trust::dir_in(&data_dir), Identity::Admin);
-        let nats_ca = cluster_file["nats_ca"].as_str().map(PathBuf::from);
-        let nats_cert = cluster_file["nats_cert"].as_str().map(PathBuf::from);
-        let api_key = std::fs::read_to_string(data_dir.join("api-key")).unwrap_or_default().trim().to_string();
-        let cluster = Cluster {
-            api_key,
-            queen_url: cluster_file["queen_url"].as_str().unwrap_or_default().to_string(),
-            admin: NatsAccess::new(&nats_url, Some(admin_creds)).with_tls(nats_ca.clone(), nats_cert.clone()),
-            nats_ca,
-            nats_cert,
-            nats_url,
-            database_url: rbee_local::postgres::with_password(
-                cluster_file["database_url"].as_str().unwrap_or_default(),
-                &trust::dir_in(&data_dir),
-            )
-            .unwrap_or_default(),
-            data_dir,
-            node,
-            up_output,
-        };
+        let cluster = Cluster::attach(data_dir, node, up_output);
         if !out.status.success() {
             // The data directory goes with the cluster: keep what its processes said.
             let mut logs = String::new();
@@ -207,6 +184,35 @@ impl Cluster {
             .stderr(log)
             .spawn()
             .expect("rbee-hive starts")
+    }
+
+    /// The cluster a data directory describes (its `cluster.json`, trust and API key), as `rbee
+    /// up` or `rbee cluster init` wrote it.
+    pub fn attach(data_dir: PathBuf, node: String, up_output: String) -> Cluster {
+        let file = data_dir.join("cluster.json");
+        let cluster_file: Value =
+            std::fs::read_to_string(&file).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or(Value::Null);
+        let nats_url = cluster_file["nats_url"].as_str().unwrap_or_default().to_string();
+        let admin_creds = trust::creds_path(&trust::dir_in(&data_dir), Identity::Admin);
+        let nats_ca = cluster_file["nats_ca"].as_str().map(PathBuf::from);
+        let nats_cert = cluster_file["nats_cert"].as_str().map(PathBuf::from);
+        let api_key = std::fs::read_to_string(data_dir.join("api-key")).unwrap_or_default().trim().to_string();
+        Cluster {
+            api_key,
+            queen_url: cluster_file["queen_url"].as_str().unwrap_or_default().to_string(),
+            admin: NatsAccess::new(&nats_url, Some(admin_creds)).with_tls(nats_ca.clone(), nats_cert.clone()),
+            nats_ca,
+            nats_cert,
+            nats_url,
+            database_url: rbee_local::postgres::with_password(
+                cluster_file["database_url"].as_str().unwrap_or_default(),
+                &trust::dir_in(&data_dir),
+            )
+            .unwrap_or_default(),
+            data_dir,
+            node,
+            up_output,
+        }
     }
 
     pub fn log_file(&self, name: &str) -> String {

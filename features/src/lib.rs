@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod cluster;
+pub mod compose;
 pub mod hub;
 pub mod infra;
 pub mod intruder;

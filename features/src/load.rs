@@ -27,6 +27,8 @@ pub enum Outcome {
 pub struct Answer {
     pub request: Option<String>,
     pub outcome: Outcome,
+    /// When it ended.
+    pub ended: Instant,
 }
 
 /// What the clients send, where, and the deadline each request carries (`x-request-timeout`);
@@ -48,7 +50,7 @@ impl Load {
         let mut request = None;
         let hung = self.request_timeout + HUNG_PAST_DEADLINE;
         let outcome = tokio::time::timeout(hung, self.stream(&mut request)).await.unwrap_or(Outcome::Hung);
-        Answer { request, outcome }
+        Answer { request, outcome, ended: Instant::now() }
     }
 
     async fn stream(&self, request: &mut Option<String>) -> Outcome {

@@ -6,11 +6,14 @@
 
 mod steps;
 
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use cucumber::World as _;
 use cucumber::writer::Stats as _;
+use futures::FutureExt as _;
 use rbee_features::cluster::Cluster;
+use rbee_features::compose::{self, Compose};
 use rbee_features::hub::Hub;
 
 /// A cluster serving the default model, shared by the scenarios that only use it.
@@ -61,21 +64,82 @@ pub fn bare() -> &'static Cluster {
     BARE.get_or_init(|| Cluster::up(&args).expect("a cluster without workers starts"))
 }
 
+/// The compose cluster, shared by the compose scenarios (tag `@docker`) and taken down before the
+/// first scenario that follows them: it takes both cores' worth of processes.
+static COMPOSE: Mutex<Option<&'static Compose>> = Mutex::new(None);
+/// Why the compose cluster could not start, so later scenarios fail at once instead of trying again.
+static COMPOSE_FAILED: OnceLock<String> = OnceLock::new();
+
+pub fn compose() -> &'static Compose {
+    if let Some(why) = COMPOSE_FAILED.get() {
+        panic!("the compose cluster did not start: {why}");
+    }
+    let mut slot = COMPOSE.lock().unwrap();
+    if slot.is_none() {
+        match Compose::up() {
+            Ok(c) => *slot = Some(Box::leak(Box::new(c))),
+            Err(e) => {
+                let why = format!("{e:#}");
+                let _ = COMPOSE_FAILED.set(why.clone());
+                panic!("the compose cluster did not start: {why}");
+            }
+        }
+    }
+    slot.expect("started above")
+}
+
+fn compose_down() {
+    let running = COMPOSE.lock().unwrap().take();
+    if let Some(c) = running {
+        c.down();
+    }
+}
+
+fn needs_docker(feature: &cucumber::gherkin::Feature, scenario: &cucumber::gherkin::Scenario) -> bool {
+    feature.tags.iter().chain(&scenario.tags).any(|t| t == "docker")
+}
+
 #[tokio::main]
 async fn main() {
     let features = concat!(env!("CARGO_MANIFEST_DIR"), "/features");
     // A scenario that fails is run once more, after a pause: these scenarios drive real processes
     // on a shared two-core machine, and one lost race in the harness must not hide the rest of a
     // run. A retried scenario stays visible: cucumber marks it, and the closing line counts it.
+    // Without a Docker engine the compose scenarios fail saying so, unless the user opted out.
+    static LEFT_OUT: AtomicUsize = AtomicUsize::new(0);
+    let skip_docker = compose::skipped();
     let result = steps::RbeeWorld::cucumber()
         .max_concurrent_scenarios(1)
         .fail_on_skipped()
         .retries(1)
         .retry_after(std::time::Duration::from_secs(3))
-        .run(features)
+        .before(|feature, _, scenario, _| {
+            let leaving_compose = !needs_docker(feature, scenario);
+            async move {
+                if leaving_compose {
+                    compose_down();
+                }
+            }
+            .boxed_local()
+        })
+        .filter_run(features, move |feature, _, scenario| {
+            let left_out = skip_docker && needs_docker(feature, scenario);
+            if left_out {
+                LEFT_OUT.fetch_add(1, Ordering::Relaxed);
+            }
+            !left_out
+        })
         .await;
+    compose_down();
     for cluster in [SERVING.get(), BARE.get(), DOWNLOADS.get()].into_iter().flatten() {
         cluster.down();
+    }
+    if skip_docker {
+        println!(
+            "{} compose scenarios not run: {}=1 (they need a Docker engine)",
+            LEFT_OUT.load(Ordering::Relaxed),
+            compose::SKIP_ENV
+        );
     }
     let stats = result.scenarios_stats();
     // A closing line CI can read: cucumber's own summary is not in a format it knows.

@@ -42,7 +42,39 @@ pub fn password(secrets: &Path, role: &str) -> LocalResult<String> {
 /// The database URL of `role` on `port`, with its password: give it to a process in its
 /// environment or keep it in memory, never on a command line or in a log.
 pub fn url_with_password(secrets: &Path, role: &str, port: u16, database: &str) -> LocalResult<String> {
-    Ok(format!("postgres://{role}:{}@127.0.0.1:{port}/{database}", password(secrets, role)?))
+    url_at(secrets, role, &format!("127.0.0.1:{port}"), database)
+}
+
+/// The database URL of `role` at `address` (`host:port`), with its password (see [`url_with_password`]).
+pub fn url_at(secrets: &Path, role: &str, address: &str, database: &str) -> LocalResult<String> {
+    Ok(format!("postgres://{role}:{}@{address}/{database}", password(secrets, role)?))
+}
+
+/// Makes the roles and the database of an event store that runs elsewhere (a container), as its
+/// superuser, and brings the schema up to date as its owner. The passwords are the ones kept in
+/// `secrets`. Waits up to `patience` for the server to take connections. Idempotent.
+pub async fn prepare_remote(secrets: &Path, address: &str, patience: Duration) -> LocalResult<()> {
+    let admin = url_at(secrets, ADMIN, address, "postgres")?;
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
+        match sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&admin).await {
+            Ok(pool) => {
+                pool.close().await;
+                break;
+            }
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                return Err(LocalError::new(
+                    Code::EventStoreUnavailable,
+                    format!("Postgres at {address} took no connection within {}s: {e}", patience.as_secs()),
+                ));
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+    set_up_roles(secrets, &admin).await?;
+    rbee_bus::archive::migrate(&url_at(secrets, OWNER, address, DATABASE)?)
+        .await
+        .map_err(|e| LocalError::new(Code::PostgresStartFailed, format!("cannot migrate the event store: {e}")))
 }
 
 /// `url` (as `cluster.json` keeps it, without a password) with the role's password put in.
@@ -167,7 +199,7 @@ pub async fn start(bin: &Path, root: &Path, port: u16, secrets: &Path) -> LocalR
     let pid = postmaster_pid(root).ok_or_else(|| {
         LocalError::new(Code::PostgresStartFailed, format!("no postmaster.pid in {}", data.display()))
     })?;
-    set_up_roles(secrets, port).await?;
+    set_up_roles(secrets, &url_with_password(secrets, ADMIN, port, "postgres")?).await?;
     let owner = url_with_password(secrets, OWNER, port, DATABASE)?;
     rbee_bus::archive::migrate(&owner)
         .await
@@ -176,16 +208,15 @@ pub async fn start(bin: &Path, root: &Path, port: u16, secrets: &Path) -> LocalR
 }
 
 /// The owner and the processes' role, with their passwords, and the database the owner owns.
-/// Idempotent: a restart sets the same passwords again.
-async fn set_up_roles(secrets: &Path, port: u16) -> LocalResult<()> {
+/// Idempotent: a restart sets the same passwords again. `admin` is the superuser's URL.
+async fn set_up_roles(secrets: &Path, admin: &str) -> LocalResult<()> {
     let fail = |e: sqlx::Error| {
         LocalError::new(Code::PostgresStartFailed, format!("cannot set up the roles of the event store: {e}"))
     };
-    let admin = url_with_password(secrets, ADMIN, port, "postgres")?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(&admin)
+        .connect(admin)
         .await
         .map_err(|e| {
             LocalError::new(

@@ -2,6 +2,7 @@
 //! inside it (workers, the event log).
 
 pub mod backup;
+pub mod cluster;
 pub mod cluster_file;
 pub mod down;
 pub mod error;
@@ -122,6 +123,20 @@ pub enum Command {
         #[command(subcommand)]
         action: NodeAction,
     },
+    /// The multi-machine cluster of docker-compose.yml.
+    Cluster {
+        #[command(subcommand)]
+        action: ClusterAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterAction {
+    /// Write the credentials, certificates and configuration of every compose service into DIR.
+    Init(cluster::InitArgs),
+    /// Prepare a started compose cluster: event store, streams, first API key, a worker per hive
+    /// (what its one-shot `bootstrap` service runs; safe to run again).
+    Bootstrap(cluster::BootstrapArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -308,6 +323,10 @@ pub async fn run(cli: Cli) -> CliResult<()> {
             workers::workers(&cli.nats(Access::Read), filter, *json).await
         }
         Command::Nodes { action: NodeAction::Add { node } } => nodes::add(data_dir, node).await,
+        Command::Cluster { action: ClusterAction::Init(args) } => cluster::init(args),
+        Command::Cluster { action: ClusterAction::Bootstrap(args) } => {
+            cluster::bootstrap(&cli.nats(Access::Admin), args).await
+        }
         Command::Events { command: EventsCommand::Tail(args) } => {
             events::tail(&cli.nats(Access::Read), args.clone()).await
         }

@@ -26,6 +26,11 @@ impl NatsAccess {
         NatsAccess { url: url.into(), creds, ca: None, cert: None }
     }
 
+    /// The servers `url` names: one URL, or several of one cluster separated by commas.
+    pub fn servers(&self) -> Vec<String> {
+        self.url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect()
+    }
+
     /// Over TLS to a server `ca` signed, showing `cert` when given.
     pub fn with_tls(mut self, ca: Option<PathBuf>, cert: Option<PathBuf>) -> Self {
         self.ca = ca;

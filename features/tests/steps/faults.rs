@@ -117,7 +117,7 @@ impl RbeeWorld {
     }
 
     /// The clients' load: the noted greedy request, streamed.
-    fn noted_load(&self) -> Load {
+    pub(super) fn noted_load(&self) -> Load {
         Load {
             client: self.cluster().http(),
             url: format!("{}/v1/chat/completions", self.cluster().queen_url),

@@ -3,6 +3,7 @@
 
 mod cancellation;
 mod catalog;
+mod compose;
 mod downloads;
 mod failover;
 mod faults;
@@ -141,6 +142,8 @@ pub struct RbeeWorld {
     /// The prompt a validation scenario sends, and the queen's `x-rbee-warnings` for it.
     prompt: String,
     warnings_header: String,
+    /// What a compose scenario's load went through while a service was away.
+    outage: compose::Outage,
 }
 
 impl std::fmt::Debug for RbeeWorld {
@@ -288,6 +291,7 @@ impl RbeeWorld {
             hoarded: None,
             prompt: String::new(),
             warnings_header: String::new(),
+            outage: Default::default(),
         }
     }
 

@@ -1,0 +1,221 @@
+//! Steps of compose.feature: the cluster of docker-compose.yml, its machines lost one at a time
+//! under load.
+
+use std::time::{Duration, Instant};
+
+use cucumber::{given, then, when};
+use rbee_bus::{Event, EventLog, Expected, Meta, ModelRegistered};
+use rbee_features::load::{Outcome, tally};
+use rbee_features::poll::eventually;
+use serde_json::Value;
+
+use super::{MODEL, RbeeWorld};
+
+#[given("the compose cluster is up")]
+fn compose_up(w: &mut RbeeWorld) {
+    w.shared = Some(&crate::compose().cluster);
+}
+
+#[then("a chat request through the balancer is answered")]
+async fn answered_through_balancer(w: &mut RbeeWorld) {
+    let response = w.post_chat("What is the capital of France? Answer in one sentence.", 24, false).await;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 200, "{body}");
+    let text = body["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    assert!(text.contains("Paris"), "{body}");
+}
+
+#[then(expr = "the registry shows a ready worker of the default model on {word} and on {word}")]
+fn ready_on_both(w: &mut RbeeWorld, first: String, second: String) {
+    let workers = w.cluster().workers();
+    for node in [first, second] {
+        assert!(
+            workers.iter().any(|x| x["node"] == node.as_str() && x["model"] == MODEL && x["state"] == "ready"),
+            "no ready worker of {MODEL} on {node}: {workers:#?}"
+        );
+    }
+}
+
+#[then(expr = "the log holds the registration of {word} and of {word}")]
+fn nodes_registered(w: &mut RbeeWorld, first: String, second: String) {
+    let registered: Vec<String> = w
+        .cluster()
+        .events_of("node.registered")
+        .iter()
+        .filter_map(|e| e["data"]["node"].as_str().map(str::to_string))
+        .collect();
+    for node in [first, second] {
+        assert!(registered.contains(&node), "{node} never registered: {registered:?}");
+    }
+}
+
+/// The event log's stream as JetStream's cluster describes it: (replicas configured, leader,
+/// the other replicas with whether each is current).
+async fn log_replicas(w: &RbeeWorld) -> Result<(usize, String, Vec<(String, bool)>), String> {
+    let log = EventLog::connect(&w.cluster().admin).await.map_err(|e| e.to_string())?;
+    let mut stream =
+        log.jetstream().get_stream(rbee_bus::subjects::EVENTS_STREAM).await.map_err(|e| e.to_string())?;
+    let info = stream.info().await.map_err(|e| e.to_string())?;
+    let cluster = info.cluster.clone().ok_or("the stream has no cluster information")?;
+    let peers = cluster.replicas.iter().map(|p| (p.name.clone(), p.current && !p.offline)).collect();
+    Ok((info.config.num_replicas, cluster.leader.unwrap_or_default(), peers))
+}
+
+#[then(expr = "the event log has {int} replicas, all current")]
+async fn replicas_current(w: &mut RbeeWorld, replicas: usize) {
+    let (configured, leader, peers) = eventually("every replica of the log is current", Duration::from_secs(60), || async {
+        let (configured, leader, peers) = log_replicas(w).await?;
+        let behind: Vec<&String> = peers.iter().filter(|(_, current)| !current).map(|(n, _)| n).collect();
+        if leader.is_empty() || !behind.is_empty() {
+            return Err(format!("leader {leader:?}, behind: {behind:?}"));
+        }
+        Ok((configured, leader, peers))
+    })
+    .await;
+    assert_eq!(configured, replicas, "replicas configured");
+    assert_eq!(peers.len() + 1, replicas, "the leader {leader} and its followers {peers:?}");
+}
+
+#[then("no process of the cluster runs as root")]
+fn no_root(w: &mut RbeeWorld) {
+    let _ = w;
+    let uids = crate::compose().process_uids();
+    assert!(uids.len() >= 9, "every long-running service has a container with processes: {uids:?}");
+    for (service, ids) in &uids {
+        assert!(!ids.is_empty(), "{service} runs no process");
+        assert!(ids.iter().all(|uid| uid != "0"), "{service} runs a process as root: {ids:?}");
+    }
+}
+
+/// What the load of a fault scenario went through.
+#[derive(Debug, Default)]
+pub struct Outage {
+    /// The service lost, and when (from the start of the load).
+    pub service: String,
+    pub lost_at: Duration,
+    pub back_at: Duration,
+    /// Model names of the probe events whose append was acknowledged, and when.
+    pub acked: Vec<(String, Duration)>,
+    pub refused_appends: usize,
+    /// When each completed stream ended, from the start of the load.
+    pub completed_at: Vec<Duration>,
+}
+
+/// Appends probe events (catalog entries of a node that does not exist) one after another until
+/// `until`; the names of those acknowledged and when, and how many were refused.
+async fn append_probes(w: &RbeeWorld, started: Instant, until: Instant) -> (Vec<(String, Duration)>, usize) {
+    let log = EventLog::connect(&w.cluster().admin).await.expect("admin connects to the log");
+    let prefix = format!("probe{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    let mut i = 0;
+    while Instant::now() < until {
+        let model = format!("{prefix}-{i:05}");
+        i += 1;
+        let event = Event::ModelRegistered(ModelRegistered {
+            model: model.clone(),
+            node: format!("{prefix}-node"),
+            path: format!("/probe/{model}.gguf"),
+            size_bytes: 1,
+            sha256: "00".repeat(32),
+            memory_required_bytes: 1,
+        });
+        match log.append(event, Expected::NoStream, &Meta::default()).await {
+            Ok(_) => acked.push((model, started.elapsed())),
+            Err(_) => refused += 1,
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (acked, refused)
+}
+
+#[when(
+    expr = "{int} clients stream it while events are appended, and {word} is killed {int} s in and started again {int} s later"
+)]
+async fn lose_a_service(w: &mut RbeeWorld, clients: usize, service: String, kill_at: u64, back_after: u64) {
+    outage(w, clients, &service, kill_at, back_after, &["kill"]).await;
+}
+
+#[when(
+    expr = "{int} clients stream it while events are appended, and the server leading the log is killed {int} s in and started again {int} s later"
+)]
+async fn lose_the_leader(w: &mut RbeeWorld, clients: usize, kill_at: u64, back_after: u64) {
+    let (_, leader, _) = log_replicas(w).await.expect("the log's cluster information");
+    outage(w, clients, &leader, kill_at, back_after, &["kill"]).await;
+}
+
+#[when(expr = "{int} clients stream it while {word} is stopped {int} s in and started again {int} s later")]
+async fn stop_a_service(w: &mut RbeeWorld, clients: usize, service: String, stop_at: u64, back_after: u64) {
+    outage(w, clients, &service, stop_at, back_after, &["stop", "--time", "0"]).await;
+}
+
+/// Load and probe appends for the whole outage and 20 s after it; `service` taken away with
+/// `docker <verb>` `lost_at` seconds in and started again `back_after` seconds later.
+async fn outage(w: &mut RbeeWorld, clients: usize, service: &str, lost_at: u64, back_after: u64, verb: &[&str]) {
+    let started = Instant::now();
+    let until = started + Duration::from_secs(lost_at + back_after + 20);
+    let load = w.noted_load();
+    let fault = async {
+        tokio::time::sleep(Duration::from_secs(lost_at)).await;
+        let compose = crate::compose();
+        compose.docker(verb, service);
+        let lost = started.elapsed();
+        tokio::time::sleep(Duration::from_secs(back_after)).await;
+        compose.docker(&["start"], service);
+        (lost, started.elapsed())
+    };
+    let (answers, (lost, back), (acked, refused)) =
+        tokio::join!(load.run(clients, until), fault, append_probes(w, started, until));
+    let completed_at = answers
+        .iter()
+        .filter(|a| matches!(a.outcome, Outcome::Completed { .. }))
+        .map(|a| a.ended.duration_since(started))
+        .collect();
+    println!(
+        "{service} lost at {:.1} s, back at {:.1} s; {} requests: {:?}; {} probe appends acked, {refused} refused",
+        lost.as_secs_f64(),
+        back.as_secs_f64(),
+        answers.len(),
+        tally(&answers, &(w.noted_text.clone(), w.noted_tokens)),
+        acked.len(),
+    );
+    w.answers = answers;
+    w.outage = Outage { service: service.to_string(), lost_at: lost, back_at: back, acked, refused_appends: refused, completed_at };
+}
+
+#[then("streams completed while it was gone and after it came back")]
+fn completed_during_and_after(w: &mut RbeeWorld) {
+    let o = &w.outage;
+    let during = o.completed_at.iter().filter(|t| **t > o.lost_at + Duration::from_secs(2) && **t < o.back_at).count();
+    let after = o.completed_at.iter().filter(|t| **t > o.back_at).count();
+    assert!(during > 0 && after > 0, "{during} streams completed while {} was gone, {after} after it came back", o.service);
+}
+
+#[then("appends were acknowledged while it was gone")]
+fn appended_during(w: &mut RbeeWorld) {
+    let o = &w.outage;
+    let during = o.acked.iter().filter(|(_, t)| *t > o.lost_at + Duration::from_secs(1) && *t < o.back_at).count();
+    assert!(during > 0, "no append was acknowledged while {} was gone ({} refused)", o.service, o.refused_appends);
+}
+
+#[then("every append that was acknowledged is in the log")]
+async fn acked_in_log(w: &mut RbeeWorld) {
+    let acked: Vec<String> = w.outage.acked.iter().map(|(m, _)| m.clone()).collect();
+    assert!(!acked.is_empty(), "no probe append was acknowledged");
+    let logged: std::collections::BTreeSet<String> = w
+        .cluster()
+        .events_of("model.registered")
+        .iter()
+        .filter_map(|e| e["data"]["model"].as_str().map(str::to_string))
+        .collect();
+    let lost: Vec<&String> = acked.iter().filter(|m| !logged.contains(*m)).collect();
+    assert!(lost.is_empty(), "{} of {} acknowledged appends are not in the log: {lost:?}", lost.len(), acked.len());
+}
+
+#[then(expr = "at most {int} streams did not complete, and none with another text")]
+fn at_most_failed(w: &mut RbeeWorld, most: usize) {
+    let counts = tally(&w.answers, &(w.noted_text.clone(), w.noted_tokens));
+    let failed: usize = counts.iter().filter(|(class, _)| class.as_str() != "completed").map(|(_, n)| n).sum();
+    assert!(counts.get("completed (different text)").is_none(), "{counts:?}");
+    assert!(failed <= most, "{failed} streams did not complete: {counts:?}");
+}
