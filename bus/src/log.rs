@@ -348,7 +348,9 @@ impl EventLog {
                     };
                     return Err(AppendError::Conflict { subject: subject.to_string(), expected });
                 }
-                Err(e) if e.kind() == PublishErrorKind::StreamNotFound && tokio::time::Instant::now() < election_ends => {
+                Err(e)
+                    if e.kind() == PublishErrorKind::StreamNotFound && tokio::time::Instant::now() < election_ends =>
+                {
                     last_error = e.to_string();
                     attempt = attempt.min(PUBLISH_ATTEMPTS - 1);
                 }

@@ -16,6 +16,12 @@ Feature: The compose cluster: three NATS servers, two queens behind a balancer, 
     And the event log has 3 replicas, all current
     And no process of the cluster runs as root
 
+  @E2E-3
+  Scenario: Requests spread across the machines
+    Given the compose cluster is up
+    When 10 requests are sent one after another through the balancer
+    Then the log shows the workers of hive-a and of hive-b each took at least 4 of them
+
   @CLU-2
   Scenario: The NATS server leading the event log is killed under load
     Given the compose cluster is up
@@ -44,3 +50,10 @@ Feature: The compose cluster: three NATS servers, two queens behind a balancer, 
     Then every stream completed with exactly the noted text
     And appends were acknowledged while it was gone
     And the archive holds every event of the log, by sequence and event id
+
+  @CLU-5
+  Scenario: A new machine joins with one command and serves
+    Given the compose cluster is up
+    When a machine hive-c joins with one command
+    Then within 180 seconds the registry shows a ready worker of the default model on hive-c
+    And one of 6 requests sent one after another through the balancer is served by the worker of hive-c

@@ -23,6 +23,8 @@ pub struct Compose {
     pub cluster: Cluster,
     /// What `scripts/cluster up` printed.
     pub up_output: String,
+    /// Containers started beside the project's (machines that joined), removed with it.
+    pub machines: std::sync::Mutex<Vec<String>>,
 }
 
 /// The repository's root (where `docker-compose.yml` and `scripts/` are).
@@ -62,7 +64,7 @@ impl Compose {
             .expect("run scripts/cluster");
         let up_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let cluster = Cluster::attach(dir.join("client"), "hive-a".into(), up_output.clone());
-        let compose = Compose { dir, project, cluster, up_output };
+        let compose = Compose { dir, project, cluster, up_output, machines: Default::default() };
         if !out.status.success() {
             let logs = compose.compose(&["logs", "--tail", "15", "--no-color"]);
             anyhow::bail!(
@@ -123,17 +125,58 @@ impl Compose {
             .filter(|s| !self.container(s).is_empty())
             .map(|s| {
                 let top = Command::new("docker")
-                    .args(["top", &self.container(&s), "-eo", "uid"])
+                    .args(["top", &self.container(&s), "-eo", "pid,uid"])
                     .output()
                     .expect("run docker top");
-                let uids = String::from_utf8_lossy(&top.stdout).lines().skip(1).map(|l| l.trim().to_string()).collect();
+                let uids = String::from_utf8_lossy(&top.stdout)
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+                    .collect();
                 (s, uids)
             })
             .collect()
     }
 
+    /// `scripts/cluster <args>` on this cluster.
+    pub fn script(&self, args: &[&str]) -> Output {
+        Command::new(repo_root().join("scripts").join("cluster"))
+            .args(args)
+            .arg(&self.dir)
+            .env("RBEE_COMPOSE_PROJECT", &self.project)
+            .env("CARGO_TARGET_DIR", crate::bin_dir().parent().expect("the target directory"))
+            .output()
+            .expect("run scripts/cluster")
+    }
+
+    /// A new machine on the cluster's network: a container of the rbee image running `command`
+    /// (a shell command line), with the file `token` at `/run/rbee/join.token` and the models at
+    /// `/models`. Removed with the cluster.
+    pub fn start_machine(&self, name: &str, token: &Path, command: &str) -> String {
+        let env = std::fs::read_to_string(self.dir.join("compose.env")).expect("compose.env");
+        let value =
+            |key: &str| env.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_default().to_string();
+        let container = format!("{}-{name}", self.project);
+        let out = Command::new("docker")
+            .args(["run", "-d", "--init", "--name", &container, "--hostname", name])
+            .args(["--network", &format!("{}_default", self.project)])
+            .args(["--user", &format!("{}:{}", value("RBEE_UID"), value("RBEE_GID"))])
+            .args(["-v", &format!("{}:/run/rbee/join.token:ro", token.display())])
+            .args(["-v", &format!("{}:/models:ro", value("RBEE_MODELS_DIR"))])
+            .args(["-e", "RBEE_CACHE_DIR=/models", "-e", "RBEE_STREAM_REPLICAS=3"])
+            .args(["rbee:latest", "sh", "-c", command])
+            .output()
+            .expect("run docker");
+        assert!(out.status.success(), "docker run {name}: {}", String::from_utf8_lossy(&out.stderr));
+        self.machines.lock().unwrap().push(container.clone());
+        container
+    }
+
     /// Stops and removes the containers, then the cluster's files.
     pub fn down(&self) {
+        for container in self.machines.lock().unwrap().drain(..) {
+            let _ = Command::new("docker").args(["rm", "-f", &container]).output();
+        }
         let out = self.compose(&["down", "--remove-orphans", "--timeout", "10"]);
         if !out.status.success() {
             eprintln!("docker-compose down failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -45,6 +45,11 @@ pub fn creds_path(dir: &Path, identity: Identity) -> PathBuf {
     dir.join(identity.file_name())
 }
 
+/// Where the seed a node's hive signs its workers' identities with is in the trust directory `dir`.
+pub fn worker_signer_path(dir: &Path, node: &str) -> PathBuf {
+    dir.join("nodes").join(format!("{node}.nk"))
+}
+
 pub struct Trust {
     dir: PathBuf,
     operator: KeyPair,
@@ -82,7 +87,7 @@ impl Trust {
 
     /// The seed a node's hive signs its workers' identities with.
     pub fn worker_signer(&self, node: &str) -> PathBuf {
-        self.dir.join("nodes").join(format!("{node}.nk"))
+        worker_signer_path(&self.dir, node)
     }
 
     /// Makes `node` a member: its hive's credentials and its workers' signing key. The server

@@ -51,7 +51,11 @@ pub fn init(args: &InitArgs) -> CliResult<()> {
     if args.nats_ports.len() != NATS_SERVERS.len() {
         return Err(CliError::new(
             Code::InvalidArgument,
-            format!("--nats-ports takes {} ports, one per nats-server; got {}", NATS_SERVERS.len(), args.nats_ports.len()),
+            format!(
+                "--nats-ports takes {} ports, one per nats-server; got {}",
+                NATS_SERVERS.len(),
+                args.nats_ports.len()
+            ),
         ));
     }
     let dir = absolute(&args.dir)?;
@@ -108,7 +112,10 @@ pub fn init(args: &InitArgs) -> CliResult<()> {
     let d = service("queen")?;
     copy(&trust.creds(Identity::Queen), d.join("queen.creds"))?;
     client_tls(&d)?;
-    write_secret(&d.join("database.url"), &postgres::url_at(&secrets, postgres::USER, "postgres:5432", postgres::DATABASE)?)?;
+    write_secret(
+        &d.join("database.url"),
+        &postgres::url_at(&secrets, postgres::USER, "postgres:5432", postgres::DATABASE)?,
+    )?;
     for hive in HIVES {
         let d = service(hive)?;
         copy(&trust.creds(Identity::Hive(hive)), d.join("hive.creds"))?;
@@ -171,7 +178,11 @@ pub fn init(args: &InitArgs) -> CliResult<()> {
     std::fs::write(dir.join("compose.env"), env).map_err(|e| io("write", &dir, e))?;
     if uid == CONTAINER_UID {
         // Run as root: the services' files go to the uid the containers run as; `trust` stays root's.
-        for name in NATS_SERVERS.iter().chain(HIVES.iter()).chain(["postgres", "bootstrap", "queen", "balancer", "client", "state"].iter()) {
+        for name in NATS_SERVERS
+            .iter()
+            .chain(HIVES.iter())
+            .chain(["postgres", "bootstrap", "queen", "balancer", "client", "state"].iter())
+        {
             chown_tree(&dir.join(name), uid)?;
         }
     }
@@ -281,6 +292,90 @@ fn no_ready_queen() -> String {
     )
 }
 
+/// What a new machine needs to join: its node's hive identity and worker-signing key, the CA
+/// and the client certificate, and where the NATS servers are. Secret: kept 0600.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct JoinToken {
+    pub node: String,
+    pub nats_url: String,
+    pub hive_creds: String,
+    pub worker_signing_key: String,
+    pub ca: String,
+    pub client_cert: String,
+}
+
+impl JoinToken {
+    pub fn read(path: &Path) -> CliResult<JoinToken> {
+        let text = std::fs::read_to_string(path).map_err(|e| io("read", path, e))?;
+        let token: JoinToken = serde_json::from_str(&text).map_err(|_| {
+            CliError::new(
+                Code::InvalidArgument,
+                format!("{} is not a join token (rbee cluster add-hive)", path.display()),
+            )
+        })?;
+        rbee_bus::subjects::validate_name("node", &token.node)
+            .map_err(|e| CliError::new(Code::InvalidName, e.to_string()))?;
+        Ok(token)
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AddHiveArgs {
+    /// The cluster's directory (`rbee cluster init`).
+    pub dir: PathBuf,
+    /// The new machine's node name.
+    pub node: String,
+    /// The NATS servers as the new machine reaches them (default: their names on the compose network).
+    #[arg(long)]
+    pub nats_url: Option<String>,
+}
+
+/// Makes `node` a member of the compose cluster in `dir`: its identities, the servers' accounts
+/// rewritten to know its worker-signing key (they take them on SIGHUP), and a join token for
+/// `rbee up --join` at `DIR/join/<node>.token`.
+pub fn add_hive(args: &AddHiveArgs) -> CliResult<()> {
+    let dir = &args.dir;
+    if !dir.join("compose.env").exists() {
+        return Err(CliError::new(
+            Code::ClusterNotFound,
+            format!("{} holds no cluster (rbee cluster init)", dir.display()),
+        ));
+    }
+    let trust = Trust::open(&dir.join("trust"))?;
+    trust.add_node(&args.node)?;
+    let auth = trust.server_config()?;
+    let (uid, _) = owner();
+    for server in NATS_SERVERS {
+        let path = dir.join(server).join("auth.conf");
+        write_secret(&path, &auth)?;
+        if uid == CONTAINER_UID {
+            chown_tree(&path, uid)?;
+        }
+    }
+    let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| io("read", &p, e));
+    let token = JoinToken {
+        node: args.node.clone(),
+        nats_url: args.nats_url.clone().unwrap_or_else(inside_nats_url),
+        hive_creds: read(trust.creds(Identity::Hive(&args.node)))?,
+        worker_signing_key: read(trust.worker_signer(&args.node))?,
+        ca: read(dir.join("trust").join("nats-ca.pem"))?,
+        client_cert: read(dir.join("trust").join("nats-client.pem"))?,
+    };
+    let joins = dir.join("join");
+    std::fs::create_dir_all(&joins).map_err(|e| io("create", &joins, e))?;
+    let path = joins.join(format!("{}.token", args.node));
+    write_secret(&path, &serde_json::to_string_pretty(&token).expect("plain struct serializes"))?;
+    if uid == CONTAINER_UID {
+        chown_tree(&joins, uid)?;
+    }
+    println!("join token: {}", path.display());
+    println!(
+        "the nats-servers take the new node's key when they reload: docker-compose kill -s HUP nats-1 nats-2 nats-3"
+    );
+    println!("on the new machine: rbee up --join {}.token", args.node);
+    Ok(())
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct BootstrapArgs {
     /// The event store (`host:port`); its passwords are `postgres-<role>.password` in `--secrets`.
@@ -321,9 +416,9 @@ pub async fn bootstrap(nats: &NatsAccess, args: &BootstrapArgs) -> CliResult<()>
     let cluster = crate::live::connect(nats).await?;
     for node in &args.nodes {
         wait_for_node(&cluster.view, node, patience).await?;
-        let serving = cluster.view.read(|v| {
-            v.registry.workers_for(&source.name).any(|w| &w.node == node && w.state == WorkerState::Ready)
-        });
+        let serving = cluster
+            .view
+            .read(|v| v.registry.workers_for(&source.name).any(|w| &w.node == node && w.state == WorkerState::Ready));
         if serving {
             println!("{node} already serves {}", source.name);
             continue;

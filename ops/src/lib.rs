@@ -134,6 +134,8 @@ pub enum Command {
 pub enum ClusterAction {
     /// Write the credentials, certificates and configuration of every compose service into DIR.
     Init(cluster::InitArgs),
+    /// Make a new machine a member: its identities, and a join token for `rbee up --join`.
+    AddHive(cluster::AddHiveArgs),
     /// Prepare a started compose cluster: event store, streams, first API key, a worker per hive
     /// (what its one-shot `bootstrap` service runs; safe to run again).
     Bootstrap(cluster::BootstrapArgs),
@@ -324,6 +326,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         }
         Command::Nodes { action: NodeAction::Add { node } } => nodes::add(data_dir, node).await,
         Command::Cluster { action: ClusterAction::Init(args) } => cluster::init(args),
+        Command::Cluster { action: ClusterAction::AddHive(args) } => cluster::add_hive(args),
         Command::Cluster { action: ClusterAction::Bootstrap(args) } => {
             cluster::bootstrap(&cli.nats(Access::Admin), args).await
         }

@@ -67,9 +67,16 @@ pub struct UpArgs {
     /// Seconds to wait for the worker to be ready.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+    /// Join a cluster instead: start only a hive, with the identity in this token file (made by
+    /// `rbee cluster add-hive` on the cluster's side), and a worker of the model.
+    #[arg(long, value_name = "TOKEN_FILE", conflicts_with = "restore")]
+    pub join: Option<PathBuf>,
 }
 
 pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
+    if let Some(token) = &args.join {
+        return join(&args, data_dir, token).await;
+    }
     std::fs::create_dir_all(data_dir).map_err(|e| process::io_error("create", data_dir, e))?;
     let data_dir = std::fs::canonicalize(data_dir).map_err(|e| process::io_error("resolve", data_dir, e))?;
     let cache_dir = args.cache_dir.clone().unwrap_or_else(model::default_cache_dir);
@@ -107,7 +114,9 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
         println!("made API key {id}, kept in {} (rbee infer uses it)", key_file.display());
     }
     if !args.no_worker {
-        ensure_worker(&cluster, &data_dir, &source, args.slots.max(1), Duration::from_secs(args.timeout_secs)).await?;
+        let admin = trust::creds_path(&trust::dir_in(&data_dir), Identity::Admin);
+        let timeout = Duration::from_secs(args.timeout_secs);
+        ensure_worker(&cluster, &data_dir, &admin, &source, args.slots.max(1), timeout).await?;
     }
     println!("rbee is up: {}/v1  (model {})", cluster.queen_url, source.name);
     println!(
@@ -120,6 +129,40 @@ pub async fn up(args: UpArgs, data_dir: &Path) -> CliResult<()> {
         "       -d '{{\"model\":\"{}\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'",
         source.name
     );
+    Ok(())
+}
+
+/// `rbee up --join TOKEN`: this machine becomes a node of the cluster the token names (made by
+/// `rbee cluster add-hive` there): its hive's identity and worker-signing key, the cluster's CA
+/// and client certificate go into this data directory's `trust/`, a hive starts, and it serves the
+/// model with one worker. Nothing else runs here: the log, the queens and the store are the cluster's.
+async fn join(args: &UpArgs, data_dir: &Path, token_file: &Path) -> CliResult<()> {
+    let token = crate::cluster::JoinToken::read(token_file)?;
+    let dir = trust::dir_in(data_dir);
+    for d in [dir.clone(), dir.join("nodes"), data_dir.join("logs")] {
+        std::fs::create_dir_all(&d)
+            .map_err(|e| CliError::new(Code::IoError, format!("cannot create {}: {e}", d.display())))?;
+    }
+    let hive_creds = trust::creds_path(&dir, Identity::Hive(&token.node));
+    trust::write_secret(&hive_creds, &token.hive_creds)?;
+    trust::write_secret(&trust::worker_signer_path(&dir, &token.node), &token.worker_signing_key)?;
+    let (ca, cert) = (dir.join("nats-ca.pem"), dir.join("nats-client.pem"));
+    trust::write_secret(&ca, &token.ca)?;
+    trust::write_secret(&cert, &token.client_cert)?;
+    let cache_dir = args.cache_dir.clone().unwrap_or_else(model::default_cache_dir);
+    let source = model::resolve(args.model.as_deref(), args.model_name.as_deref(), &cache_dir)?;
+    let mut cf = ClusterFile {
+        nats_url: token.nats_url.clone(),
+        node: token.node.clone(),
+        model: source.name.clone(),
+        nats_ca: Some(ca),
+        nats_cert: Some(cert),
+        ..Default::default()
+    };
+    start_hive(args, data_dir, &source, &mut cf)?;
+    let timeout = Duration::from_secs(args.timeout_secs);
+    ensure_worker(&cf, data_dir, &hive_creds, &source, args.slots.max(1), timeout).await?;
+    println!("{} joined the cluster and serves {}", token.node, source.name);
     Ok(())
 }
 
@@ -210,7 +253,7 @@ async fn start_cluster(args: &UpArgs, data_dir: &Path, source: &model::ModelSour
         let retired = crate::backup::retire_restored_workers(&admin).await?;
         println!("restored {restored} events from {}; {retired} worker(s) it recorded dropped", file.display());
     }
-    start_hive(args, data_dir, source, &mut cf, &trust)?;
+    start_hive(args, data_dir, source, &mut cf)?;
     start_queen(args, data_dir, &mut cf, &trust, queen_port).await?;
     Ok(cf)
 }
@@ -292,7 +335,7 @@ async fn restart_dead(
     }
     if !cf.still_ours(cf.hive_pid) {
         println!("starting the hive again");
-        start_hive(args, data_dir, source, &mut cf, &trust)?;
+        start_hive(args, data_dir, source, &mut cf)?;
     }
     if !cf.still_ours(cf.queen_pid) {
         let port = port_of(&cf.queen_url).ok_or_else(|| no_port("queen"))?;
@@ -316,20 +359,15 @@ fn tls_env(cf: &ClusterFile) -> Vec<(&'static str, String)> {
         .collect()
 }
 
-fn start_hive(
-    args: &UpArgs,
-    data_dir: &Path,
-    source: &model::ModelSource,
-    cf: &mut ClusterFile,
-    trust: &Trust,
-) -> CliResult<()> {
+fn start_hive(args: &UpArgs, data_dir: &Path, source: &model::ModelSource, cf: &mut ClusterFile) -> CliResult<()> {
     let path = |p: PathBuf| p.display().to_string();
     let (allowed_hosts, allowed_dirs) = allowed_sources(args, source);
+    let trust_dir = trust::dir_in(data_dir);
     // Credentials by file or environment, never on a command line.
     let mut env = vec![
         ("RBEE_NATS_URL", cf.nats_url.clone()),
-        ("RBEE_NATS_CREDS", path(trust.creds(Identity::Hive(&cf.node)))),
-        ("RBEE_WORKER_SIGNING_KEY", path(trust.worker_signer(&cf.node))),
+        ("RBEE_NATS_CREDS", path(trust::creds_path(&trust_dir, Identity::Hive(&cf.node)))),
+        ("RBEE_WORKER_SIGNING_KEY", path(trust::worker_signer_path(&trust_dir, &cf.node))),
         ("RBEE_ALLOWED_HOSTS", allowed_hosts),
         ("RBEE_ALLOWED_DIRS", allowed_dirs),
     ];
@@ -387,15 +425,16 @@ const FRESH_HEARTBEAT_MS: u64 = 10_000;
 
 /// Makes sure a live worker serves the model on this node: reuses one, or asks the hive for one and
 /// waits until it is ready.
+/// `creds` is the identity that asks: the admin, or a joining node's own hive.
 async fn ensure_worker(
     cf: &ClusterFile,
     data_dir: &Path,
+    creds: &Path,
     source: &model::ModelSource,
     slots: u32,
     timeout: Duration,
 ) -> CliResult<()> {
-    let admin = trust::creds_path(&trust::dir_in(data_dir), Identity::Admin);
-    let nats = cf.nats(Some(admin));
+    let nats = cf.nats(Some(creds.to_path_buf()));
     let crate::live::Connected { log, view, .. } = &crate::live::connect(&nats).await?;
     let now = rbee_bus::envelope::now_ms();
     let existing = view.read(|v| {

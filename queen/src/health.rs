@@ -1,5 +1,7 @@
 //! Health that tells the truth. `/livez`: the process answers. `/readyz`: 503 unless NATS is
-//! connected, JetStream answers, the view has caught up with the log and a worker is ready.
+//! connected, JetStream answers, the view has caught up with the log and a worker is ready; a
+//! load balancer sends requests only to a ready queen. The archive is not part of it: serving
+//! needs only the log, and with Postgres away every queen would otherwise be taken out at once.
 //! `/health`: each dependency's state and the archive's lag; 503 when a dependency the queen needs
 //! (NATS, JetStream) is down or the archiver cannot store.
 
@@ -50,7 +52,7 @@ impl Probe {
     }
 
     /// Why the queen cannot serve, if it cannot.
-    fn degraded(&self) -> Vec<String> {
+    fn cannot_serve(&self) -> Vec<String> {
         let mut why = Vec::new();
         if !self.nats_connected {
             why.push("NATS is not connected".to_string());
@@ -58,6 +60,12 @@ impl Probe {
         if let Err(e) = &self.log_seq {
             why.push(format!("JetStream does not answer: {e}"));
         }
+        why
+    }
+
+    /// Why the queen is not whole: it cannot serve, or it cannot archive.
+    fn degraded(&self) -> Vec<String> {
+        let mut why = self.cannot_serve();
         if let Some(a) = self.archive.as_ref().filter(|a| a.state == "retrying") {
             why.push(format!("the archiver cannot store: {}", a.last_error.as_deref().unwrap_or("unknown")));
         }
@@ -96,7 +104,7 @@ pub async fn livez() -> Json<Value> {
 /// `GET /readyz`: whether this queen can serve a request now.
 pub async fn readyz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     let probe = Probe::take(&state).await;
-    let mut why = probe.degraded();
+    let mut why = probe.cannot_serve();
     if probe.view_behind() > 0 {
         // The view may be a fold behind by the time the probe reads it: give it a moment.
         let end = probe.log_seq.as_ref().copied().unwrap_or(0);

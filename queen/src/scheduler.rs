@@ -21,13 +21,32 @@ pub struct Claim {
     pub context_length: u32,
 }
 
-const MAX_CONFLICT_RETRIES: usize = 8;
+/// Claims tried after a conflict even when the queue wait is over (a request with no wait left).
+const MIN_CONFLICT_RETRIES: usize = 8;
+/// The longest random pause before choosing again after losing a claim.
+const CONFLICT_PAUSE_MS: u128 = 20;
 
-/// The least-loaded ready worker for `model` with a free slot.
+/// Where a request goes: among the ready workers of `model` with a free slot, the least loaded
+/// (busy slots over slots); among equals, the one on the least loaded machine (busy slots over
+/// slots of every worker on its node, whatever their model), so load spreads across hives; then
+/// the one idle longest; then the smaller id, so the choice is deterministic.
 pub fn choose<'a>(view: &'a ClusterView, model: &'a str) -> Option<&'a Worker> {
+    let load = |busy: usize, slots: u32| busy as f64 / slots.max(1) as f64;
+    let node_load = |node: &str| {
+        let (busy, slots) = view
+            .registry
+            .workers
+            .values()
+            .filter(|w| w.node == node)
+            .fold((0, 0), |(busy, slots), w| (busy + w.busy.len(), slots + w.slots.max(1)));
+        load(busy, slots)
+    };
     view.registry.workers_for(model).filter(|w| w.can_take_request()).min_by(|a, b| {
-        let load = |w: &Worker| w.busy.len() as f64 / w.slots.max(1) as f64;
-        load(a).total_cmp(&load(b)).then_with(|| a.id.cmp(&b.id))
+        load(a.busy.len(), a.slots)
+            .total_cmp(&load(b.busy.len(), b.slots))
+            .then_with(|| node_load(&a.node).total_cmp(&node_load(&b.node)))
+            .then_with(|| a.last_active_ms.cmp(&b.last_active_ms))
+            .then_with(|| a.id.cmp(&b.id))
     })
 }
 
@@ -73,10 +92,15 @@ pub async fn claim_slot(
     if !view.read(|v| v.registry.workers_for(model).next().is_some() || v.catalog.knows(model)) {
         return Err(ApiError::model_not_found(model));
     }
-    for _ in 0..MAX_CONFLICT_RETRIES {
+    // Losing a claim to another queen (or to the worker) is not a reason to give up: choose again
+    // until the queue wait ends, after a random pause, so racing queens fall out of step.
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut conflicts = 0;
+    loop {
         // Wait for a free slot only while one may come: a ready worker is busy, or one is loading.
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let found = view
-            .wait_until(wait, |v| match choose(v, model) {
+            .wait_until(left, |v| match choose(v, model) {
                 Some(w) => Some(Ok((w.id.clone(), w.context_length))),
                 None if !may_free_up(v, model) => Some(Err(unavailable(v, model))),
                 None => None,
@@ -107,8 +131,15 @@ pub async fn claim_slot(
             Err(CommandError::Rejected(_) | CommandError::Contended) => {}
             Err(CommandError::Unavailable(e)) => return Err(ApiError::log_unavailable(e)),
         }
+        conflicts += 1;
+        if tokio::time::Instant::now() >= deadline && conflicts >= MIN_CONFLICT_RETRIES {
+            return Err(
+                ApiError::new(Code::AllSlotsBusy, "too much contention for a slot; retry shortly").retry_after(1)
+            );
+        }
+        let pause = uuid::Uuid::new_v4().as_u128() % CONFLICT_PAUSE_MS;
+        tokio::time::sleep(Duration::from_millis(pause as u64)).await;
     }
-    Err(ApiError::new(Code::AllSlotsBusy, "too much contention for a slot; retry shortly").retry_after(1))
 }
 
 /// Gives a claimed slot back (the worker never started on it).
@@ -121,5 +152,66 @@ pub async fn release_slot(log: &EventLog, claim: &Claim, request: &str, meta: &M
     });
     if let Err(e) = log.append(event, Expected::Any, meta).await {
         tracing::error!(error = %e, worker = %claim.worker, "slot release not recorded");
+    }
+}
+
+#[cfg(test)]
+mod placement {
+    use super::*;
+    use rbee_bus::Position;
+
+    fn worker(id: &str, node: &str, model: &str, slots: u32, busy: u32, last_active_ms: u64) -> Worker {
+        Worker {
+            id: id.into(),
+            node: node.into(),
+            model: model.into(),
+            backend: "cpu".into(),
+            pid: 1,
+            state: WorkerState::Ready,
+            state_since_ms: 0,
+            context_length: 4096,
+            slots,
+            busy: (0..busy).map(|s| (s, format!("r{s}"))).collect(),
+            position: Position::default(),
+            last_heartbeat_ms: Some(0),
+            last_active_ms,
+        }
+    }
+
+    fn view(workers: Vec<Worker>) -> ClusterView {
+        let mut v = ClusterView::default();
+        for w in workers {
+            v.registry.workers.insert(w.id.clone(), w);
+        }
+        v
+    }
+
+    fn chosen(v: &ClusterView) -> Option<String> {
+        choose(v, "m").map(|w| w.id.clone())
+    }
+
+    #[test]
+    fn the_least_loaded_worker_wins() {
+        let v = view(vec![worker("a", "n1", "m", 4, 2, 0), worker("b", "n2", "m", 4, 1, 9)]);
+        assert_eq!(chosen(&v).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn among_equals_the_least_loaded_machine_wins() {
+        // a and b are idle; a's machine is busy with another model's worker.
+        let v = view(vec![
+            worker("a", "n1", "m", 2, 0, 0),
+            worker("x", "n1", "other", 2, 2, 0),
+            worker("b", "n2", "m", 2, 0, 9),
+        ]);
+        assert_eq!(chosen(&v).as_deref(), Some("b"));
+    }
+
+    #[test]
+    fn then_the_worker_idle_longest_wins_and_full_workers_never_do() {
+        let v = view(vec![worker("a", "n1", "m", 1, 0, 50), worker("b", "n2", "m", 1, 0, 10)]);
+        assert_eq!(chosen(&v).as_deref(), Some("b"));
+        let v = view(vec![worker("a", "n1", "m", 1, 1, 0)]);
+        assert_eq!(chosen(&v), None);
     }
 }

@@ -31,7 +31,7 @@ fn ready_on_both(w: &mut RbeeWorld, first: String, second: String) {
     let workers = w.cluster().workers();
     for node in [first, second] {
         assert!(
-            workers.iter().any(|x| x["node"] == node.as_str() && x["model"] == MODEL && x["state"] == "ready"),
+            workers.iter().any(|x| x["node"] == node.as_str() && x["model"] == MODEL && x["state"] == "Ready"),
             "no ready worker of {MODEL} on {node}: {workers:#?}"
         );
     }
@@ -54,8 +54,7 @@ fn nodes_registered(w: &mut RbeeWorld, first: String, second: String) {
 /// the other replicas with whether each is current).
 async fn log_replicas(w: &RbeeWorld) -> Result<(usize, String, Vec<(String, bool)>), String> {
     let log = EventLog::connect(&w.cluster().admin).await.map_err(|e| e.to_string())?;
-    let mut stream =
-        log.jetstream().get_stream(rbee_bus::subjects::EVENTS_STREAM).await.map_err(|e| e.to_string())?;
+    let mut stream = log.jetstream().get_stream(rbee_bus::subjects::EVENTS_STREAM).await.map_err(|e| e.to_string())?;
     let info = stream.info().await.map_err(|e| e.to_string())?;
     let cluster = info.cluster.clone().ok_or("the stream has no cluster information")?;
     let peers = cluster.replicas.iter().map(|p| (p.name.clone(), p.current && !p.offline)).collect();
@@ -64,15 +63,16 @@ async fn log_replicas(w: &RbeeWorld) -> Result<(usize, String, Vec<(String, bool
 
 #[then(expr = "the event log has {int} replicas, all current")]
 async fn replicas_current(w: &mut RbeeWorld, replicas: usize) {
-    let (configured, leader, peers) = eventually("every replica of the log is current", Duration::from_secs(60), || async {
-        let (configured, leader, peers) = log_replicas(w).await?;
-        let behind: Vec<&String> = peers.iter().filter(|(_, current)| !current).map(|(n, _)| n).collect();
-        if leader.is_empty() || !behind.is_empty() {
-            return Err(format!("leader {leader:?}, behind: {behind:?}"));
-        }
-        Ok((configured, leader, peers))
-    })
-    .await;
+    let (configured, leader, peers) =
+        eventually("every replica of the log is current", Duration::from_secs(60), || async {
+            let (configured, leader, peers) = log_replicas(w).await?;
+            let behind: Vec<&String> = peers.iter().filter(|(_, current)| !current).map(|(n, _)| n).collect();
+            if leader.is_empty() || !behind.is_empty() {
+                return Err(format!("leader {leader:?}, behind: {behind:?}"));
+            }
+            Ok((configured, leader, peers))
+        })
+        .await;
     assert_eq!(configured, replicas, "replicas configured");
     assert_eq!(peers.len() + 1, replicas, "the leader {leader} and its followers {peers:?}");
 }
@@ -180,7 +180,14 @@ async fn outage(w: &mut RbeeWorld, clients: usize, service: &str, lost_at: u64, 
         acked.len(),
     );
     w.answers = answers;
-    w.outage = Outage { service: service.to_string(), lost_at: lost, back_at: back, acked, refused_appends: refused, completed_at };
+    w.outage = Outage {
+        service: service.to_string(),
+        lost_at: lost,
+        back_at: back,
+        acked,
+        refused_appends: refused,
+        completed_at,
+    };
 }
 
 #[then("streams completed while it was gone and after it came back")]
@@ -188,7 +195,11 @@ fn completed_during_and_after(w: &mut RbeeWorld) {
     let o = &w.outage;
     let during = o.completed_at.iter().filter(|t| **t > o.lost_at + Duration::from_secs(2) && **t < o.back_at).count();
     let after = o.completed_at.iter().filter(|t| **t > o.back_at).count();
-    assert!(during > 0 && after > 0, "{during} streams completed while {} was gone, {after} after it came back", o.service);
+    assert!(
+        during > 0 && after > 0,
+        "{during} streams completed while {} was gone, {after} after it came back",
+        o.service
+    );
 }
 
 #[then("appends were acknowledged while it was gone")]
@@ -218,4 +229,87 @@ fn at_most_failed(w: &mut RbeeWorld, most: usize) {
     let failed: usize = counts.iter().filter(|(class, _)| class.as_str() != "completed").map(|(_, n)| n).sum();
     assert!(counts.get("completed (different text)").is_none(), "{counts:?}");
     assert!(failed <= most, "{failed} streams did not complete: {counts:?}");
+}
+
+#[when(expr = "{int} requests are sent one after another through the balancer")]
+async fn one_after_another(w: &mut RbeeWorld, count: usize) {
+    w.batch.clear();
+    for _ in 0..count {
+        let response = w.post_chat("Say hello.", 4, false).await;
+        let status = response.status().as_u16();
+        let id = response.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        assert_eq!(status, 200, "{body}");
+        w.batch.push((status, id, body));
+    }
+}
+
+#[then(expr = "the log shows the workers of {word} and of {word} each took at least {int} of them")]
+fn spread_over(w: &mut RbeeWorld, first: String, second: String, least: usize) {
+    let sent: std::collections::BTreeSet<&str> = w.batch.iter().map(|(_, id, _)| id.as_str()).collect();
+    let mut by_node: std::collections::BTreeMap<String, usize> = Default::default();
+    for e in w.cluster().events_of("request.accepted") {
+        if sent.contains(e["data"]["request"].as_str().unwrap_or_default()) {
+            let worker = e["data"]["worker"].as_str().unwrap_or_default();
+            let node = [&first, &second].into_iter().find(|n| worker.starts_with(&format!("{n}-")));
+            *by_node.entry(node.cloned().unwrap_or_else(|| worker.to_string())).or_default() += 1;
+        }
+    }
+    assert_eq!(by_node.values().sum::<usize>(), sent.len(), "every request's acceptance is in the log: {by_node:?}");
+    for node in [first, second] {
+        let took = by_node.get(&node).copied().unwrap_or(0);
+        assert!(took >= least, "{node}'s workers took {took} of {} requests: {by_node:?}", sent.len());
+    }
+}
+
+#[when(expr = "a machine {word} joins with one command")]
+fn machine_joins(w: &mut RbeeWorld, node: String) {
+    let _ = w;
+    let compose = crate::compose();
+    let out = compose.script(&["join", &node]);
+    assert!(out.status.success(), "scripts/cluster join: {}", String::from_utf8_lossy(&out.stderr));
+    let token = compose.dir.join("join").join(format!("{node}.token"));
+    assert!(token.is_file(), "no join token at {}", token.display());
+    // The new machine's one command; the container then stays up as the machine would.
+    compose.start_machine(
+        &node,
+        &token,
+        "rbee --data-dir /tmp/rbee up --join /run/rbee/join.token && exec sleep infinity",
+    );
+}
+
+#[then(expr = "within {int} seconds the registry shows a ready worker of the default model on {word}")]
+async fn ready_on(w: &mut RbeeWorld, secs: u64, node: String) {
+    eventually(&format!("a ready worker on {node}"), Duration::from_secs(secs), || async {
+        let workers = w.cluster().workers();
+        if workers.iter().any(|x| x["node"] == node.as_str() && x["model"] == MODEL && x["state"] == "Ready") {
+            Ok(())
+        } else {
+            Err(format!("{workers:?}"))
+        }
+    })
+    .await;
+}
+
+#[then(expr = "one of {int} requests sent one after another through the balancer is served by the worker of {word}")]
+async fn served_by(w: &mut RbeeWorld, most: usize, node: String) {
+    let mut served_by = Vec::new();
+    for _ in 0..most {
+        let response = w.post_chat("Say hello.", 4, false).await;
+        assert_eq!(response.status().as_u16(), 200);
+        let id = response.headers()["x-request-id"].to_str().unwrap().to_string();
+        let accepted = w.cluster().events_of("request.accepted");
+        let worker = accepted
+            .iter()
+            .rev()
+            .find(|e| e["data"]["request"] == id.as_str())
+            .and_then(|e| e["data"]["worker"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        if worker.starts_with(&format!("{node}-")) {
+            return;
+        }
+        served_by.push(worker);
+    }
+    panic!("no request went to {node}'s worker: {served_by:?}");
 }
