@@ -69,7 +69,7 @@ pub struct UpArgs {
     pub timeout_secs: u64,
     /// Join a cluster instead: start only a hive, with the identity in this token file (made by
     /// `rbee cluster add-hive` on the cluster's side), and a worker of the model.
-    #[arg(long, value_name = "TOKEN_FILE", conflicts_with = "restore")]
+    #[arg(long, value_name = "TOKEN", conflicts_with = "restore")]
     pub join: Option<PathBuf>,
 }
 
