@@ -57,6 +57,7 @@ impl Compose {
             .env("RBEE_HTTP_PORT", free_port().to_string())
             .env("RBEE_NATS_PORTS", nats_ports.join(","))
             .env("RBEE_POSTGRES_PORT", free_port().to_string())
+            .env("RBEE_QUEEN_PORT", free_port().to_string())
             .env("RBEE_TOOLS_DIR", crate::tools_dir())
             .env("RBEE_CACHE_DIR", crate::cache_dir())
             .env("CARGO_TARGET_DIR", crate::bin_dir().parent().expect("the target directory"))
@@ -75,6 +76,12 @@ impl Compose {
             );
         }
         Ok(compose)
+    }
+
+    /// A setting of `compose.env` (a port, the uid, a directory).
+    pub fn setting(&self, key: &str) -> String {
+        let env = std::fs::read_to_string(self.dir.join("compose.env")).expect("compose.env");
+        env.lines().find_map(|l| l.strip_prefix(&format!("{key}="))).unwrap_or_default().to_string()
     }
 
     /// `docker-compose <args>` in this cluster's project.
@@ -116,9 +123,9 @@ impl Compose {
         );
     }
 
-    /// Every service's container with the uid its processes run as (`docker top`).
+    /// Every running service's container with the uids its processes run as (`docker top`).
     pub fn process_uids(&self) -> Vec<(String, Vec<String>)> {
-        let out = self.compose(&["ps", "--services"]);
+        let out = self.compose(&["ps", "--services", "--filter", "status=running"]);
         let services: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
         services
             .into_iter()

@@ -33,6 +33,10 @@ pub struct InitArgs {
     /// Loopback ports of the three nats-servers' client listeners (for the `rbee` CLI on this host).
     #[arg(long, value_delimiter = ',', default_values_t = [4222, 4223, 4224])]
     pub nats_ports: Vec<u16>,
+    /// Loopback port of the first queen, straight (not through the balancer): for measuring and
+    /// debugging.
+    #[arg(long, default_value_t = 8081)]
+    pub queen_port: u16,
     /// Loopback port of the event store (Postgres), for backups and `rbee replay` from this host.
     #[arg(long, default_value_t = 5432)]
     pub postgres_port: u16,
@@ -164,11 +168,12 @@ pub fn init(args: &InitArgs) -> CliResult<()> {
     let env = format!(
         "# Written by `rbee cluster init`; read by docker-compose.yml (docker-compose --env-file).\n\
          RBEE_CLUSTER_DIR={}\nRBEE_MODELS_DIR={}\nRBEE_MODEL_FILE={}\nRBEE_UID={uid}\nRBEE_GID={gid}\n\
-         RBEE_HTTP_PORT={}\nRBEE_POSTGRES_PORT={}\nRBEE_NATS_PORT_1={}\nRBEE_NATS_PORT_2={}\nRBEE_NATS_PORT_3={}\nRBEE_NATS_URL={}\n",
+         RBEE_HTTP_PORT={}\nRBEE_QUEEN_PORT={}\nRBEE_POSTGRES_PORT={}\nRBEE_NATS_PORT_1={}\nRBEE_NATS_PORT_2={}\nRBEE_NATS_PORT_3={}\nRBEE_NATS_URL={}\n",
         dir.display(),
         models_dir.display(),
         model::FILE_NAME,
         args.http_port,
+        args.queen_port,
         args.postgres_port,
         ports[0],
         ports[1],

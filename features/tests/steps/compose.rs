@@ -267,7 +267,13 @@ fn machine_joins(w: &mut RbeeWorld, node: String) {
     let _ = w;
     let compose = crate::compose();
     let out = compose.script(&["join", &node]);
-    assert!(out.status.success(), "scripts/cluster join: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "scripts/cluster join ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let token = compose.dir.join("join").join(format!("{node}.token"));
     assert!(token.is_file(), "no join token at {}", token.display());
     // The new machine's one command; the container then stays up as the machine would.
