@@ -42,10 +42,10 @@ async fn round(compose: &Compose, base: &str) -> (f64, f64) {
             }
             let tokens = sse
                 .lines()
+                .rev()
                 .filter_map(|l| l.strip_prefix("data: "))
                 .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-                .filter_map(|c| c["usage"]["completion_tokens"].as_u64())
-                .last()
+                .find_map(|c| c["usage"]["completion_tokens"].as_u64())
                 .unwrap_or(0);
             (first.unwrap_or(f64::NAN), tokens)
         }
