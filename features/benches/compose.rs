@@ -2,7 +2,9 @@
 //! the balancer against straight to one queen; acknowledged appends per second to a stream of 3
 //! replicas against one of 1; the longest gap in acknowledged appends when the server leading a
 //! 3-replica stream is SIGKILLed (the election).
-//! `cargo build --workspace --bins && cargo bench -p rbee-features --bench compose`
+//! `cargo build --workspace --bins && cargo bench -p rbee-features --bench compose --profile dev`
+//! (the images hold the binaries `cargo build` made: the dev profile, whose engine and its
+//! dependencies are optimised; ratios are within one run).
 
 use std::time::{Duration, Instant};
 
