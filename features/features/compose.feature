@@ -51,6 +51,14 @@ Feature: The compose cluster: three NATS servers, two queens behind a balancer, 
     And appends were acknowledged while it was gone
     And the archive holds every event of the log, by sequence and event id
 
+  @E2E-5
+  Scenario: Both queens and both machines restarted one at a time under load, no request lost
+    Given the compose cluster is up
+    When the greedy answer to "Name three flowers bees like." with max_tokens 24 is noted from one request alone
+    And 4 clients stream it while queen-1, queen-2, hive-a and hive-b are restarted one at a time
+    Then every stream completed with exactly the noted text
+    And the registry shows a ready worker of the default model on hive-a and on hive-b
+
   @CLU-5
   Scenario: A new machine joins with one command and serves
     Given the compose cluster is up

@@ -18,6 +18,17 @@ pub struct Config {
     /// when unset. `rbee up` gives its hive a loopback port.
     #[arg(long, env = "RBEE_HIVE_STATUS_ADDR")]
     pub status_addr: Option<std::net::SocketAddr>,
+    /// A model this machine always serves (`file:///path.gguf`, `hf:org/repo:file.gguf`,
+    /// `https://...`): when the hive starts and none of its workers serves it, the hive asks
+    /// itself for one, as `rbee workers start` would. A machine that restarts serves again.
+    #[arg(long, env = "RBEE_SERVE")]
+    pub serve: Option<String>,
+    /// The name clients use for the `--serve` model (default: from its reference).
+    #[arg(long, env = "RBEE_SERVE_NAME", requires = "serve")]
+    pub serve_name: Option<String>,
+    /// Expected sha256 of the `--serve` model's file.
+    #[arg(long, env = "RBEE_SERVE_SHA256", requires = "serve")]
+    pub serve_sha256: Option<String>,
     /// Where models and worker logs live.
     #[arg(long, env = "RBEE_DATA_DIR", default_value = ".rbee")]
     pub data_dir: PathBuf,

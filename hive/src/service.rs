@@ -86,6 +86,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
         tracing::warn!(error = %e, "workers cannot be started until this is fixed");
     }
     crate::lifecycle::adopt_running_workers(&log, &view, &supervisor, &config, &node, &cores).await;
+    if let Some(source) = &config.serve {
+        ask_to_serve(&log, &view, &node, source, &config).await;
+    }
     if let Some(idle) = config.idle_timeout() {
         tokio::spawn(crate::lifecycle::stop_idle_workers(view.clone(), supervisor.clone(), idle, shutdown.clone()));
     }
@@ -170,6 +173,58 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     supervisor.outbox().flush_before_exit().await;
     stop_outbox.cancel();
     Ok(())
+}
+
+/// Asks this node (as `rbee workers start` would: a command on its subject, carried out below like
+/// any other) for a worker of the `--serve` model, unless one of its workers serves it already.
+async fn ask_to_serve(log: &EventLog, view: &rbee_projections::LiveView, node: &str, source: &str, config: &Config) {
+    let model = match (&config.serve_name, rbee_bus::model_ref::ModelRef::parse(source)) {
+        (_, Err(e)) => {
+            tracing::error!(error = %e, "--serve names no model; serving nothing");
+            return;
+        }
+        (Some(name), Ok(_)) => name.clone(),
+        (None, Ok(reference)) => reference.default_name(),
+    };
+    // The adoption just recorded which of this node's workers died with the last hive.
+    if let Err(e) = view.catch_up(log, std::time::Duration::from_secs(10)).await {
+        tracing::warn!(error = %e, "the view may be behind; deciding on it anyway");
+    }
+    let serving = view.read(|v| {
+        v.registry
+            .workers_for(&model)
+            .any(|w| w.node == node && matches!(w.state, rbee_bus::WorkerState::Ready | rbee_bus::WorkerState::Loading))
+    });
+    if serving {
+        tracing::info!(%model, "a worker of this node serves the model already");
+        return;
+    }
+    use rbee_projections::aggregate::node::{NodeCommand, decide};
+    let command = NodeCommand::StartWorker(rbee_bus::WorkerStartRequested {
+        node: node.to_string(),
+        worker: format!("{node}-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        model: model.clone(),
+        source: source.to_string(),
+        sha256: config.serve_sha256.clone(),
+        slots: 1,
+        backend: "cpu".into(),
+        device: None,
+    });
+    let events = match decide(&command) {
+        Ok(events) => events,
+        Err(code) => {
+            tracing::error!(%code, %model, "--serve asks for no valid worker; serving nothing");
+            return;
+        }
+    };
+    for event in events {
+        match log.append(event, Expected::Any, &Meta::default()).await {
+            Ok(_) => tracing::info!(%model, "asked for a worker of the model this machine serves"),
+            Err(e) => {
+                tracing::error!(error = %e, %model, "could not ask for a worker of the model this machine serves")
+            }
+        }
+    }
 }
 
 const COMMAND_ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

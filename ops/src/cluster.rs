@@ -3,8 +3,8 @@
 //! `init DIR` writes everything the compose services need, one directory per service holding only
 //! that service's files (mounted read-only at `/run/rbee`), and keeps the keys that sign them in
 //! `DIR/trust`, which no container sees. `bootstrap` is what the compose file's one-shot service
-//! runs once the servers are up: the event store's roles and schema, the replicated streams, the
-//! first API key, and a worker of the default model on every hive.
+//! runs once the servers are up: the event store's roles and schema, the replicated streams and
+//! the first API key; then it waits until every hive serves the default model.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -167,11 +167,13 @@ pub fn init(args: &InitArgs) -> CliResult<()> {
     let ports = &args.nats_ports;
     let env = format!(
         "# Written by `rbee cluster init`; read by docker-compose.yml (docker-compose --env-file).\n\
-         RBEE_CLUSTER_DIR={}\nRBEE_MODELS_DIR={}\nRBEE_MODEL_FILE={}\nRBEE_UID={uid}\nRBEE_GID={gid}\n\
+         RBEE_CLUSTER_DIR={}\nRBEE_MODELS_DIR={}\nRBEE_MODEL_FILE={}\nRBEE_MODEL_NAME={}\nRBEE_MODEL_SHA256={}\nRBEE_UID={uid}\nRBEE_GID={gid}\n\
          RBEE_HTTP_PORT={}\nRBEE_QUEEN_PORT={}\nRBEE_POSTGRES_PORT={}\nRBEE_NATS_PORT_1={}\nRBEE_NATS_PORT_2={}\nRBEE_NATS_PORT_3={}\nRBEE_NATS_URL={}\n",
         dir.display(),
         models_dir.display(),
         model::FILE_NAME,
+        model::DEFAULT_MODEL,
+        model::DEFAULT_SHA256,
         args.http_port,
         args.queen_port,
         args.postgres_port,
@@ -391,10 +393,10 @@ pub struct BootstrapArgs {
     /// Where the first API key is written (the host reads it as `DIR/client/api-key`).
     #[arg(long, default_value = "/run/rbee-client")]
     pub client_dir: PathBuf,
-    /// Where the default model's file is, as the hives see it.
-    #[arg(long, default_value = "/models")]
-    pub models_dir: PathBuf,
-    /// The hives that each get a worker of the default model.
+    /// The model every hive serves (the hives start its workers themselves: `RBEE_SERVE`).
+    #[arg(long, default_value = model::DEFAULT_MODEL)]
+    pub model: String,
+    /// The hives that must each serve it before the cluster is ready.
     #[arg(long, value_delimiter = ',', default_values_t = HIVES.map(String::from))]
     pub nodes: Vec<String>,
     /// How long to wait for the servers and for each worker.
@@ -402,7 +404,8 @@ pub struct BootstrapArgs {
     pub timeout_secs: u64,
 }
 
-/// Everything the compose cluster needs once its servers run; safe to run again.
+/// Everything the compose cluster needs once its servers run, then waits until every hive serves
+/// the model; safe to run again.
 pub async fn bootstrap(nats: &NatsAccess, args: &BootstrapArgs) -> CliResult<()> {
     let patience = Duration::from_secs(args.timeout_secs);
     postgres::prepare_remote(&args.secrets, &args.postgres, patience).await?;
@@ -417,22 +420,15 @@ pub async fn bootstrap(nats: &NatsAccess, args: &BootstrapArgs) -> CliResult<()>
         write_secret(&key_file, &secret)?;
         println!("made API key {id}");
     }
-    let source = model::resolve(None, None, &args.models_dir)?;
+    // Each hive serves the model by itself (`RBEE_SERVE`): wait until every one does.
     let cluster = crate::live::connect(nats).await?;
     for node in &args.nodes {
-        wait_for_node(&cluster.view, node, patience).await?;
-        let serving = cluster
-            .view
-            .read(|v| v.registry.workers_for(&source.name).any(|w| &w.node == node && w.state == WorkerState::Ready));
-        if serving {
-            println!("{node} already serves {}", source.name);
-            continue;
-        }
-        let worker = crate::start::new_worker_id(node);
-        let request = crate::start::StartRequest { source: &source, slots: 1, backend: "cpu", device: None };
-        crate::start::start_and_wait(&cluster.log, &cluster.view, node, &worker, Some(request), patience).await?;
+        wait_for(&cluster.view, &format!("a ready worker of {} on {node}", args.model), patience, |v| {
+            v.registry.workers_for(&args.model).any(|w| &w.node == node && w.state == WorkerState::Ready)
+        })
+        .await?;
+        println!("{node} serves {}", args.model);
     }
-    println!("the cluster serves {}", source.name);
     Ok(())
 }
 
@@ -447,15 +443,17 @@ async fn connect_patiently(nats: &NatsAccess, patience: Duration) -> CliResult<r
     }
 }
 
-/// Waits until `node`'s hive has registered its machine.
-async fn wait_for_node(view: &rbee_projections::LiveView, node: &str, patience: Duration) -> CliResult<()> {
+/// Waits until the view shows `what`.
+async fn wait_for(
+    view: &rbee_projections::LiveView,
+    what: &str,
+    patience: Duration,
+    shown: impl Fn(&rbee_projections::ClusterView) -> bool,
+) -> CliResult<()> {
     let deadline = tokio::time::Instant::now() + patience;
-    while !view.read(|v| v.registry.nodes.contains_key(node)) {
+    while !view.read(&shown) {
         if tokio::time::Instant::now() >= deadline {
-            return Err(CliError::new(
-                Code::HiveUnavailable,
-                format!("the hive of {node} did not register within {}s", patience.as_secs()),
-            ));
+            return Err(CliError::new(Code::HiveUnavailable, format!("no {what} within {}s", patience.as_secs())));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

@@ -319,3 +319,58 @@ async fn served_by(w: &mut RbeeWorld, most: usize, node: String) {
     }
     panic!("no request went to {node}'s worker: {served_by:?}");
 }
+
+/// The ids of the ready workers on `node` now.
+fn ready_workers_on(w: &RbeeWorld, node: &str) -> Vec<String> {
+    w.cluster()
+        .workers()
+        .iter()
+        .filter(|x| x["node"] == node && x["state"] == "Ready")
+        .filter_map(|x| x["id"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[when(expr = "{int} clients stream it while queen-1, queen-2, hive-a and hive-b are restarted one at a time")]
+async fn rolling_restart(w: &mut RbeeWorld, clients: usize) {
+    let load = w.noted_load();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let restarts = async {
+        let compose = crate::compose();
+        let mut log = Vec::new();
+        for service in ["queen-1", "queen-2", "hive-a", "hive-b"] {
+            let before = ready_workers_on(w, service);
+            let started = Instant::now();
+            // A stop lets the service finish what it serves (its grace period), then it starts again.
+            compose.docker(&["restart", "--time", "40"], service);
+            if service.starts_with("queen") {
+                // Back behind the balancer once its /readyz says 200 (checked every second).
+                tokio::time::sleep(Duration::from_secs(15)).await;
+            } else {
+                eventually(&format!("a new ready worker on {service}"), Duration::from_secs(180), || async {
+                    let now = ready_workers_on(w, service);
+                    if now.iter().any(|id| !before.contains(id)) { Ok(()) } else { Err(format!("{now:?}")) }
+                })
+                .await;
+            }
+            log.push(format!("{service} restarted, serving again after {:.1} s", started.elapsed().as_secs_f64()));
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        log
+    };
+    let clients_run = async {
+        let mut answers = Vec::new();
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            answers.extend(load.run(clients, Instant::now() + Duration::from_secs(5)).await);
+        }
+        answers
+    };
+    let (answers, log) = tokio::join!(clients_run, restarts);
+    println!(
+        "rolling restart: {}; {} requests: {:?}",
+        log.join("; "),
+        answers.len(),
+        tally(&answers, &(w.noted_text.clone(), w.noted_tokens))
+    );
+    w.answers = answers;
+}
