@@ -45,15 +45,7 @@ pub async fn follow(
         _ => String::new(),
     };
     let consumer = stream
-        .create_consumer(pull::OrderedConfig {
-            deliver_policy,
-            filter_subject,
-            // Each pull expires (and its idle heartbeat is due) within this: a reader whose server
-            // died notices it within seconds and goes on from another server of the cluster,
-            // instead of waiting out async-nats' 30 s default.
-            max_expires: FOLLOW_EXPIRES,
-            ..Default::default()
-        })
+        .create_consumer(pull::OrderedConfig { deliver_policy, filter_subject, ..Default::default() })
         .await
         .map_err(|e| ReadError::Unavailable(format!("cannot create reader: {e}")))?;
     let messages = consumer.messages().await.map_err(|e| ReadError::Unavailable(e.to_string()))?;
@@ -63,9 +55,6 @@ pub async fn follow(
         Ok(Delivered { recorded: decode_message(&msg)?, pending })
     }))
 }
-
-/// The longest pull of a reader that follows a stream.
-const FOLLOW_EXPIRES: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// The last sequence currently in a stream (0 when it holds nothing).
 pub async fn last_sequence(log: &EventLog, stream: &str) -> Result<u64, ReadError> {
