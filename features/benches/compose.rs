@@ -142,12 +142,12 @@ async fn main() {
 
     let log = rbee_bus::EventLog::connect(&compose.cluster.admin).await.expect("admin connects");
     let js = log.jetstream();
-    bench_stream(js, "BENCH_R1", 1).await;
-    bench_stream(js, "BENCH_R3", 3).await;
+    bench_stream(js, "bench-r1", 1).await;
+    bench_stream(js, "bench-r3", 3).await;
     let (mut r1, mut r3) = (vec![], vec![]);
     for _ in 0..ROUNDS {
-        r1.push(appends_per_second(js, "BENCH_R1", 3).await);
-        r3.push(appends_per_second(js, "BENCH_R3", 3).await);
+        r1.push(appends_per_second(js, "bench-r1", 3).await);
+        r3.push(appends_per_second(js, "bench-r3", 3).await);
     }
     let (r1, r3) = (median(r1.clone()), median(r3.clone()));
     println!(
@@ -157,13 +157,13 @@ async fn main() {
 
     let mut gaps = Vec::new();
     for _ in 0..ELECTIONS {
-        gaps.push(election_gap(&compose, js, "BENCH_R3").await);
+        gaps.push(election_gap(&compose, js, "bench-r3").await);
     }
     println!(
         "longest gap in acked appends when the stream's leader is SIGKILLed: {gaps:.2?} s, median {:.2} s",
         median(gaps.clone())
     );
-    let _ = js.delete_stream("BENCH_R1").await;
-    let _ = js.delete_stream("BENCH_R3").await;
+    let _ = js.delete_stream("bench-r1").await;
+    let _ = js.delete_stream("bench-r3").await;
     compose.down();
 }
