@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rbee_bus::{Code, NatsAccess, StreamSettings, WorkerState};
+use rbee_local::process::io_error;
 use rbee_local::trust::{Identity, Trust, write_secret};
 use rbee_local::{model, postgres, tls};
 
@@ -84,11 +85,11 @@ pub fn init(args: &InitArgs) -> CliResult<()> {
 
     let service = |name: &str| -> CliResult<PathBuf> {
         let d = dir.join(name);
-        std::fs::create_dir_all(&d).map_err(|e| io("create", &d, e))?;
+        std::fs::create_dir_all(&d).map_err(|e| io_error("create", &d, e))?;
         Ok(d)
     };
     let copy = |from: &Path, to: PathBuf| -> CliResult<()> {
-        let text = std::fs::read_to_string(from).map_err(|e| io("read", from, e))?;
+        let text = std::fs::read_to_string(from).map_err(|e| io_error("read", from, e))?;
         Ok(write_secret(&to, &text)?)
     };
     let client_tls = |d: &Path| -> CliResult<()> {
@@ -134,7 +135,7 @@ pub fn init(args: &InitArgs) -> CliResult<()> {
     // service writes the first API key here.
     let client = service("client")?;
     let client_trust = client.join("trust");
-    std::fs::create_dir_all(&client_trust).map_err(|e| io("create", &client_trust, e))?;
+    std::fs::create_dir_all(&client_trust).map_err(|e| io_error("create", &client_trust, e))?;
     for identity in [Identity::Admin, Identity::Operator] {
         copy(&trust.creds(identity), rbee_local::trust::creds_path(&client_trust, identity))?;
     }
@@ -161,7 +162,7 @@ pub fn init(args: &InitArgs) -> CliResult<()> {
     let state = service("state")?;
     for name in NATS_SERVERS.iter().chain(HIVES.iter()).chain(["postgres"].iter()) {
         let d = state.join(name);
-        std::fs::create_dir_all(&d).map_err(|e| io("create", &d, e))?;
+        std::fs::create_dir_all(&d).map_err(|e| io_error("create", &d, e))?;
     }
     let (uid, gid) = owner();
     let ports = &args.nats_ports;
@@ -182,7 +183,7 @@ pub fn init(args: &InitArgs) -> CliResult<()> {
         ports[2],
         inside_nats_url(),
     );
-    std::fs::write(dir.join("compose.env"), env).map_err(|e| io("write", &dir, e))?;
+    std::fs::write(dir.join("compose.env"), env).map_err(|e| io_error("write", &dir, e))?;
     if uid == CONTAINER_UID {
         // Run as root: the services' files go to the uid the containers run as; `trust` stays root's.
         for name in NATS_SERVERS
@@ -208,9 +209,9 @@ fn owner() -> (u32, u32) {
 }
 
 fn chown_tree(path: &Path, uid: u32) -> CliResult<()> {
-    std::os::unix::fs::chown(path, Some(uid), Some(uid)).map_err(|e| io("chown", path, e))?;
+    std::os::unix::fs::chown(path, Some(uid), Some(uid)).map_err(|e| io_error("chown", path, e))?;
     if path.is_dir() {
-        for entry in std::fs::read_dir(path).map_err(|e| io("read", path, e))?.flatten() {
+        for entry in std::fs::read_dir(path).map_err(|e| io_error("read", path, e))?.flatten() {
             chown_tree(&entry.path(), uid)?;
         }
     }
@@ -218,12 +219,8 @@ fn chown_tree(path: &Path, uid: u32) -> CliResult<()> {
 }
 
 fn absolute(path: &Path) -> CliResult<PathBuf> {
-    std::fs::create_dir_all(path).map_err(|e| io("create", path, e))?;
-    std::fs::canonicalize(path).map_err(|e| io("resolve", path, e))
-}
-
-fn io(what: &str, path: &Path, e: std::io::Error) -> CliError {
-    CliError::new(Code::IoError, format!("cannot {what} {}: {e}", path.display()))
+    std::fs::create_dir_all(path).map_err(|e| io_error("create", path, e))?;
+    Ok(std::fs::canonicalize(path).map_err(|e| io_error("resolve", path, e))?)
 }
 
 /// One server of the JetStream cluster: mutual TLS for clients and for the routes between
@@ -313,7 +310,7 @@ pub struct JoinToken {
 
 impl JoinToken {
     pub fn read(path: &Path) -> CliResult<JoinToken> {
-        let text = std::fs::read_to_string(path).map_err(|e| io("read", path, e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| io_error("read", path, e))?;
         let token: JoinToken = serde_json::from_str(&text).map_err(|_| {
             CliError::new(
                 Code::InvalidArgument,
@@ -359,7 +356,7 @@ pub fn add_hive(args: &AddHiveArgs) -> CliResult<()> {
             chown_tree(&path, uid)?;
         }
     }
-    let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| io("read", &p, e));
+    let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| io_error("read", &p, e));
     let token = JoinToken {
         node: args.node.clone(),
         nats_url: args.nats_url.clone().unwrap_or_else(inside_nats_url),
@@ -369,7 +366,7 @@ pub fn add_hive(args: &AddHiveArgs) -> CliResult<()> {
         client_cert: read(dir.join("trust").join("nats-client.pem"))?,
     };
     let joins = dir.join("join");
-    std::fs::create_dir_all(&joins).map_err(|e| io("create", &joins, e))?;
+    std::fs::create_dir_all(&joins).map_err(|e| io_error("create", &joins, e))?;
     let path = joins.join(format!("{}.token", args.node));
     write_secret(&path, &serde_json::to_string_pretty(&token).expect("plain struct serializes"))?;
     if uid == CONTAINER_UID {

@@ -140,8 +140,7 @@ async fn join(args: &UpArgs, data_dir: &Path, token_file: &Path) -> CliResult<()
     let token = crate::cluster::JoinToken::read(token_file)?;
     let dir = trust::dir_in(data_dir);
     for d in [dir.clone(), dir.join("nodes"), data_dir.join("logs")] {
-        std::fs::create_dir_all(&d)
-            .map_err(|e| CliError::new(Code::IoError, format!("cannot create {}: {e}", d.display())))?;
+        std::fs::create_dir_all(&d).map_err(|e| process::io_error("create", &d, e))?;
     }
     let hive_creds = trust::creds_path(&dir, Identity::Hive(&token.node));
     trust::write_secret(&hive_creds, &token.hive_creds)?;
