@@ -144,6 +144,7 @@ codes! {
     StreamAbandoned "STREAM_ABANDONED" 502 "the worker stopped the request because no queen read its stream any more; a queen moves it to a worker";
     GenerationTimeout "GENERATION_TIMEOUT" 504 "the generation ran past the worker's time limit (`--generation-timeout-secs`); the text made so far is returned";
     NoReadyQueen "NO_READY_QUEEN" 503 "the load balancer in front of the queens found none ready (all draining, stopped or cut off from NATS)";
+    TokensLost "TOKENS_LOST" 502 "part of the answer was lost on its way from the worker (a NATS server went away mid-stream); retry the request";
 }
 
 impl Code {

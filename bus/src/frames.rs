@@ -64,9 +64,12 @@ pub enum WorkAccepted {
 /// What streams back on `rbee.tok.<node>.<worker>.<request>`, in order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum TokenFrame {
-    /// Text of one or more tokens; always whole UTF-8 characters. `tokens` are their ids, what a
-    /// queen hands another worker to resume the request if this one dies.
-    Delta { text: String, tokens: Vec<u32> },
+    /// Text of one or more tokens; always whole UTF-8 characters (empty for the last tokens of a
+    /// generation when they make no text of their own). `tokens` are their ids, what a queen hands
+    /// another worker to resume the request if this one dies; `first` is the place of `tokens[0]`
+    /// in the completion (a resumed request's tokens count): frames travel at most once, and a
+    /// queen that sees `first` skip ahead knows one was lost.
+    Delta { text: String, tokens: Vec<u32>, first: u32 },
     /// The generation ended.
     Done { finish_reason: FinishReason, prompt_tokens: u32, completion_tokens: u32 },
     /// The generation failed.

@@ -14,6 +14,8 @@ pub enum Signal {
     Stop,
     /// Unfreeze.
     Continue,
+    /// Read the configuration again.
+    Hangup,
 }
 
 impl Signal {
@@ -24,6 +26,7 @@ impl Signal {
             Signal::Kill => libc::SIGKILL,
             Signal::Stop => libc::SIGSTOP,
             Signal::Continue => libc::SIGCONT,
+            Signal::Hangup => libc::SIGHUP,
         }
     }
 }

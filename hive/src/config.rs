@@ -1,4 +1,5 @@
-//! Hive configuration: flags, each also readable from the environment.
+//! Hive configuration: flags, each also readable from the environment and from a TOML file
+//! (`rbee_runtime::config_file`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use std::time::Duration;
 pub struct Config {
     #[command(flatten)]
     pub nats: rbee_runtime::NatsArgs,
+    #[command(flatten)]
+    pub log: rbee_runtime::LogArgs,
     /// File with this node's seed for signing its workers' NATS identities (from `rbee nodes add`).
     #[arg(long, env = "RBEE_WORKER_SIGNING_KEY")]
     pub worker_signing_key: Option<PathBuf>,
@@ -82,10 +85,10 @@ pub struct Config {
     #[arg(long, env = "HF_ENDPOINT", default_value = "https://huggingface.co")]
     pub hf_endpoint: String,
     /// Hosts models may be downloaded from, as URLs (default: HF_ENDPOINT). Anything else is refused.
-    #[arg(long, env = "RBEE_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[arg(long, env = "RBEE_ALLOWED_HOSTS", value_delimiter = ',', value_parser = allowed_host)]
     pub allowed_hosts: Vec<String>,
     /// Directories local model files may be taken from (default: <data-dir>/models). Anything else is refused.
-    #[arg(long, env = "RBEE_ALLOWED_DIRS", value_delimiter = ',')]
+    #[arg(long, env = "RBEE_ALLOWED_DIRS", value_delimiter = ',', value_parser = allowed_dir)]
     pub allowed_dirs: Vec<PathBuf>,
     /// Token for gated or private models, sent as a bearer token.
     #[arg(long, env = "HF_TOKEN", hide_env_values = true)]
@@ -106,6 +109,18 @@ pub struct Config {
     #[arg(long, env = "RBEE_DOWNLOAD_LIMIT_BYTES_PER_SEC", default_value_t = 0)]
     pub download_limit_bytes_per_sec: u64,
 }
+
+/// The keys a running hive takes on SIGHUP; the others wait for a restart.
+pub const RELOADABLE: &[&str] = &[
+    rbee_runtime::config_file::LOG_LEVEL,
+    "allowed_hosts",
+    "allowed_dirs",
+    "max_workers",
+    "loading_timeout_secs",
+    "ram_factor_percent",
+    "max_gpu_temperature_c",
+    "disk_busy_warn_percent",
+];
 
 impl Config {
     /// Fails on a malformed `--cpu-cores`.
@@ -182,6 +197,15 @@ impl Config {
         let beside = std::env::current_exe().ok().and_then(|exe| exe.parent().map(|d| d.join(name)));
         beside.filter(|p| p.exists()).unwrap_or_else(|| PathBuf::from(name))
     }
+}
+
+fn allowed_host(url: &str) -> Result<String, String> {
+    crate::sources::origin(url).map(|_| url.to_string()).ok_or_else(|| "not an http(s) URL without user info".into())
+}
+
+fn allowed_dir(dir: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(dir);
+    (path.is_absolute() || path.exists()).then_some(path).ok_or_else(|| "not an absolute path".into())
 }
 
 fn secs(s: f64) -> Duration {

@@ -14,6 +14,7 @@ use rbee_bus::{EventLog, Meta, ModelRegistered, subjects};
 use rbee_projections::LiveView;
 use rbee_projections::aggregate::model::ModelCommand;
 use rbee_projections::aggregate::on_model;
+use rbee_runtime::config_file::Live;
 use sha2::{Digest, Sha256};
 
 use crate::fetch::{Downloader, Failure, Fetched, gguf_check};
@@ -25,7 +26,8 @@ pub struct Provisioner {
     node: String,
     models_dir: PathBuf,
     downloader: Downloader,
-    sources: SourcePolicy,
+    /// The hive's configuration now: where models may come from can change on SIGHUP.
+    config: Live<crate::Config>,
 }
 
 /// A model ready to serve, and how it got here.
@@ -43,9 +45,14 @@ impl Provisioner {
         node: String,
         models_dir: PathBuf,
         downloader: Downloader,
-        sources: SourcePolicy,
+        config: Live<crate::Config>,
     ) -> Self {
-        Provisioner { log, view, node, models_dir, downloader, sources }
+        Provisioner { log, view, node, models_dir, downloader, config }
+    }
+
+    /// Where models may come from, as configured now.
+    fn sources(&self) -> Result<SourcePolicy, Failure> {
+        self.config.get().source_policy().map_err(|e| Failure::fatal(Code::InvalidConfig, e))
     }
 
     /// Ensures `model` is on this node and in the catalog.
@@ -62,7 +69,7 @@ impl Provisioner {
             return Ok(Provisioned { file, how: "catalog" });
         }
         let reference = ModelRef::parse(source).map_err(|e| Failure::fatal(Code::InvalidModelSource, e.to_string()))?;
-        self.sources.check(&reference)?;
+        self.sources()?.check(&reference)?;
         let provisioned = match &reference {
             ModelRef::File(path) => {
                 let (dir, model, path, sha) =
@@ -92,7 +99,7 @@ impl Provisioner {
         }
         let reference = ModelRef::parse(source).ok()?;
         // Not even asked about before it is known to be allowed.
-        self.sources.check(&reference).ok()?;
+        self.sources().ok()?.check(&reference).ok()?;
         match reference {
             ModelRef::File(path) => std::fs::metadata(path).ok().map(|m| m.len()),
             remote => self.downloader.announced_size(&remote).await,

@@ -8,6 +8,7 @@ use rbee_bus::{
     AggregateKind, DownloadFailed, Event, EventLog, Expected, Meta, ModelPullRequested, ModelRemoveRequested,
     NodeRegistered, WorkerStartFailed, WorkerStartRequested, download_id, subjects,
 };
+use rbee_runtime::config_file::Live;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{HiveError, Refusal};
@@ -22,7 +23,8 @@ fn bus(e: impl std::fmt::Display) -> HiveError {
 }
 
 /// Runs the hive until `shutdown`, then stops its workers.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), HiveError> {
+pub async fn run(live: Live<Config>, shutdown: CancellationToken) -> Result<(), HiveError> {
+    let config = live.get();
     let node = config.node_name();
     subjects::validate_name("node", &node)?;
     std::fs::create_dir_all(config.models_dir())?;
@@ -117,18 +119,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Hive
     let downloader =
         Downloader::new(log.clone(), view.clone(), node.clone(), config.models_dir(), config.download_settings())
             .map_err(|f| HiveError::Setup(f.into()))?;
-    let sources = config.source_policy().map_err(HiveError::Config)?;
+    config.source_policy().map_err(HiveError::Config)?;
     let provisioner =
-        Provisioner::new(log.clone(), view.clone(), node.clone(), config.models_dir(), downloader, sources);
-    let hive = std::sync::Arc::new(Hive {
-        log,
-        node,
-        config: config.clone(),
-        supervisor: supervisor.clone(),
-        view,
-        provisioner,
-        cores,
-    });
+        Provisioner::new(log.clone(), view.clone(), node.clone(), config.models_dir(), downloader, live.clone());
+    let hive =
+        std::sync::Arc::new(Hive { log, node, config: live, supervisor: supervisor.clone(), view, provisioner, cores });
     tokio::spawn(hive.clone().resume_abandoned_downloads());
     loop {
         let msg = tokio::select! {
@@ -245,7 +240,7 @@ async fn report_progress(msg: std::sync::Arc<async_nats::jetstream::Message>) {
 struct Hive {
     log: EventLog,
     node: String,
-    config: Config,
+    config: Live<Config>,
     supervisor: Supervisor,
     view: rbee_projections::LiveView,
     provisioner: Provisioner,
@@ -361,11 +356,11 @@ impl Hive {
         // model's size can be known (catalog, local file, or what the hub announces).
         let size = self.provisioner.expected_size(&cmd.model, &cmd.source).await;
         let placement = self.preflight(cmd, size.map_or(0, rbee_bus::estimated_memory_bytes))?;
-        let binary = self.config.worker_binary(placement.backend);
+        let binary = self.config.get().worker_binary(placement.backend);
         crate::supervisor::check_binary(&binary)?;
         // Checked against this hive's view of the registry: hives starting workers at the same instant
         // may each see room for one more (the limit is a guard against runaway growth, not a quota).
-        let (held, limit) = (self.view.read(|v| v.registry.workers.len()), self.config.max_workers);
+        let (held, limit) = (self.view.read(|v| v.registry.workers.len()), self.config.get().max_workers);
         if held >= limit {
             return Err(Refusal::new(
                 Code::RegistryFull,
@@ -379,14 +374,14 @@ impl Hive {
         // Again just before the spawn: memory may have gone while the model was fetched.
         let placement = self.preflight(cmd, rbee_bus::estimated_memory_bytes(provisioned.file.size_bytes))?;
         tracing::info!(backend = placement.backend, device = ?placement.device, reason = %placement.reason, "preflight passed");
-        let models_dir = self.config.models_dir();
+        let models_dir = self.config.get().models_dir();
         let busy = tokio::task::spawn_blocking(move || {
             crate::resources::disk_busy_percent(&models_dir, std::time::Duration::from_millis(250))
         })
         .await
         .ok()
         .flatten();
-        if let Some(busy) = busy.filter(|b| *b >= self.config.disk_busy_warn_percent) {
+        if let Some(busy) = busy.filter(|b| *b >= self.config.get().disk_busy_warn_percent) {
             tracing::warn!(busy_percent = busy, "the models' disk is busy: loading the model may be slow");
         }
         let spec = WorkerSpec {
@@ -399,11 +394,13 @@ impl Hive {
             device: placement.device,
         };
         self.supervisor.spawn(&spec)?;
-        crate::lifecycle::wait_ready(&self.view, &self.supervisor, &cmd.worker, self.config.loading_timeout()).await
+        crate::lifecycle::wait_ready(&self.view, &self.supervisor, &cmd.worker, self.config.get().loading_timeout())
+            .await
     }
 
     fn preflight(&self, cmd: &WorkerStartRequested, memory_bytes: u64) -> Result<crate::preflight::Placement, Refusal> {
-        let inventory = crate::preflight::read(&self.config.data_dir, self.config.gpu_inventory_file.as_deref());
-        crate::preflight::place(&inventory, &cmd.backend, cmd.device, memory_bytes, &self.config.limits())
+        let config = self.config.get();
+        let inventory = crate::preflight::read(&config.data_dir, config.gpu_inventory_file.as_deref());
+        crate::preflight::place(&inventory, &cmd.backend, cmd.device, memory_bytes, &config.limits())
     }
 }

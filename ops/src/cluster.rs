@@ -121,11 +121,13 @@ pub fn init(args: &InitArgs) -> CliResult<()> {
         &d.join("database.url"),
         &postgres::url_at(&secrets, postgres::USER, "postgres:5432", postgres::DATABASE)?,
     )?;
+    write_secret(&d.join("queen.toml"), QUEEN_CONFIG)?;
     for hive in HIVES {
         let d = service(hive)?;
         copy(&trust.creds(Identity::Hive(hive)), d.join("hive.creds"))?;
         copy(&trust.worker_signer(hive), d.join("worker-signer.nk"))?;
         client_tls(&d)?;
+        write_secret(&d.join("hive.toml"), &hive_config(hive))?;
     }
     let d = service("balancer")?;
     write_secret(&d.join("haproxy.cfg"), HAPROXY_CONFIG)?;
@@ -226,6 +228,39 @@ fn absolute(path: &Path) -> CliResult<PathBuf> {
 /// One server of the JetStream cluster: mutual TLS for clients and for the routes between
 /// servers, the cluster's accounts, and no advertising of container addresses (clients keep to
 /// the names their certificates are checked against).
+/// The queens' configuration file (`RBEE_QUEEN_CONFIG`); every flag of `rbee-queen` is a key.
+const QUEEN_CONFIG: &str = r#"# rbee-queen's configuration: every flag of `rbee-queen --help` is a key (`_` for `-`);
+# the environment overrides it. After editing, `docker-compose kill -s HUP queen-1 queen-2`
+# reloads what can change at run time (timeouts, CORS origins, log_level); the rest needs a restart.
+bind = "0.0.0.0:8080"
+nats_creds = "/run/rbee/queen.creds"
+# Heartbeats cross the JetStream cluster: a server's loss must not make workers stale.
+heartbeat_timeout_secs = 20
+"#;
+
+/// A hive's configuration file (`RBEE_HIVE_CONFIG`): its node, identity, and the model it serves.
+fn hive_config(hive: &str) -> String {
+    format!(
+        r#"# rbee-hive's configuration: every flag of `rbee-hive --help` is a key (`_` for `-`); the
+# environment overrides it. After editing, `docker-compose kill -s HUP {hive}` reloads what can
+# change at run time (allowed sources, limits, log_level); the rest needs a restart.
+node = "{hive}"
+data_dir = "/data"
+nats_creds = "/run/rbee/hive.creds"
+worker_signing_key = "/run/rbee/worker-signer.nk"
+status_addr = "0.0.0.0:9090"
+allowed_dirs = ["/models"]
+# The machine serves the default model: after a restart it starts its worker again.
+serve = "file:///models/{file}"
+serve_name = "{name}"
+serve_sha256 = "{sha256}"
+"#,
+        file = model::FILE_NAME,
+        name = model::DEFAULT_MODEL,
+        sha256 = model::DEFAULT_SHA256,
+    )
+}
+
 fn nats_config(server: &str) -> String {
     let routes = NATS_SERVERS.map(|s| format!("\"nats-route://{s}:6222\"")).join(", ");
     let tls = |indent: &str| {

@@ -3,7 +3,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     if std::env::var_os("RUST_LOG").is_some() {
-        rbee_runtime::init_tracing();
+        rbee_runtime::init_tracing(None);
     }
     let cli = rbee_ops::Cli::parse();
     match rbee_ops::run(cli).await {

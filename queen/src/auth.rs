@@ -23,7 +23,7 @@ pub struct Caller {
 
 /// Middleware on `/v1`: turns the bearer token into a [`Caller`], or answers 401.
 pub async fn require_key(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
-    if state.config.no_auth {
+    if state.config.get().no_auth {
         request.extensions_mut().insert(Caller::default());
         return next.run(request).await;
     }

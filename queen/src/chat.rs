@@ -75,7 +75,7 @@ async fn handle(
     let body = match body {
         Ok(b) => b,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            let limit = state.config.max_body_bytes;
+            let limit = state.config.get().max_body_bytes;
             return ApiError::new(Code::RequestTooLarge, format!("request body is over the {limit}-byte limit"))
                 .into_response();
         }
@@ -123,7 +123,7 @@ async fn handle(
 /// When the request must have ended: the queen's `--request-timeout-secs` from now, or sooner
 /// when the client asks with `x-request-timeout: <seconds>`.
 fn deadline(state: &AppState, headers: &HeaderMap) -> Result<tokio::time::Instant, ApiError> {
-    let longest = state.config.request_timeout();
+    let longest = state.config.get().request_timeout();
     let asked = match headers.get("x-request-timeout") {
         None => longest,
         Some(v) => match v.to_str().ok().and_then(|s| s.trim().parse::<f64>().ok()) {
@@ -189,6 +189,9 @@ impl Running {
         while is_lost_worker(&frame) && self.fail_over().await {
             frame = self.receive().await;
         }
+        if let Some(lost) = self.tokens_lost(&frame) {
+            frame = Err(lost);
+        }
         match &frame {
             Ok(TokenFrame::Delta { tokens, .. }) => {
                 self.streamed.extend_from_slice(tokens);
@@ -206,7 +209,7 @@ impl Running {
                 self.outcome = Some(e.code.as_str());
                 match e.code {
                     Code::WorkerLost => self.record_lost(),
-                    Code::RequestTimeout => self.cancel_past_deadline(),
+                    Code::RequestTimeout => self.cancel_run("deadline"),
                     _ => {}
                 }
             }
@@ -293,15 +296,41 @@ impl Running {
         }
     }
 
-    /// The deadline passed: the worker stops and frees the slot, as when a client goes away.
-    fn cancel_past_deadline(&mut self) {
+    /// The request cannot go on (its deadline passed, its answer has a hole): the worker stops
+    /// and frees the slot, as when a client goes away.
+    fn cancel_run(&mut self, reason: &'static str) {
         self.guard.ended();
         let (log, meta, request) = (self.state.log.clone(), self.guard.meta.clone(), self.request.clone());
         tokio::spawn(async move {
-            if let Err(e) = cancel(&log, &request, "deadline", false, None, &meta).await {
-                tracing::error!(error = %e, "cancellation at the deadline not recorded");
+            if let Err(e) = cancel(&log, &request, reason, false, None, &meta).await {
+                tracing::error!(error = %e, reason, "cancellation not recorded");
             }
         });
+    }
+
+    /// Token frames travel at most once (core NATS): one routed through a server that died is
+    /// gone. A delta that does not start where the last one ended, or an end whose count is more
+    /// than the tokens received, means the answer has a hole; it ends with `TOKENS_LOST` rather
+    /// than as a whole answer it is not.
+    fn tokens_lost(&mut self, frame: &Result<TokenFrame, ApiError>) -> Option<ApiError> {
+        let received = self.streamed.len();
+        let expected = frame.as_ref().ok().and_then(|f| hole(received, f))?;
+        tracing::warn!(request = %self.request, worker = %self.worker, received, expected, "token frames lost on the way");
+        if matches!(frame, Ok(TokenFrame::Done { .. })) {
+            self.guard.ended();
+        } else {
+            self.cancel_run("tokens_lost");
+        }
+        Some(
+            ApiError::new(
+                Code::TokensLost,
+                format!(
+                    "{} of the answer's tokens were lost on the way from the worker; retry the request",
+                    expected.abs_diff(received)
+                ),
+            )
+            .retry_after(1),
+        )
     }
 
     /// The worker cannot record how the request ended: this queen does, for it.
@@ -334,6 +363,16 @@ impl Running {
 }
 
 /// Whether the stream's worker is gone or gave the request up: a reason to move the stream.
+/// The tokens the worker says it had sent by `frame`, when that is not the `received` count.
+fn hole(received: usize, frame: &TokenFrame) -> Option<usize> {
+    let sent = match frame {
+        TokenFrame::Delta { first, .. } => *first as usize,
+        TokenFrame::Done { completion_tokens, .. } => *completion_tokens as usize,
+        TokenFrame::Error { .. } => return None,
+    };
+    (sent != received).then_some(sent)
+}
+
 fn is_lost_worker(frame: &Result<TokenFrame, ApiError>) -> bool {
     match frame {
         Err(e) => e.code == Code::WorkerLost,
@@ -408,7 +447,7 @@ async fn start(
     let started = std::time::Instant::now();
     // In line behind the requests that came first; only the head claims a slot.
     let place = state.queues.join(&chat.model, request, caller.key.clone())?;
-    let queue_deadline = (tokio::time::Instant::now() + state.config.queue_timeout()).min(deadline);
+    let queue_deadline = (tokio::time::Instant::now() + state.config.get().queue_timeout()).min(deadline);
     // The wait ends at the queue timeout, or at the request's own deadline if that comes first.
     let waited_too_long = |e: ApiError| if tokio::time::Instant::now() >= deadline { deadline_passed() } else { e };
     place.wait_turn(queue_deadline).await.map_err(waited_too_long)?;
@@ -445,7 +484,7 @@ async fn start(
                 guard,
                 request: request.into(),
                 created: rbee_bus::envelope::now_ms() / 1000,
-                token_timeout: state.config.token_timeout(),
+                token_timeout: state.config.get().token_timeout(),
                 state: state.clone(),
                 started,
                 first_token_seen: false,
@@ -535,6 +574,7 @@ fn stream_response(mut running: Running) -> Sse<impl futures::Stream<Item = Resu
         yield sse(running.chunk(json!({"role": "assistant", "content": ""}), None));
         loop {
             match running.next_frame().await {
+                Ok(TokenFrame::Delta { text, .. }) if text.is_empty() => {}
                 Ok(TokenFrame::Delta { text, .. }) => yield sse(running.chunk(json!({"content": text}), None)),
                 Ok(TokenFrame::Done { finish_reason, prompt_tokens, completion_tokens }) => {
                     running.guard.ended();
@@ -585,4 +625,34 @@ async fn json_response(mut running: Running) -> Response {
 
 fn usage(prompt_tokens: u32, completion_tokens: u32) -> serde_json::Value {
     json!({"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbee_bus::event::FinishReason;
+
+    fn delta(first: u32, n: u32) -> TokenFrame {
+        TokenFrame::Delta { text: "x".into(), tokens: (first..first + n).collect(), first }
+    }
+
+    fn done(completion_tokens: u32) -> TokenFrame {
+        TokenFrame::Done { finish_reason: FinishReason::Stop, prompt_tokens: 3, completion_tokens }
+    }
+
+    #[test]
+    fn a_frame_that_does_not_start_where_the_last_ended_is_a_hole() {
+        assert_eq!(hole(0, &delta(0, 2)), None);
+        assert_eq!(hole(2, &delta(2, 1)), None);
+        assert_eq!(hole(2, &delta(3, 1)), Some(3), "the frame with token 2 was lost");
+        assert_eq!(hole(5, &delta(5, 1)), None, "a resumed stream goes on from the tokens received");
+    }
+
+    #[test]
+    fn an_end_counting_more_tokens_than_received_is_a_hole() {
+        assert_eq!(hole(4, &done(4)), None);
+        assert_eq!(hole(3, &done(4)), Some(4), "the last frame was lost");
+        let error = TokenFrame::Error { code: Code::InferenceFailed, message: String::new() };
+        assert_eq!(hole(1, &error), None);
+    }
 }

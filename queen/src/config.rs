@@ -1,4 +1,5 @@
-//! Queen configuration: flags, each also readable from the environment.
+//! Queen configuration: flags, each also readable from the environment and from a TOML file
+//! (`rbee_runtime::config_file`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use std::time::Duration;
 pub struct Config {
     #[command(flatten)]
     pub nats: rbee_runtime::NatsArgs,
+    #[command(flatten)]
+    pub log: rbee_runtime::LogArgs,
     /// Address the HTTP API listens on.
     #[arg(long, env = "RBEE_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
@@ -50,6 +53,15 @@ pub struct Config {
     #[arg(long, env = "RBEE_MAX_BODY_BYTES", default_value_t = 1 << 20)]
     pub max_body_bytes: usize,
 }
+
+/// The keys a running queen takes on SIGHUP; the others wait for a restart.
+pub const RELOADABLE: &[&str] = &[
+    rbee_runtime::config_file::LOG_LEVEL,
+    "queue_timeout_secs",
+    "request_timeout_secs",
+    "token_timeout_secs",
+    "cors_origins",
+];
 
 impl Config {
     pub fn queue_timeout(&self) -> Duration {

@@ -14,7 +14,7 @@ use crate::AppState;
 pub async fn cors(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let origin = request.headers().get(header::ORIGIN).cloned();
     let allowed = origin.as_ref().and_then(|o| o.to_str().ok()).is_some_and(|o| {
-        state.config.cors_origins.iter().any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(o))
+        state.config.get().cors_origins.iter().any(|allowed| allowed.trim_end_matches('/').eq_ignore_ascii_case(o))
     });
     let preflight =
         request.method() == Method::OPTIONS && request.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);

@@ -35,7 +35,8 @@ pub use config::Config;
 pub struct AppState {
     pub log: EventLog,
     pub view: LiveView,
-    pub config: Config,
+    /// The configuration now (some keys change on SIGHUP).
+    pub config: rbee_runtime::config_file::Live<Config>,
     /// How the view was recovered at start, for the operator.
     pub recovery: String,
     pub metrics: metrics::QueenMetrics,
@@ -77,7 +78,7 @@ impl QueenError {
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
-    let limit = state.config.max_body_bytes;
+    let limit = state.config.get().max_body_bytes;
     let api = Router::new()
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route("/v1/models", get(routes::models))
@@ -97,7 +98,8 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Runs the queen until `shutdown`.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), QueenError> {
+pub async fn run(live: rbee_runtime::config_file::Live<Config>, shutdown: CancellationToken) -> Result<(), QueenError> {
+    let config = live.get();
     if config.no_auth {
         if !config.bind.ip().is_loopback() {
             return Err(QueenError::Config(rbee_bus::InvalidSetting(format!(
@@ -144,7 +146,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Quee
     let app = router(Arc::new(AppState {
         log,
         view,
-        config,
+        config: live,
         recovery: recovered.report,
         metrics: metrics::QueenMetrics::new(),
         queues,

@@ -1,6 +1,7 @@
 //! What every rbee process does the same way: logging, one shutdown token that SIGINT/SIGTERM
 //! cancel, the exit code of its result, and what it needs to know about this host's processes.
 
+pub mod config_file;
 pub mod status;
 
 use std::process::ExitCode;
@@ -9,11 +10,51 @@ use rbee_bus::Code;
 
 use tokio_util::sync::CancellationToken;
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,async_nats=warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+/// Logs to stderr (coloured on a terminal), filtered by `filter` (a `--log-level`), else `RUST_LOG`, else `info`.
+pub fn init_tracing(filter: Option<&str>) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(log_filter(filter));
+    // Colours only on a terminal: a log file or `docker logs` gets plain `key=value` text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
+    let logger = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_ansi(colour);
+    if tracing_subscriber::registry().with(layer).with(logger).try_init().is_ok() {
+        let _ = LOG_FILTER.set(handle);
+    }
+}
+
+type FilterHandle = tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+/// Filters the log from now on as `filter` says (as [`init_tracing`] reads it).
+pub fn set_log_filter(filter: Option<&str>) {
+    if let Some(handle) = LOG_FILTER.get()
+        && let Err(e) = handle.reload(log_filter(filter))
+    {
+        tracing::error!(error = %e, "log filter not changed");
+    }
+}
+
+fn log_filter(filter: Option<&str>) -> tracing_subscriber::EnvFilter {
+    const DEFAULT: &str = "info,sqlx=warn,async_nats=warn";
+    filter
+        .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+        .or_else(|| tracing_subscriber::EnvFilter::try_from_default_env().ok())
+        .unwrap_or_else(|| tracing_subscriber::EnvFilter::new(DEFAULT))
+}
+
+/// What a process logs: the same flag on every rbee process.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogArgs {
+    /// What to log, as a tracing filter (`warn`, `debug`, `rbee_queen=debug,info`); default:
+    /// `RUST_LOG`, else `info`. Changes on SIGHUP.
+    #[arg(long, env = "RBEE_LOG", value_parser = valid_log_filter)]
+    pub log_level: Option<String>,
+}
+
+fn valid_log_filter(filter: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::try_new(filter).map(|_| filter.to_string()).map_err(|e| e.to_string())
 }
 
 /// A token cancelled on the first SIGINT or SIGTERM.

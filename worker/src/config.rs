@@ -1,4 +1,5 @@
-//! Worker configuration: flags, each also readable from the environment.
+//! Worker configuration: flags, each also readable from the environment and from a TOML file
+//! (`rbee_runtime::config_file`).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,6 +9,8 @@ use std::time::Duration;
 pub struct Config {
     #[command(flatten)]
     pub nats: rbee_runtime::NatsArgs,
+    #[command(flatten)]
+    pub log: rbee_runtime::LogArgs,
     /// The node (machine) this worker runs on.
     #[arg(long, env = "RBEE_NODE")]
     pub node: String,
@@ -44,6 +47,9 @@ pub struct Config {
     #[arg(long, env = "RBEE_HEARTBEAT_SECS", default_value_t = 2)]
     pub heartbeat_secs: u64,
 }
+
+/// The keys a running worker takes on SIGHUP; the others wait for a restart.
+pub const RELOADABLE: &[&str] = &[rbee_runtime::config_file::LOG_LEVEL];
 
 impl Config {
     /// Threads for the forward pass: `--threads`, or the physical cores.

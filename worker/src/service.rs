@@ -410,9 +410,24 @@ async fn finish(
     let _ = frames.send(last_frame);
 }
 
-/// Where a running sequence's frames go, who hears how it ended, and its tokens whose text is not
-/// whole yet (they go with the next delta).
-type Listeners = (mpsc::UnboundedSender<TokenFrame>, oneshot::Sender<Result<Generation, EngineError>>, Vec<u32>);
+/// Where a running sequence's frames go and who hears how it ended.
+struct Listeners {
+    frames: mpsc::UnboundedSender<TokenFrame>,
+    done: oneshot::Sender<Result<Generation, EngineError>>,
+    /// Tokens whose text is not whole yet: they go with the next delta, or alone at the end.
+    held: Vec<u32>,
+    /// The place in the completion of the next token sent.
+    next: u32,
+}
+
+impl Listeners {
+    fn send(&mut self, text: String) {
+        let tokens = std::mem::take(&mut self.held);
+        let first = self.next;
+        self.next += tokens.len() as u32;
+        let _ = self.frames.send(TokenFrame::Delta { text, tokens, first });
+    }
+}
 
 /// Runs the engine on a dedicated thread (the forward pass never blocks the runtime): jobs join
 /// the batch as they arrive, every step advances all of them, each ends on its own.
@@ -429,22 +444,27 @@ fn generation_thread(mut engine: Engine, jobs: std::sync::mpsc::Receiver<Job>) {
             jobs.try_recv().ok()
         };
         for job in arrived.into_iter().chain(std::iter::from_fn(|| jobs.try_recv().ok())) {
+            let next = job.prepared.resumed.len() as u32;
             let id = engine.admit(job.prepared, &job.sampling, job.cancel);
-            running.insert(id, (job.frames, job.done, Vec::new()));
+            running.insert(id, Listeners { frames: job.frames, done: job.done, held: Vec::new(), next });
         }
         for (id, output) in engine.step() {
             match output {
                 Output::Token(token, text) => {
-                    if let Some((frames, _, held)) = running.get_mut(&id) {
-                        held.push(token);
+                    if let Some(listeners) = running.get_mut(&id) {
+                        listeners.held.push(token);
                         if let Some(text) = text {
-                            let _ = frames.send(TokenFrame::Delta { text, tokens: std::mem::take(held) });
+                            listeners.send(text);
                         }
                     }
                 }
                 Output::Done(outcome) => {
-                    if let Some((_, done, _)) = running.remove(&id) {
-                        let _ = done.send(outcome);
+                    if let Some(mut listeners) = running.remove(&id) {
+                        // Every token counted in the outcome reaches the queen in some frame.
+                        if !listeners.held.is_empty() {
+                            listeners.send(String::new());
+                        }
+                        let _ = listeners.done.send(outcome);
                     }
                 }
             }

@@ -4,6 +4,7 @@
 mod cancellation;
 mod catalog;
 mod compose;
+mod config;
 mod downloads;
 mod failover;
 mod faults;
@@ -124,6 +125,7 @@ pub struct RbeeWorld {
     second_worker: String,
     /// What a download scenario set up and saw.
     dl: downloads::Dl,
+    cfg: config::Cfg,
     /// What a security scenario's intruder tried.
     attempt: security::Attempt,
     /// API keys the scenario made: name and secret.
@@ -281,6 +283,7 @@ impl RbeeWorld {
             background: None,
             second_worker: String::new(),
             dl: downloads::Dl::default(),
+            cfg: config::Cfg::default(),
             attempt: security::Attempt::default(),
             api_keys: Vec::new(),
             www_authenticate: String::new(),

@@ -121,7 +121,7 @@ async fn publishes_tokens(w: &mut RbeeWorld, who: String) {
     w.intrude(&who).await;
     let (worker, node, _) = w.serving_worker();
     let subject = subjects::tokens(&node, &worker, "forged-request");
-    let frame = TokenFrame::Delta { text: "forged".into(), tokens: vec![1] };
+    let frame = TokenFrame::Delta { text: "forged".into(), tokens: vec![1], first: 0 };
     w.intruder().publish(&subject, frames::encode(&frame)).await;
     w.attempt.refused.push(subject);
 }
