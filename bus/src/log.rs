@@ -179,7 +179,7 @@ impl EventLog {
                 Some(cert) => options.add_client_certificate(cert.clone(), cert.clone()),
                 None => options,
             };
-            Ok(options.connection_timeout(Duration::from_secs(5)).max_reconnects(None))
+            Ok(options.connection_timeout(Duration::from_secs(5)).ping_interval(access.ping).max_reconnects(None))
         };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {

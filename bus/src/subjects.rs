@@ -96,6 +96,12 @@ pub struct InvalidName {
 /// The longest id accepted for a node, worker, model or request.
 pub const MAX_NAME_LEN: usize = 64;
 
+/// A new worker id for `node`: the node's name (cut to 40 characters) and a random suffix, a
+/// valid name (see [`validate_name`]) for any valid node name.
+pub fn new_worker_id(node: &str) -> String {
+    format!("{}-{}", node.chars().take(40).collect::<String>(), &uuid::Uuid::now_v7().simple().to_string()[20..])
+}
+
 /// Ids become subject tokens and file names, so they are restricted to `[A-Za-z0-9_-]`, 1 to 64 long.
 /// This rules out path traversal, subject wildcards, shell metacharacters and control characters at once.
 pub fn validate_name(field: &'static str, value: &str) -> Result<(), InvalidName> {

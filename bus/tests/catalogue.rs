@@ -22,7 +22,8 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// Names of environment variables: the one other kind of SCREAMING_SNAKE string in the tree.
-const ENVIRONMENT_PREFIXES: [&str; 8] = ["RBEE_", "HF_", "CARGO_", "RUST_", "XDG_", "PG_", "CUDA_", "RAYON_"];
+const ENVIRONMENT_PREFIXES: [&str; 9] =
+    ["RBEE_", "HF_", "CARGO_", "RUST_", "XDG_", "PG_", "CUDA_", "RAYON_", "NO_COLOR"];
 
 /// The string literals of `line` that name a code, or are shaped like one (capitals and digits
 /// with an underscore).

@@ -42,6 +42,18 @@ Feature: The compose cluster: three NATS servers, two queens behind a balancer, 
     And at most 4 streams did not complete, and none with another text
     And streams completed while it was gone and after it came back
 
+  @CLU-3 @REG-3
+  Scenario: A machine cut off from the network: its worker is marked stale, the other serves, one registry after it heals
+    Given the compose cluster is up
+    When the greedy answer to "Name three flowers bees like." with max_tokens 24 is noted from one request alone
+    And 4 clients stream it while hive-b is cut off from the network 5 s in and reconnected 45 s later
+    Then no stream hung, and every stream completed with exactly the noted text or ended with an error
+    And at most 4 streams did not complete, and none with another text
+    And the log marked the worker of hive-b stale while it was cut off
+    And streams completed while it was gone and after it came back
+    And within 120 seconds the registry shows a ready worker of the default model on hive-b
+    And within 60 seconds the registry holds one worker on hive-a and one on hive-b, no slot held
+
   @REL-3
   Scenario: The Postgres container is away for 30 s under load
     Given the compose cluster is up

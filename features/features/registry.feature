@@ -57,6 +57,7 @@ Feature: The worker registry is a projection of worker events
     And the running request's stream ended with an error event "WORKER_LOST" and [DONE]
     When the paused worker process resumes
     Then the resumed worker gives the abandoned request up and releases its slot, its end recorded once
+    And the resumed worker registers again, ready, and a chat completion for its model is served by it
 
   @Gap-C6
   Scenario: A worker registers while stale cleanup runs, and both complete

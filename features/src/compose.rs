@@ -111,6 +111,18 @@ impl Compose {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
+    /// The network the cluster's containers share (compose's default network of the project).
+    pub fn network(&self) -> String {
+        let container = self.container("queen-1");
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{range $name, $_ := .NetworkSettings.Networks}}{{$name}} {{end}}"])
+            .arg(&container)
+            .output()
+            .expect("run docker inspect");
+        let names = String::from_utf8_lossy(&out.stdout).to_string();
+        names.split_whitespace().next().expect("queen-1 is on a network").to_string()
+    }
+
     /// `docker <args>` on the container of `service`, which must succeed.
     pub fn docker(&self, verb: &[&str], service: &str) {
         let container = self.container(service);

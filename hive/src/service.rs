@@ -197,7 +197,7 @@ async fn ask_to_serve(log: &EventLog, view: &rbee_projections::LiveView, node: &
     use rbee_projections::aggregate::node::{NodeCommand, decide};
     let command = NodeCommand::StartWorker(rbee_bus::WorkerStartRequested {
         node: node.to_string(),
-        worker: format!("{node}-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]),
+        worker: subjects::new_worker_id(node),
         model: model.clone(),
         source: source.to_string(),
         sha256: config.serve_sha256.clone(),

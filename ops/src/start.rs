@@ -93,8 +93,3 @@ pub async fn start_and_wait(
     bar.abandon();
     outcome?
 }
-
-/// A fresh worker id on `node`.
-pub fn new_worker_id(node: &str) -> String {
-    format!("{}-{}", node.chars().take(40).collect::<String>(), &uuid::Uuid::now_v7().simple().to_string()[20..])
-}

@@ -9,7 +9,8 @@ use rbee_bus::WorkerState;
 
 use crate::cluster_file::ClusterFile;
 use crate::error::{CliError, CliResult};
-use crate::start::{StartRequest, new_worker_id, start_and_wait};
+use crate::start::{StartRequest, start_and_wait};
+use rbee_bus::subjects::new_worker_id;
 use rbee_local::trust::{self, Identity, Trust};
 use rbee_local::{model, nats, postgres, process};
 

@@ -46,7 +46,7 @@ pub async fn start(nats: &NatsAccess, node: &str, args: &StartArgs) -> CliResult
         source.sha256 = args.sha256.clone();
     }
     let cluster = crate::live::connect(nats).await?;
-    let worker = crate::start::new_worker_id(node);
+    let worker = rbee_bus::subjects::new_worker_id(node);
     let request = crate::start::StartRequest {
         source: &source,
         slots: args.slots.max(1),

@@ -357,8 +357,11 @@ mod tests {
     #[derive(Debug, clap::Parser)]
     #[command(name = "rbee-demo")]
     struct Demo {
-        #[arg(long, env = "RBEE_DEMO_PORT", default_value_t = 1)]
+        #[arg(long, default_value_t = 1)]
         port: u16,
+        /// The one key with a variable: only the test of the environment sets it.
+        #[arg(long, env = "RBEE_DEMO_LIMIT", default_value_t = 1)]
+        limit: u16,
         #[arg(long, default_value_t = 5)]
         timeout_secs: u64,
         #[arg(long)]
@@ -415,12 +418,12 @@ mod tests {
 
     #[test]
     fn the_environment_overrides_the_file() {
-        let file = File::new("env", "name = \"n\"\nport = 7\n");
-        // SAFETY: no other test of this binary reads or writes RBEE_DEMO_PORT.
-        unsafe { std::env::set_var("RBEE_DEMO_PORT", "11") };
+        let file = File::new("env", "name = \"n\"\nlimit = 7\n");
+        // SAFETY: the other tests run beside this one but none reads `limit`.
+        unsafe { std::env::set_var("RBEE_DEMO_LIMIT", "11") };
         let demo = file.source(&[]).load::<Demo>().map(|l| l.config);
-        unsafe { std::env::remove_var("RBEE_DEMO_PORT") };
-        assert_eq!(demo.unwrap().port, 11);
+        unsafe { std::env::remove_var("RBEE_DEMO_LIMIT") };
+        assert_eq!(demo.unwrap().limit, 11);
     }
 
     #[test]

@@ -131,12 +131,17 @@ pub struct NatsArgs {
     /// This machine's client certificate and key (one PEM file), for a server that verifies clients.
     #[arg(long, env = "RBEE_NATS_CERT")]
     pub nats_cert: Option<std::path::PathBuf>,
+    /// Seconds between pings to a silent NATS server; after three unanswered the client moves to
+    /// another server. Lower in a cluster, so a server that vanished costs less than a heartbeat timeout.
+    #[arg(long, env = "RBEE_NATS_PING_SECS", default_value_t = rbee_bus::auth::DEFAULT_PING.as_secs_f64())]
+    pub nats_ping_secs: f64,
 }
 
 impl NatsArgs {
     pub fn access(&self) -> rbee_bus::NatsAccess {
         rbee_bus::NatsAccess::new(&self.nats_url, self.nats_creds.clone())
             .with_tls(self.nats_ca.clone(), self.nats_cert.clone())
+            .with_ping(std::time::Duration::from_secs_f64(self.nats_ping_secs.clamp(0.5, 3600.0)))
     }
 }
 

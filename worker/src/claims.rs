@@ -2,7 +2,8 @@
 //! the log, then hands it the request. A queen that dies, or loses NATS, between the two leaves the
 //! slot claimed for a request nobody will run, and the registry would count it busy for ever. The
 //! worker hears every claim on itself; one whose request has not reached it within
-//! [`CLAIM_GRACE`] is released by the worker, through its outbox.
+//! [`CLAIM_GRACE`] is released by the worker, through its outbox. The same subscription tells the
+//! worker when the log removed it ([`crate::rejoin`]).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -40,17 +41,26 @@ impl Given {
     }
 }
 
-/// Listens to the events on this worker's subject and releases each claim whose request did not
-/// reach it within [`CLAIM_GRACE`], until the subscription ends.
+/// Listens to the events on this worker's subject, until the subscription ends: releases each
+/// claim whose request did not reach it within [`CLAIM_GRACE`], and wakes `removed` when the log
+/// removes this worker.
 pub async fn watch(
     mut events: async_nats::Subscriber,
     given: Arc<Given>,
     outbox: Arc<Outbox>,
     (node, worker): (String, String),
+    removed: Arc<tokio::sync::Notify>,
 ) {
     while let Some(msg) = events.next().await {
         let Ok(envelope) = Envelope::decode(msg.headers.as_ref(), &msg.payload) else { continue };
-        let Event::SlotClaimed(claimed) = envelope.event else { continue };
+        let claimed = match envelope.event {
+            Event::SlotClaimed(claimed) => claimed,
+            Event::WorkerRemoved(gone) if gone.worker == worker => {
+                removed.notify_one();
+                continue;
+            }
+            _ => continue,
+        };
         if claimed.worker != worker {
             continue;
         }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod kernels;
 pub mod llama;
 pub mod registration;
+pub mod rejoin;
 pub mod requesters;
 pub mod service;
 pub mod text_stream;

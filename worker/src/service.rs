@@ -64,21 +64,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     if !outbox.flushed(outbox::FLUSH_DEADLINE).await {
         return Err(WorkerError::Bus(format!("{} events of an earlier run could not be sent", outbox.pending())));
     }
-    let registered = Event::WorkerRegistered(WorkerRegistered {
+    let registered = WorkerRegistered {
         worker: config.worker_id.clone(),
         node: config.node.clone(),
         model: config.model.clone(),
         slots: config.slots,
         pid: std::process::id(),
         backend: "cpu".into(),
-    });
+    };
     let history = rbee_bus::read::read_subject(&log, &subjects::worker(&config.node, &config.worker_id))
         .await
         .map_err(|e| WorkerError::Bus(e.to_string()))?;
     let Some(expected) = crate::registration::expectation(&history) else {
         return Err(WorkerError::AlreadyRegistered(config.worker_id));
     };
-    match log.append(registered, expected, &meta).await {
+    match log.append(Event::WorkerRegistered(registered.clone()), expected, &meta).await {
         Ok(_) => tracing::info!(worker = %config.worker_id, "registered; loading model"),
         Err(rbee_bus::AppendError::Conflict { .. }) => return Err(WorkerError::AlreadyRegistered(config.worker_id)),
         Err(e) => return Err(e.into()),
@@ -128,7 +128,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         .map_err(|e| WorkerError::Bus(e.to_string()))?;
     let given = Arc::new(crate::claims::Given::default());
     let me = (config.node.clone(), config.worker_id.clone());
-    let claims = tokio::spawn(crate::claims::watch(claims_on_me, given.clone(), outbox.clone(), me));
+    let removed = Arc::new(tokio::sync::Notify::new());
+    let claims = tokio::spawn(crate::claims::watch(claims_on_me, given.clone(), outbox.clone(), me, removed.clone()));
+    let stop_rejoining = CancellationToken::new();
+    let rejoin =
+        crate::rejoin::watch(log.clone(), outbox.clone(), registered, context_length, removed, stop_rejoining.clone());
+    tokio::spawn(rejoin);
     let shared = Arc::new(Shared {
         config,
         log,
@@ -175,6 +180,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
     // Draining: no new requests (the queen stops choosing a draining worker, and the work
     // subscription ends), the ones in flight finish; heartbeats go on meanwhile.
     drop(work);
+    stop_rejoining.cancel();
     let in_flight = shared.busy.load(Ordering::SeqCst);
     if in_flight > 0 {
         tracing::info!(in_flight, "draining: finishing the requests in flight");

@@ -7,6 +7,7 @@ pub mod jwt;
 pub mod roles;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Where a process finds nats-server and which identity it speaks as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,11 +20,25 @@ pub struct NatsAccess {
     /// This machine's client certificate and its key, one PEM file signed by the cluster's CA: a
     /// server that verifies clients (mutual TLS) takes no connection without one.
     pub cert: Option<PathBuf>,
+    /// How often the client pings a server it heard nothing from. Three silent periods in a row
+    /// and it gives the server up for another: the only way to notice a server that vanished
+    /// without closing the connection (its machine died or was cut off).
+    pub ping: Duration,
 }
+
+/// The default [`NatsAccess::ping`]: a server silent for 30 s is given up; one frozen for less
+/// (paused, a stall) keeps its clients.
+pub const DEFAULT_PING: Duration = Duration::from_secs(10);
 
 impl NatsAccess {
     pub fn new(url: impl Into<String>, creds: Option<PathBuf>) -> Self {
-        NatsAccess { url: url.into(), creds, ca: None, cert: None }
+        NatsAccess { url: url.into(), creds, ca: None, cert: None, ping: DEFAULT_PING }
+    }
+
+    /// Pings a silent server every `ping`.
+    pub fn with_ping(mut self, ping: Duration) -> Self {
+        self.ping = ping;
+        self
     }
 
     /// The servers `url` names: one URL, or several of one cluster separated by commas.

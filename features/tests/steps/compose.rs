@@ -95,6 +95,9 @@ pub struct Outage {
     pub service: String,
     pub lost_at: Duration,
     pub back_at: Duration,
+    /// The same two moments as the log's clock says (ms since the epoch).
+    pub lost_ms: u64,
+    pub back_ms: u64,
     /// Model names of the probe events whose append was acknowledged, and when.
     pub acked: Vec<(String, Duration)>,
     pub refused_appends: usize,
@@ -133,7 +136,7 @@ async fn append_probes(w: &RbeeWorld, started: Instant, until: Instant) -> (Vec<
     expr = "{int} clients stream it while events are appended, and {word} is killed {int} s in and started again {int} s later"
 )]
 async fn lose_a_service(w: &mut RbeeWorld, clients: usize, service: String, kill_at: u64, back_after: u64) {
-    outage(w, clients, &service, kill_at, back_after, &["kill"]).await;
+    outage(w, clients, &service, kill_at, back_after, (&["kill"], &["start"])).await;
 }
 
 #[when(
@@ -141,30 +144,49 @@ async fn lose_a_service(w: &mut RbeeWorld, clients: usize, service: String, kill
 )]
 async fn lose_the_leader(w: &mut RbeeWorld, clients: usize, kill_at: u64, back_after: u64) {
     let (_, leader, _) = log_replicas(w).await.expect("the log's cluster information");
-    outage(w, clients, &leader, kill_at, back_after, &["kill"]).await;
+    outage(w, clients, &leader, kill_at, back_after, (&["kill"], &["start"])).await;
 }
 
 #[when(expr = "{int} clients stream it while {word} is stopped {int} s in and started again {int} s later")]
 async fn stop_a_service(w: &mut RbeeWorld, clients: usize, service: String, stop_at: u64, back_after: u64) {
-    outage(w, clients, &service, stop_at, back_after, &["stop", "--time", "0"]).await;
+    outage(w, clients, &service, stop_at, back_after, (&["stop", "--time", "0"], &["start"])).await;
+}
+
+#[when(
+    expr = "{int} clients stream it while {word} is cut off from the network {int} s in and reconnected {int} s later"
+)]
+async fn cut_off(w: &mut RbeeWorld, clients: usize, service: String, cut_at: u64, back_after: u64) {
+    let network = crate::compose().network();
+    // Connected again under its service name, so the others find it by that name as before.
+    let disconnect = ["network", "disconnect", network.as_str()];
+    let connect = ["network", "connect", "--alias", service.as_str(), network.as_str()];
+    outage(w, clients, &service, cut_at, back_after, (&disconnect, &connect)).await;
 }
 
 /// Load and probe appends for the whole outage and 20 s after it; `service` taken away with
-/// `docker <verb>` `lost_at` seconds in and started again `back_after` seconds later.
-async fn outage(w: &mut RbeeWorld, clients: usize, service: &str, lost_at: u64, back_after: u64, verb: &[&str]) {
+/// `docker <lose> <container>` `lost_at` seconds in and brought back with `docker <restore>
+/// <container>` `back_after` seconds later.
+async fn outage(
+    w: &mut RbeeWorld,
+    clients: usize,
+    service: &str,
+    lost_at: u64,
+    back_after: u64,
+    (lose, restore): (&[&str], &[&str]),
+) {
     let started = Instant::now();
     let until = started + Duration::from_secs(lost_at + back_after + 20);
     let load = w.noted_load();
     let fault = async {
         tokio::time::sleep(Duration::from_secs(lost_at)).await;
         let compose = crate::compose();
-        compose.docker(verb, service);
-        let lost = started.elapsed();
+        compose.docker(lose, service);
+        let lost = (started.elapsed(), rbee_bus::envelope::now_ms());
         tokio::time::sleep(Duration::from_secs(back_after)).await;
-        compose.docker(&["start"], service);
-        (lost, started.elapsed())
+        compose.docker(restore, service);
+        (lost, (started.elapsed(), rbee_bus::envelope::now_ms()))
     };
-    let (answers, (lost, back), (acked, refused)) =
+    let (answers, ((lost, lost_ms), (back, back_ms)), (acked, refused)) =
         tokio::join!(load.run(clients, until), fault, append_probes(w, started, until));
     let completed_at = answers
         .iter()
@@ -184,6 +206,8 @@ async fn outage(w: &mut RbeeWorld, clients: usize, service: &str, lost_at: u64, 
         service: service.to_string(),
         lost_at: lost,
         back_at: back,
+        lost_ms,
+        back_ms,
         acked,
         refused_appends: refused,
         completed_at,
@@ -373,4 +397,33 @@ async fn rolling_restart(w: &mut RbeeWorld, clients: usize) {
         tally(&answers, &(w.noted_text.clone(), w.noted_tokens))
     );
     w.answers = answers;
+}
+
+#[then(expr = "the log marked the worker of {word} stale while it was cut off")]
+fn marked_stale(w: &mut RbeeWorld, node: String) {
+    let o = &w.outage;
+    let stale: Vec<Value> = w
+        .cluster()
+        .events_of("worker.state_changed")
+        .into_iter()
+        .filter(|e| e["data"]["node"] == node.as_str() && e["data"]["state"] == "Stale")
+        .collect();
+    let at = |e: &Value| e["at_ms"].as_u64().unwrap_or_default();
+    assert!(
+        stale.iter().any(|e| (o.lost_ms..o.back_ms).contains(&at(e))),
+        "no worker of {node} marked stale between {} and {}: {stale:?}",
+        o.lost_ms,
+        o.back_ms
+    );
+}
+
+#[then(expr = "within {int} seconds the registry holds one worker on {word} and one on {word}, no slot held")]
+async fn one_worker_each(w: &mut RbeeWorld, secs: u64, a: String, b: String) {
+    eventually("one worker per machine, every slot free", Duration::from_secs(secs), || async {
+        let workers = w.cluster().workers();
+        let on = |node: &str| workers.iter().filter(|x| x["node"] == node).count();
+        let held = workers.iter().any(|x| x["busy"].as_object().is_some_and(|busy| !busy.is_empty()));
+        if on(&a) == 1 && on(&b) == 1 && !held { Ok(()) } else { Err(format!("{workers:?}")) }
+    })
+    .await;
 }

@@ -354,6 +354,27 @@ async fn resumed_worker_stops(w: &mut RbeeWorld) {
     assert_eq!(finished[0]["data"]["error_code"], Code::WorkerLost.as_str(), "the queen recorded why: {finished:?}");
 }
 
+/// The log removed the worker while it was paused; alive again, it hears that and comes back.
+#[then("the resumed worker registers again, ready, and a chat completion for its model is served by it")]
+async fn registered_again(w: &mut RbeeWorld) {
+    let pid = *w.stop_at_end.last().expect("the paused worker") as u64;
+    let c = w.cluster();
+    let id = eventually("the resumed worker is ready again", DEADLINE, || async {
+        let workers = c.workers();
+        let again = workers.iter().find(|x| x["pid"] == pid && x["state"] == "Ready");
+        again.and_then(|x| x["id"].as_str().map(str::to_string)).ok_or(workers)
+    })
+    .await;
+    let registrations =
+        c.events_of("worker.registered").into_iter().filter(|e| e["data"]["worker"] == id.as_str()).count();
+    assert_eq!(registrations, 2, "registered at start and once more after its removal");
+    let response = w.post_chat("Say hello.", 4, false).await;
+    assert_eq!(response.status().as_u16(), 200);
+    let request = response.headers()["x-request-id"].to_str().unwrap().to_string();
+    let accepted = w.one_event("request.accepted", "request", &request).await;
+    assert_eq!(accepted["data"]["worker"], id.as_str());
+}
+
 #[when("meanwhile another worker is started with rbee workers start")]
 async fn another_worker(w: &mut RbeeWorld) {
     let data_dir = w.cluster().data_dir.clone();
