@@ -1,7 +1,9 @@
 //! The compose cluster, measured in one run: time to first token and aggregate tokens/s through
 //! the balancer against straight to one queen; acknowledged appends per second to a stream of 3
 //! replicas against one of 1; the longest gap in acknowledged appends when the server leading a
-//! 3-replica stream is SIGKILLed (the election).
+//! 3-replica stream is SIGKILLed (the election); and with a machine (hive-b) cut off the network,
+//! the time until the log marks its worker stale, what requests got meanwhile, and the time from
+//! reconnecting it until its worker is ready again.
 //! `cargo build --workspace --bins && cargo bench -p rbee-features --bench compose --profile dev`
 //! (the images hold the binaries `cargo build` made: the dev profile, whose engine and its
 //! dependencies are optimised; ratios are within one run).
@@ -118,6 +120,43 @@ async fn election_gap(compose: &Compose, js: &async_nats::jetstream::Context, na
     gap
 }
 
+/// The state of hive-b's worker in the registry; None when it has none.
+fn hive_b_state(compose: &Compose) -> Option<String> {
+    let workers = compose.cluster.workers();
+    workers.iter().find(|w| w["node"] == "hive-b").map(|w| w["state"].as_str().unwrap_or_default().to_string())
+}
+
+/// Cuts hive-b off: seconds until its worker is no longer ready (stale or removed), the requests
+/// sent one after another meanwhile (served, failed), and seconds from reconnecting it until its
+/// worker is ready again.
+async fn partition(compose: &Compose) -> (f64, usize, usize, f64) {
+    let network = compose.network();
+    let url = format!("{}/v1/chat/completions", compose.cluster.queen_url);
+    let small = json!({"model": MODEL, "max_tokens": 8, "temperature": 0,
+        "messages": [{"role": "user", "content": "Say hello."}]});
+    let cut = Instant::now();
+    compose.docker(&["network", "disconnect", &network], "hive-b");
+    let (mut served, mut failed) = (0, 0);
+    let unready_after = loop {
+        if hive_b_state(compose).is_none_or(|s| s != "Ready") {
+            break cut.elapsed().as_secs_f64();
+        }
+        let sent = compose.cluster.http().post(&url).json(&small).timeout(Duration::from_secs(30)).send().await;
+        match sent {
+            Ok(r) if r.status() == 200 => served += 1,
+            _ => failed += 1,
+        }
+        assert!(cut.elapsed() < Duration::from_secs(120), "hive-b's worker stayed ready for 2 minutes");
+    };
+    compose.docker(&["network", "connect", "--alias", "hive-b", &network], "hive-b");
+    let healed = Instant::now();
+    while hive_b_state(compose).is_none_or(|s| s != "Ready") {
+        assert!(healed.elapsed() < Duration::from_secs(300), "hive-b's worker not ready 5 minutes after healing");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    (unready_after, served, failed, healed.elapsed().as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() {
     let compose = Compose::up().expect("the compose cluster starts");
@@ -165,5 +204,11 @@ async fn main() {
     );
     let _ = js.delete_stream("bench-r1").await;
     let _ = js.delete_stream("bench-r3").await;
+
+    let (unready, served, failed, back) = partition(&compose).await;
+    println!(
+        "hive-b cut off the network: its worker not ready after {unready:.1} s (meanwhile {served} requests served, \
+         {failed} failed); reconnected, its worker ready again after {back:.1} s"
+    );
     compose.down();
 }

@@ -32,6 +32,8 @@ const DISPATCH_TIMEOUT: Duration = Duration::from_secs(5);
 const FAILOVER_WAIT: Duration = Duration::from_secs(1);
 /// How many times one stream is moved to another worker before the client is told.
 const MAX_FAILOVERS: u32 = 3;
+/// Workers a request is handed to in turn when one does not answer.
+const MAX_UNANSWERED: usize = 2;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -234,6 +236,7 @@ impl Running {
             &self.request,
             chat.max_tokens,
             FAILOVER_WAIT.min(left),
+            std::slice::from_ref(&self.worker),
             &meta,
         )
         .await;
@@ -452,12 +455,13 @@ async fn start(
     let waited_too_long = |e: ApiError| if tokio::time::Instant::now() >= deadline { deadline_passed() } else { e };
     place.wait_turn(queue_deadline).await.map_err(waited_too_long)?;
     let left = queue_deadline.saturating_duration_since(tokio::time::Instant::now());
-    let claim = match claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, left, meta).await {
-        Err(e) if e.code == Code::AllSlotsBusy && tokio::time::Instant::now() >= queue_deadline => {
-            return Err(waited_too_long(place.timed_out()));
-        }
-        claimed => claimed?,
-    };
+    let mut claim =
+        match claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, left, &[], meta).await {
+            Err(e) if e.code == Code::AllSlotsBusy && tokio::time::Instant::now() >= queue_deadline => {
+                return Err(waited_too_long(place.timed_out()));
+            }
+            claimed => claimed?,
+        };
     let queue_position = place.position;
     place.granted();
     state.metrics.slot_waited(&chat.model, started.elapsed().as_secs_f64());
@@ -467,7 +471,28 @@ async fn start(
         meta: meta.clone(),
         stage: Stage::Claimed(claim.clone()),
     };
-    match dispatch(state, chat, request, &claim, &[], meta).await {
+    // A worker that does not answer (its machine cut off and not yet judged stale) is given up
+    // for another one, within the queue wait.
+    let mut unanswered = Vec::new();
+    let dispatched = loop {
+        let e = match dispatch(state, chat, request, &claim, &[], meta).await {
+            Ok(tokens) => break Ok(tokens),
+            Err(e) if e.code != Code::WorkerUnreachable || unanswered.len() >= MAX_UNANSWERED => break Err(e),
+            Err(e) => e,
+        };
+        tracing::warn!(worker = %claim.worker, error = %e.message, "the worker did not take the request; choosing another");
+        guard.ended();
+        release_slot(&state.log, &claim, request, meta).await;
+        unanswered.push(claim.worker.clone());
+        let left = queue_deadline.saturating_duration_since(tokio::time::Instant::now());
+        match claim_slot(&state.view, &state.log, &chat.model, request, chat.max_tokens, left, &unanswered, meta).await
+        {
+            Ok(next) => claim = next,
+            Err(_) => return Err(e),
+        }
+        guard.stage = Stage::Claimed(claim.clone());
+    };
+    match dispatched {
         Ok(tokens) => {
             record_accepted(state, chat, request, &claim, caller.key.clone(), meta).await;
             guard.stage = Stage::Running;

@@ -29,8 +29,9 @@ const CONFLICT_PAUSE_MS: u128 = 20;
 /// Where a request goes: among the ready workers of `model` with a free slot, the least loaded
 /// (busy slots over slots); among equals, the one on the least loaded machine (busy slots over
 /// slots of every worker on its node, whatever their model), so load spreads across hives; then
-/// the one idle longest; then the smaller id, so the choice is deterministic.
-pub fn choose<'a>(view: &'a ClusterView, model: &'a str) -> Option<&'a Worker> {
+/// the one idle longest; then the smaller id, so the choice is deterministic. Workers in `avoid`
+/// (they did not answer this request) are not chosen.
+pub fn choose<'a>(view: &'a ClusterView, model: &'a str, avoid: &[String]) -> Option<&'a Worker> {
     let load = |busy: usize, slots: u32| busy as f64 / slots.max(1) as f64;
     let node_load = |node: &str| {
         let (busy, slots) = view
@@ -41,7 +42,8 @@ pub fn choose<'a>(view: &'a ClusterView, model: &'a str) -> Option<&'a Worker> {
             .fold((0, 0), |(busy, slots), w| (busy + w.busy.len(), slots + w.slots.max(1)));
         load(busy, slots)
     };
-    view.registry.workers_for(model).filter(|w| w.can_take_request()).min_by(|a, b| {
+    let candidates = view.registry.workers_for(model).filter(|w| w.can_take_request() && !avoid.contains(&w.id));
+    candidates.min_by(|a, b| {
         load(a.busy.len(), a.slots)
             .total_cmp(&load(b.busy.len(), b.slots))
             .then_with(|| node_load(&a.node).total_cmp(&node_load(&b.node)))
@@ -50,9 +52,11 @@ pub fn choose<'a>(view: &'a ClusterView, model: &'a str) -> Option<&'a Worker> {
     })
 }
 
-/// Whether waiting can help: some worker for `model` is ready (but busy) or still loading.
-fn may_free_up(view: &ClusterView, model: &str) -> bool {
-    view.registry.workers_for(model).any(|w| matches!(w.state, WorkerState::Ready | WorkerState::Loading))
+/// Whether waiting can help: some worker for `model` not in `avoid` is ready (but busy) or still loading.
+fn may_free_up(view: &ClusterView, model: &str, avoid: &[String]) -> bool {
+    view.registry
+        .workers_for(model)
+        .any(|w| matches!(w.state, WorkerState::Ready | WorkerState::Loading) && !avoid.contains(&w.id))
 }
 
 /// Why no worker can be chosen right now, as the error the client sees.
@@ -79,7 +83,8 @@ fn unavailable(view: &ClusterView, model: &str) -> ApiError {
     ApiError::new(Code::AllSlotsBusy, format!("every slot serving {model} is busy; retry shortly")).retry_after(1)
 }
 
-/// Claims a slot for `request`, waiting up to `wait` for one to free up.
+/// Claims a slot for `request` on a worker not in `avoid`, waiting up to `wait` for one to free up.
+#[allow(clippy::too_many_arguments)]
 pub async fn claim_slot(
     view: &LiveView,
     log: &EventLog,
@@ -87,6 +92,7 @@ pub async fn claim_slot(
     request: &str,
     max_tokens: Option<u32>,
     wait: Duration,
+    avoid: &[String],
     meta: &Meta,
 ) -> Result<Claim, ApiError> {
     if !view.read(|v| v.registry.workers_for(model).next().is_some() || v.catalog.knows(model)) {
@@ -100,9 +106,9 @@ pub async fn claim_slot(
         // Wait for a free slot only while one may come: a ready worker is busy, or one is loading.
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let found = view
-            .wait_until(left, |v| match choose(v, model) {
+            .wait_until(left, |v| match choose(v, model, avoid) {
                 Some(w) => Some(Ok((w.id.clone(), w.context_length))),
-                None if !may_free_up(v, model) => Some(Err(unavailable(v, model))),
+                None if !may_free_up(v, model, avoid) => Some(Err(unavailable(v, model))),
                 None => None,
             })
             .await;
@@ -187,7 +193,7 @@ mod placement {
     }
 
     fn chosen(v: &ClusterView) -> Option<String> {
-        choose(v, "m").map(|w| w.id.clone())
+        choose(v, "m", &[]).map(|w| w.id.clone())
     }
 
     #[test]
@@ -213,5 +219,12 @@ mod placement {
         assert_eq!(chosen(&v).as_deref(), Some("b"));
         let v = view(vec![worker("a", "n1", "m", 1, 1, 0)]);
         assert_eq!(chosen(&v), None);
+    }
+
+    #[test]
+    fn a_worker_that_did_not_answer_is_not_chosen_again() {
+        let v = view(vec![worker("a", "n1", "m", 2, 0, 0), worker("b", "n2", "m", 2, 1, 0)]);
+        assert_eq!(choose(&v, "m", &["a".to_string()]).map(|w| w.id.as_str()), Some("b"));
+        assert_eq!(choose(&v, "m", &["a".to_string(), "b".to_string()]).map(|w| w.id.as_str()), None);
     }
 }
