@@ -411,6 +411,18 @@ impl EventLog {
         Ok(())
     }
 
+    /// When the last heartbeat of `worker` on `node` that `RBEE_HB` holds was sent (ms since the
+    /// epoch), read from the stream itself, not from a follower that may be behind.
+    pub async fn last_heartbeat_ms(&self, node: &str, worker: &str) -> Result<Option<u64>, AppendError> {
+        let stream =
+            self.stream(subjects::HEARTBEATS_STREAM).await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
+        match stream.get_last_raw_message_by_subject(&subjects::heartbeat(node, worker)).await {
+            Ok(msg) => Ok(Envelope::decode(Some(&msg.headers), &msg.payload).ok().map(|env| env.at_ms)),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(AppendError::Unavailable(e.to_string())),
+        }
+    }
+
     /// The position of an aggregate's last event, read from the stream leader (read-your-writes).
     pub async fn last_position(&self, subject: &str) -> Result<Option<Position>, AppendError> {
         Ok(self.last_recorded(subject).await?.map(|(position, _)| position))

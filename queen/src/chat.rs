@@ -236,7 +236,9 @@ impl Running {
             &self.request,
             chat.max_tokens,
             FAILOVER_WAIT.min(left),
-            std::slice::from_ref(&self.worker),
+            // Not avoiding the lost worker: one that exited or went stale is not chosen anyway,
+            // and one that only gave the request up (its queen seemed gone) may take it back.
+            &[],
             &meta,
         )
         .await;

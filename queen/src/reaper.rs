@@ -76,12 +76,35 @@ pub async fn run(log: EventLog, view: LiveView, liveness: Liveness, shutdown: Ca
         }
         let now = rbee_bus::envelope::now_ms();
         for (worker, command) in view.read(|v| liveness_commands(v, now, &liveness)) {
+            if matches!(command, WorkerCommand::MarkStale | WorkerCommand::Remove { .. })
+                && heard_by_the_stream(&log, &view, &worker, now, &liveness).await
+            {
+                continue;
+            }
             match on_worker(&log, &view, &worker, &command, &Meta::default()).await {
                 Ok(events) if !events.is_empty() => tracing::warn!(%worker, ?command, "liveness"),
                 // Already as asked (another queen acted first), or gone: nothing to record.
                 Ok(_) => {}
                 Err(e) => tracing::warn!(%worker, ?command, error = %e, "liveness command not recorded"),
             }
+        }
+    }
+}
+
+/// Whether `RBEE_HB` itself holds a heartbeat of `worker` younger than the timeout, or cannot be
+/// asked. Then the silence is this queen's view's (its follower lost a NATS server and has not
+/// resumed yet), not the worker's: it is not judged.
+async fn heard_by_the_stream(log: &EventLog, view: &LiveView, worker: &str, now_ms: u64, l: &Liveness) -> bool {
+    let Some(node) = view.read(|v| v.registry.workers.get(worker).map(|w| w.node.clone())) else { return false };
+    match log.last_heartbeat_ms(&node, worker).await {
+        Ok(Some(at)) if now_ms.saturating_sub(at) <= l.heartbeat_timeout.as_millis() as u64 => {
+            tracing::warn!(%worker, behind_ms = now_ms.saturating_sub(at), "the view missed heartbeats the stream holds; not judging the worker");
+            true
+        }
+        Ok(_) => false,
+        Err(e) => {
+            tracing::warn!(%worker, error = %e, "cannot read the worker's last heartbeat; not judging it now");
+            true
         }
     }
 }
