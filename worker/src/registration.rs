@@ -2,7 +2,31 @@
 //! over (stopped, exited or removed). The answer is an expectation for an optimistic append, so two
 //! processes registering the same id at once still get one winner from the log.
 
-use rbee_bus::{Event, Expected, Position, Recorded, WorkerState};
+use rbee_bus::{AppendError, Event, EventLog, Expected, Meta, Position, Recorded, WorkerRegistered, WorkerState};
+
+/// What an attempt at registering found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Registered,
+    /// An incarnation of this id is registered (this process's own, or another's).
+    AlreadyRegistered,
+    /// The aggregate moved between the read and the append: reading again may tell.
+    Moved,
+}
+
+/// Registers `registered` unless an incarnation of its id still is: reads the worker's aggregate,
+/// then appends at the position read.
+pub async fn register(log: &EventLog, registered: &WorkerRegistered, meta: &Meta) -> Result<Outcome, AppendError> {
+    let subject = rbee_bus::subjects::worker(&registered.node, &registered.worker);
+    let history =
+        rbee_bus::read::read_subject(log, &subject).await.map_err(|e| AppendError::Unavailable(e.to_string()))?;
+    let Some(expected) = expectation(&history) else { return Ok(Outcome::AlreadyRegistered) };
+    match log.append(Event::WorkerRegistered(registered.clone()), expected, meta).await {
+        Ok(_) => Ok(Outcome::Registered),
+        Err(AppendError::Conflict { .. }) => Ok(Outcome::Moved),
+        Err(e) => Err(e),
+    }
+}
 
 /// `None` when an incarnation of this worker id is still registered.
 pub fn expectation(history: &[Recorded]) -> Option<Expected> {

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rbee_bus::outbox::Outbox;
-use rbee_bus::{AppendError, Event, EventLog, Meta, WorkerRegistered, WorkerState, WorkerStateChanged, subjects};
+use rbee_bus::{Event, EventLog, Meta, WorkerRegistered, WorkerState, WorkerStateChanged};
+
+use crate::registration::Outcome;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -48,18 +50,11 @@ pub async fn watch(
 
 async fn register_again(log: &EventLog, outbox: &Outbox, registered: &WorkerRegistered, context_length: u32) {
     let meta = Meta { correlation: Some(registered.worker.clone()), traceparent: None };
-    let subject = subjects::worker(&registered.node, &registered.worker);
     for _ in 0..ATTEMPTS {
-        let history = match rbee_bus::read::read_subject(log, &subject).await {
-            Ok(history) => history,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read this worker's registration");
-                return;
-            }
-        };
-        let Some(expected) = crate::registration::expectation(&history) else { return };
-        match log.append(Event::WorkerRegistered(registered.clone()), expected, &meta).await {
-            Ok(_) => {
+        match crate::registration::register(log, registered, &meta).await {
+            Ok(Outcome::AlreadyRegistered) => return,
+            Ok(Outcome::Moved) => continue,
+            Ok(Outcome::Registered) => {
                 tracing::warn!("the log removed this worker while it could not be heard; registered again");
                 let ready = Event::WorkerStateChanged(WorkerStateChanged {
                     worker: registered.worker.clone(),
@@ -72,7 +67,6 @@ async fn register_again(log: &EventLog, outbox: &Outbox, registered: &WorkerRegi
                 }
                 return;
             }
-            Err(AppendError::Conflict { .. }) => continue,
             Err(e) => {
                 tracing::warn!(error = %e, "could not register again; will try when heard of next");
                 return;

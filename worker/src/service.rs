@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::engine::{Engine, EngineError, Generation, Output, Prepared, Prompter, SequenceId};
+use crate::registration::Outcome;
 use crate::{Config, WorkerError};
 
 /// One request handed to the generation thread.
@@ -72,16 +73,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Work
         pid: std::process::id(),
         backend: "cpu".into(),
     };
-    let history = rbee_bus::read::read_subject(&log, &subjects::worker(&config.node, &config.worker_id))
-        .await
-        .map_err(|e| WorkerError::Bus(e.to_string()))?;
-    let Some(expected) = crate::registration::expectation(&history) else {
-        return Err(WorkerError::AlreadyRegistered(config.worker_id));
-    };
-    match log.append(Event::WorkerRegistered(registered.clone()), expected, &meta).await {
-        Ok(_) => tracing::info!(worker = %config.worker_id, "registered; loading model"),
-        Err(rbee_bus::AppendError::Conflict { .. }) => return Err(WorkerError::AlreadyRegistered(config.worker_id)),
-        Err(e) => return Err(e.into()),
+    match crate::registration::register(&log, &registered, &meta).await? {
+        Outcome::Registered => tracing::info!(worker = %config.worker_id, "registered; loading model"),
+        Outcome::AlreadyRegistered | Outcome::Moved => return Err(WorkerError::AlreadyRegistered(config.worker_id)),
     }
 
     let (path, threads) = (config.model_path.clone(), config.inference_threads());
